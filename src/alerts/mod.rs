@@ -1,0 +1,292 @@
+//! Alerts: what a rule raised, who may receive it, and what each recipient may see.
+//!
+//! Routing and redaction are decided here, purely (SPEC §5.3): a partner gets
+//! an alert when its severity floor allows it and it covers the district of at
+//! least one of the alert's records; it then sees only the records of its
+//! districts, and, without the Information Sharing Agreement, none of the
+//! feed's sensitive fields. [`render`] turns one such delivery into an email.
+
+pub mod render;
+
+use crate::config::{Config, FeedConfig, Partner, Severity};
+use crate::event::Event;
+use crate::rules::Rule;
+use jiff::Timestamp;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An alert raised by a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// Stable reference shown to people (`EW-…`), also the `X-Earlywarn-Alert` header.
+    pub id: String,
+    pub rule_id: String,
+    /// The `group_by` values by field name.
+    pub group: BTreeMap<String, String>,
+    /// The district all records share, if they share one.
+    pub district: Option<String>,
+    pub severity: Severity,
+    pub created_at: Timestamp,
+    /// Matching records in this alert (events may hold fewer: see MAX_EVENTS_PER_ALERT).
+    pub event_count: u64,
+    /// Matches held back by the cooldown since the previous alert of this rule and group.
+    pub suppressed_before: u64,
+    pub events: Vec<Event>,
+    pub status: AlertStatus,
+}
+
+/// Where an alert is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertStatus {
+    /// Sent (or being sent) to `notify`.
+    Sent,
+    /// Sent as a draft to `review`; waits for approval.
+    InReview,
+    /// Approved after review and sent to `notify`.
+    Approved,
+    /// Closed by a reviewer without going to `notify`.
+    Dismissed,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Sent => "sent",
+            AlertStatus::InReview => "in_review",
+            AlertStatus::Approved => "approved",
+            AlertStatus::Dismissed => "dismissed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<AlertStatus> {
+        Some(match s {
+            "sent" => AlertStatus::Sent,
+            "in_review" => AlertStatus::InReview,
+            "approved" => AlertStatus::Approved,
+            "dismissed" => AlertStatus::Dismissed,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a partner receives an email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// In the rule's `notify` list.
+    Notify,
+    /// In the rule's `review` list: the email is a draft for assessment.
+    Review,
+}
+
+/// One partner's view of an alert.
+#[derive(Debug, Clone)]
+pub struct Delivery<'a> {
+    pub partner: &'a Partner,
+    pub audience: Audience,
+    /// The records this partner may see, with withheld fields removed.
+    pub events: Vec<Event>,
+    /// How many matching records this partner's view stands for.
+    pub count: u64,
+    /// Names of the fields removed from this partner's view.
+    pub withheld: BTreeSet<String>,
+    /// The alert's group values, with sensitive ones replaced.
+    pub group: BTreeMap<String, String>,
+}
+
+/// The text that replaces a withheld group value (e.g. a location in a subject).
+pub const WITHHELD: &str = "[withheld]";
+
+/// Decides who receives `alert` and what each sees.
+pub fn route<'a>(alert: &Alert, rule: &Rule, config: &'a Config, audience: Audience) -> Vec<Delivery<'a>> {
+    let ids = match audience {
+        Audience::Notify => &rule.notify,
+        Audience::Review => &rule.review,
+    };
+    let feed = config.feed(&rule.feed);
+    let district_field = feed.map(|f| f.district_field.as_str()).unwrap_or("district");
+    let mut deliveries = Vec::new();
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        let Some(partner) = config.partner(id) else { continue };
+        if !seen.insert(partner.id.as_str()) {
+            continue;
+        }
+        // Reviewers assess the alert as a whole; the severity floor is for partners' inboxes.
+        if audience == Audience::Notify && alert.severity < partner.min_severity {
+            continue;
+        }
+        let visible: Vec<&Event> = alert
+            .events
+            .iter()
+            .filter(|e| partner.covers(e.get(district_field).map(|v| v.to_string()).as_deref()))
+            .collect();
+        if visible.is_empty() {
+            continue;
+        }
+        let count = if visible.len() == alert.events.len() {
+            alert.event_count
+        } else {
+            visible.len() as u64
+        };
+        let (events, withheld) = redact(visible, feed, partner);
+        let group = alert
+            .group
+            .iter()
+            .map(|(k, v)| {
+                let hidden = !partner.isa && feed.is_some_and(|f| f.is_sensitive(k));
+                (k.clone(), if hidden { WITHHELD.to_string() } else { v.clone() })
+            })
+            .collect();
+        deliveries.push(Delivery {
+            partner,
+            audience,
+            events,
+            count,
+            withheld,
+            group,
+        });
+    }
+    deliveries
+}
+
+/// Removes the feed's sensitive fields from events for a partner without the ISA.
+fn redact(events: Vec<&Event>, feed: Option<&FeedConfig>, partner: &Partner) -> (Vec<Event>, BTreeSet<String>) {
+    let mut withheld = BTreeSet::new();
+    let events = events
+        .into_iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if !partner.isa
+                && let Some(feed) = feed
+            {
+                for field in &feed.sensitive {
+                    if e.fields.remove(field).is_some_and(|v| !v.is_empty()) {
+                        withheld.insert(field.clone());
+                    }
+                }
+            }
+            e
+        })
+        .collect();
+    (events, withheld)
+}
+
+/// The district all events share (compared without case), if any.
+pub fn common_district(events: &[Event], district_field: &str) -> Option<String> {
+    let first = events.first()?.get(district_field)?.to_string();
+    let first = first.trim().to_string();
+    events
+        .iter()
+        .all(|e| {
+            e.get(district_field)
+                .is_some_and(|v| v.to_string().trim().eq_ignore_ascii_case(&first))
+        })
+        .then_some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Value;
+    use crate::rules::RuleSet;
+    use std::path::{Path, PathBuf};
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("/x/c.toml"),
+            r#"
+[mail]
+transport = "file"
+[[feed]]
+name = "drug_testing"
+dir = "in"
+sensitive = ["notes", "location"]
+[[partner]]
+id = "panel"
+emails = ["p@example.org"]
+isa = true
+[[partner]]
+id = "bolton"
+emails = ["b@example.org"]
+districts = ["Bolton"]
+[[partner]]
+id = "nhs"
+emails = ["n@example.org"]
+isa = true
+min_severity = "critical"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn event(district: &str) -> Event {
+        let mut fields = BTreeMap::new();
+        fields.insert("district".into(), Value::Text(district.into()));
+        fields.insert("notes".into(), Value::Text("found near the bus station".into()));
+        fields.insert("location".into(), Value::Text("".into()));
+        Event {
+            feed: "drug_testing".into(),
+            record_id: Some("S1".into()),
+            time: Timestamp::UNIX_EPOCH,
+            fields,
+        }
+    }
+
+    fn alert(events: Vec<Event>, severity: Severity) -> Alert {
+        Alert {
+            id: "EW-1".into(),
+            rule_id: "r".into(),
+            group: BTreeMap::from([("location".to_string(), "Market St".to_string())]),
+            district: common_district(&events, "district"),
+            severity,
+            created_at: Timestamp::UNIX_EPOCH,
+            event_count: events.len() as u64,
+            suppressed_before: 0,
+            events,
+            status: AlertStatus::Sent,
+        }
+    }
+
+    fn rule(config: &Config) -> Rule {
+        RuleSet::from_sources(
+            config,
+            &[(
+                PathBuf::from("r.toml"),
+                "[[rule]]\nid = \"r\"\nfeed = \"drug_testing\"\nnotify = [\"panel\", \"bolton\", \"nhs\"]\n".into(),
+            )],
+        )
+        .unwrap()
+        .rules
+        .remove(0)
+    }
+
+    #[test]
+    fn partners_see_only_their_districts_and_what_the_isa_allows() {
+        let config = config();
+        let rule = rule(&config);
+        let a = alert(vec![event("Bolton"), event("Salford")], Severity::Warning);
+        assert_eq!(a.district, None);
+        let d = route(&a, &rule, &config, Audience::Notify);
+        let ids: Vec<&str> = d.iter().map(|d| d.partner.id.as_str()).collect();
+        assert_eq!(ids, ["panel", "bolton"], "nhs is below its severity floor");
+        assert_eq!(d[0].events.len(), 2);
+        assert!(d[0].withheld.is_empty());
+        assert_eq!(d[0].group["location"], "Market St");
+        assert_eq!(d[1].events.len(), 1);
+        assert_eq!(d[1].count, 1);
+        assert!(!d[1].events[0].fields.contains_key("notes"));
+        assert_eq!(d[1].withheld, BTreeSet::from(["notes".to_string()]), "empty fields are not reported as withheld");
+        assert_eq!(d[1].group["location"], WITHHELD);
+    }
+
+    #[test]
+    fn nobody_gets_an_empty_email() {
+        let config = config();
+        let rule = rule(&config);
+        let a = alert(vec![event("Wigan")], Severity::Critical);
+        let ids: Vec<String> = route(&a, &rule, &config, Audience::Notify)
+            .iter()
+            .map(|d| d.partner.id.clone())
+            .collect();
+        assert_eq!(ids, ["panel", "nhs"]);
+        assert_eq!(a.district.as_deref(), Some("Wigan"));
+    }
+}

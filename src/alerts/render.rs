@@ -1,0 +1,605 @@
+//! Rendering one partner's view of an alert as an email (plain text + HTML).
+//!
+//! Pure: takes the alert, the partner's [`Delivery`] and the config, returns the
+//! finished RFC 5322 bytes. Subjects and leads come from minijinja templates
+//! (the rule's own, or defaults); the fixed parts that SPEC §5.3 promises
+//! (marking, severity, evidence, advice, reference, why this partner got it,
+//! withheld-fields notice) are always present. HTML escapes every value; header
+//! values are single-line and encoded by lettre, so data cannot add headers.
+
+use super::{Alert, Audience, Delivery};
+use crate::config::{Config, FeedConfig};
+use crate::event::{Event, Value as FieldValue};
+use crate::rules::Rule;
+use jiff::Timestamp;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::Message;
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A rendered email, ready for the outbox.
+#[derive(Debug, Clone)]
+pub struct RenderedEmail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    pub message_id: String,
+    pub from: String,
+    pub to: Vec<String>,
+    /// The whole message as sent.
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template error in rule `{rule}`: {message}")]
+    Template { rule: String, message: String },
+    #[error("cannot build the email: {0}")]
+    Build(String),
+}
+
+/// A template syntax error at a byte offset of the template text.
+#[derive(Debug)]
+pub struct TemplateError {
+    pub offset: usize,
+    pub message: String,
+}
+
+/// Checks a rule's template for syntax errors (at load time, so `check` reports them).
+pub fn check_template(source: &str) -> Result<(), TemplateError> {
+    let env = environment();
+    env.template_from_str(source).map(|_| ()).map_err(|e| TemplateError {
+        offset: e.range().map(|r| r.start).unwrap_or(0),
+        message: e.detail().unwrap_or("bad template").to_string(),
+    })
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // A missing variable renders as nothing rather than failing a life-safety email.
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env
+}
+
+const DEFAULT_SUBJECT: &str =
+    "{{ rule.name }}{% if district %} in {{ district }}{% endif %}";
+
+const DEFAULT_LEAD: &str = "{{ rule.name }}: {{ count }} matching record{% if count != 1 %}s{% endif %}{% if district %} in {{ district }}{% endif %}.";
+
+/// Everything a template can see (SPEC §5).
+#[derive(Serialize)]
+struct TemplateContext<'a> {
+    rule: RuleView<'a>,
+    alert_id: &'a str,
+    group: &'a BTreeMap<String, String>,
+    district: Option<&'a str>,
+    events: Vec<BTreeMap<String, serde_json::Value>>,
+    event: Option<BTreeMap<String, serde_json::Value>>,
+    count: u64,
+    partner: PartnerView<'a>,
+    marking: &'a str,
+    draft: bool,
+    due: Option<String>,
+    key: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RuleView<'a> {
+    id: &'a str,
+    name: &'a str,
+    severity: &'a str,
+    advice: Option<&'a str>,
+    description: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct PartnerView<'a> {
+    id: &'a str,
+    name: &'a str,
+    isa: bool,
+}
+
+/// Renders the email for one delivery of an alert.
+pub fn render(alert: &Alert, rule: &Rule, delivery: &Delivery<'_>, config: &Config) -> Result<RenderedEmail, RenderError> {
+    let feed = config.feed(&rule.feed);
+    let tz = &config.daemon.timezone;
+    let show_time = |t: Timestamp| -> String {
+        t.to_zoned_datetime(tz.clone()).strftime("%a %-d %b %Y %H:%M %Z").to_string()
+    };
+    let events: Vec<BTreeMap<String, serde_json::Value>> = delivery
+        .events
+        .iter()
+        .map(|e| event_map(e, &show_time))
+        .collect();
+    let district = alert.district.as_deref();
+    let draft = delivery.audience == Audience::Review;
+    let ctx = TemplateContext {
+        rule: RuleView {
+            id: &rule.id,
+            name: &rule.name,
+            severity: rule.severity.as_str(),
+            advice: rule.advice.as_deref(),
+            description: rule.description.as_deref(),
+        },
+        alert_id: &alert.id,
+        group: &delivery.group,
+        district,
+        event: events.first().cloned(),
+        events,
+        count: delivery.count,
+        partner: PartnerView {
+            id: &delivery.partner.id,
+            name: &delivery.partner.name,
+            isa: delivery.partner.isa,
+        },
+        marking: &config.mail.marking,
+        draft,
+        due: None,
+        key: None,
+    };
+    let ctx = Value::from(minijinja::value::Serde(&ctx));
+    let env = environment();
+    let render_one = |source: &str| -> Result<String, RenderError> {
+        env.render_str(source, &ctx).map_err(|e| RenderError::Template {
+            rule: rule.id.clone(),
+            message: e.to_string(),
+        })
+    };
+
+    let headline = one_line(&render_one(rule.subject.as_deref().unwrap_or(DEFAULT_SUBJECT))?);
+    let severity_tag = rule.severity.as_str().to_uppercase();
+    let subject = if draft {
+        format!("{} [DRAFT FOR ASSESSMENT] [{severity_tag}] {headline}", config.mail.marking)
+    } else {
+        format!("{} [{severity_tag}] {headline}", config.mail.marking)
+    };
+    let lead = render_one(rule.body.as_deref().unwrap_or(DEFAULT_LEAD))?;
+
+    let sections = Sections::build(alert, rule, delivery, feed, &show_time);
+    let text = sections.text(&config.mail.marking, &lead, &severity_tag);
+    let html = sections.html(&config.mail.marking, &lead, &severity_tag);
+
+    let from: Mailbox = config
+        .mail
+        .from
+        .parse()
+        .map_err(|e| RenderError::Build(format!("[mail] from: {e}")))?;
+    let domain = from.email.domain().to_string();
+    let message_id = format!("<{}.{}@{}>", alert.id, sanitize_id(&delivery.partner.id), domain);
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .subject(subject.clone())
+        .message_id(Some(message_id.clone()))
+        .date(std::time::SystemTime::try_from(alert.created_at).unwrap_or(std::time::SystemTime::UNIX_EPOCH))
+        .raw_header(HeaderValue::new(header_name("X-Earlywarn-Alert"), alert.id.clone()))
+        .raw_header(HeaderValue::new(header_name("X-Earlywarn-Rule"), one_line(&rule.id)))
+        .raw_header(HeaderValue::new(
+            header_name("X-Earlywarn-Severity"),
+            rule.severity.as_str().to_string(),
+        ));
+    let mut to = Vec::new();
+    for address in &delivery.partner.emails {
+        let mailbox: Mailbox = address
+            .parse()
+            .map_err(|e| RenderError::Build(format!("partner `{}` email `{address}`: {e}", delivery.partner.id)))?;
+        to.push(mailbox.email.to_string());
+        builder = builder.to(mailbox);
+    }
+    let message = builder
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text.clone()))
+                .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone())),
+        )
+        .map_err(|e| RenderError::Build(e.to_string()))?;
+    Ok(RenderedEmail {
+        subject,
+        text,
+        html,
+        message_id,
+        from: from.email.to_string(),
+        to,
+        bytes: message.formatted(),
+    })
+}
+
+fn header_name(name: &'static str) -> HeaderName {
+    // These are constant, valid ASCII header names.
+    HeaderName::new_from_ascii_str(name)
+}
+
+/// Header values must be one line: any CR, LF or other control character becomes a space.
+fn one_line(s: &str) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    while out.contains("  ") {
+        out = out.replace("  ", " ");
+    }
+    out.trim().to_string()
+}
+
+fn sanitize_id(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+fn event_map(e: &Event, show_time: &dyn Fn(Timestamp) -> String) -> BTreeMap<String, serde_json::Value> {
+    let mut map: BTreeMap<String, serde_json::Value> = e
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                FieldValue::Text(s) => serde_json::Value::String(s.clone()),
+                FieldValue::Number(n) => serde_json::json!(n),
+                FieldValue::List(items) => serde_json::json!(items),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    map.insert("_feed".into(), serde_json::Value::String(e.feed.clone()));
+    map.insert("_time".into(), serde_json::Value::String(show_time(e.time)));
+    map
+}
+
+/// The fixed parts of every alert email, computed once and written as text and HTML.
+struct Sections {
+    rule_line: String,
+    district: String,
+    when: String,
+    records: String,
+    advice: Option<String>,
+    /// Per record: a title and its fields, key fields first.
+    evidence: Vec<(String, Vec<(String, String)>)>,
+    more_records: u64,
+    withheld: Option<String>,
+    why: String,
+    reference: String,
+    draft_note: Option<String>,
+}
+
+impl Sections {
+    fn build(
+        alert: &Alert,
+        rule: &Rule,
+        delivery: &Delivery<'_>,
+        feed: Option<&FeedConfig>,
+        show_time: &dyn Fn(Timestamp) -> String,
+    ) -> Sections {
+        let district_field = feed.map(|f| f.district_field.as_str()).unwrap_or("district");
+        let district = alert.district.clone().unwrap_or_else(|| {
+            let mut ds: Vec<String> = delivery.events.iter().map(|e| e.text(district_field)).filter(|d| !d.is_empty()).collect();
+            ds.sort();
+            ds.dedup();
+            if ds.is_empty() { "not stated".into() } else { ds.join(", ") }
+        });
+        let first = delivery.events.iter().map(|e| e.time).min();
+        let last = delivery.events.iter().map(|e| e.time).max();
+        let when = match (first, last) {
+            (Some(a), Some(b)) if a != b => format!("{} to {}", show_time(a), show_time(b)),
+            (Some(a), _) => show_time(a),
+            _ => show_time(alert.created_at),
+        };
+        let mut records = format!("{}", delivery.count);
+        if alert.suppressed_before > 0 {
+            let cd = rule.cooldown.map(|d| format!(" ({} cooldown)", human_duration(d))).unwrap_or_default();
+            records.push_str(&format!(
+                ", plus {} earlier match{} not emailed during the cooldown{cd}",
+                alert.suppressed_before,
+                if alert.suppressed_before == 1 { "" } else { "es" }
+            ));
+        }
+        // Key fields first: the record id, time and district, then what the rule looked at.
+        let mut key_fields: Vec<String> = Vec::new();
+        if let Some(f) = feed {
+            key_fields.extend(f.id_field.iter().cloned());
+            key_fields.extend(f.time_field.iter().cloned());
+        }
+        key_fields.push(district_field.to_string());
+        key_fields.extend(rule.when.fields().into_iter().map(String::from));
+        key_fields.extend(rule.group_by.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        key_fields.retain(|f| seen.insert(f.clone()));
+        let evidence = delivery
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let title = match &e.record_id {
+                    Some(id) => format!("{}. {} ({}, {})", i + 1, id, show_time(e.time), e.feed),
+                    None => format!("{}. {} ({})", i + 1, show_time(e.time), e.feed),
+                };
+                let mut rows: Vec<(String, String)> = key_fields
+                    .iter()
+                    .filter_map(|f| e.get(f).map(|v| (f.clone(), v.to_string())))
+                    .collect();
+                for (k, v) in &e.fields {
+                    if !key_fields.contains(k) && !v.is_empty() {
+                        rows.push((k.clone(), v.to_string()));
+                    }
+                }
+                (title, rows)
+            })
+            .collect();
+        let more_records = delivery.count.saturating_sub(delivery.events.len() as u64);
+        let withheld = (!delivery.withheld.is_empty()).then(|| {
+            format!(
+                "Withheld: {} — {} has not signed the Information Sharing Agreement, so these fields are not included.",
+                delivery.withheld.iter().cloned().collect::<Vec<_>>().join(", "),
+                delivery.partner.name
+            )
+        });
+        let coverage = match &delivery.partner.districts {
+            None => "all districts".to_string(),
+            Some(ds) => ds.join(", "),
+        };
+        let why = match delivery.audience {
+            Audience::Notify => format!(
+                "{} is on the notify list of rule \"{}\" ({}) and covers {}.",
+                delivery.partner.name, rule.name, rule.id, coverage
+            ),
+            Audience::Review => format!(
+                "{} reviews alerts of rule \"{}\" ({}) before they go to partners.",
+                delivery.partner.name, rule.name, rule.id
+            ),
+        };
+        let draft_note = (delivery.audience == Audience::Review).then(|| {
+            format!(
+                "DRAFT FOR ASSESSMENT: this alert has not been sent to partners. To send it: earlywarn alerts approve {id}. To close it: earlywarn alerts dismiss {id}.",
+                id = alert.id
+            )
+        });
+        Sections {
+            rule_line: format!("{} ({})", rule.name, rule.id),
+            district,
+            when,
+            records,
+            advice: rule.advice.clone(),
+            evidence,
+            more_records,
+            withheld,
+            why,
+            reference: alert.id.clone(),
+            draft_note,
+        }
+    }
+
+    fn text(&self, marking: &str, lead: &str, severity: &str) -> String {
+        let mut t = String::new();
+        t.push_str(&format!("{marking}\n\n"));
+        if let Some(note) = &self.draft_note {
+            t.push_str(&format!("{note}\n\n"));
+        }
+        t.push_str(lead.trim());
+        t.push_str("\n\n");
+        t.push_str(&format!("Severity:  {severity}\n"));
+        t.push_str(&format!("Rule:      {}\n", self.rule_line));
+        t.push_str(&format!("District:  {}\n", self.district));
+        t.push_str(&format!("When:      {}\n", self.when));
+        t.push_str(&format!("Records:   {}\n", self.records));
+        t.push_str(&format!("Reference: {}\n\n", self.reference));
+        if let Some(advice) = &self.advice {
+            t.push_str("WHAT TO DO\n");
+            t.push_str(advice.trim());
+            t.push_str("\n\n");
+        }
+        t.push_str("EVIDENCE\n");
+        for (title, rows) in &self.evidence {
+            t.push_str(&format!("{title}\n"));
+            for (k, v) in rows {
+                t.push_str(&format!("   {k}: {}\n", v.replace(['\r', '\n'], " ")));
+            }
+        }
+        if self.more_records > 0 {
+            t.push_str(&format!("... and {} more matching records (see earlywarn status).\n", self.more_records));
+        }
+        if let Some(w) = &self.withheld {
+            t.push_str(&format!("\n{w}\n"));
+        }
+        t.push_str(&format!("\nWHY YOU RECEIVED THIS\n{}\n", self.why));
+        t.push_str(&format!("\nQuote {} in any reply.\n\n{marking}\n", self.reference));
+        t
+    }
+
+    fn html(&self, marking: &str, lead: &str, severity: &str) -> String {
+        let e = html_escape;
+        let mut h = String::new();
+        h.push_str("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body style=\"font-family:sans-serif\">\n");
+        h.push_str(&format!("<p><strong>{}</strong></p>\n", e(marking)));
+        if let Some(note) = &self.draft_note {
+            h.push_str(&format!("<p style=\"background:#fff3cd;padding:8px\"><strong>{}</strong></p>\n", e(note)));
+        }
+        h.push_str(&format!("<p>{}</p>\n", e(lead.trim())));
+        h.push_str("<table>\n");
+        for (k, v) in [
+            ("Severity", severity),
+            ("Rule", &self.rule_line),
+            ("District", &self.district),
+            ("When", &self.when),
+            ("Records", &self.records),
+            ("Reference", &self.reference),
+        ] {
+            h.push_str(&format!("<tr><th align=\"left\">{}</th><td>{}</td></tr>\n", e(k), e(v)));
+        }
+        h.push_str("</table>\n");
+        if let Some(advice) = &self.advice {
+            h.push_str(&format!("<h3>What to do</h3>\n<p>{}</p>\n", e(advice.trim()).replace('\n', "<br>")));
+        }
+        h.push_str("<h3>Evidence</h3>\n");
+        for (title, rows) in &self.evidence {
+            h.push_str(&format!("<p><strong>{}</strong></p>\n<table>\n", e(title)));
+            for (k, v) in rows {
+                h.push_str(&format!("<tr><th align=\"left\">{}</th><td>{}</td></tr>\n", e(k), e(v)));
+            }
+            h.push_str("</table>\n");
+        }
+        if self.more_records > 0 {
+            h.push_str(&format!("<p>… and {} more matching records.</p>\n", self.more_records));
+        }
+        if let Some(w) = &self.withheld {
+            h.push_str(&format!("<p><em>{}</em></p>\n", e(w)));
+        }
+        h.push_str(&format!("<h3>Why you received this</h3>\n<p>{}</p>\n", e(&self.why)));
+        h.push_str(&format!("<p>Quote {} in any reply.</p>\n<p><strong>{}</strong></p>\n</body></html>\n", e(&self.reference), e(marking)));
+        h
+    }
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::{route, AlertStatus};
+    use crate::config::Severity;
+    use crate::rules::RuleSet;
+    use std::path::{Path, PathBuf};
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("/x/c.toml"),
+            r#"
+[mail]
+transport = "file"
+from = "GM Early Warning <earlywarn@example.org>"
+[[feed]]
+name = "drug_testing"
+dir = "in"
+id_field = "sample_id"
+sensitive = ["notes"]
+[[partner]]
+id = "panel"
+name = "Drug Alert Panel"
+emails = ["p@example.org", "q@example.org"]
+isa = true
+[[partner]]
+id = "charity"
+name = "Street Charity"
+emails = ["c@example.org"]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn rule(config: &Config, extra: &str) -> Rule {
+        RuleSet::from_sources(
+            config,
+            &[(
+                PathBuf::from("r.toml"),
+                format!("[[rule]]\nid = \"nitazene\"\nname = \"Nitazene detected\"\nfeed = \"drug_testing\"\nseverity = \"critical\"\nnotify = [\"panel\", \"charity\"]\nadvice = \"Carry naloxone.\"\n{extra}"),
+            )],
+        )
+        .unwrap()
+        .rules
+        .remove(0)
+    }
+
+    fn alert(notes: &str, district: &str) -> Alert {
+        let mut fields = BTreeMap::new();
+        fields.insert("sample_id".into(), FieldValue::Text("S-1".into()));
+        fields.insert("district".into(), FieldValue::Text(district.into()));
+        fields.insert("notes".into(), FieldValue::Text(notes.into()));
+        Alert {
+            id: "EW-0123456789".into(),
+            rule_id: "nitazene".into(),
+            group: BTreeMap::new(),
+            district: Some(district.into()),
+            severity: Severity::Critical,
+            created_at: "2025-11-04T11:30:00Z".parse().unwrap(),
+            event_count: 1,
+            suppressed_before: 0,
+            events: vec![Event {
+                feed: "drug_testing".into(),
+                record_id: Some("S-1".into()),
+                time: "2025-11-04T11:30:00Z".parse().unwrap(),
+                fields,
+            }],
+            status: AlertStatus::Sent,
+        }
+    }
+
+    fn emails(config: &Config, rule: &Rule, alert: &Alert) -> Vec<RenderedEmail> {
+        route(alert, rule, config, Audience::Notify)
+            .iter()
+            .map(|d| render(alert, rule, d, config).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_email_carries_what_the_spec_promises() {
+        let config = config();
+        let rule = rule(&config, "");
+        let mails = emails(&config, &rule, &alert("sold at the park", "Bolton"));
+        let panel = &mails[0];
+        assert_eq!(panel.subject, "OFFICIAL-SENSITIVE [CRITICAL] Nitazene detected in Bolton");
+        assert_eq!(panel.to, ["p@example.org", "q@example.org"]);
+        assert_eq!(panel.message_id, "<EW-0123456789.panel@example.org>");
+        for needle in ["OFFICIAL-SENSITIVE", "CRITICAL", "Nitazene detected", "Bolton", "Tue 4 Nov 2025 11:30 GMT", "Carry naloxone.", "EW-0123456789", "sold at the park", "notify list"] {
+            assert!(panel.text.contains(needle), "text lacks {needle}:\n{}", panel.text);
+            assert!(panel.html.contains(needle), "html lacks {needle}:\n{}", panel.html);
+        }
+        let raw = String::from_utf8_lossy(&panel.bytes);
+        assert!(raw.contains("X-Earlywarn-Alert: EW-0123456789"), "{raw}");
+        assert!(raw.contains("X-Earlywarn-Rule: nitazene"), "{raw}");
+        assert!(raw.contains("multipart/alternative"), "{raw}");
+    }
+
+    #[test]
+    fn sensitive_fields_never_reach_a_partner_without_the_isa() {
+        let config = config();
+        let rule = rule(&config, "subject = \"{{ rule.name }}: {{ event.notes }}\"");
+        let mails = emails(&config, &rule, &alert("SECRET-NOTE", "Bolton"));
+        let charity = &mails[1];
+        assert!(!String::from_utf8_lossy(&charity.bytes).contains("SECRET"));
+        assert!(!charity.text.contains("SECRET") && !charity.html.contains("SECRET") && !charity.subject.contains("SECRET"));
+        assert!(charity.text.contains("Withheld: notes"), "{}", charity.text);
+        assert!(mails[0].subject.contains("SECRET-NOTE"));
+    }
+
+    #[test]
+    fn hostile_data_cannot_add_headers_or_markup() {
+        let config = config();
+        let rule = rule(&config, "subject = \"{{ event.district }}\"");
+        let mails = emails(&config, &rule, &alert("<script>alert(1)</script>", "Bolton\r\nBcc: evil@example.com"));
+        let panel = &mails[0];
+        let raw = String::from_utf8_lossy(&panel.bytes);
+        let header_block = raw.split("\r\n\r\n").next().unwrap();
+        assert!(!header_block.lines().any(|l| l.starts_with("Bcc:")), "{raw}");
+        assert!(header_block.contains("Subject: OFFICIAL-SENSITIVE [CRITICAL] Bolton Bcc: evil@example.com\r\n"), "{raw}");
+        assert!(!panel.subject.contains('\n'));
+        assert!(!panel.html.contains("<script>"));
+        assert!(panel.html.contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn template_errors_have_offsets() {
+        let e = check_template("Hello {{ rule.name ").unwrap_err();
+        assert!(e.offset > 0, "{}", e.message);
+        assert!(check_template("{{ rule.name }} in {{ group.district }}").is_ok());
+    }
+}

@@ -1,0 +1,696 @@
+//! The config file: parsed once into validated types the rest of the code trusts.
+//!
+//! Parse, don't validate: [`Config::load`] reads the TOML, resolves relative
+//! paths against the config file's folder, checks every cross-reference
+//! (ops partners exist, TLS settings are safe) and returns a [`Config`] or
+//! diagnostics with `file:line:col`. Nothing here touches the network or the
+//! feed folders.
+
+use crate::diagnostic::{suggest, Diagnostic, Diagnostics};
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Default cap on a feed file's size (SPEC §4).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file itself, for messages.
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    pub mail: MailConfig,
+    pub feeds: Vec<FeedConfig>,
+    pub partners: Vec<Partner>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    /// Glob patterns, already made absolute.
+    pub rules: Vec<String>,
+    pub timezone: TimeZone,
+    pub timezone_name: String,
+    pub ops: Vec<String>,
+    /// How often every feed folder is rescanned even without filesystem events.
+    pub rescan_interval: Duration,
+    /// How long a file written in place must stay unchanged before it is read.
+    pub settle: Duration,
+    /// How long shutdown waits for the file and SMTP exchange in progress.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub from: String,
+    pub marking: String,
+    pub transport: Transport,
+    /// Bound on every SMTP exchange (connect, each command, the whole send).
+    pub timeout: Duration,
+    /// First retry delay after a temporary failure; doubles up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Transport {
+    Smtp(SmtpConfig),
+    File { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: Option<String>,
+    /// Where the password is read from at send time; never inline.
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust, for a private mail relay.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    Starttls,
+    Tls,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedFormat {
+    Csv,
+    Jsonl,
+    Json,
+}
+
+impl fmt::Display for FeedFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FeedFormat::Csv => "csv",
+            FeedFormat::Jsonl => "jsonl",
+            FeedFormat::Json => "json",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDone {
+    Move,
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    pub name: String,
+    pub dir: PathBuf,
+    pub format: FeedFormat,
+    pub id_field: Option<String>,
+    pub time_field: Option<String>,
+    /// strftime format; `None` means RFC 3339.
+    pub time_format: Option<String>,
+    /// Field name → separator.
+    pub list_fields: BTreeMap<String, String>,
+    pub sensitive: Vec<String>,
+    pub district_field: String,
+    /// Declared columns, if any: rules naming other fields are refused.
+    pub fields: Option<Vec<String>>,
+    pub on_done: OnDone,
+    pub max_file_bytes: u64,
+    /// CSV field delimiter; `None` means sniff `,` `;` or tab from the header.
+    pub delimiter: Option<u8>,
+}
+
+impl FeedConfig {
+    pub fn processed_dir(&self) -> PathBuf {
+        self.dir.join("processed")
+    }
+    pub fn rejected_dir(&self) -> PathBuf {
+        self.dir.join("rejected")
+    }
+    pub fn is_sensitive(&self, field: &str) -> bool {
+        self.sensitive.iter().any(|s| s == field)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s.to_ascii_lowercase().as_str() {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Partner {
+    pub id: String,
+    pub name: String,
+    pub emails: Vec<String>,
+    pub isa: bool,
+    /// `None` means every district (`"*"`).
+    pub districts: Option<Vec<String>>,
+    pub min_severity: Severity,
+}
+
+impl Partner {
+    /// Whether the partner covers `district` (case-insensitive). An alert with
+    /// no district reaches only partners that cover every district.
+    pub fn covers(&self, district: Option<&str>) -> bool {
+        match (&self.districts, district) {
+            (None, _) => true,
+            (Some(list), Some(d)) => list.iter().any(|x| x.trim().eq_ignore_ascii_case(d.trim())),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostic::file(path, format!("cannot read the config file: {e}"))
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses config text; `path` locates relative paths and names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Diagnostics> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| Diagnostic::from_toml(path, text, &e))?;
+        let base = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        let mut errors = Vec::new();
+        let at = |span: std::ops::Range<usize>, msg: String| Diagnostic::at(path, text, span.start, msg);
+
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+        };
+
+        let mut duration = |value: &Option<Spanned<String>>, default: Duration| -> Duration {
+            match value {
+                None => default,
+                Some(s) => match parse_duration(s.get_ref()) {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        errors.push(at(s.span(), msg));
+                        default
+                    }
+                },
+            }
+        };
+
+        // [daemon]
+        let d = raw.daemon;
+        let rescan_interval = duration(&d.rescan_interval, Duration::from_secs(30));
+        let settle = duration(&d.settle, Duration::from_secs(2));
+        let shutdown_timeout = duration(&d.shutdown_timeout, Duration::from_secs(20));
+        // [mail]
+        let m = raw.mail;
+        let timeout = duration(&m.timeout, Duration::from_secs(30));
+        let retry_initial = duration(&m.retry_initial, Duration::from_secs(30));
+        let retry_max = duration(&m.retry_max, Duration::from_secs(3600));
+
+        let timezone_name = d
+            .timezone
+            .as_ref()
+            .map(|s| s.get_ref().clone())
+            .unwrap_or_else(|| "Europe/London".to_string());
+        let timezone = match TimeZone::get(&timezone_name) {
+            Ok(tz) => tz,
+            Err(e) => {
+                let span = d.timezone.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                errors.push(at(span, format!("unknown time zone `{timezone_name}`: {e}")));
+                TimeZone::UTC
+            }
+        };
+
+        let transport = match m.transport.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("smtp") {
+            "file" => Transport::File {
+                dir: resolve(m.file_dir.as_deref().unwrap_or("var/mail")),
+            },
+            "smtp" => {
+                let tls = match m.tls.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("starttls") {
+                    "starttls" => TlsMode::Starttls,
+                    "tls" => TlsMode::Tls,
+                    "none" => TlsMode::None,
+                    other => {
+                        let span = m.tls.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                        errors.push(at(span, format!("unknown tls `{other}`; use \"starttls\", \"tls\" or \"none\"")));
+                        TlsMode::Starttls
+                    }
+                };
+                let host = match &m.host {
+                    Some(h) => h.get_ref().clone(),
+                    None => {
+                        errors.push(Diagnostic::at(path, text, 0, "[mail] transport = \"smtp\" needs `host`"));
+                        String::new()
+                    }
+                };
+                if tls == TlsMode::None && !host.is_empty() && !is_loopback_host(&host) {
+                    let span = m.tls.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                    errors.push(at(span, format!(
+                        "tls = \"none\" is refused for `{host}`: mail would cross the network unencrypted; it is allowed only for a loopback host (127.0.0.1, ::1, localhost)"
+                    )));
+                }
+                if m.password.is_some() {
+                    errors.push(at(m.password.as_ref().map(|s| s.span()).unwrap_or(0..0),
+                        "the SMTP password is never written in the config: put it in a file and name it with `password_file` (or use systemd's LoadCredential)".into()));
+                }
+                let port = m.port.unwrap_or(match tls {
+                    TlsMode::Tls => 465,
+                    TlsMode::Starttls => 587,
+                    TlsMode::None => 25,
+                });
+                Transport::Smtp(SmtpConfig {
+                    host,
+                    port,
+                    tls,
+                    username: m.username.clone(),
+                    password_file: m.password_file.as_deref().map(resolve),
+                    ca_file: m.ca_file.as_deref().map(resolve),
+                })
+            }
+            other => {
+                let span = m.transport.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                errors.push(at(span, format!("unknown transport `{other}`; use \"smtp\" or \"file\"")));
+                Transport::File { dir: resolve("var/mail") }
+            }
+        };
+
+        // [[partner]]
+        let mut partners = Vec::new();
+        let mut partner_ids = HashSet::new();
+        for p in raw.partner {
+            let id = p.id.get_ref().clone();
+            if !partner_ids.insert(id.clone()) {
+                errors.push(at(p.id.span(), format!("partner `{id}` is defined twice")));
+            }
+            if p.emails.is_empty() {
+                errors.push(at(p.id.span(), format!("partner `{id}` has no `emails`")));
+            }
+            for e in &p.emails {
+                if e.get_ref().parse::<lettre::Address>().is_err() {
+                    errors.push(at(e.span(), format!("`{}` is not an email address", e.get_ref())));
+                }
+            }
+            let min_severity = match &p.min_severity {
+                None => Severity::Info,
+                Some(s) => Severity::parse(s.get_ref()).unwrap_or_else(|| {
+                    errors.push(at(s.span(), format!("unknown severity `{}`; use info, warning or critical", s.get_ref())));
+                    Severity::Info
+                }),
+            };
+            let districts = match p.districts {
+                None => None,
+                Some(list) if list.iter().any(|d| d.trim() == "*") => None,
+                Some(list) => Some(list),
+            };
+            partners.push(Partner {
+                name: p.name.unwrap_or_else(|| id.clone()),
+                id,
+                emails: p.emails.into_iter().map(|e| e.into_inner()).collect(),
+                isa: p.isa.unwrap_or(false),
+                districts,
+                min_severity,
+            });
+        }
+
+        // [daemon] ops must name partners
+        let mut ops = Vec::new();
+        for o in d.ops.unwrap_or_default() {
+            if !partner_ids.contains(o.get_ref()) {
+                errors.push(at(o.span(), unknown_partner_message(o.get_ref(), &partners)));
+            }
+            ops.push(o.into_inner());
+        }
+
+        // [[feed]]
+        let mut feeds = Vec::new();
+        let mut feed_names = HashSet::new();
+        let mut feed_dirs = HashSet::new();
+        for f in raw.feed {
+            let name = f.name.get_ref().clone();
+            if !feed_names.insert(name.clone()) {
+                errors.push(at(f.name.span(), format!("feed `{name}` is defined twice")));
+            }
+            let dir = resolve(&f.dir);
+            if !feed_dirs.insert(dir.clone()) {
+                errors.push(at(f.name.span(), format!("feed `{name}` shares its dir with another feed")));
+            }
+            let format = match f.format.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("csv") {
+                "csv" => FeedFormat::Csv,
+                "jsonl" | "ndjson" => FeedFormat::Jsonl,
+                "json" => FeedFormat::Json,
+                other => {
+                    let span = f.format.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                    errors.push(at(span, format!("unknown format `{other}`; use csv, jsonl or json")));
+                    FeedFormat::Csv
+                }
+            };
+            let on_done = match f.on_done.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("move") {
+                "move" => OnDone::Move,
+                "delete" => OnDone::Delete,
+                other => {
+                    let span = f.on_done.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                    errors.push(at(span, format!("unknown on_done `{other}`; use \"move\" or \"delete\"")));
+                    OnDone::Move
+                }
+            };
+            let delimiter = match &f.delimiter {
+                None => None,
+                Some(s) => {
+                    let v = s.get_ref();
+                    let b = if v == "\\t" || v == "tab" { Some(b'\t') } else if v.len() == 1 { Some(v.as_bytes()[0]) } else { None };
+                    if b.is_none() {
+                        errors.push(at(s.span(), "delimiter must be one character, or \"tab\"".into()));
+                    }
+                    b
+                }
+            };
+            if let Some(tf) = &f.time_format
+                && jiff::fmt::strtime::BrokenDownTime::parse(tf.get_ref(), "").is_err()
+                && !tf.get_ref().contains('%')
+            {
+                errors.push(at(tf.span(), "time_format is a strftime pattern like \"%d/%m/%Y %H:%M\"".into()));
+            }
+            let fields = f.fields.clone();
+            if let Some(cols) = &fields {
+                for (label, field) in [("id_field", &f.id_field), ("time_field", &f.time_field)] {
+                    if let Some(v) = field
+                        && !cols.contains(v)
+                    {
+                        errors.push(at(f.name.span(), format!("feed `{name}`: {label} `{v}` is not among its `fields`")));
+                    }
+                }
+            }
+            feeds.push(FeedConfig {
+                name,
+                dir,
+                format,
+                id_field: f.id_field,
+                time_field: f.time_field,
+                time_format: f.time_format.map(|s| s.into_inner()),
+                list_fields: f.list_fields.unwrap_or_default(),
+                sensitive: f.sensitive.unwrap_or_default(),
+                district_field: f.district_field.unwrap_or_else(|| "district".into()),
+                fields,
+                on_done,
+                max_file_bytes: f.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+                delimiter,
+            });
+        }
+        if feeds.is_empty() {
+            errors.push(Diagnostic::at(path, text, 0, "the config has no [[feed]]: earlywarn needs at least one folder to watch"));
+        }
+
+        let rules = d
+            .rules
+            .unwrap_or_else(|| vec!["rules/*.toml".to_string()])
+            .iter()
+            .map(|g| resolve(g).to_string_lossy().into_owned())
+            .collect();
+
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            daemon: DaemonConfig {
+                state_dir: resolve(d.state_dir.as_deref().unwrap_or("var/state")),
+                rules,
+                timezone,
+                timezone_name,
+                ops,
+                rescan_interval,
+                settle,
+                shutdown_timeout,
+            },
+            mail: MailConfig {
+                from: m.from.unwrap_or_else(|| "earlywarn <earlywarn@localhost>".into()),
+                marking: m.marking.unwrap_or_else(|| "OFFICIAL-SENSITIVE".into()),
+                transport,
+                timeout,
+                retry_initial,
+                retry_max,
+            },
+            feeds,
+            partners,
+        })
+    }
+
+    pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
+        self.feeds.iter().find(|f| f.name == name)
+    }
+
+    pub fn partner(&self, id: &str) -> Option<&Partner> {
+        self.partners.iter().find(|p| p.id == id)
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.daemon.state_dir.join("earlywarn.db")
+    }
+}
+
+/// The message for a reference to a partner id that does not exist.
+pub fn unknown_partner_message(id: &str, partners: &[Partner]) -> String {
+    match suggest(id, partners.iter().map(|p| p.id.as_str())) {
+        Some(s) => format!("unknown partner `{id}`; did you mean `{s}`?"),
+        None => format!(
+            "unknown partner `{id}`; the partners are: {}",
+            partners.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// Parses durations like `30s`, `15m`, `6h`, `7d`, `2w`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    let bad = || format!("`{s}` is not a duration; write a number and a unit, like \"30s\", \"15m\", \"6h\", \"7d\" or \"1h30m\"");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        let secs = match unit {
+            "ms" => {
+                total = total.saturating_add(n / 1000);
+                rest = rest[unit_len..].trim_start();
+                continue;
+            }
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86_400,
+            "w" | "week" | "weeks" => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(n.saturating_mul(secs));
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(Duration::from_secs(total))
+}
+
+// ---------------------------------------------------------------- raw TOML shape
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    mail: RawMail,
+    #[serde(default)]
+    feed: Vec<RawFeed>,
+    #[serde(default)]
+    partner: Vec<RawPartner>,
+    /// Reserved for the metrics endpoint; accepted so configs can carry it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    metrics: Option<toml::Table>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<String>,
+    rules: Option<Vec<String>>,
+    timezone: Option<Spanned<String>>,
+    ops: Option<Vec<Spanned<String>>>,
+    rescan_interval: Option<Spanned<String>>,
+    settle: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    from: Option<String>,
+    transport: Option<Spanned<String>>,
+    file_dir: Option<String>,
+    host: Option<Spanned<String>>,
+    port: Option<u16>,
+    tls: Option<Spanned<String>>,
+    username: Option<String>,
+    password_file: Option<String>,
+    /// Refused with a clear message rather than as an unknown key.
+    password: Option<Spanned<String>>,
+    ca_file: Option<String>,
+    marking: Option<String>,
+    timeout: Option<Spanned<String>>,
+    retry_initial: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    name: Spanned<String>,
+    dir: String,
+    format: Option<Spanned<String>>,
+    id_field: Option<String>,
+    time_field: Option<String>,
+    time_format: Option<Spanned<String>>,
+    list_fields: Option<BTreeMap<String, String>>,
+    sensitive: Option<Vec<String>>,
+    district_field: Option<String>,
+    fields: Option<Vec<String>>,
+    on_done: Option<Spanned<String>>,
+    max_file_bytes: Option<u64>,
+    delimiter: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    id: Spanned<String>,
+    name: Option<String>,
+    #[serde(default)]
+    emails: Vec<Spanned<String>>,
+    isa: Option<bool>,
+    districts: Option<Vec<String>>,
+    min_severity: Option<Spanned<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[daemon]
+state_dir = "state"
+[mail]
+transport = "file"
+[[feed]]
+name = "drug_testing"
+dir = "in/drug"
+[[partner]]
+id = "panel"
+emails = ["panel@example.org"]
+isa = true
+districts = ["*"]
+[[partner]]
+id = "bolton"
+emails = ["b@example.org"]
+districts = ["Bolton"]
+"#;
+
+    #[test]
+    fn relative_paths_follow_the_config_folder() {
+        let cfg = Config::parse(Path::new("/etc/ew/earlywarn.toml"), MINIMAL).unwrap();
+        assert_eq!(cfg.daemon.state_dir, Path::new("/etc/ew/state"));
+        assert_eq!(cfg.feeds[0].dir, Path::new("/etc/ew/in/drug"));
+        assert_eq!(cfg.daemon.rules, ["/etc/ew/rules/*.toml"]);
+        assert!(matches!(cfg.mail.transport, Transport::File { ref dir } if dir == Path::new("/etc/ew/var/mail")));
+        assert!(cfg.partner("panel").unwrap().covers(None));
+        assert!(cfg.partner("bolton").unwrap().covers(Some("bolton")));
+        assert!(!cfg.partner("bolton").unwrap().covers(Some("Bury")));
+        assert!(!cfg.partner("bolton").unwrap().isa);
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let text = MINIMAL.replace("transport = \"file\"", "transport = \"smtp\"\nhost = \"mail.example.org\"\ntls = \"none\"");
+        let err = Config::parse(Path::new("c.toml"), &text).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("c.toml:7:7: tls = \"none\" is refused"), "{shown}");
+
+        let text = MINIMAL.replace("[daemon]", "[daemon]\nops = [\"panell\"]");
+        let shown = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
+        assert!(shown.contains("c.toml:3:8: unknown partner `panell`; did you mean `panel`?"), "{shown}");
+
+        let text = MINIMAL.replace("isa = true", "isa = true\ncolour = \"red\"");
+        let shown = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
+        assert!(shown.contains("unknown field `colour`"), "{shown}");
+        assert!(shown.starts_with("c.toml:13:1:"), "{shown}");
+    }
+
+    #[test]
+    fn loopback_may_skip_tls_and_passwords_stay_out() {
+        let text = MINIMAL.replace("transport = \"file\"", "transport = \"smtp\"\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"");
+        let cfg = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert!(matches!(cfg.mail.transport, Transport::Smtp(ref s) if s.port == 2525 && s.tls == TlsMode::None));
+        let text = MINIMAL.replace("transport = \"file\"", "transport = \"smtp\"\nhost = \"localhost\"\npassword = \"hunter2\"");
+        let shown = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
+        assert!(shown.contains("never written in the config"), "{shown}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("2 weeks"), Ok(Duration::from_secs(1_209_600)));
+        assert!(parse_duration("six hours").is_err());
+        assert!(parse_duration("6").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

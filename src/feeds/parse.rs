@@ -1,0 +1,513 @@
+//! Records from decoded feed text: CSV, JSON lines, or a JSON array of objects.
+//!
+//! Pure: reads from any `Read` of UTF-8 text and calls back once per record
+//! with an [`Event`] or a [`RowError`], so a file of a million rows streams
+//! through in constant memory. A problem with one row never stops the others;
+//! a problem with the file as a whole (no header, not JSON at all) is a
+//! [`FileError`] and nothing of the file is used.
+
+use crate::config::{FeedConfig, FeedFormat};
+use crate::event::{Event, Value};
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::ops::Range;
+
+/// Why a whole file could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct FileError(pub String);
+
+/// Why one row could not be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    /// 1-based record number (data rows for CSV, lines for JSON lines, elements for JSON).
+    pub row: u64,
+    /// 1-based line where the record starts.
+    pub line: u64,
+    pub reason: String,
+    /// Byte range of the record in the decoded text, for quarantining it verbatim.
+    pub span: Option<Range<u64>>,
+}
+
+/// One record read from a file.
+pub enum Row {
+    Event(Box<Event>),
+    Error(RowError),
+}
+
+/// What the feed's settings mean for turning fields into an event.
+pub struct RecordShape<'a> {
+    pub feed: &'a FeedConfig,
+    pub timezone: &'a TimeZone,
+    /// Event time for feeds without a `time_field`: when the file was picked up.
+    pub default_time: Timestamp,
+}
+
+/// Reads records from `text` in the feed's format, calling `on_row` for each.
+pub fn parse<R: Read>(text: R, shape: &RecordShape<'_>, mut on_row: impl FnMut(Row)) -> Result<(), FileError> {
+    let mut reader = BufReader::with_capacity(256 * 1024, text);
+    let head = reader.fill_buf().map_err(|e| FileError(format!("cannot read the file: {e}")))?;
+    if head.is_empty() {
+        return Err(FileError("the file is empty".into()));
+    }
+    if looks_binary(head) {
+        return Err(FileError(
+            "this looks like a binary file, not text (it contains NUL bytes); feeds read CSV or JSON text".into(),
+        ));
+    }
+    match shape.feed.format {
+        FeedFormat::Csv => parse_csv(reader, shape, &mut on_row),
+        FeedFormat::Jsonl => parse_jsonl(reader, shape, &mut on_row),
+        FeedFormat::Json => parse_json(reader, shape, &mut on_row),
+    }
+}
+
+fn looks_binary(head: &[u8]) -> bool {
+    head.iter().take(8192).any(|&b| b == 0)
+}
+
+/// Picks the delimiter that splits the header line into the most fields.
+fn sniff_delimiter(head: &[u8]) -> u8 {
+    let line_end = head.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(head.len());
+    let line = &head[..line_end];
+    let count = |d: u8| {
+        let mut in_quotes = false;
+        line.iter()
+            .filter(|&&b| {
+                if b == b'"' {
+                    in_quotes = !in_quotes;
+                }
+                !in_quotes && b == d
+            })
+            .count()
+    };
+    [b',', b';', b'\t', b'|']
+        .into_iter()
+        .max_by_key(|&d| (count(d), d == b','))
+        .unwrap_or(b',')
+}
+
+fn parse_csv<R: Read>(mut reader: BufReader<R>, shape: &RecordShape<'_>, on_row: &mut dyn FnMut(Row)) -> Result<(), FileError> {
+    let delimiter = match shape.feed.delimiter {
+        Some(d) => d,
+        None => sniff_delimiter(reader.fill_buf().unwrap_or(&[])),
+    };
+    let mut csv = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(true)
+        .has_headers(true)
+        .from_reader(reader);
+    let headers = match csv.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => return Err(FileError(format!("cannot read the header line: {}", csv_error_reason(&e)))),
+    };
+    let names: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
+    check_header(&names, shape.feed, delimiter)?;
+
+    let mut record = csv::StringRecord::new();
+    let mut row = 0u64;
+    // A bad row's end is the next row's start, known only when that row is read.
+    let mut open_error: Option<RowError> = None;
+    loop {
+        let result = csv.read_record(&mut record);
+        let position = csv.position().clone();
+        let start = record.position().map(|p| p.byte()).unwrap_or(position.byte());
+        let line = record.position().map(|p| p.line()).unwrap_or(position.line());
+        if let Some(mut err) = open_error.take() {
+            let end = match &result {
+                Ok(true) => start,
+                _ => position.byte(),
+            };
+            if let Some(span) = &mut err.span {
+                span.end = end.max(span.start);
+            }
+            on_row(Row::Error(err));
+        }
+        match result {
+            Ok(false) => break,
+            Ok(true) => {
+                row += 1;
+                if record.iter().all(|f| f.trim().is_empty()) {
+                    continue; // blank lines between rows are not records
+                }
+                let outcome = if record.len() != names.len() {
+                    Err(format!(
+                        "this row has {} fields but the header has {}; check for a missing or extra {}",
+                        record.len(),
+                        names.len(),
+                        if delimiter == b'\t' { "tab".to_string() } else { format!("`{}` or an unclosed quote", delimiter as char) }
+                    ))
+                } else {
+                    let fields = names.iter().zip(record.iter()).map(|(n, v)| (n.as_str(), RawValue::Text(v)));
+                    build_event(fields, shape)
+                };
+                match outcome {
+                    Ok(event) => on_row(Row::Event(Box::new(event))),
+                    Err(reason) => {
+                        open_error = Some(RowError {
+                            row,
+                            line,
+                            reason,
+                            span: Some(start..start),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                row += 1;
+                // The csv reader reports invalid UTF-8 per record and carries on.
+                open_error = Some(RowError {
+                    row,
+                    line,
+                    reason: csv_error_reason(&e),
+                    span: Some(start..start),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn csv_error_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => format!("field {} is not valid text", err.field() + 1),
+        csv::ErrorKind::Io(e) => format!("read error: {e}"),
+        _ => e.to_string(),
+    }
+}
+
+fn check_header(names: &[String], feed: &FeedConfig, delimiter: u8) -> Result<(), FileError> {
+    let mut seen = std::collections::HashSet::new();
+    for n in names {
+        if n.is_empty() {
+            continue;
+        }
+        if !seen.insert(n.as_str()) {
+            return Err(FileError(format!("the header names the column `{n}` twice")));
+        }
+    }
+    for (label, field) in [("id_field", &feed.id_field), ("time_field", &feed.time_field)] {
+        if let Some(field) = field
+            && !names.iter().any(|n| n == field)
+        {
+            let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+            return Err(FileError(format!(
+                "the header has no `{field}` column (the feed's {label}); the header read with delimiter `{}` is: {}",
+                if delimiter == b'\t' { "tab".to_string() } else { (delimiter as char).to_string() },
+                shown.join(" | ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parse_jsonl<R: Read>(reader: BufReader<R>, shape: &RecordShape<'_>, on_row: &mut dyn FnMut(Row)) -> Result<(), FileError> {
+    let mut offset = 0u64;
+    let mut line_no = 0u64;
+    let mut row = 0u64;
+    let mut reader = reader;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| FileError(format!("cannot read the file: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let span = offset..offset + n as u64;
+        offset += n as u64;
+        let line = String::from_utf8_lossy(&buf);
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        row += 1;
+        let error = |reason: String| {
+            Row::Error(RowError {
+                row,
+                line: line_no,
+                reason,
+                span: Some(span.clone()),
+            })
+        };
+        match serde_json::from_str::<serde_json::Value>(trimmed) {
+            Ok(serde_json::Value::Object(map)) => match event_from_json(&map, shape) {
+                Ok(e) => on_row(Row::Event(Box::new(e))),
+                Err(reason) => on_row(error(reason)),
+            },
+            Ok(other) => on_row(error(format!("expected a JSON object {{...}}, found {}", json_kind(&other)))),
+            Err(e) => on_row(error(format!("invalid JSON at column {}: {}", e.column(), json_reason(&e)))),
+        }
+    }
+    Ok(())
+}
+
+fn parse_json<R: Read>(reader: BufReader<R>, shape: &RecordShape<'_>, on_row: &mut dyn FnMut(Row)) -> Result<(), FileError> {
+    let doc: serde_json::Value = serde_json::from_reader(reader).map_err(|e| {
+        FileError(format!("invalid JSON at line {} column {}: {}", e.line(), e.column(), json_reason(&e)))
+    })?;
+    let serde_json::Value::Array(items) = doc else {
+        return Err(FileError(format!(
+            "expected a JSON array of objects [{{...}}, {{...}}], found {}",
+            json_kind(&doc)
+        )));
+    };
+    for (i, item) in items.iter().enumerate() {
+        let row = i as u64 + 1;
+        let outcome = match item {
+            serde_json::Value::Object(map) => event_from_json(map, shape),
+            other => Err(format!("element {row} of the array is {}, not an object", json_kind(other))),
+        };
+        match outcome {
+            Ok(e) => on_row(Row::Event(Box::new(e))),
+            Err(reason) => on_row(Row::Error(RowError {
+                row,
+                line: 0,
+                reason,
+                span: None,
+            })),
+        }
+    }
+    Ok(())
+}
+
+fn json_reason(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    // serde_json appends " at line L column C"; the caller says where already.
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "true/false",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn event_from_json(map: &serde_json::Map<String, serde_json::Value>, shape: &RecordShape<'_>) -> Result<Event, String> {
+    let fields = map.iter().filter_map(|(k, v)| {
+        let raw = match v {
+            serde_json::Value::Null => return None,
+            serde_json::Value::String(s) => RawValue::Text(s),
+            serde_json::Value::Number(n) => RawValue::Number(n.as_f64().unwrap_or(f64::NAN)),
+            serde_json::Value::Bool(b) => RawValue::Owned(b.to_string()),
+            serde_json::Value::Array(items) => RawValue::List(
+                items
+                    .iter()
+                    .filter_map(|i| match i {
+                        serde_json::Value::String(s) => Some(s.trim().to_string()),
+                        serde_json::Value::Null => None,
+                        other => Some(other.to_string()),
+                    })
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            ),
+            obj @ serde_json::Value::Object(_) => RawValue::Owned(obj.to_string()),
+        };
+        Some((k.as_str(), raw))
+    });
+    build_event(fields, shape)
+}
+
+/// A field value before the feed's settings are applied.
+enum RawValue<'a> {
+    Text(&'a str),
+    Owned(String),
+    Number(f64),
+    List(Vec<String>),
+}
+
+/// Applies the feed's settings (lists, id, time) to raw fields.
+fn build_event<'a>(raw: impl Iterator<Item = (&'a str, RawValue<'a>)>, shape: &RecordShape<'_>) -> Result<Event, String> {
+    let feed = shape.feed;
+    let mut fields = BTreeMap::new();
+    for (name, value) in raw {
+        if name.is_empty() {
+            continue;
+        }
+        let separator = feed.list_fields.get(name);
+        let value = match (value, separator) {
+            (RawValue::Text(s), Some(sep)) => Value::List(split_list(s, sep)),
+            (RawValue::Owned(s), Some(sep)) => Value::List(split_list(&s, sep)),
+            (RawValue::Text(s), None) => Value::Text(s.trim().to_string()),
+            (RawValue::Owned(s), None) => Value::Text(s),
+            (RawValue::Number(n), _) if n.is_finite() => Value::Number(n),
+            (RawValue::Number(_), _) => continue,
+            (RawValue::List(items), _) => Value::List(items),
+        };
+        fields.insert(name.to_string(), value);
+    }
+    let record_id = match &feed.id_field {
+        None => None,
+        Some(f) => match fields.get(f).filter(|v| !v.is_empty()) {
+            Some(v) => Some(v.to_string()),
+            None => return Err(format!("`{f}` (the record id) is empty")),
+        },
+    };
+    let time = match &feed.time_field {
+        None => shape.default_time,
+        Some(f) => match fields.get(f).filter(|v| !v.is_empty()) {
+            None => return Err(format!("`{f}` (the event time) is empty")),
+            Some(v) => parse_time(&v.to_string(), feed.time_format.as_deref(), shape.timezone).map_err(|hint| {
+                format!("`{f}` value `{v}` is not a time; {hint}")
+            })?,
+        },
+    };
+    Ok(Event {
+        feed: feed.name.clone(),
+        record_id,
+        time,
+        fields,
+    })
+}
+
+fn split_list(s: &str, separator: &str) -> Vec<String> {
+    s.split(separator)
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Parses an event time. Times without an offset are local to `tz`.
+pub fn parse_time(s: &str, format: Option<&str>, tz: &TimeZone) -> Result<Timestamp, String> {
+    let s = s.trim();
+    if let Some(format) = format {
+        let parsed = jiff::fmt::strtime::parse(format, s)
+            .map_err(|_| format!("expected the feed's time_format `{format}`"))?;
+        if parsed.offset().is_some() {
+            return parsed.to_timestamp().map_err(|e| e.to_string());
+        }
+        let civil = parsed.to_datetime().map_err(|_| format!("expected the feed's time_format `{format}` with a date and a time"))?;
+        return tz.to_timestamp(civil).map_err(|e| e.to_string());
+    }
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    // RFC 3339 without an offset, or with a space for the `T`: local time.
+    if let Ok(civil) = s.parse::<jiff::civil::DateTime>() {
+        return tz.to_timestamp(civil).map_err(|e| e.to_string());
+    }
+    Err("expected RFC 3339, like 2025-11-04T11:30:00Z (or set the feed's time_format)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn feed(format: &str, extra: &str) -> FeedConfig {
+        Config::parse(
+            Path::new("/x/c.toml"),
+            &format!(
+                "[mail]\ntransport = \"file\"\n[[feed]]\nname = \"drug_testing\"\ndir = \"in\"\nformat = \"{format}\"\nid_field = \"sample_id\"\ntime_field = \"tested_at\"\nlist_fields = {{ substances = \";\" }}\n{extra}\n"
+            ),
+        )
+        .unwrap()
+        .feeds
+        .remove(0)
+    }
+
+    fn read(text: &str, feed: &FeedConfig) -> Result<(Vec<Event>, Vec<RowError>), FileError> {
+        let tz = TimeZone::get("Europe/London").unwrap();
+        let shape = RecordShape {
+            feed,
+            timezone: &tz,
+            default_time: Timestamp::UNIX_EPOCH,
+        };
+        let mut events = Vec::new();
+        let mut errors = Vec::new();
+        parse(text.as_bytes(), &shape, |row| match row {
+            Row::Event(e) => events.push(*e),
+            Row::Error(e) => errors.push(e),
+        })?;
+        Ok((events, errors))
+    }
+
+    #[test]
+    fn csv_with_crlf_quoted_newlines_and_lists() {
+        let feed = feed("csv", "");
+        let text = "sample_id,tested_at,substances,notes\r\nS1,2025-11-04T11:30:00Z,\"Cocaine; Levamisole\",\"line one\r\nline two\"\r\nS2,2025-07-01 09:00,heroin,\r\n";
+        let (events, errors) = read(text, &feed).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].record_id.as_deref(), Some("S1"));
+        assert_eq!(events[0].fields["substances"], Value::List(vec!["Cocaine".into(), "Levamisole".into()]));
+        assert_eq!(events[0].text("notes"), "line one\r\nline two");
+        // Local summer time: 09:00 BST is 08:00 UTC.
+        assert_eq!(events[1].time.to_string(), "2025-07-01T08:00:00Z");
+    }
+
+    #[test]
+    fn bad_rows_are_reported_with_row_line_and_span_and_good_rows_kept() {
+        let feed = feed("csv", "");
+        let text = "sample_id,tested_at,substances\nS1,2025-11-04T11:30:00Z,x\nS2,yesterday,x\nS3,2025-11-04T11:30:00Z\n,2025-11-04T11:30:00Z,x\nS5,2025-11-04T11:30:00Z,x\n";
+        let (events, errors) = read(text, &feed).unwrap();
+        assert_eq!(events.iter().map(|e| e.record_id.clone().unwrap()).collect::<Vec<_>>(), ["S1", "S5"]);
+        assert_eq!(errors.len(), 3);
+        assert_eq!((errors[0].row, errors[0].line), (2, 3));
+        assert!(errors[0].reason.contains("`tested_at` value `yesterday` is not a time"), "{}", errors[0].reason);
+        let span = errors[0].span.clone().unwrap();
+        assert_eq!(&text[span.start as usize..span.end as usize], "S2,yesterday,x\n");
+        assert!(errors[1].reason.contains("2 fields but the header has 3"), "{}", errors[1].reason);
+        assert!(errors[2].reason.contains("record id) is empty"), "{}", errors[2].reason);
+    }
+
+    #[test]
+    fn semicolon_exports_are_sniffed() {
+        let feed = feed("csv", "");
+        let (events, errors) = read("sample_id;tested_at;substances\nS1;2025-11-04T11:30:00Z;a\n", &feed).unwrap();
+        assert!(errors.is_empty());
+        assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn whole_file_problems() {
+        let feed = feed("csv", "");
+        assert!(read("", &feed).unwrap_err().0.contains("empty"));
+        assert!(read("a\0b", &feed).unwrap_err().0.contains("binary"));
+        assert!(read("id,when\n1,2\n", &feed).unwrap_err().0.contains("no `sample_id` column"));
+        let json = self::feed("json", "");
+        assert!(read("{\"a\": 1}", &json).unwrap_err().0.contains("expected a JSON array"));
+        assert!(read("[1, ", &json).unwrap_err().0.contains("invalid JSON"));
+    }
+
+    #[test]
+    fn json_lines_and_arrays() {
+        let feed = feed("jsonl", "");
+        let text = "{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\", \"substances\": [\"a\", \"b\"], \"amount\": 12.5}\nnot json\n\n[1]\n";
+        let (events, errors) = read(text, &feed).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].fields["amount"], Value::Number(12.5));
+        assert_eq!(events[0].fields["substances"], Value::List(vec!["a".into(), "b".into()]));
+        assert_eq!(errors.len(), 2);
+        assert_eq!((errors[0].row, errors[0].line), (2, 2));
+        assert!(errors[0].reason.starts_with("invalid JSON at column "), "{}", errors[0].reason);
+        assert_eq!(errors[1].line, 4);
+
+        let feed = self::feed("json", "");
+        let (events, errors) = read("[{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\"}, 3]", &feed).unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(errors[0].reason.contains("element 2"));
+    }
+
+    #[test]
+    fn custom_time_formats_are_local_unless_they_carry_an_offset() {
+        let tz = TimeZone::get("Europe/London").unwrap();
+        assert_eq!(parse_time("04/07/2025 10:00", Some("%d/%m/%Y %H:%M"), &tz).unwrap().to_string(), "2025-07-04T09:00:00Z");
+        assert!(parse_time("2025-07-04", Some("%d/%m/%Y %H:%M"), &tz).is_err());
+        assert_eq!(parse_time("2025-11-04T11:30:00+01:00", None, &tz).unwrap().to_string(), "2025-11-04T10:30:00Z");
+    }
+}

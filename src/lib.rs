@@ -1,0 +1,27 @@
+//! earlywarn: a rule-based early-warning alerting daemon.
+//!
+//! The crate reads like the pipeline it runs:
+//!
+//! - [`feeds`]: files in. Decoding, parsing CSV / JSON into records, watching folders.
+//! - [`event`]: one record as typed field values.
+//! - [`rules`]: loading rule files, the `when` condition language, the rule engine.
+//! - [`alerts`]: routing and redaction per partner, rendering the email.
+//! - [`store`]: the SQLite database: checkpoints, rule state, the durable outbox.
+//! - [`delivery`]: mail out, over SMTP or to files, with retries.
+//! - [`daemon`]: the long-running process that ties these together.
+//! - [`replay`]: the same pipeline offline, with a simulated clock.
+//! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
+//!
+//! The core (`event`, `feeds::parse`, `feeds::decode`, `rules`, `alerts`) does
+//! no I/O and never reads the clock: callers pass `now`.
+
+pub mod alerts;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod diagnostic;
+pub mod event;
+pub mod feeds;
+pub mod replay;
+pub mod rules;
+pub mod store;

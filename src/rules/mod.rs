@@ -1,0 +1,427 @@
+//! Rules: loading rule files into a validated [`RuleSet`], and the engine that evaluates them.
+//!
+//! A rule set is loaded whole or refused whole: [`RuleSet::load`] returns every
+//! problem it finds across all files, each with file, line and column, and
+//! never a partial set. Conditions are compiled, lists resolved and templates
+//! parsed here, once. This module reads the rule files; everything below it
+//! ([`condition`], [`engine`]) is pure.
+
+pub mod condition;
+pub mod engine;
+
+use crate::config::{parse_duration, unknown_partner_message, Config, Severity};
+use crate::diagnostic::{suggest, Diagnostic, Diagnostics};
+use condition::Condition;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A validated, compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub feed: String,
+    pub kind: RuleKind,
+    pub when: Condition,
+    /// The `when` text as written, for status and emails.
+    pub when_source: Option<String>,
+    pub severity: Severity,
+    pub notify: Vec<String>,
+    pub review: Vec<String>,
+    pub advice: Option<String>,
+    pub cooldown: Option<Duration>,
+    pub group_by: Vec<String>,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    /// The file the rule came from.
+    pub source: PathBuf,
+}
+
+/// What makes a rule fire. Only `match` is evaluated by this version; the
+/// stateful kinds of SPEC §5.2 are named so that `check` can say so clearly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleKind {
+    Match,
+}
+
+/// Every rule in force, in load order.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub files: Vec<PathBuf>,
+}
+
+impl RuleSet {
+    /// Loads every rule file named by the config's `rules` globs.
+    pub fn load(config: &Config) -> Result<RuleSet, Diagnostics> {
+        let files = rule_files(config)?;
+        let mut sources = Vec::new();
+        for path in &files {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Diagnostic::file(path, format!("cannot read the rule file: {e}")))?;
+            sources.push((path.clone(), text));
+        }
+        RuleSet::from_sources(config, &sources)
+    }
+
+    /// Builds a rule set from (path, text) pairs; the paths are only for messages.
+    pub fn from_sources(config: &Config, sources: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
+        let mut errors = Vec::new();
+        let mut parsed = Vec::new();
+        // Lists are shared by every file of the set, so a list may live in its own file.
+        let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut list_origin: HashMap<String, PathBuf> = HashMap::new();
+        for (path, text) in sources {
+            match toml::from_str::<RawRuleFile>(text) {
+                Ok(file) => {
+                    for (name, items) in &file.lists {
+                        if let Some(first) = list_origin.get(name.get_ref()) {
+                            errors.push(Diagnostic::at(path, text, name.span().start, format!(
+                                "list `{}` is already defined in {}", name.get_ref(), first.display()
+                            )));
+                            continue;
+                        }
+                        list_origin.insert(name.get_ref().clone(), path.clone());
+                        lists.insert(name.get_ref().clone(), items.clone());
+                    }
+                    if file.rule.is_empty() && file.lists.is_empty() {
+                        errors.push(Diagnostic::file(path, "this file has no [[rule]] and no [lists]; is it a rule file?"));
+                    }
+                    parsed.push((path, text, file));
+                }
+                Err(e) => errors.push(Diagnostic::from_toml(path, text, &e)),
+            }
+        }
+
+        let mut rules = Vec::new();
+        let mut ids: HashMap<String, PathBuf> = HashMap::new();
+        for (path, text, file) in parsed {
+            for raw in file.rule {
+                let at = |offset: usize, msg: String| Diagnostic::at(path, text, offset, msg);
+                let id_span = raw.id.span();
+                let id = raw.id.get_ref().trim().to_string();
+                if id.is_empty() {
+                    errors.push(at(id_span.start, "a rule needs an `id`".into()));
+                }
+                if let Some(other) = ids.insert(id.clone(), path.clone()) {
+                    errors.push(at(id_span.start, format!("rule id `{id}` is used twice (also in {})", other.display())));
+                }
+
+                let feed = raw.feed.get_ref().clone();
+                let feed_config = config.feed(&feed);
+                if feed_config.is_none() {
+                    let hint = match suggest(&feed, config.feeds.iter().map(|f| f.name.as_str())) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("the feeds are: {}", config.feeds.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")),
+                    };
+                    errors.push(at(raw.feed.span().start, format!("unknown feed `{feed}`; {hint}")));
+                }
+
+                let kind = match raw.kind.as_ref().map(|k| k.get_ref().as_str()).unwrap_or("match") {
+                    "match" => Some(RuleKind::Match),
+                    other @ ("threshold" | "deadline" | "first_seen" | "rate" | "silence") => {
+                        let span = raw.kind.as_ref().map(|k| k.span()).unwrap_or(id_span.clone());
+                        errors.push(at(span.start, format!("kind `{other}` is not available in this version of earlywarn; only `match` rules can be loaded")));
+                        None
+                    }
+                    other => {
+                        let span = raw.kind.as_ref().map(|k| k.span()).unwrap_or(id_span.clone());
+                        let hint = suggest(other, ["match", "threshold", "deadline", "first_seen", "rate", "silence"])
+                            .map(|s| format!("did you mean `{s}`?"))
+                            .unwrap_or_else(|| "use match, threshold, deadline, first_seen, rate or silence".into());
+                        errors.push(at(span.start, format!("unknown kind `{other}`; {hint}")));
+                        None
+                    }
+                };
+
+                let when = match &raw.when {
+                    None => Some(Condition::Always),
+                    Some(w) => match Condition::parse(w.get_ref(), &lists) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            let offset = string_content_offset(text, w.span().start) + e.offset;
+                            errors.push(at(offset, e.message));
+                            None
+                        }
+                    },
+                };
+
+                let severity = match &raw.severity {
+                    None => Severity::Warning,
+                    Some(s) => Severity::parse(s.get_ref()).unwrap_or_else(|| {
+                        errors.push(at(s.span().start, format!("unknown severity `{}`; use info, warning or critical", s.get_ref())));
+                        Severity::Warning
+                    }),
+                };
+
+                let check_partners = |list: &[Spanned<String>], errors: &mut Vec<Diagnostic>| -> Vec<String> {
+                    list.iter()
+                        .map(|p| {
+                            if config.partner(p.get_ref()).is_none() {
+                                errors.push(at(p.span().start, unknown_partner_message(p.get_ref(), &config.partners)));
+                            }
+                            p.get_ref().clone()
+                        })
+                        .collect()
+                };
+                let notify = check_partners(&raw.notify, &mut errors);
+                let review = check_partners(&raw.review, &mut errors);
+                if notify.is_empty() && review.is_empty() {
+                    errors.push(at(id_span.start, format!("rule `{id}` has nobody to tell: add `notify = [\"partner-id\", ...]`")));
+                }
+
+                let cooldown = match &raw.cooldown {
+                    None => None,
+                    Some(c) => match parse_duration(c.get_ref()) {
+                        Ok(d) => Some(d),
+                        Err(msg) => {
+                            errors.push(at(c.span().start, msg));
+                            None
+                        }
+                    },
+                };
+
+                // Fields must exist where the feed declares its columns.
+                if let (Some(fc), Some(cond)) = (feed_config, &when)
+                    && let Some(columns) = &fc.fields
+                {
+                    let unknown = |name: &str, offset: usize, errors: &mut Vec<Diagnostic>| {
+                        if !columns.iter().any(|c| c == name) {
+                            let hint = suggest(name, columns.iter().map(String::as_str))
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default();
+                            errors.push(at(offset, format!("feed `{}` has no field `{name}`{hint}", fc.name)));
+                        }
+                    };
+                    if let Some(w) = &raw.when {
+                        let base = string_content_offset(text, w.span().start);
+                        for field in cond.fields() {
+                            let offset = w.get_ref().find(field).map(|i| base + i).unwrap_or(base);
+                            unknown(field, offset, &mut errors);
+                        }
+                    }
+                    for g in &raw.group_by {
+                        unknown(g.get_ref(), g.span().start, &mut errors);
+                    }
+                }
+
+                for (label, template) in [("subject", &raw.subject), ("body", &raw.body)] {
+                    if let Some(t) = template
+                        && let Err(e) = crate::alerts::render::check_template(t.get_ref())
+                    {
+                        let offset = string_content_offset(text, t.span().start) + e.offset;
+                        errors.push(at(offset, format!("in `{label}`: {}", e.message)));
+                    }
+                }
+
+                if let (Some(kind), Some(when)) = (kind, when) {
+                    rules.push(Rule {
+                        name: raw.name.unwrap_or_else(|| id.clone()),
+                        id,
+                        description: raw.description,
+                        feed,
+                        kind,
+                        when,
+                        when_source: raw.when.map(|w| w.into_inner()),
+                        severity,
+                        notify,
+                        review,
+                        advice: raw.advice,
+                        cooldown,
+                        group_by: raw.group_by.into_iter().map(|g| g.into_inner()).collect(),
+                        subject: raw.subject.map(|s| s.into_inner()),
+                        body: raw.body.map(|s| s.into_inner()),
+                        source: path.clone(),
+                    });
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        Ok(RuleSet {
+            rules,
+            files: sources.iter().map(|(p, _)| p.clone()).collect(),
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+}
+
+/// Expands the config's rule globs into a sorted, de-duplicated file list.
+pub fn rule_files(config: &Config) -> Result<Vec<PathBuf>, Diagnostics> {
+    let mut files = Vec::new();
+    for pattern in &config.daemon.rules {
+        let paths = glob::glob(pattern).map_err(|e| {
+            Diagnostic::file(&config.path, format!("bad rules pattern `{pattern}`: {e}"))
+        })?;
+        for entry in paths {
+            match entry {
+                Ok(p) if p.is_file() => files.push(p),
+                Ok(_) => {}
+                Err(e) => return Err(Diagnostic::file(e.path(), format!("cannot read: {}", e.error())).into()),
+            }
+        }
+    }
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(Diagnostic::file(
+            &config.path,
+            format!("no rule files match {}", config.daemon.rules.join(", ")),
+        )
+        .into());
+    }
+    Ok(files)
+}
+
+/// Byte offset where a TOML string's content starts, given the offset of its opening quote.
+fn string_content_offset(text: &str, quote_at: usize) -> usize {
+    let rest = text.get(quote_at..).unwrap_or("");
+    if rest.starts_with("'''") || rest.starts_with("\"\"\"") {
+        // A newline right after the opening delimiter is not part of the string.
+        let after = &rest[3..];
+        let skip = if after.starts_with("\r\n") { 2 } else if after.starts_with('\n') { 1 } else { 0 };
+        quote_at + 3 + skip
+    } else {
+        quote_at + 1
+    }
+}
+
+/// Whether a path names a rule file in `set` (used by the reload watcher).
+pub fn is_rule_file(set: &RuleSet, path: &Path) -> bool {
+    set.files.iter().any(|f| f == path)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleFile {
+    #[serde(default)]
+    lists: BTreeMap<Spanned<String>, Vec<String>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Spanned<String>,
+    name: Option<String>,
+    description: Option<String>,
+    feed: Spanned<String>,
+    kind: Option<Spanned<String>>,
+    when: Option<Spanned<String>>,
+    severity: Option<Spanned<String>>,
+    #[serde(default)]
+    notify: Vec<Spanned<String>>,
+    #[serde(default)]
+    review: Vec<Spanned<String>>,
+    advice: Option<String>,
+    cooldown: Option<Spanned<String>>,
+    #[serde(default)]
+    group_by: Vec<Spanned<String>>,
+    subject: Option<Spanned<String>>,
+    body: Option<Spanned<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("/x/earlywarn.toml"),
+            r#"
+[mail]
+transport = "file"
+[[feed]]
+name = "drug_testing"
+dir = "in"
+fields = ["sample_id", "district", "substances_major", "notes"]
+[[partner]]
+id = "dews-panel"
+emails = ["p@example.org"]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn load(text: &str) -> Result<RuleSet, Diagnostics> {
+        RuleSet::from_sources(&config(), &[(PathBuf::from("r.toml"), text.to_string())])
+    }
+
+    #[test]
+    fn a_good_rule_loads() {
+        let set = load(
+            r#"
+[lists]
+nitazenes = ["isotonitazene"]
+
+[[rule]]
+id = "nitazene"
+feed = "drug_testing"
+when = 'substances_major in nitazenes'
+severity = "critical"
+notify = ["dews-panel"]
+cooldown = "6h"
+group_by = ["district"]
+"#,
+        )
+        .unwrap();
+        let rule = &set.rules[0];
+        assert_eq!(rule.severity, Severity::Critical);
+        assert_eq!(rule.cooldown, Some(Duration::from_secs(21600)));
+        assert_eq!(rule.group_by, ["district"]);
+    }
+
+    #[test]
+    fn errors_point_into_the_condition() {
+        let err = load(
+            "[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\nwhen = 'district == \"a\" and substances_major in nitazene'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "r.toml:5:49: unknown list `nitazene`; define it under [lists] in this rule file");
+    }
+
+    #[test]
+    fn unknown_names_get_suggestions() {
+        let err = load("[[rule]]\nid = \"x\"\nfeed = \"drug-testing\"\nnotify = [\"dews_panel\"]\ngroup_by = [\"distrct\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.toml:3:8: unknown feed `drug-testing`; did you mean `drug_testing`?"), "{err}");
+        assert!(err.contains("r.toml:4:11: unknown partner `dews_panel`; did you mean `dews-panel`?"), "{err}");
+        let err = load("[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\ngroup_by = [\"distrct\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.toml:5:13: feed `drug_testing` has no field `distrct`; did you mean `district`?"), "{err}");
+    }
+
+    #[test]
+    fn one_bad_rule_refuses_the_whole_set() {
+        let err = load(
+            "[[rule]]\nid = \"good\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\n\n[[rule]]\nid = \"bad\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\nseverity = \"urgent\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].line, 10);
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_reported() {
+        let err = load("[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\nkind = \"treshold\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `threshold`?"), "{err}");
+        let err = load("[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\nsevrity = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("r.toml:5:1: unknown field `sevrity`"), "{err}");
+    }
+}
