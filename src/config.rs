@@ -137,7 +137,8 @@ impl FeedConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
     Warning,
@@ -399,7 +400,6 @@ impl Config {
                 }
             };
             if let Some(tf) = &f.time_format
-                && jiff::fmt::strtime::BrokenDownTime::parse(tf.get_ref(), "").is_err()
                 && !tf.get_ref().contains('%')
             {
                 errors.push(at(tf.span(), "time_format is a strftime pattern like \"%d/%m/%Y %H:%M\"".into()));
@@ -434,6 +434,11 @@ impl Config {
             errors.push(Diagnostic::at(path, text, 0, "the config has no [[feed]]: earlywarn needs at least one folder to watch"));
         }
 
+        let from = m.from.clone().unwrap_or_else(|| "earlywarn <earlywarn@localhost>".into());
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            errors.push(Diagnostic::at(path, text, 0, format!("[mail] from `{from}` is not an address like \"GM Early Warning <earlywarn@example.org>\"")));
+        }
+
         let rules = d
             .rules
             .unwrap_or_else(|| vec!["rules/*.toml".to_string()])
@@ -457,7 +462,7 @@ impl Config {
                 shutdown_timeout,
             },
             mail: MailConfig {
-                from: m.from.unwrap_or_else(|| "earlywarn <earlywarn@localhost>".into()),
+                from,
                 marking: m.marking.unwrap_or_else(|| "OFFICIAL-SENSITIVE".into()),
                 transport,
                 timeout,

@@ -1,0 +1,254 @@
+//! Mail out: sending outbox rows over SMTP (or to `.eml` files), with retries.
+//!
+//! Failures are of two kinds and the outbox treats them differently:
+//! [`SendError::Permanent`] (a 5xx answer) marks the row failed after one
+//! attempt; [`SendError::Transient`] (4xx, refused connection, timeout, TLS
+//! trouble) schedules a retry with capped exponential backoff. Every exchange
+//! is bounded by `[mail] timeout`, so a tarpit server cannot stall delivery.
+
+use crate::config::{MailConfig, SmtpConfig, TlsMode, Transport};
+use crate::store::{OutboxItem, Store};
+use jiff::Timestamp;
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying: the server is down, busy, or answered 4xx.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying will not help: the server answered 5xx.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailerError {
+    #[error("cannot read the SMTP password from {path}: {source}")]
+    Password { path: PathBuf, source: std::io::Error },
+    #[error("cannot read the CA certificate {path}: {message}")]
+    CaFile { path: PathBuf, message: String },
+    #[error("SMTP TLS setup: {0}")]
+    Tls(String),
+}
+
+/// Sends finished messages.
+pub enum Mailer {
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        timeout: Duration,
+    },
+    File {
+        dir: PathBuf,
+    },
+}
+
+impl Mailer {
+    pub fn new(mail: &MailConfig) -> Result<Mailer, MailerError> {
+        match &mail.transport {
+            Transport::File { dir } => Ok(Mailer::File { dir: dir.clone() }),
+            Transport::Smtp(smtp) => Ok(Mailer::Smtp {
+                transport: smtp_transport(smtp, mail.timeout)?,
+                timeout: mail.timeout,
+            }),
+        }
+    }
+
+    /// Sends one message to `recipients`.
+    pub async fn send(&self, from: &str, recipients: &[String], message: &[u8], name_hint: &str) -> Result<(), SendError> {
+        match self {
+            Mailer::File { dir } => write_eml(dir, name_hint, message)
+                .map_err(|e| SendError::Transient(format!("cannot write to {}: {e}", dir.display()))),
+            Mailer::Smtp { transport, timeout } => {
+                let from: Address = from
+                    .parse()
+                    .map_err(|e| SendError::Permanent(format!("bad sender address `{from}`: {e}")))?;
+                let to: Vec<Address> = recipients
+                    .iter()
+                    .map(|r| r.parse().map_err(|e| SendError::Permanent(format!("bad recipient `{r}`: {e}"))))
+                    .collect::<Result<_, _>>()?;
+                let envelope = Envelope::new(Some(from), to).map_err(|e| SendError::Permanent(e.to_string()))?;
+                // lettre bounds each command; this bounds the whole exchange,
+                // including a server that stalls after DATA.
+                match tokio::time::timeout(*timeout + Duration::from_secs(1), transport.send_raw(&envelope, message)).await {
+                    Err(_) => Err(SendError::Transient(format!("no answer within {}s", timeout.as_secs()))),
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
+                    Ok(Err(e)) => Err(SendError::Transient(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+fn smtp_transport(smtp: &SmtpConfig, timeout: Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailerError> {
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+        .port(smtp.port)
+        .timeout(Some(timeout));
+    if smtp.tls != TlsMode::None {
+        let mut params = TlsParameters::builder(smtp.host.clone());
+        if let Some(ca) = &smtp.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| MailerError::CaFile { path: ca.clone(), message: e.to_string() })?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| MailerError::CaFile { path: ca.clone(), message: e.to_string() })?;
+            params = params.add_root_certificate(cert);
+        }
+        let params = params.build_rustls().map_err(|e| MailerError::Tls(e.to_string()))?;
+        builder = builder.tls(match smtp.tls {
+            TlsMode::Tls => Tls::Wrapper(params),
+            _ => Tls::Required(params),
+        });
+    }
+    if let Some(user) = &smtp.username {
+        let password = read_password(smtp.password_file.as_deref())?;
+        builder = builder.credentials(Credentials::new(user.clone(), password));
+    }
+    Ok(builder.build())
+}
+
+/// The SMTP password: from `password_file`, else from systemd's credential
+/// `smtp-password` (LoadCredential), else empty.
+fn read_password(path: Option<&Path>) -> Result<String, MailerError> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Path::new(&dir).join("smtp-password"),
+            None => return Ok(String::new()),
+        },
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| MailerError::Password { path: path.clone(), source })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Writes a message atomically as `dir/NAME.eml`.
+fn write_eml(dir: &Path, name: &str, message: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.eml.tmp"));
+    let target = dir.join(format!("{name}.eml"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(message)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(tmp, target)
+}
+
+/// The delay before retry number `attempt` (1 = the first retry): doubling from `initial`, capped at `max`.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+    initial.saturating_mul(factor).min(max)
+}
+
+/// What happened to one outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Sent,
+    Retry { after: Duration },
+    Failed,
+}
+
+/// Sends one due row and records the outcome.
+pub async fn attempt(store: &Mutex<Store>, mailer: &Mailer, mail: &MailConfig, item: OutboxItem) -> Attempt {
+    let name = format!("{}-{}", item.alert_id, item.partner_id);
+    let result = mailer.send(&item.mail_from, &item.recipients, &item.message, &name).await;
+    let now = Timestamp::now();
+    // A poisoned lock means another thread panicked mid-update; SQLite's own
+    // transaction keeps the data consistent, so carrying on is safe.
+    let store = store.lock().unwrap_or_else(|p| p.into_inner());
+    let attempts = item.attempts + 1;
+    let (outcome, recorded) = match &result {
+        Ok(()) => {
+            tracing::info!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts, "Delivered");
+            (Attempt::Sent, store.mark_sent(item.id, now))
+        }
+        Err(SendError::Permanent(e)) => {
+            tracing::error!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts, error = %e,
+                "Delivery failed permanently; the alert did not reach this partner");
+            (Attempt::Failed, store.mark_failed(item.id, e))
+        }
+        Err(SendError::Transient(e)) => {
+            let after = backoff(attempts, mail.retry_initial, mail.retry_max);
+            tracing::warn!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts, error = %e,
+                retry_in_secs = after.as_secs(), "Delivery failed; will retry");
+            let next = now.checked_add(after).unwrap_or(now);
+            (Attempt::Retry { after }, store.mark_retry(item.id, next, e))
+        }
+    };
+    if let Err(e) = recorded {
+        // The send happened but its outcome is not recorded: at worst it is sent again.
+        tracing::error!(alert = %item.alert_id, error = %e, "Cannot record the delivery outcome");
+    }
+    outcome
+}
+
+/// Drains the outbox until `shutdown`: sends what is due, then sleeps until
+/// the next row is due or `wake` says new rows were committed.
+pub async fn run_outbox(store: Arc<Mutex<Store>>, mailer: Arc<Mailer>, mail: MailConfig, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let due = {
+            let s = store.lock().unwrap_or_else(|p| p.into_inner());
+            s.due(Timestamp::now(), 16)
+        };
+        let due = match due {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read the outbox; retrying in 5s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        if !due.is_empty() {
+            for item in due {
+                // An exchange in progress is finished even during shutdown (it is bounded by the timeout).
+                attempt(&store, &mailer, &mail, item).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+            continue;
+        }
+        let next = {
+            let s = store.lock().unwrap_or_else(|p| p.into_inner());
+            s.next_due().ok().flatten()
+        };
+        let sleep_for = match next {
+            Some(t) => {
+                let wait = t.duration_since(Timestamp::now());
+                Duration::try_from(wait).unwrap_or(Duration::ZERO).min(Duration::from_secs(60))
+            }
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(1, s(30), s(3600)), s(30));
+        assert_eq!(backoff(2, s(30), s(3600)), s(60));
+        assert_eq!(backoff(5, s(30), s(3600)), s(480));
+        assert_eq!(backoff(8, s(30), s(3600)), s(3600));
+        assert_eq!(backoff(1000, s(30), s(3600)), s(3600));
+    }
+}

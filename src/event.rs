@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// A field value as delivered by a feed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum Value {
     /// Text; numbers in CSV arrive as text too and are parsed on comparison.
     Text(String),
@@ -116,7 +117,7 @@ pub fn parse_number(s: &str) -> Option<f64> {
 }
 
 /// One record of a feed, ready for the rules.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// The feed it came from.
     pub feed: String,

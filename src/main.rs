@@ -1,3 +1,343 @@
-fn main() {
-    println!("Hello, world!");
+//! The `earlywarn` command line: parse arguments, set up logging, call the library.
+//!
+//! Exit codes (SPEC §2): 0 ok, 1 a user error (bad config, bad rules, failed
+//! test, bad input), 2 an internal failure.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use earlywarn::config::Config;
+use earlywarn::delivery::Mailer;
+use earlywarn::diagnostic::Diagnostics;
+use earlywarn::rules::RuleSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "earlywarn", version, about = "Rule-based early-warning alerting daemon")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
 }
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (systemd runs this).
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config, rules and templates; print file:line:col errors.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Ingest files offline with a simulated clock; print alerts; send nothing.
+    Replay {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The feed the files belong to.
+        #[arg(long)]
+        feed: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show state: feeds, outbox, delivery problems, rejected files, recent alerts.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Send a test email through the configured transport, now.
+    SendTestEmail {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// A failure that is the user's to fix (exit 1), as opposed to an internal one (exit 2).
+#[derive(Debug)]
+struct UserError(String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(user) = e.downcast_ref::<UserError>() {
+                eprintln!("{user}");
+                ExitCode::from(1)
+            } else if let Some(diags) = e.downcast_ref::<Diagnostics>() {
+                eprintln!("{diags}");
+                ExitCode::from(1)
+            } else {
+                eprintln!("earlywarn: internal error: {e:#}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn config_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os("EARLYWARN_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/earlywarn/earlywarn.toml"))
+}
+
+fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = config_path(explicit);
+    Ok(Config::load(&path)?)
+}
+
+fn load_rules(config: &Config) -> anyhow::Result<Arc<RuleSet>> {
+    Ok(Arc::new(RuleSet::load(config)?))
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = load_config(config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(earlywarn::daemon::run(config)).map_err(|e| match e {
+                earlywarn::daemon::DaemonError::Rules(d) => anyhow::Error::new(d),
+                other => anyhow::Error::new(UserError(format!("earlywarn: {other}"))),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => check(config),
+        Command::Replay { config, feed, format, files } => replay(config, &feed, format, &files),
+        Command::Status { config, format } => status(config, format),
+        Command::SendTestEmail { config, to } => send_test_email(config, &to),
+    }
+}
+
+fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let rules = load_rules(&config)?;
+    if let Err(e) = Mailer::new(&config.mail) {
+        return Err(UserError(format!("{}: [mail]: {e}", config.path.display())).into());
+    }
+    for feed in &config.feeds {
+        if !feed.dir.is_dir() {
+            eprintln!("note: feed `{}` folder {} does not exist yet; `earlywarn run` creates it", feed.name, feed.dir.display());
+        }
+    }
+    let reviewed = rules.rules.iter().filter(|r| !r.review.is_empty()).count();
+    println!(
+        "{}: ok: {} feed(s), {} partner(s); {} rule(s) in {} file(s), {} reviewed before sending",
+        config.path.display(),
+        config.feeds.len(),
+        config.partners.len(),
+        rules.rules.len(),
+        rules.files.len(),
+        reviewed
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(config: Option<PathBuf>, feed_name: &str, format: OutputFormat, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let rules = load_rules(&config)?;
+    let Some(feed) = config.feed(feed_name) else {
+        let names: Vec<&str> = config.feeds.iter().map(|f| f.name.as_str()).collect();
+        return Err(UserError(format!("unknown feed `{feed_name}`; the feeds are: {}", names.join(", "))).into());
+    };
+    for f in files {
+        if !f.is_file() {
+            return Err(UserError(format!("{}: no such file", f.display())).into());
+        }
+    }
+    let started = std::time::Instant::now();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_error = None;
+    let summary = earlywarn::replay::replay(
+        &config,
+        rules,
+        feed,
+        files,
+        |alert| {
+            use std::io::Write;
+            let line = match format {
+                OutputFormat::Json => serde_json::to_string(&alert).unwrap_or_default(),
+                OutputFormat::Text => format!(
+                    "{}  {:<8} {}  {}  records={}  to={}{}\n    {}",
+                    alert.id,
+                    alert.severity,
+                    alert.rule,
+                    alert.district.as_deref().unwrap_or("(several districts)"),
+                    alert.count,
+                    alert.recipients.join(","),
+                    if alert.review { " (draft for review)" } else { "" },
+                    alert.subject
+                ),
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                write_error.get_or_insert(e);
+            }
+        },
+        |path, row, reason| match row {
+            Some(r) if r.line > 0 => eprintln!("{}: row {} (line {}): {reason}", path.display(), r.row, r.line),
+            Some(r) => eprintln!("{}: row {}: {reason}", path.display(), r.row),
+            None => eprintln!("{}: {reason}", path.display()),
+        },
+    )?;
+    drop(out);
+    if let Some(e) = write_error
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e.into());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "replayed {} file(s), {} rows ({} events, {} duplicate, {} rejected) in {:.2}s ({:.0} rows/s): {} alert(s)",
+        summary.files,
+        summary.rows,
+        summary.events,
+        summary.duplicates,
+        summary.rejected_rows,
+        secs,
+        summary.rows as f64 / secs.max(1e-9),
+        summary.alerts
+    );
+    Ok(if summary.rejected_rows > 0 || summary.rejected_files > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
+    let report = store.status(jiff::Timestamp::now())?;
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tz = &config.daemon.timezone;
+    let show = |t: jiff::Timestamp| t.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
+    println!("Feeds");
+    for feed in &config.feeds {
+        match report.feeds.iter().find(|f| f.feed == feed.name) {
+            Some(f) => println!("  {:<16} last file {} at {} ({})", feed.name, f.last_file, show(f.last_at), f.last_outcome),
+            None => println!("  {:<16} no file yet", feed.name),
+        }
+    }
+    println!("Outbox");
+    println!("  pending {}, failed {}", report.outbox_pending, report.outbox_failed);
+    if let Some(t) = report.oldest_pending {
+        println!("  oldest pending since {}", show(t));
+    }
+    for p in &report.delivery_problems {
+        println!(
+            "  {} {} to {} after {} attempt(s): {}",
+            if p.permanent { "FAILED" } else { "retrying" },
+            p.alert_id,
+            p.partner_id,
+            p.attempts,
+            p.error
+        );
+    }
+    println!("Rejected in the last 7 days");
+    if report.rejected.is_empty() {
+        println!("  none");
+    }
+    for r in &report.rejected {
+        if r.whole_file {
+            println!("  {} {}/{}: {}", show(r.at), r.feed, r.name, r.reason);
+        } else {
+            println!("  {} {}/{}: {} row(s) rejected", show(r.at), r.feed, r.name, r.rejected_rows);
+        }
+    }
+    println!("Recent alerts");
+    if report.recent_alerts.is_empty() {
+        println!("  none");
+    }
+    for a in &report.recent_alerts {
+        println!("  {} {} {:<8} {} {} ({} records, {})", a.id, show(a.created_at), a.severity, a.rule_id, a.district, a.event_count, a.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let to_mailbox: lettre::message::Mailbox = to
+        .parse()
+        .map_err(|e| UserError(format!("`{to}` is not an email address: {e}")))?;
+    let from: lettre::message::Mailbox = config.mail.from.parse().map_err(|e| UserError(format!("[mail] from: {e}")))?;
+    let subject = format!("{} [TEST] earlywarn test email", config.mail.marking);
+    let message = lettre::Message::builder()
+        .from(from.clone())
+        .to(to_mailbox.clone())
+        .subject(subject)
+        .message_id(Some(format!("<test.{}@{}>", jiff::Timestamp::now().as_millisecond(), from.email.domain())))
+        .body(format!(
+            "{}\n\nThis is a test email from earlywarn ({}), sent with `earlywarn send-test-email`.\nIf you can read it, alerts can reach this address.\n",
+            config.mail.marking,
+            config.path.display()
+        ))
+        .context("cannot build the test email")?;
+    let mailer = Mailer::new(&config.mail).map_err(|e| UserError(format!("[mail]: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(mailer.send(
+        &from.email.to_string(),
+        &[to_mailbox.email.to_string()],
+        &message.formatted(),
+        "test-email",
+    ));
+    match result {
+        Ok(()) => {
+            println!("sent a test email to {to} via {}", transport_name(&config));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(UserError(format!("could not send the test email to {to}: {e}")).into()),
+    }
+}
+
+fn transport_name(config: &Config) -> String {
+    match &config.mail.transport {
+        earlywarn::config::Transport::File { dir } => format!("the file transport ({})", dir.display()),
+        earlywarn::config::Transport::Smtp(s) => format!("{}:{}", s.host, s.port),
+    }
+}
+

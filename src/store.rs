@@ -1,0 +1,612 @@
+//! The SQLite database: file checkpoints, seen records, rule state, alerts and the outbox.
+//!
+//! Invariants:
+//! - One file = one transaction ([`FileTx`]): the file's checkpoint, the
+//!   records it delivered, the rule state it changed, its alerts and their
+//!   outbox rows commit together or not at all. The file is moved only after.
+//! - WAL with `synchronous = FULL`: a commit that acknowledges a file is on
+//!   disk before the file leaves the incoming folder, even across power loss.
+//! - An outbox row is `pending` until the mail server accepted it (`sent`) or
+//!   refused it for good (`failed`). Nothing deletes a pending row.
+//!
+//! Times are stored as UTC milliseconds since the Unix epoch.
+
+use crate::alerts::render::RenderedEmail;
+use crate::alerts::{Alert, AlertStatus, Audience};
+use crate::rules::engine::{Cooldown, EngineState, GroupRef, StateChange};
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the state folder {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database holds unreadable data: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS files (
+    id            INTEGER PRIMARY KEY,
+    feed          TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    sha256        TEXT NOT NULL,
+    bytes         INTEGER NOT NULL,
+    encoding      TEXT,
+    outcome       TEXT NOT NULL,      -- processed | duplicate | rejected
+    reason        TEXT,
+    rows          INTEGER NOT NULL DEFAULT 0,
+    events        INTEGER NOT NULL DEFAULT 0,
+    duplicates    INTEGER NOT NULL DEFAULT 0,
+    rejected_rows INTEGER NOT NULL DEFAULT 0,
+    alerts        INTEGER NOT NULL DEFAULT 0,
+    processed_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_content ON files(feed, sha256);
+CREATE INDEX IF NOT EXISTS files_by_time ON files(processed_at);
+
+CREATE TABLE IF NOT EXISTS seen_records (
+    feed        TEXT NOT NULL,
+    record_id   TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    PRIMARY KEY (feed, record_id, fingerprint)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS rule_state (
+    rule_id   TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    data      TEXT NOT NULL,
+    PRIMARY KEY (rule_id, group_key, kind)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS alerts (
+    id          TEXT PRIMARY KEY,
+    rule_id     TEXT NOT NULL,
+    district    TEXT,
+    severity    TEXT NOT NULL,
+    status      TEXT NOT NULL,      -- sent | in_review | approved | dismissed
+    created_at  INTEGER NOT NULL,
+    event_count INTEGER NOT NULL,
+    summary     TEXT NOT NULL,
+    reviewed_by TEXT,
+    reviewed_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts(created_at);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY,
+    alert_id        TEXT NOT NULL,
+    partner_id      TEXT NOT NULL,
+    audience        TEXT NOT NULL,   -- notify | review
+    message_id      TEXT NOT NULL,
+    mail_from       TEXT NOT NULL,
+    recipients      TEXT NOT NULL,   -- JSON array
+    subject         TEXT NOT NULL,
+    message         BLOB NOT NULL,
+    status          TEXT NOT NULL,   -- pending | sent | failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    sent_at         INTEGER,
+    UNIQUE (alert_id, partner_id, audience)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
+"#;
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn from_ms(v: i64) -> Timestamp {
+    Timestamp::from_millisecond(v).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database under `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = state_dir.join("earlywarn.db");
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // WAL lets the delivery worker read while a file commits; FULL makes a
+        // commit durable before we acknowledge the file by moving it.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads all rule state into memory (at start and after a failed commit).
+    pub fn load_engine_state(&self) -> Result<EngineState> {
+        let mut state = EngineState::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rule_id, group_key, kind, data FROM rule_state")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let rule_id: String = row.get(0)?;
+            let group_key: String = row.get(1)?;
+            let kind: String = row.get(2)?;
+            let data: String = row.get(3)?;
+            if kind == "cooldown" {
+                let cd: Cooldown = serde_json::from_str(&data)
+                    .map_err(|e| StoreError::Corrupt(format!("rule_state {rule_id}: {e}")))?;
+                state.cooldowns.insert(GroupRef { rule_id, group_key }, cd);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Whether a file with this content was already processed for the feed.
+    pub fn file_seen(&self, feed: &str, sha256: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM files WHERE feed = ?1 AND sha256 = ?2 AND outcome IN ('processed', 'duplicate') LIMIT 1",
+                params![feed, sha256],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Starts the transaction of one file.
+    pub fn begin(&mut self) -> Result<FileTx<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(FileTx { tx })
+    }
+
+    /// Records a file that was refused whole, so `status` can show it.
+    pub fn record_rejected_file(&mut self, file: &FileRecord) -> Result<()> {
+        let tx = self.begin()?;
+        tx.record_file(file)?;
+        tx.commit()
+    }
+
+    // ------------------------------------------------------------ outbox
+
+    /// Pending outbox rows due at `now`, oldest first.
+    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxItem>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, alert_id, partner_id, message_id, mail_from, recipients, message, attempts
+             FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
+             ORDER BY next_attempt_at, id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![ms(now), limit as i64], |r| {
+            let recipients: String = r.get(5)?;
+            Ok(OutboxItem {
+                id: r.get(0)?,
+                alert_id: r.get(1)?,
+                partner_id: r.get(2)?,
+                message_id: r.get(3)?,
+                mail_from: r.get(4)?,
+                recipients: serde_json::from_str(&recipients).unwrap_or_default(),
+                message: r.get(6)?,
+                attempts: r.get::<_, i64>(7)? as u32,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// When the next pending row becomes due, if any.
+    pub fn next_due(&self) -> Result<Option<Timestamp>> {
+        let v: Option<i64> = self.conn.query_row(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v.map(from_ms))
+    }
+
+    pub fn mark_sent(&self, id: i64, now: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?2, last_error = NULL WHERE id = ?1",
+            params![id, ms(now)],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_retry(&self, id: i64, next_attempt_at: Timestamp, error: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, ms(next_attempt_at), error],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ status
+
+    pub fn status(&self, now: Timestamp) -> Result<StatusReport> {
+        let c = &self.conn;
+        let mut feeds = Vec::new();
+        {
+            let mut stmt = c.prepare(
+                "SELECT feed, name, processed_at, outcome FROM files f
+                 WHERE id = (SELECT MAX(id) FROM files g WHERE g.feed = f.feed)",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(FeedStatus {
+                    feed: r.get(0)?,
+                    last_file: r.get(1)?,
+                    last_at: from_ms(r.get(2)?),
+                    last_outcome: r.get(3)?,
+                })
+            })?;
+            for r in rows {
+                feeds.push(r?);
+            }
+        }
+        let (pending, failed): (i64, i64) = c.query_row(
+            "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'failed'), 0) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let oldest_pending: Option<i64> = c.query_row(
+            "SELECT MIN(created_at) FROM outbox WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut failures = Vec::new();
+        {
+            let mut stmt = c.prepare(
+                "SELECT alert_id, partner_id, attempts, COALESCE(last_error, ''), status FROM outbox
+                 WHERE status = 'failed' OR (status = 'pending' AND attempts > 0)
+                 ORDER BY id DESC LIMIT 20",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(DeliveryProblem {
+                    alert_id: r.get(0)?,
+                    partner_id: r.get(1)?,
+                    attempts: r.get(2)?,
+                    error: r.get(3)?,
+                    permanent: r.get::<_, String>(4)? == "failed",
+                })
+            })?;
+            for r in rows {
+                failures.push(r?);
+            }
+        }
+        let mut rejected = Vec::new();
+        {
+            let since = ms(now) - 7 * 86_400_000;
+            let mut stmt = c.prepare(
+                "SELECT feed, name, processed_at, outcome, COALESCE(reason, ''), rejected_rows FROM files
+                 WHERE processed_at >= ?1 AND (outcome = 'rejected' OR rejected_rows > 0)
+                 ORDER BY id DESC LIMIT 20",
+            )?;
+            let rows = stmt.query_map([since], |r| {
+                Ok(RejectedFile {
+                    feed: r.get(0)?,
+                    name: r.get(1)?,
+                    at: from_ms(r.get(2)?),
+                    whole_file: r.get::<_, String>(3)? == "rejected",
+                    reason: r.get(4)?,
+                    rejected_rows: r.get(5)?,
+                })
+            })?;
+            for r in rows {
+                rejected.push(r?);
+            }
+        }
+        let mut recent_alerts = Vec::new();
+        {
+            let mut stmt = c.prepare(
+                "SELECT id, rule_id, COALESCE(district, ''), severity, status, created_at, event_count FROM alerts
+                 ORDER BY created_at DESC, id LIMIT 20",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(AlertRow {
+                    id: r.get(0)?,
+                    rule_id: r.get(1)?,
+                    district: r.get(2)?,
+                    severity: r.get(3)?,
+                    status: r.get(4)?,
+                    created_at: from_ms(r.get(5)?),
+                    event_count: r.get(6)?,
+                })
+            })?;
+            for r in rows {
+                recent_alerts.push(r?);
+            }
+        }
+        Ok(StatusReport {
+            feeds,
+            outbox_pending: pending,
+            outbox_failed: failed,
+            oldest_pending: oldest_pending.map(from_ms),
+            delivery_problems: failures,
+            rejected,
+            recent_alerts,
+        })
+    }
+
+    /// Outbox rows of one alert (for tests and `status`).
+    pub fn outbox_of(&self, alert_id: &str) -> Result<Vec<(String, String, u32)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT partner_id, status, attempts FROM outbox WHERE alert_id = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([alert_id], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// `PRAGMA integrity_check`, for tests and ops.
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+/// One file's transaction.
+pub struct FileTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl FileTx<'_> {
+    /// Notes a record; false when the same record (id and content) was seen before.
+    pub fn record_is_new(&self, feed: &str, record_id: &str, fingerprint: &[u8; 16]) -> Result<bool> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO seen_records (feed, record_id, fingerprint) VALUES (?1, ?2, ?3)",
+        )?;
+        Ok(stmt.execute(params![feed, record_id, &fingerprint[..]])? == 1)
+    }
+
+    pub fn apply(&self, changes: &[StateChange]) -> Result<()> {
+        let mut upsert = self.tx.prepare_cached(
+            "INSERT INTO rule_state (rule_id, group_key, kind, data) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (rule_id, group_key, kind) DO UPDATE SET data = excluded.data",
+        )?;
+        let mut delete = self
+            .tx
+            .prepare_cached("DELETE FROM rule_state WHERE rule_id = ?1 AND group_key = ?2 AND kind = ?3")?;
+        for change in changes {
+            match change {
+                StateChange::Cooldown(key, Some(cd)) => {
+                    let data = serde_json::to_string(cd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    upsert.execute(params![key.rule_id, key.group_key, "cooldown", data])?;
+                }
+                StateChange::Cooldown(key, None) => {
+                    delete.execute(params![key.rule_id, key.group_key, "cooldown"])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn insert_alert(&self, alert: &Alert, summary: &str) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO alerts (id, rule_id, district, severity, status, created_at, event_count, summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                alert.id,
+                alert.rule_id,
+                alert.district,
+                alert.severity.as_str(),
+                alert.status.as_str(),
+                ms(alert.created_at),
+                alert.event_count as i64,
+                summary
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Puts one rendered email in the outbox, due now.
+    pub fn enqueue(&self, alert_id: &str, partner_id: &str, audience: Audience, email: &RenderedEmail, now: Timestamp) -> Result<()> {
+        let recipients = serde_json::to_string(&email.to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.tx.execute(
+            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9)
+             ON CONFLICT (alert_id, partner_id, audience) DO NOTHING",
+            params![
+                alert_id,
+                partner_id,
+                match audience {
+                    Audience::Notify => "notify",
+                    Audience::Review => "review",
+                },
+                email.message_id,
+                email.from,
+                recipients,
+                email.subject,
+                email.bytes,
+                ms(now)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_file(&self, f: &FileRecord) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO files (feed, name, sha256, bytes, encoding, outcome, reason, rows, events, duplicates, rejected_rows, alerts, processed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                f.feed,
+                f.name,
+                f.sha256,
+                f.bytes as i64,
+                f.encoding,
+                f.outcome,
+                f.reason,
+                f.rows as i64,
+                f.events as i64,
+                f.duplicates as i64,
+                f.rejected_rows as i64,
+                f.alerts as i64,
+                ms(f.processed_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit()?;
+        Ok(())
+    }
+}
+
+/// What is recorded about each file.
+#[derive(Debug, Clone)]
+pub struct FileRecord {
+    pub feed: String,
+    pub name: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub encoding: Option<String>,
+    pub outcome: &'static str,
+    pub reason: Option<String>,
+    pub rows: u64,
+    pub events: u64,
+    pub duplicates: u64,
+    pub rejected_rows: u64,
+    pub alerts: u64,
+    pub processed_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub alert_id: String,
+    pub partner_id: String,
+    pub message_id: String,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub message: Vec<u8>,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    pub feeds: Vec<FeedStatus>,
+    pub outbox_pending: i64,
+    pub outbox_failed: i64,
+    pub oldest_pending: Option<Timestamp>,
+    pub delivery_problems: Vec<DeliveryProblem>,
+    pub rejected: Vec<RejectedFile>,
+    pub recent_alerts: Vec<AlertRow>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeedStatus {
+    pub feed: String,
+    pub last_file: String,
+    pub last_at: Timestamp,
+    pub last_outcome: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryProblem {
+    pub alert_id: String,
+    pub partner_id: String,
+    pub attempts: i64,
+    pub error: String,
+    pub permanent: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectedFile {
+    pub feed: String,
+    pub name: String,
+    pub at: Timestamp,
+    pub whole_file: bool,
+    pub reason: String,
+    pub rejected_rows: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AlertRow {
+    pub id: String,
+    pub rule_id: String,
+    pub district: String,
+    pub severity: String,
+    pub status: String,
+    pub created_at: Timestamp,
+    pub event_count: i64,
+}
+
+impl AlertStatus {
+    /// Helper so callers do not match on strings.
+    pub fn is_review(self) -> bool {
+        self == AlertStatus::InReview
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_outbox_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        {
+            let mut store = Store::open(dir.path()).unwrap();
+            let tx = store.begin().unwrap();
+            assert!(tx.record_is_new("f", "S1", &[1; 16]).unwrap());
+            assert!(!tx.record_is_new("f", "S1", &[1; 16]).unwrap());
+            assert!(tx.record_is_new("f", "S1", &[2; 16]).unwrap(), "an update to a record is new");
+            let key = GroupRef { rule_id: "r".into(), group_key: "bolton".into() };
+            tx.apply(&[StateChange::Cooldown(key, Some(Cooldown { last_alert_at: now, suppressed: 3 }))]).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let state = store.load_engine_state().unwrap();
+        assert_eq!(state.cooldowns.values().next().unwrap().suppressed, 3);
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+        let mode: String = store.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn an_uncommitted_file_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        {
+            let tx = store.begin().unwrap();
+            tx.record_is_new("f", "S1", &[1; 16]).unwrap();
+            // dropped without commit: rolled back
+        }
+        let tx = store.begin().unwrap();
+        assert!(tx.record_is_new("f", "S1", &[1; 16]).unwrap());
+    }
+}

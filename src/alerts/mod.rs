@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An alert raised by a rule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Alert {
     /// Stable reference shown to people (`EW-…`), also the `X-Earlywarn-Alert` header.
     pub id: String,
@@ -35,7 +35,8 @@ pub struct Alert {
 }
 
 /// Where an alert is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AlertStatus {
     /// Sent (or being sent) to `notify`.
     Sent,

@@ -202,7 +202,7 @@ impl Engine {
                 id: alert_id(rule, &key, now, discriminator),
                 rule_id: rule.id.clone(),
                 group: pending.group,
-                district: None,
+                district: crate::alerts::common_district(&pending.events, &rule.district_field),
                 severity: rule.severity,
                 created_at: now,
                 event_count: pending.count,

@@ -37,6 +37,8 @@ pub struct Rule {
     pub group_by: Vec<String>,
     pub subject: Option<String>,
     pub body: Option<String>,
+    /// The feed's district field, copied here so the engine can name an alert's district.
+    pub district_field: String,
     /// The file the rule came from.
     pub source: PathBuf,
 }
@@ -235,6 +237,7 @@ impl RuleSet {
                         group_by: raw.group_by.into_iter().map(|g| g.into_inner()).collect(),
                         subject: raw.subject.map(|s| s.into_inner()),
                         body: raw.body.map(|s| s.into_inner()),
+                        district_field: feed_config.map(|f| f.district_field.clone()).unwrap_or_else(|| "district".into()),
                         source: path.clone(),
                     });
                 }
