@@ -6,7 +6,7 @@
 //! diagnostics with `file:line:col`. Nothing here touches the network or the
 //! feed folders.
 
-use crate::diagnostic::{suggest, Diagnostic, Diagnostics};
+use crate::diagnostic::{Diagnostic, Diagnostics, suggest};
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -137,7 +137,9 @@ impl FeedConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -195,9 +197,8 @@ impl Partner {
 impl Config {
     /// Reads and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostic::file(path, format!("cannot read the config file: {e}"))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostic::file(path, format!("cannot read the config file: {e}")))?;
         Config::parse(path, &text)
     }
 
@@ -207,15 +208,26 @@ impl Config {
             toml::from_str(text).map_err(|e| Diagnostic::from_toml(path, text, &e))?;
         let base = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."));
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         let mut errors = Vec::new();
-        let at = |span: std::ops::Range<usize>, msg: String| Diagnostic::at(path, text, span.start, msg);
+        let at =
+            |span: std::ops::Range<usize>, msg: String| Diagnostic::at(path, text, span.start, msg);
 
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
-            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
         };
 
         let mut duration = |value: &Option<Spanned<String>>, default: Duration| -> Duration {
@@ -251,30 +263,51 @@ impl Config {
             Ok(tz) => tz,
             Err(e) => {
                 let span = d.timezone.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                errors.push(at(span, format!("unknown time zone `{timezone_name}`: {e}")));
+                errors.push(at(
+                    span,
+                    format!("unknown time zone `{timezone_name}`: {e}"),
+                ));
                 TimeZone::UTC
             }
         };
 
-        let transport = match m.transport.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("smtp") {
+        let transport = match m
+            .transport
+            .as_ref()
+            .map(|s| s.get_ref().as_str())
+            .unwrap_or("smtp")
+        {
             "file" => Transport::File {
                 dir: resolve(m.file_dir.as_deref().unwrap_or("var/mail")),
             },
             "smtp" => {
-                let tls = match m.tls.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("starttls") {
+                let tls = match m
+                    .tls
+                    .as_ref()
+                    .map(|s| s.get_ref().as_str())
+                    .unwrap_or("starttls")
+                {
                     "starttls" => TlsMode::Starttls,
                     "tls" => TlsMode::Tls,
                     "none" => TlsMode::None,
                     other => {
                         let span = m.tls.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                        errors.push(at(span, format!("unknown tls `{other}`; use \"starttls\", \"tls\" or \"none\"")));
+                        errors.push(at(
+                            span,
+                            format!("unknown tls `{other}`; use \"starttls\", \"tls\" or \"none\""),
+                        ));
                         TlsMode::Starttls
                     }
                 };
                 let host = match &m.host {
                     Some(h) => h.get_ref().clone(),
                     None => {
-                        errors.push(Diagnostic::at(path, text, 0, "[mail] transport = \"smtp\" needs `host`"));
+                        errors.push(Diagnostic::at(
+                            path,
+                            text,
+                            0,
+                            "[mail] transport = \"smtp\" needs `host`",
+                        ));
                         String::new()
                     }
                 };
@@ -304,8 +337,13 @@ impl Config {
             }
             other => {
                 let span = m.transport.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                errors.push(at(span, format!("unknown transport `{other}`; use \"smtp\" or \"file\"")));
-                Transport::File { dir: resolve("var/mail") }
+                errors.push(at(
+                    span,
+                    format!("unknown transport `{other}`; use \"smtp\" or \"file\""),
+                ));
+                Transport::File {
+                    dir: resolve("var/mail"),
+                }
             }
         };
 
@@ -322,13 +360,22 @@ impl Config {
             }
             for e in &p.emails {
                 if e.get_ref().parse::<lettre::Address>().is_err() {
-                    errors.push(at(e.span(), format!("`{}` is not an email address", e.get_ref())));
+                    errors.push(at(
+                        e.span(),
+                        format!("`{}` is not an email address", e.get_ref()),
+                    ));
                 }
             }
             let min_severity = match &p.min_severity {
                 None => Severity::Info,
                 Some(s) => Severity::parse(s.get_ref()).unwrap_or_else(|| {
-                    errors.push(at(s.span(), format!("unknown severity `{}`; use info, warning or critical", s.get_ref())));
+                    errors.push(at(
+                        s.span(),
+                        format!(
+                            "unknown severity `{}`; use info, warning or critical",
+                            s.get_ref()
+                        ),
+                    ));
                     Severity::Info
                 }),
             };
@@ -351,7 +398,10 @@ impl Config {
         let mut ops = Vec::new();
         for o in d.ops.unwrap_or_default() {
             if !partner_ids.contains(o.get_ref()) {
-                errors.push(at(o.span(), unknown_partner_message(o.get_ref(), &partners)));
+                errors.push(at(
+                    o.span(),
+                    unknown_partner_message(o.get_ref(), &partners),
+                ));
             }
             ops.push(o.into_inner());
         }
@@ -367,24 +417,43 @@ impl Config {
             }
             let dir = resolve(&f.dir);
             if !feed_dirs.insert(dir.clone()) {
-                errors.push(at(f.name.span(), format!("feed `{name}` shares its dir with another feed")));
+                errors.push(at(
+                    f.name.span(),
+                    format!("feed `{name}` shares its dir with another feed"),
+                ));
             }
-            let format = match f.format.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("csv") {
+            let format = match f
+                .format
+                .as_ref()
+                .map(|s| s.get_ref().as_str())
+                .unwrap_or("csv")
+            {
                 "csv" => FeedFormat::Csv,
                 "jsonl" | "ndjson" => FeedFormat::Jsonl,
                 "json" => FeedFormat::Json,
                 other => {
                     let span = f.format.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                    errors.push(at(span, format!("unknown format `{other}`; use csv, jsonl or json")));
+                    errors.push(at(
+                        span,
+                        format!("unknown format `{other}`; use csv, jsonl or json"),
+                    ));
                     FeedFormat::Csv
                 }
             };
-            let on_done = match f.on_done.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("move") {
+            let on_done = match f
+                .on_done
+                .as_ref()
+                .map(|s| s.get_ref().as_str())
+                .unwrap_or("move")
+            {
                 "move" => OnDone::Move,
                 "delete" => OnDone::Delete,
                 other => {
                     let span = f.on_done.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                    errors.push(at(span, format!("unknown on_done `{other}`; use \"move\" or \"delete\"")));
+                    errors.push(at(
+                        span,
+                        format!("unknown on_done `{other}`; use \"move\" or \"delete\""),
+                    ));
                     OnDone::Move
                 }
             };
@@ -392,9 +461,18 @@ impl Config {
                 None => None,
                 Some(s) => {
                     let v = s.get_ref();
-                    let b = if v == "\\t" || v == "tab" { Some(b'\t') } else if v.len() == 1 { Some(v.as_bytes()[0]) } else { None };
+                    let b = if v == "\\t" || v == "tab" {
+                        Some(b'\t')
+                    } else if v.len() == 1 {
+                        Some(v.as_bytes()[0])
+                    } else {
+                        None
+                    };
                     if b.is_none() {
-                        errors.push(at(s.span(), "delimiter must be one character, or \"tab\"".into()));
+                        errors.push(at(
+                            s.span(),
+                            "delimiter must be one character, or \"tab\"".into(),
+                        ));
                     }
                     b
                 }
@@ -402,7 +480,10 @@ impl Config {
             if let Some(tf) = &f.time_format
                 && !tf.get_ref().contains('%')
             {
-                errors.push(at(tf.span(), "time_format is a strftime pattern like \"%d/%m/%Y %H:%M\"".into()));
+                errors.push(at(
+                    tf.span(),
+                    "time_format is a strftime pattern like \"%d/%m/%Y %H:%M\"".into(),
+                ));
             }
             let fields = f.fields.clone();
             if let Some(cols) = &fields {
@@ -410,7 +491,10 @@ impl Config {
                     if let Some(v) = field
                         && !cols.contains(v)
                     {
-                        errors.push(at(f.name.span(), format!("feed `{name}`: {label} `{v}` is not among its `fields`")));
+                        errors.push(at(
+                            f.name.span(),
+                            format!("feed `{name}`: {label} `{v}` is not among its `fields`"),
+                        ));
                     }
                 }
             }
@@ -431,10 +515,18 @@ impl Config {
             });
         }
         if feeds.is_empty() {
-            errors.push(Diagnostic::at(path, text, 0, "the config has no [[feed]]: earlywarn needs at least one folder to watch"));
+            errors.push(Diagnostic::at(
+                path,
+                text,
+                0,
+                "the config has no [[feed]]: earlywarn needs at least one folder to watch",
+            ));
         }
 
-        let from = m.from.clone().unwrap_or_else(|| "earlywarn <earlywarn@localhost>".into());
+        let from = m
+            .from
+            .clone()
+            .unwrap_or_else(|| "earlywarn <earlywarn@localhost>".into());
         if from.parse::<lettre::message::Mailbox>().is_err() {
             errors.push(Diagnostic::at(path, text, 0, format!("[mail] from `{from}` is not an address like \"GM Early Warning <earlywarn@example.org>\"")));
         }
@@ -493,7 +585,11 @@ pub fn unknown_partner_message(id: &str, partners: &[Partner]) -> String {
         Some(s) => format!("unknown partner `{id}`; did you mean `{s}`?"),
         None => format!(
             "unknown partner `{id}`; the partners are: {}",
-            partners.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+            partners
+                .iter()
+                .map(|p| p.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -510,20 +606,28 @@ fn is_loopback_host(host: &str) -> bool {
 /// Parses durations like `30s`, `15m`, `6h`, `7d`, `2w`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
-    let bad = || format!("`{s}` is not a duration; write a number and a unit, like \"30s\", \"15m\", \"6h\", \"7d\" or \"1h30m\"");
+    let bad = || {
+        format!(
+            "`{s}` is not a duration; write a number and a unit, like \"30s\", \"15m\", \"6h\", \"7d\" or \"1h30m\""
+        )
+    };
     if text.is_empty() {
         return Err(bad());
     }
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = rest[digits..].trim_start();
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         let secs = match unit {
             "ms" => {
@@ -654,7 +758,9 @@ districts = ["Bolton"]
         assert_eq!(cfg.daemon.state_dir, Path::new("/etc/ew/state"));
         assert_eq!(cfg.feeds[0].dir, Path::new("/etc/ew/in/drug"));
         assert_eq!(cfg.daemon.rules, ["/etc/ew/rules/*.toml"]);
-        assert!(matches!(cfg.mail.transport, Transport::File { ref dir } if dir == Path::new("/etc/ew/var/mail")));
+        assert!(
+            matches!(cfg.mail.transport, Transport::File { ref dir } if dir == Path::new("/etc/ew/var/mail"))
+        );
         assert!(cfg.partner("panel").unwrap().covers(None));
         assert!(cfg.partner("bolton").unwrap().covers(Some("bolton")));
         assert!(!cfg.partner("bolton").unwrap().covers(Some("Bury")));
@@ -663,28 +769,51 @@ districts = ["Bolton"]
 
     #[test]
     fn errors_carry_line_and_column() {
-        let text = MINIMAL.replace("transport = \"file\"", "transport = \"smtp\"\nhost = \"mail.example.org\"\ntls = \"none\"");
+        let text = MINIMAL.replace(
+            "transport = \"file\"",
+            "transport = \"smtp\"\nhost = \"mail.example.org\"\ntls = \"none\"",
+        );
         let err = Config::parse(Path::new("c.toml"), &text).unwrap_err();
         let shown = err.to_string();
-        assert!(shown.starts_with("c.toml:7:7: tls = \"none\" is refused"), "{shown}");
+        assert!(
+            shown.starts_with("c.toml:7:7: tls = \"none\" is refused"),
+            "{shown}"
+        );
 
         let text = MINIMAL.replace("[daemon]", "[daemon]\nops = [\"panell\"]");
-        let shown = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
-        assert!(shown.contains("c.toml:3:8: unknown partner `panell`; did you mean `panel`?"), "{shown}");
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.contains("c.toml:3:8: unknown partner `panell`; did you mean `panel`?"),
+            "{shown}"
+        );
 
         let text = MINIMAL.replace("isa = true", "isa = true\ncolour = \"red\"");
-        let shown = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(shown.contains("unknown field `colour`"), "{shown}");
         assert!(shown.starts_with("c.toml:13:1:"), "{shown}");
     }
 
     #[test]
     fn loopback_may_skip_tls_and_passwords_stay_out() {
-        let text = MINIMAL.replace("transport = \"file\"", "transport = \"smtp\"\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"");
+        let text = MINIMAL.replace(
+            "transport = \"file\"",
+            "transport = \"smtp\"\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"",
+        );
         let cfg = Config::parse(Path::new("c.toml"), &text).unwrap();
-        assert!(matches!(cfg.mail.transport, Transport::Smtp(ref s) if s.port == 2525 && s.tls == TlsMode::None));
-        let text = MINIMAL.replace("transport = \"file\"", "transport = \"smtp\"\nhost = \"localhost\"\npassword = \"hunter2\"");
-        let shown = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
+        assert!(
+            matches!(cfg.mail.transport, Transport::Smtp(ref s) if s.port == 2525 && s.tls == TlsMode::None)
+        );
+        let text = MINIMAL.replace(
+            "transport = \"file\"",
+            "transport = \"smtp\"\nhost = \"localhost\"\npassword = \"hunter2\"",
+        );
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(shown.contains("never written in the config"), "{shown}");
     }
 
@@ -693,7 +822,10 @@ districts = ["Bolton"]
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("2 weeks"), Ok(Duration::from_secs(1_209_600)));
+        assert_eq!(
+            parse_duration("2 weeks"),
+            Ok(Duration::from_secs(1_209_600))
+        );
         assert!(parse_duration("six hours").is_err());
         assert!(parse_duration("6").is_err());
         assert!(parse_duration("").is_err());

@@ -14,19 +14,19 @@
 //! done.
 
 use crate::config::{Config, FeedConfig};
-use crate::delivery::{run_outbox, Mailer};
-use crate::feeds::intake::{process_file, Disposition, IntakeError};
-use crate::feeds::watch::{scan, FolderWatcher, Hint, Observed, Settler};
-use crate::rules::engine::Engine;
+use crate::delivery::{Mailer, run_outbox};
+use crate::feeds::intake::{Disposition, IntakeError, process_file};
+use crate::feeds::watch::{FolderWatcher, Hint, Observed, Settler, scan};
 use crate::rules::RuleSet;
+use crate::rules::engine::Engine;
 use crate::store::Store;
 use jiff::Timestamp;
 use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, Notify};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,10 @@ pub enum DaemonError {
     #[error(transparent)]
     Mailer(#[from] crate::delivery::MailerError),
     #[error("cannot create feed folder {path}: {source}")]
-    FeedDir { path: PathBuf, source: std::io::Error },
+    FeedDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot watch the feed folders: {0}")]
     Watch(#[from] notify::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -47,7 +50,9 @@ pub enum DaemonError {
 
 /// Loads and validates the rule set named by the config (start-up and reload).
 pub fn load_rules(config: &Config) -> Result<Arc<RuleSet>, DaemonError> {
-    RuleSet::load(config).map(Arc::new).map_err(DaemonError::Rules)
+    RuleSet::load(config)
+        .map(Arc::new)
+        .map_err(DaemonError::Rules)
 }
 
 /// Tells systemd (when run under it) how we are; a no-op otherwise.
@@ -63,7 +68,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let rules = load_rules(&config)?;
     for feed in &config.feeds {
         for dir in [feed.dir.clone(), feed.processed_dir(), feed.rejected_dir()] {
-            std::fs::create_dir_all(&dir).map_err(|source| DaemonError::FeedDir { path: dir.clone(), source })?;
+            std::fs::create_dir_all(&dir).map_err(|source| DaemonError::FeedDir {
+                path: dir.clone(),
+                source,
+            })?;
         }
     }
     let mut store = Store::open(&config.daemon.state_dir)?;
@@ -101,12 +109,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     // The first rescan happens before READY=1, so a file already waiting is ingested first.
     intake.rescan();
-    notify_systemd(&[NotifyState::Ready, NotifyState::Status("watching feed folders")]);
+    notify_systemd(&[
+        NotifyState::Ready,
+        NotifyState::Status("watching feed folders"),
+    ]);
     tracing::info!("Ready");
 
     let mut rescan_timer = tokio::time::interval(config.daemon.rescan_interval);
     rescan_timer.tick().await; // the first tick is immediate; the rescan just happened
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(10));
+    let watchdog = sd_notify::watchdog_enabled()
+        .map(|d| d / 2)
+        .unwrap_or(Duration::from_secs(10));
     let mut watchdog_timer = tokio::time::interval(watchdog);
 
     loop {
@@ -151,7 +164,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // The outbox finishes the SMTP exchange in progress (bounded by the mail timeout).
     match tokio::time::timeout(config.daemon.shutdown_timeout, outbox).await {
         Ok(_) => {}
-        Err(_) => tracing::warn!("Outbox still busy at shutdown; pending mail stays queued for the next start"),
+        Err(_) => tracing::warn!(
+            "Outbox still busy at shutdown; pending mail stays queued for the next start"
+        ),
     }
     tracing::info!("Stopped");
     Ok(())
@@ -203,7 +218,10 @@ impl Intake<'_> {
             };
             for path in files {
                 let seen = Observed::of(&path);
-                if self.settler.found(path.clone(), seen, Instant::now(), SystemTime::now()) {
+                if self
+                    .settler
+                    .found(path.clone(), seen, Instant::now(), SystemTime::now())
+                {
                     self.process(&path);
                 }
             }
@@ -220,12 +238,24 @@ impl Intake<'_> {
         if self.stopping {
             return;
         }
-        let Some(feed) = self.feed_of(path) else { return };
+        let Some(feed) = self.feed_of(path) else {
+            return;
+        };
         let started = Instant::now();
-        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // SQLite and file moves block; keep the runtime's other workers (the outbox) running.
         let result = tokio::task::block_in_place(|| {
-            process_file(&self.config, self.engine, self.store, &feed, path, Timestamp::now())
+            process_file(
+                &self.config,
+                self.engine,
+                self.store,
+                &feed,
+                path,
+                Timestamp::now(),
+            )
         });
         match result {
             Ok(Disposition::Processed(summary)) => {
@@ -248,7 +278,8 @@ impl Intake<'_> {
                     tracing::warn!(feed = %feed.name, file = %file, error = %e, "Cannot process the file; it will be retried");
                 }
                 // Retry after a settle interval rather than spinning on it.
-                self.settler.changed(path.to_path_buf(), None, Instant::now());
+                self.settler
+                    .changed(path.to_path_buf(), None, Instant::now());
             }
         }
     }

@@ -32,7 +32,10 @@ pub enum SendError {
 #[derive(Debug, thiserror::Error)]
 pub enum MailerError {
     #[error("cannot read the SMTP password from {path}: {source}")]
-    Password { path: PathBuf, source: std::io::Error },
+    Password {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read the CA certificate {path}: {message}")]
     CaFile { path: PathBuf, message: String },
     #[error("SMTP TLS setup: {0}")]
@@ -62,23 +65,42 @@ impl Mailer {
     }
 
     /// Sends one message to `recipients`.
-    pub async fn send(&self, from: &str, recipients: &[String], message: &[u8], name_hint: &str) -> Result<(), SendError> {
+    pub async fn send(
+        &self,
+        from: &str,
+        recipients: &[String],
+        message: &[u8],
+        name_hint: &str,
+    ) -> Result<(), SendError> {
         match self {
-            Mailer::File { dir } => write_eml(dir, name_hint, message)
-                .map_err(|e| SendError::Transient(format!("cannot write to {}: {e}", dir.display()))),
+            Mailer::File { dir } => write_eml(dir, name_hint, message).map_err(|e| {
+                SendError::Transient(format!("cannot write to {}: {e}", dir.display()))
+            }),
             Mailer::Smtp { transport, timeout } => {
-                let from: Address = from
-                    .parse()
-                    .map_err(|e| SendError::Permanent(format!("bad sender address `{from}`: {e}")))?;
+                let from: Address = from.parse().map_err(|e| {
+                    SendError::Permanent(format!("bad sender address `{from}`: {e}"))
+                })?;
                 let to: Vec<Address> = recipients
                     .iter()
-                    .map(|r| r.parse().map_err(|e| SendError::Permanent(format!("bad recipient `{r}`: {e}"))))
+                    .map(|r| {
+                        r.parse()
+                            .map_err(|e| SendError::Permanent(format!("bad recipient `{r}`: {e}")))
+                    })
                     .collect::<Result<_, _>>()?;
-                let envelope = Envelope::new(Some(from), to).map_err(|e| SendError::Permanent(e.to_string()))?;
+                let envelope = Envelope::new(Some(from), to)
+                    .map_err(|e| SendError::Permanent(e.to_string()))?;
                 // lettre bounds each command; this bounds the whole exchange,
                 // including a server that stalls after DATA.
-                match tokio::time::timeout(*timeout + Duration::from_secs(1), transport.send_raw(&envelope, message)).await {
-                    Err(_) => Err(SendError::Transient(format!("no answer within {}s", timeout.as_secs()))),
+                match tokio::time::timeout(
+                    *timeout + Duration::from_secs(1),
+                    transport.send_raw(&envelope, message),
+                )
+                .await
+                {
+                    Err(_) => Err(SendError::Transient(format!(
+                        "no answer within {}s",
+                        timeout.as_secs()
+                    ))),
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
                     Ok(Err(e)) => Err(SendError::Transient(e.to_string())),
@@ -88,18 +110,29 @@ impl Mailer {
     }
 }
 
-fn smtp_transport(smtp: &SmtpConfig, timeout: Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailerError> {
+fn smtp_transport(
+    smtp: &SmtpConfig,
+    timeout: Duration,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailerError> {
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
         .port(smtp.port)
         .timeout(Some(timeout));
     if smtp.tls != TlsMode::None {
         let mut params = TlsParameters::builder(smtp.host.clone());
         if let Some(ca) = &smtp.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| MailerError::CaFile { path: ca.clone(), message: e.to_string() })?;
-            let cert = Certificate::from_pem(&pem).map_err(|e| MailerError::CaFile { path: ca.clone(), message: e.to_string() })?;
+            let pem = std::fs::read(ca).map_err(|e| MailerError::CaFile {
+                path: ca.clone(),
+                message: e.to_string(),
+            })?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| MailerError::CaFile {
+                path: ca.clone(),
+                message: e.to_string(),
+            })?;
             params = params.add_root_certificate(cert);
         }
-        let params = params.build_rustls().map_err(|e| MailerError::Tls(e.to_string()))?;
+        let params = params
+            .build_rustls()
+            .map_err(|e| MailerError::Tls(e.to_string()))?;
         builder = builder.tls(match smtp.tls {
             TlsMode::Tls => Tls::Wrapper(params),
             _ => Tls::Required(params),
@@ -122,7 +155,10 @@ fn read_password(path: Option<&Path>) -> Result<String, MailerError> {
             None => return Ok(String::new()),
         },
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| MailerError::Password { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| MailerError::Password {
+        path: path.clone(),
+        source,
+    })?;
     Ok(text.trim_end_matches(['\r', '\n']).to_string())
 }
 
@@ -155,9 +191,16 @@ pub enum Attempt {
 }
 
 /// Sends one due row and records the outcome.
-pub async fn attempt(store: &Mutex<Store>, mailer: &Mailer, mail: &MailConfig, item: OutboxItem) -> Attempt {
+pub async fn attempt(
+    store: &Mutex<Store>,
+    mailer: &Mailer,
+    mail: &MailConfig,
+    item: OutboxItem,
+) -> Attempt {
     let name = format!("{}-{}", item.alert_id, item.partner_id);
-    let result = mailer.send(&item.mail_from, &item.recipients, &item.message, &name).await;
+    let result = mailer
+        .send(&item.mail_from, &item.recipients, &item.message, &name)
+        .await;
     let now = Timestamp::now();
     // A poisoned lock means another thread panicked mid-update; SQLite's own
     // transaction keeps the data consistent, so carrying on is safe.
@@ -190,7 +233,13 @@ pub async fn attempt(store: &Mutex<Store>, mailer: &Mailer, mail: &MailConfig, i
 
 /// Drains the outbox until `shutdown`: sends what is due, then sleeps until
 /// the next row is due or `wake` says new rows were committed.
-pub async fn run_outbox(store: Arc<Mutex<Store>>, mailer: Arc<Mailer>, mail: MailConfig, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn run_outbox(
+    store: Arc<Mutex<Store>>,
+    mailer: Arc<Mailer>,
+    mail: MailConfig,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -226,7 +275,9 @@ pub async fn run_outbox(store: Arc<Mutex<Store>>, mailer: Arc<Mailer>, mail: Mai
         let sleep_for = match next {
             Some(t) => {
                 let wait = t.duration_since(Timestamp::now());
-                Duration::try_from(wait).unwrap_or(Duration::ZERO).min(Duration::from_secs(60))
+                Duration::try_from(wait)
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_secs(60))
             }
             None => Duration::from_secs(60),
         };

@@ -102,7 +102,10 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     candidates
         .into_iter()
         .map(|c| (edit_distance(&lower, &c.to_lowercase()), c))
-        .filter(|(d, c)| *d <= (c.chars().count().max(3) / 3).max(1) || c.to_lowercase().starts_with(&lower) && lower.len() >= 3)
+        .filter(|(d, c)| {
+            *d <= (c.chars().count().max(3) / 3).max(1)
+                || c.to_lowercase().starts_with(&lower) && lower.len() >= 3
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }

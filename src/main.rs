@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "earlywarn", version, about = "Rule-based early-warning alerting daemon")]
+#[command(
+    name = "earlywarn",
+    version,
+    about = "Rule-based early-warning alerting daemon"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -110,7 +114,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -141,14 +147,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(earlywarn::daemon::run(config)).map_err(|e| match e {
-                earlywarn::daemon::DaemonError::Rules(d) => anyhow::Error::new(d),
-                other => anyhow::Error::new(UserError(format!("earlywarn: {other}"))),
-            })?;
+            runtime
+                .block_on(earlywarn::daemon::run(config))
+                .map_err(|e| match e {
+                    earlywarn::daemon::DaemonError::Rules(d) => anyhow::Error::new(d),
+                    other => anyhow::Error::new(UserError(format!("earlywarn: {other}"))),
+                })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(config),
-        Command::Replay { config, feed, format, files } => replay(config, &feed, format, &files),
+        Command::Replay {
+            config,
+            feed,
+            format,
+            files,
+        } => replay(config, &feed, format, &files),
         Command::Status { config, format } => status(config, format),
         Command::SendTestEmail { config, to } => send_test_email(config, &to),
     }
@@ -162,7 +175,11 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     for feed in &config.feeds {
         if !feed.dir.is_dir() {
-            eprintln!("note: feed `{}` folder {} does not exist yet; `earlywarn run` creates it", feed.name, feed.dir.display());
+            eprintln!(
+                "note: feed `{}` folder {} does not exist yet; `earlywarn run` creates it",
+                feed.name,
+                feed.dir.display()
+            );
         }
     }
     let reviewed = rules.rules.iter().filter(|r| !r.review.is_empty()).count();
@@ -178,12 +195,21 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn replay(config: Option<PathBuf>, feed_name: &str, format: OutputFormat, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn replay(
+    config: Option<PathBuf>,
+    feed_name: &str,
+    format: OutputFormat,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let rules = load_rules(&config)?;
     let Some(feed) = config.feed(feed_name) else {
         let names: Vec<&str> = config.feeds.iter().map(|f| f.name.as_str()).collect();
-        return Err(UserError(format!("unknown feed `{feed_name}`; the feeds are: {}", names.join(", "))).into());
+        return Err(UserError(format!(
+            "unknown feed `{feed_name}`; the feeds are: {}",
+            names.join(", ")
+        ))
+        .into());
     };
     for f in files {
         if !f.is_file() {
@@ -211,7 +237,11 @@ fn replay(config: Option<PathBuf>, feed_name: &str, format: OutputFormat, files:
                     alert.district.as_deref().unwrap_or("(several districts)"),
                     alert.count,
                     alert.recipients.join(","),
-                    if alert.review { " (draft for review)" } else { "" },
+                    if alert.review {
+                        " (draft for review)"
+                    } else {
+                        ""
+                    },
                     alert.subject
                 ),
             };
@@ -220,7 +250,12 @@ fn replay(config: Option<PathBuf>, feed_name: &str, format: OutputFormat, files:
             }
         },
         |path, row, reason| match row {
-            Some(r) if r.line > 0 => eprintln!("{}: row {} (line {}): {reason}", path.display(), r.row, r.line),
+            Some(r) if r.line > 0 => eprintln!(
+                "{}: row {} (line {}): {reason}",
+                path.display(),
+                r.row,
+                r.line
+            ),
             Some(r) => eprintln!("{}: row {}: {reason}", path.display(), r.row),
             None => eprintln!("{}: {reason}", path.display()),
         },
@@ -243,7 +278,11 @@ fn replay(config: Option<PathBuf>, feed_name: &str, format: OutputFormat, files:
         summary.rows as f64 / secs.max(1e-9),
         summary.alerts
     );
-    Ok(if summary.rejected_rows > 0 || summary.rejected_files > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if summary.rejected_rows > 0 || summary.rejected_files > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitCode> {
@@ -255,16 +294,29 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
         return Ok(ExitCode::SUCCESS);
     }
     let tz = &config.daemon.timezone;
-    let show = |t: jiff::Timestamp| t.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
+    let show = |t: jiff::Timestamp| {
+        t.to_zoned_datetime(tz.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string()
+    };
     println!("Feeds");
     for feed in &config.feeds {
         match report.feeds.iter().find(|f| f.feed == feed.name) {
-            Some(f) => println!("  {:<16} last file {} at {} ({})", feed.name, f.last_file, show(f.last_at), f.last_outcome),
+            Some(f) => println!(
+                "  {:<16} last file {} at {} ({})",
+                feed.name,
+                f.last_file,
+                show(f.last_at),
+                f.last_outcome
+            ),
             None => println!("  {:<16} no file yet", feed.name),
         }
     }
     println!("Outbox");
-    println!("  pending {}, failed {}", report.outbox_pending, report.outbox_failed);
+    println!(
+        "  pending {}, failed {}",
+        report.outbox_pending, report.outbox_failed
+    );
     if let Some(t) = report.oldest_pending {
         println!("  oldest pending since {}", show(t));
     }
@@ -286,7 +338,13 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
         if r.whole_file {
             println!("  {} {}/{}: {}", show(r.at), r.feed, r.name, r.reason);
         } else {
-            println!("  {} {}/{}: {} row(s) rejected", show(r.at), r.feed, r.name, r.rejected_rows);
+            println!(
+                "  {} {}/{}: {} row(s) rejected",
+                show(r.at),
+                r.feed,
+                r.name,
+                r.rejected_rows
+            );
         }
     }
     println!("Recent alerts");
@@ -294,7 +352,16 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
         println!("  none");
     }
     for a in &report.recent_alerts {
-        println!("  {} {} {:<8} {} {} ({} records, {})", a.id, show(a.created_at), a.severity, a.rule_id, a.district, a.event_count, a.status);
+        println!(
+            "  {} {} {:<8} {} {} ({} records, {})",
+            a.id,
+            show(a.created_at),
+            a.severity,
+            a.rule_id,
+            a.district,
+            a.event_count,
+            a.status
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -304,7 +371,11 @@ fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode
     let to_mailbox: lettre::message::Mailbox = to
         .parse()
         .map_err(|e| UserError(format!("`{to}` is not an email address: {e}")))?;
-    let from: lettre::message::Mailbox = config.mail.from.parse().map_err(|e| UserError(format!("[mail] from: {e}")))?;
+    let from: lettre::message::Mailbox = config
+        .mail
+        .from
+        .parse()
+        .map_err(|e| UserError(format!("[mail] from: {e}")))?;
     let subject = format!("{} [TEST] earlywarn test email", config.mail.marking);
     let message = lettre::Message::builder()
         .from(from.clone())
@@ -318,9 +389,11 @@ fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode
         ))
         .context("cannot build the test email")?;
     let mailer = Mailer::new(&config.mail).map_err(|e| UserError(format!("[mail]: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(mailer.send(
-        &from.email.to_string(),
+        from.email.as_ref(),
         &[to_mailbox.email.to_string()],
         &message.formatted(),
         "test-email",
@@ -336,8 +409,9 @@ fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode
 
 fn transport_name(config: &Config) -> String {
     match &config.mail.transport {
-        earlywarn::config::Transport::File { dir } => format!("the file transport ({})", dir.display()),
+        earlywarn::config::Transport::File { dir } => {
+            format!("the file transport ({})", dir.display())
+        }
         earlywarn::config::Transport::Smtp(s) => format!("{}:{}", s.host, s.port),
     }
 }
-

@@ -6,14 +6,14 @@
 //! event time seen so far. Memory stays bounded by the rule state and the
 //! alerts, not by the file size.
 
-use crate::alerts::{route, Alert, Audience};
+use crate::alerts::{Alert, Audience, route};
 use crate::config::{Config, FeedConfig};
-use crate::feeds::decode::{decoding_reader, detect, TextEncoding};
+use crate::feeds::decode::{TextEncoding, decoding_reader, detect};
 use crate::feeds::intake::{format_for, render_with_fallback};
-use crate::feeds::parse::{parse, RecordShape, Row, RowError};
+use crate::feeds::parse::{RecordShape, Row, RowError, parse};
 use crate::feeds::record_fingerprint;
-use crate::rules::engine::{Batch, Engine, EngineState};
 use crate::rules::RuleSet;
+use crate::rules::engine::{Batch, Engine, EngineState};
 use jiff::Timestamp;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,10 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// An alert as replay reports it.
@@ -71,7 +74,10 @@ pub fn replay(
     let mut summary = ReplaySummary::default();
     for path in files {
         summary.files += 1;
-        let io = |source| ReplayError::Io { path: path.clone(), source };
+        let io = |source| ReplayError::Io {
+            path: path.clone(),
+            source,
+        };
         let mut file = std::fs::File::open(path).map_err(io)?;
         let encoding = detect(&mut file).map_err(io)?;
         if encoding == TextEncoding::Windows1252 {
@@ -116,7 +122,10 @@ pub fn replay(
             continue;
         }
         clock = latest;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let outcome = engine.finish(batch, clock, &path.to_string_lossy());
         for alert in outcome.alerts {
             summary.alerts += 1;
@@ -129,7 +138,11 @@ pub fn replay(
 fn describe(config: &Config, engine: &Engine, alert: &Alert, file: &str) -> ReplayedAlert {
     let rule = engine.rules().get(&alert.rule_id);
     let review = rule.is_some_and(|r| !r.review.is_empty());
-    let audience = if review { Audience::Review } else { Audience::Notify };
+    let audience = if review {
+        Audience::Review
+    } else {
+        Audience::Notify
+    };
     let mut recipients = Vec::new();
     let mut subject = String::new();
     if let Some(rule) = rule {

@@ -15,7 +15,7 @@ use crate::alerts::render::RenderedEmail;
 use crate::alerts::{Alert, AlertStatus, Audience};
 use crate::rules::engine::{Cooldown, EngineState, GroupRef, StateChange};
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -364,16 +364,20 @@ impl Store {
 
     /// Outbox rows of one alert (for tests and `status`).
     pub fn outbox_of(&self, alert_id: &str) -> Result<Vec<(String, String, u32)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT partner_id, status, attempts FROM outbox WHERE alert_id = ?1 ORDER BY id")?;
-        let rows = stmt.query_map([alert_id], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32)))?;
+        let mut stmt = self.conn.prepare(
+            "SELECT partner_id, status, attempts FROM outbox WHERE alert_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([alert_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32))
+        })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// `PRAGMA integrity_check`, for tests and ops.
     pub fn integrity_check(&self) -> Result<String> {
-        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 }
 
@@ -384,7 +388,12 @@ pub struct FileTx<'a> {
 
 impl FileTx<'_> {
     /// Notes a record; false when the same record (id and content) was seen before.
-    pub fn record_is_new(&self, feed: &str, record_id: &str, fingerprint: &[u8; 16]) -> Result<bool> {
+    pub fn record_is_new(
+        &self,
+        feed: &str,
+        record_id: &str,
+        fingerprint: &[u8; 16],
+    ) -> Result<bool> {
         let mut stmt = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO seen_records (feed, record_id, fingerprint) VALUES (?1, ?2, ?3)",
         )?;
@@ -396,13 +405,14 @@ impl FileTx<'_> {
             "INSERT INTO rule_state (rule_id, group_key, kind, data) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (rule_id, group_key, kind) DO UPDATE SET data = excluded.data",
         )?;
-        let mut delete = self
-            .tx
-            .prepare_cached("DELETE FROM rule_state WHERE rule_id = ?1 AND group_key = ?2 AND kind = ?3")?;
+        let mut delete = self.tx.prepare_cached(
+            "DELETE FROM rule_state WHERE rule_id = ?1 AND group_key = ?2 AND kind = ?3",
+        )?;
         for change in changes {
             match change {
                 StateChange::Cooldown(key, Some(cd)) => {
-                    let data = serde_json::to_string(cd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let data = serde_json::to_string(cd)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     upsert.execute(params![key.rule_id, key.group_key, "cooldown", data])?;
                 }
                 StateChange::Cooldown(key, None) => {
@@ -432,8 +442,16 @@ impl FileTx<'_> {
     }
 
     /// Puts one rendered email in the outbox, due now.
-    pub fn enqueue(&self, alert_id: &str, partner_id: &str, audience: Audience, email: &RenderedEmail, now: Timestamp) -> Result<()> {
-        let recipients = serde_json::to_string(&email.to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    pub fn enqueue(
+        &self,
+        alert_id: &str,
+        partner_id: &str,
+        audience: Audience,
+        email: &RenderedEmail,
+        now: Timestamp,
+    ) -> Result<()> {
+        let recipients =
+            serde_json::to_string(&email.to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.tx.execute(
             "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9)
@@ -584,16 +602,32 @@ mod tests {
             let tx = store.begin().unwrap();
             assert!(tx.record_is_new("f", "S1", &[1; 16]).unwrap());
             assert!(!tx.record_is_new("f", "S1", &[1; 16]).unwrap());
-            assert!(tx.record_is_new("f", "S1", &[2; 16]).unwrap(), "an update to a record is new");
-            let key = GroupRef { rule_id: "r".into(), group_key: "bolton".into() };
-            tx.apply(&[StateChange::Cooldown(key, Some(Cooldown { last_alert_at: now, suppressed: 3 }))]).unwrap();
+            assert!(
+                tx.record_is_new("f", "S1", &[2; 16]).unwrap(),
+                "an update to a record is new"
+            );
+            let key = GroupRef {
+                rule_id: "r".into(),
+                group_key: "bolton".into(),
+            };
+            tx.apply(&[StateChange::Cooldown(
+                key,
+                Some(Cooldown {
+                    last_alert_at: now,
+                    suppressed: 3,
+                }),
+            )])
+            .unwrap();
             tx.commit().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let state = store.load_engine_state().unwrap();
         assert_eq!(state.cooldowns.values().next().unwrap().suppressed, 3);
         assert_eq!(store.integrity_check().unwrap(), "ok");
-        let mode: String = store.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 

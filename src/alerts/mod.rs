@@ -96,17 +96,26 @@ pub struct Delivery<'a> {
 pub const WITHHELD: &str = "[withheld]";
 
 /// Decides who receives `alert` and what each sees.
-pub fn route<'a>(alert: &Alert, rule: &Rule, config: &'a Config, audience: Audience) -> Vec<Delivery<'a>> {
+pub fn route<'a>(
+    alert: &Alert,
+    rule: &Rule,
+    config: &'a Config,
+    audience: Audience,
+) -> Vec<Delivery<'a>> {
     let ids = match audience {
         Audience::Notify => &rule.notify,
         Audience::Review => &rule.review,
     };
     let feed = config.feed(&rule.feed);
-    let district_field = feed.map(|f| f.district_field.as_str()).unwrap_or("district");
+    let district_field = feed
+        .map(|f| f.district_field.as_str())
+        .unwrap_or("district");
     let mut deliveries = Vec::new();
     let mut seen = BTreeSet::new();
     for id in ids {
-        let Some(partner) = config.partner(id) else { continue };
+        let Some(partner) = config.partner(id) else {
+            continue;
+        };
         if !seen.insert(partner.id.as_str()) {
             continue;
         }
@@ -133,7 +142,14 @@ pub fn route<'a>(alert: &Alert, rule: &Rule, config: &'a Config, audience: Audie
             .iter()
             .map(|(k, v)| {
                 let hidden = !partner.isa && feed.is_some_and(|f| f.is_sensitive(k));
-                (k.clone(), if hidden { WITHHELD.to_string() } else { v.clone() })
+                (
+                    k.clone(),
+                    if hidden {
+                        WITHHELD.to_string()
+                    } else {
+                        v.clone()
+                    },
+                )
             })
             .collect();
         deliveries.push(Delivery {
@@ -149,7 +165,11 @@ pub fn route<'a>(alert: &Alert, rule: &Rule, config: &'a Config, audience: Audie
 }
 
 /// Removes the feed's sensitive fields from events for a partner without the ISA.
-fn redact(events: Vec<&Event>, feed: Option<&FeedConfig>, partner: &Partner) -> (Vec<Event>, BTreeSet<String>) {
+fn redact(
+    events: Vec<&Event>,
+    feed: Option<&FeedConfig>,
+    partner: &Partner,
+) -> (Vec<Event>, BTreeSet<String>) {
     let mut withheld = BTreeSet::new();
     let events = events
         .into_iter()
@@ -221,7 +241,10 @@ min_severity = "critical"
     fn event(district: &str) -> Event {
         let mut fields = BTreeMap::new();
         fields.insert("district".into(), Value::Text(district.into()));
-        fields.insert("notes".into(), Value::Text("found near the bus station".into()));
+        fields.insert(
+            "notes".into(),
+            Value::Text("found near the bus station".into()),
+        );
         fields.insert("location".into(), Value::Text("".into()));
         Event {
             feed: "drug_testing".into(),
@@ -274,7 +297,11 @@ min_severity = "critical"
         assert_eq!(d[1].events.len(), 1);
         assert_eq!(d[1].count, 1);
         assert!(!d[1].events[0].fields.contains_key("notes"));
-        assert_eq!(d[1].withheld, BTreeSet::from(["notes".to_string()]), "empty fields are not reported as withheld");
+        assert_eq!(
+            d[1].withheld,
+            BTreeSet::from(["notes".to_string()]),
+            "empty fields are not reported as withheld"
+        );
         assert_eq!(d[1].group["location"], WITHHELD);
     }
 

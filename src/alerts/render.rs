@@ -12,9 +12,9 @@ use crate::config::{Config, FeedConfig};
 use crate::event::{Event, Value as FieldValue};
 use crate::rules::Rule;
 use jiff::Timestamp;
+use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::Message;
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -50,10 +50,12 @@ pub struct TemplateError {
 /// Checks a rule's template for syntax errors (at load time, so `check` reports them).
 pub fn check_template(source: &str) -> Result<(), TemplateError> {
     let env = environment();
-    env.template_from_str(source).map(|_| ()).map_err(|e| TemplateError {
-        offset: e.range().map(|r| r.start).unwrap_or(0),
-        message: e.detail().unwrap_or("bad template").to_string(),
-    })
+    env.template_from_str(source)
+        .map(|_| ())
+        .map_err(|e| TemplateError {
+            offset: e.range().map(|r| r.start).unwrap_or(0),
+            message: e.detail().unwrap_or("bad template").to_string(),
+        })
 }
 
 fn environment() -> Environment<'static> {
@@ -63,8 +65,7 @@ fn environment() -> Environment<'static> {
     env
 }
 
-const DEFAULT_SUBJECT: &str =
-    "{{ rule.name }}{% if district %} in {{ district }}{% endif %}";
+const DEFAULT_SUBJECT: &str = "{{ rule.name }}{% if district %} in {{ district }}{% endif %}";
 
 const DEFAULT_LEAD: &str = "{{ rule.name }}: {{ count }} matching record{% if count != 1 %}s{% endif %}{% if district %} in {{ district }}{% endif %}.";
 
@@ -102,11 +103,18 @@ struct PartnerView<'a> {
 }
 
 /// Renders the email for one delivery of an alert.
-pub fn render(alert: &Alert, rule: &Rule, delivery: &Delivery<'_>, config: &Config) -> Result<RenderedEmail, RenderError> {
+pub fn render(
+    alert: &Alert,
+    rule: &Rule,
+    delivery: &Delivery<'_>,
+    config: &Config,
+) -> Result<RenderedEmail, RenderError> {
     let feed = config.feed(&rule.feed);
     let tz = &config.daemon.timezone;
     let show_time = |t: Timestamp| -> String {
-        t.to_zoned_datetime(tz.clone()).strftime("%a %-d %b %Y %H:%M %Z").to_string()
+        t.to_zoned_datetime(tz.clone())
+            .strftime("%a %-d %b %Y %H:%M %Z")
+            .to_string()
     };
     let events: Vec<BTreeMap<String, serde_json::Value>> = delivery
         .events
@@ -142,16 +150,22 @@ pub fn render(alert: &Alert, rule: &Rule, delivery: &Delivery<'_>, config: &Conf
     let ctx = Value::from(minijinja::value::Serde(&ctx));
     let env = environment();
     let render_one = |source: &str| -> Result<String, RenderError> {
-        env.render_str(source, &ctx).map_err(|e| RenderError::Template {
-            rule: rule.id.clone(),
-            message: e.to_string(),
-        })
+        env.render_str(source, &ctx)
+            .map_err(|e| RenderError::Template {
+                rule: rule.id.clone(),
+                message: e.to_string(),
+            })
     };
 
-    let headline = one_line(&render_one(rule.subject.as_deref().unwrap_or(DEFAULT_SUBJECT))?);
+    let headline = one_line(&render_one(
+        rule.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
+    )?);
     let severity_tag = rule.severity.as_str().to_uppercase();
     let subject = if draft {
-        format!("{} [DRAFT FOR ASSESSMENT] [{severity_tag}] {headline}", config.mail.marking)
+        format!(
+            "{} [DRAFT FOR ASSESSMENT] [{severity_tag}] {headline}",
+            config.mail.marking
+        )
     } else {
         format!("{} [{severity_tag}] {headline}", config.mail.marking)
     };
@@ -167,31 +181,56 @@ pub fn render(alert: &Alert, rule: &Rule, delivery: &Delivery<'_>, config: &Conf
         .parse()
         .map_err(|e| RenderError::Build(format!("[mail] from: {e}")))?;
     let domain = from.email.domain().to_string();
-    let message_id = format!("<{}.{}@{}>", alert.id, sanitize_id(&delivery.partner.id), domain);
+    let message_id = format!(
+        "<{}.{}@{}>",
+        alert.id,
+        sanitize_id(&delivery.partner.id),
+        domain
+    );
     let mut builder = Message::builder()
         .from(from.clone())
         .subject(subject.clone())
         .message_id(Some(message_id.clone()))
-        .date(std::time::SystemTime::try_from(alert.created_at).unwrap_or(std::time::SystemTime::UNIX_EPOCH))
-        .raw_header(HeaderValue::new(header_name("X-Earlywarn-Alert"), alert.id.clone()))
-        .raw_header(HeaderValue::new(header_name("X-Earlywarn-Rule"), one_line(&rule.id)))
+        .date(
+            std::time::SystemTime::try_from(alert.created_at)
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+        )
+        .raw_header(HeaderValue::new(
+            header_name("X-Earlywarn-Alert"),
+            alert.id.clone(),
+        ))
+        .raw_header(HeaderValue::new(
+            header_name("X-Earlywarn-Rule"),
+            one_line(&rule.id),
+        ))
         .raw_header(HeaderValue::new(
             header_name("X-Earlywarn-Severity"),
             rule.severity.as_str().to_string(),
         ));
     let mut to = Vec::new();
     for address in &delivery.partner.emails {
-        let mailbox: Mailbox = address
-            .parse()
-            .map_err(|e| RenderError::Build(format!("partner `{}` email `{address}`: {e}", delivery.partner.id)))?;
+        let mailbox: Mailbox = address.parse().map_err(|e| {
+            RenderError::Build(format!(
+                "partner `{}` email `{address}`: {e}",
+                delivery.partner.id
+            ))
+        })?;
         to.push(mailbox.email.to_string());
         builder = builder.to(mailbox);
     }
     let message = builder
         .multipart(
             MultiPart::alternative()
-                .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text.clone()))
-                .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone())),
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(text.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html.clone()),
+                ),
         )
         .map_err(|e| RenderError::Build(e.to_string()))?;
     Ok(RenderedEmail {
@@ -212,7 +251,10 @@ fn header_name(name: &'static str) -> HeaderName {
 
 /// Header values must be one line: any CR, LF or other control character becomes a space.
 fn one_line(s: &str) -> String {
-    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     while out.contains("  ") {
         out = out.replace("  ", " ");
     }
@@ -221,11 +263,20 @@ fn one_line(s: &str) -> String {
 
 fn sanitize_id(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
-fn event_map(e: &Event, show_time: &dyn Fn(Timestamp) -> String) -> BTreeMap<String, serde_json::Value> {
+fn event_map(
+    e: &Event,
+    show_time: &dyn Fn(Timestamp) -> String,
+) -> BTreeMap<String, serde_json::Value> {
     let mut map: BTreeMap<String, serde_json::Value> = e
         .fields
         .iter()
@@ -267,12 +318,23 @@ impl Sections {
         feed: Option<&FeedConfig>,
         show_time: &dyn Fn(Timestamp) -> String,
     ) -> Sections {
-        let district_field = feed.map(|f| f.district_field.as_str()).unwrap_or("district");
+        let district_field = feed
+            .map(|f| f.district_field.as_str())
+            .unwrap_or("district");
         let district = alert.district.clone().unwrap_or_else(|| {
-            let mut ds: Vec<String> = delivery.events.iter().map(|e| e.text(district_field)).filter(|d| !d.is_empty()).collect();
+            let mut ds: Vec<String> = delivery
+                .events
+                .iter()
+                .map(|e| e.text(district_field))
+                .filter(|d| !d.is_empty())
+                .collect();
             ds.sort();
             ds.dedup();
-            if ds.is_empty() { "not stated".into() } else { ds.join(", ") }
+            if ds.is_empty() {
+                "not stated".into()
+            } else {
+                ds.join(", ")
+            }
         });
         let first = delivery.events.iter().map(|e| e.time).min();
         let last = delivery.events.iter().map(|e| e.time).max();
@@ -283,11 +345,18 @@ impl Sections {
         };
         let mut records = format!("{}", delivery.count);
         if alert.suppressed_before > 0 {
-            let cd = rule.cooldown.map(|d| format!(" ({} cooldown)", human_duration(d))).unwrap_or_default();
+            let cd = rule
+                .cooldown
+                .map(|d| format!(" ({} cooldown)", human_duration(d)))
+                .unwrap_or_default();
             records.push_str(&format!(
                 ", plus {} earlier match{} not emailed during the cooldown{cd}",
                 alert.suppressed_before,
-                if alert.suppressed_before == 1 { "" } else { "es" }
+                if alert.suppressed_before == 1 {
+                    ""
+                } else {
+                    "es"
+                }
             ));
         }
         // Key fields first: the record id, time and district, then what the rule looked at.
@@ -392,13 +461,19 @@ impl Sections {
             }
         }
         if self.more_records > 0 {
-            t.push_str(&format!("... and {} more matching records (see earlywarn status).\n", self.more_records));
+            t.push_str(&format!(
+                "... and {} more matching records (see earlywarn status).\n",
+                self.more_records
+            ));
         }
         if let Some(w) = &self.withheld {
             t.push_str(&format!("\n{w}\n"));
         }
         t.push_str(&format!("\nWHY YOU RECEIVED THIS\n{}\n", self.why));
-        t.push_str(&format!("\nQuote {} in any reply.\n\n{marking}\n", self.reference));
+        t.push_str(&format!(
+            "\nQuote {} in any reply.\n\n{marking}\n",
+            self.reference
+        ));
         t
     }
 
@@ -408,7 +483,10 @@ impl Sections {
         h.push_str("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body style=\"font-family:sans-serif\">\n");
         h.push_str(&format!("<p><strong>{}</strong></p>\n", e(marking)));
         if let Some(note) = &self.draft_note {
-            h.push_str(&format!("<p style=\"background:#fff3cd;padding:8px\"><strong>{}</strong></p>\n", e(note)));
+            h.push_str(&format!(
+                "<p style=\"background:#fff3cd;padding:8px\"><strong>{}</strong></p>\n",
+                e(note)
+            ));
         }
         h.push_str(&format!("<p>{}</p>\n", e(lead.trim())));
         h.push_str("<table>\n");
@@ -420,28 +498,49 @@ impl Sections {
             ("Records", &self.records),
             ("Reference", &self.reference),
         ] {
-            h.push_str(&format!("<tr><th align=\"left\">{}</th><td>{}</td></tr>\n", e(k), e(v)));
+            h.push_str(&format!(
+                "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
+                e(k),
+                e(v)
+            ));
         }
         h.push_str("</table>\n");
         if let Some(advice) = &self.advice {
-            h.push_str(&format!("<h3>What to do</h3>\n<p>{}</p>\n", e(advice.trim()).replace('\n', "<br>")));
+            h.push_str(&format!(
+                "<h3>What to do</h3>\n<p>{}</p>\n",
+                e(advice.trim()).replace('\n', "<br>")
+            ));
         }
         h.push_str("<h3>Evidence</h3>\n");
         for (title, rows) in &self.evidence {
             h.push_str(&format!("<p><strong>{}</strong></p>\n<table>\n", e(title)));
             for (k, v) in rows {
-                h.push_str(&format!("<tr><th align=\"left\">{}</th><td>{}</td></tr>\n", e(k), e(v)));
+                h.push_str(&format!(
+                    "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
+                    e(k),
+                    e(v)
+                ));
             }
             h.push_str("</table>\n");
         }
         if self.more_records > 0 {
-            h.push_str(&format!("<p>… and {} more matching records.</p>\n", self.more_records));
+            h.push_str(&format!(
+                "<p>… and {} more matching records.</p>\n",
+                self.more_records
+            ));
         }
         if let Some(w) = &self.withheld {
             h.push_str(&format!("<p><em>{}</em></p>\n", e(w)));
         }
-        h.push_str(&format!("<h3>Why you received this</h3>\n<p>{}</p>\n", e(&self.why)));
-        h.push_str(&format!("<p>Quote {} in any reply.</p>\n<p><strong>{}</strong></p>\n</body></html>\n", e(&self.reference), e(marking)));
+        h.push_str(&format!(
+            "<h3>Why you received this</h3>\n<p>{}</p>\n",
+            e(&self.why)
+        ));
+        h.push_str(&format!(
+            "<p>Quote {} in any reply.</p>\n<p><strong>{}</strong></p>\n</body></html>\n",
+            e(&self.reference),
+            e(marking)
+        ));
         h
     }
 }
@@ -475,7 +574,7 @@ fn human_duration(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::{route, AlertStatus};
+    use crate::alerts::{AlertStatus, route};
     use crate::config::Severity;
     use crate::rules::RuleSet;
     use std::path::{Path, PathBuf};
@@ -556,12 +655,33 @@ emails = ["c@example.org"]
         let rule = rule(&config, "");
         let mails = emails(&config, &rule, &alert("sold at the park", "Bolton"));
         let panel = &mails[0];
-        assert_eq!(panel.subject, "OFFICIAL-SENSITIVE [CRITICAL] Nitazene detected in Bolton");
+        assert_eq!(
+            panel.subject,
+            "OFFICIAL-SENSITIVE [CRITICAL] Nitazene detected in Bolton"
+        );
         assert_eq!(panel.to, ["p@example.org", "q@example.org"]);
         assert_eq!(panel.message_id, "<EW-0123456789.panel@example.org>");
-        for needle in ["OFFICIAL-SENSITIVE", "CRITICAL", "Nitazene detected", "Bolton", "Tue 4 Nov 2025 11:30 GMT", "Carry naloxone.", "EW-0123456789", "sold at the park", "notify list"] {
-            assert!(panel.text.contains(needle), "text lacks {needle}:\n{}", panel.text);
-            assert!(panel.html.contains(needle), "html lacks {needle}:\n{}", panel.html);
+        for needle in [
+            "OFFICIAL-SENSITIVE",
+            "CRITICAL",
+            "Nitazene detected",
+            "Bolton",
+            "Tue 4 Nov 2025 11:30 GMT",
+            "Carry naloxone.",
+            "EW-0123456789",
+            "sold at the park",
+            "notify list",
+        ] {
+            assert!(
+                panel.text.contains(needle),
+                "text lacks {needle}:\n{}",
+                panel.text
+            );
+            assert!(
+                panel.html.contains(needle),
+                "html lacks {needle}:\n{}",
+                panel.html
+            );
         }
         let raw = String::from_utf8_lossy(&panel.bytes);
         assert!(raw.contains("X-Earlywarn-Alert: EW-0123456789"), "{raw}");
@@ -576,7 +696,11 @@ emails = ["c@example.org"]
         let mails = emails(&config, &rule, &alert("SECRET-NOTE", "Bolton"));
         let charity = &mails[1];
         assert!(!String::from_utf8_lossy(&charity.bytes).contains("SECRET"));
-        assert!(!charity.text.contains("SECRET") && !charity.html.contains("SECRET") && !charity.subject.contains("SECRET"));
+        assert!(
+            !charity.text.contains("SECRET")
+                && !charity.html.contains("SECRET")
+                && !charity.subject.contains("SECRET")
+        );
         assert!(charity.text.contains("Withheld: notes"), "{}", charity.text);
         assert!(mails[0].subject.contains("SECRET-NOTE"));
     }
@@ -585,12 +709,27 @@ emails = ["c@example.org"]
     fn hostile_data_cannot_add_headers_or_markup() {
         let config = config();
         let rule = rule(&config, "subject = \"{{ event.district }}\"");
-        let mails = emails(&config, &rule, &alert("<script>alert(1)</script>", "Bolton\r\nBcc: evil@example.com"));
+        let mails = emails(
+            &config,
+            &rule,
+            &alert(
+                "<script>alert(1)</script>",
+                "Bolton\r\nBcc: evil@example.com",
+            ),
+        );
         let panel = &mails[0];
         let raw = String::from_utf8_lossy(&panel.bytes);
         let header_block = raw.split("\r\n\r\n").next().unwrap();
-        assert!(!header_block.lines().any(|l| l.starts_with("Bcc:")), "{raw}");
-        assert!(header_block.contains("Subject: OFFICIAL-SENSITIVE [CRITICAL] Bolton Bcc: evil@example.com\r\n"), "{raw}");
+        assert!(
+            !header_block.lines().any(|l| l.starts_with("Bcc:")),
+            "{raw}"
+        );
+        assert!(
+            header_block.contains(
+                "Subject: OFFICIAL-SENSITIVE [CRITICAL] Bolton Bcc: evil@example.com\r\n"
+            ),
+            "{raw}"
+        );
         assert!(!panel.subject.contains('\n'));
         assert!(!panel.html.contains("<script>"));
         assert!(panel.html.contains("&lt;script&gt;"));

@@ -5,7 +5,7 @@
 //! valid UTF-8. Detection reads the data once; decoding streams, so a large
 //! file is never held twice in memory.
 
-use encoding_rs::{Encoding, UTF_16BE, UTF_16LE, UTF_8, WINDOWS_1252};
+use encoding_rs::{Encoding, UTF_8, UTF_16BE, UTF_16LE, WINDOWS_1252};
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -140,11 +140,26 @@ mod tests {
 
     #[test]
     fn detects_and_decodes_real_export_encodings() {
-        assert_eq!(decode_bytes(b"a,b\n"), ("a,b\n".to_string(), TextEncoding::Utf8));
-        assert_eq!(decode_bytes(b"\xEF\xBB\xBFa\n"), ("a\n".to_string(), TextEncoding::Utf8Bom));
-        assert_eq!(decode_bytes(b"caf\xE9 \x96 \x80\n"), ("café – €\n".to_string(), TextEncoding::Windows1252));
-        assert_eq!(decode_bytes(b"\xFF\xFEa\x00,\x00b\x00"), ("a,b".to_string(), TextEncoding::Utf16Le));
-        assert_eq!(decode_bytes(b"\xFE\xFF\x00a"), ("a".to_string(), TextEncoding::Utf16Be));
+        assert_eq!(
+            decode_bytes(b"a,b\n"),
+            ("a,b\n".to_string(), TextEncoding::Utf8)
+        );
+        assert_eq!(
+            decode_bytes(b"\xEF\xBB\xBFa\n"),
+            ("a\n".to_string(), TextEncoding::Utf8Bom)
+        );
+        assert_eq!(
+            decode_bytes(b"caf\xE9 \x96 \x80\n"),
+            ("café – €\n".to_string(), TextEncoding::Windows1252)
+        );
+        assert_eq!(
+            decode_bytes(b"\xFF\xFEa\x00,\x00b\x00"),
+            ("a,b".to_string(), TextEncoding::Utf16Le)
+        );
+        assert_eq!(
+            decode_bytes(b"\xFE\xFF\x00a"),
+            ("a".to_string(), TextEncoding::Utf16Be)
+        );
     }
 
     #[test]
@@ -161,7 +176,9 @@ mod tests {
         let mut cursor = io::Cursor::new(bytes.clone());
         let enc = detect(&mut cursor).unwrap();
         let mut out = String::new();
-        decoding_reader(cursor, enc).read_to_string(&mut out).unwrap();
+        decoding_reader(cursor, enc)
+            .read_to_string(&mut out)
+            .unwrap();
         assert_eq!(out, decode_bytes(&bytes).0);
     }
 }

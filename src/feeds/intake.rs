@@ -12,14 +12,14 @@
 //! crash between 5 and 6 leaves a file whose content is already recorded, so
 //! the next scan moves it without alerting again.
 
-use crate::alerts::render::{render, RenderedEmail};
-use crate::alerts::{route, Alert, Audience};
+use crate::alerts::render::{RenderedEmail, render};
+use crate::alerts::{Alert, Audience, route};
 use crate::config::{Config, FeedConfig, FeedFormat, OnDone};
-use crate::feeds::decode::{decode_bytes, TextEncoding};
-use crate::feeds::parse::{parse, RecordShape, Row, RowError};
+use crate::feeds::decode::{TextEncoding, decode_bytes};
+use crate::feeds::parse::{RecordShape, Row, RowError, parse};
 use crate::feeds::record_fingerprint;
-use crate::rules::engine::{Batch, Engine};
 use crate::rules::Rule;
+use crate::rules::engine::{Batch, Engine};
 use crate::store::{FileRecord, Store, StoreError};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
@@ -105,7 +105,10 @@ pub fn process_file(
 ) -> Result<Disposition, IntakeError> {
     let name = match path.file_name().and_then(|n| n.to_str()) {
         Some(n) => n.to_string(),
-        None => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
     if is_ignored_name(&name) {
         return Ok(Disposition::Skipped);
@@ -120,10 +123,24 @@ pub fn process_file(
         return Ok(Disposition::Skipped);
     }
     if file_type.is_symlink() {
-        return reject_whole(store, feed, path, &name, "it is a symbolic link; feeds read only regular files and never follow links", now);
+        return reject_whole(
+            store,
+            feed,
+            path,
+            &name,
+            "it is a symbolic link; feeds read only regular files and never follow links",
+            now,
+        );
     }
     if !file_type.is_file() {
-        return reject_whole(store, feed, path, &name, "it is not a regular file (a device, pipe or socket)", now);
+        return reject_whole(
+            store,
+            feed,
+            path,
+            &name,
+            "it is not a regular file (a device, pipe or socket)",
+            now,
+        );
     }
     if meta.len() > feed.max_file_bytes {
         let reason = format!(
@@ -263,7 +280,9 @@ pub fn process_file(
     if let Err(e) = committed {
         match store.load_engine_state() {
             Ok(state) => engine.restore(state),
-            Err(load) => tracing::error!(error = %load, "Cannot reload rule state after a failed commit"),
+            Err(load) => {
+                tracing::error!(error = %load, "Cannot reload rule state after a failed commit")
+            }
         }
         return Err(e);
     }
@@ -280,18 +299,30 @@ pub fn process_file(
 }
 
 /// Routes, renders and enqueues one alert inside the file's transaction.
-fn enqueue_alert(config: &Config, engine: &Engine, tx: &crate::store::FileTx<'_>, alert: &Alert, now: Timestamp) -> Result<(), IntakeError> {
+fn enqueue_alert(
+    config: &Config,
+    engine: &Engine,
+    tx: &crate::store::FileTx<'_>,
+    alert: &Alert,
+    now: Timestamp,
+) -> Result<(), IntakeError> {
     let Some(rule) = engine.rules().get(&alert.rule_id) else {
         return Ok(());
     };
     let summary = serde_json::to_string(alert).unwrap_or_default();
     tx.insert_alert(alert, &summary)?;
-    let audience = if rule.review.is_empty() { Audience::Notify } else { Audience::Review };
+    let audience = if rule.review.is_empty() {
+        Audience::Notify
+    } else {
+        Audience::Review
+    };
     for delivery in route(alert, rule, config, audience) {
         let email = render_with_fallback(alert, rule, &delivery, config);
         match email {
             Some(email) => tx.enqueue(&alert.id, &delivery.partner.id, audience, &email, now)?,
-            None => tracing::error!(alert = %alert.id, partner = %delivery.partner.id, "Cannot render the email even with the default template"),
+            None => {
+                tracing::error!(alert = %alert.id, partner = %delivery.partner.id, "Cannot render the email even with the default template")
+            }
         }
     }
     Ok(())
@@ -299,7 +330,12 @@ fn enqueue_alert(config: &Config, engine: &Engine, tx: &crate::store::FileTx<'_>
 
 /// Renders with the rule's templates, or, if they fail at run time, with the defaults:
 /// a broken template must not stop an alert.
-pub fn render_with_fallback(alert: &Alert, rule: &Rule, delivery: &crate::alerts::Delivery<'_>, config: &Config) -> Option<RenderedEmail> {
+pub fn render_with_fallback(
+    alert: &Alert,
+    rule: &Rule,
+    delivery: &crate::alerts::Delivery<'_>,
+    config: &Config,
+) -> Option<RenderedEmail> {
     match render(alert, rule, delivery, config) {
         Ok(email) => Some(email),
         Err(e) => {
@@ -322,31 +358,53 @@ fn read_regular_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                io::Error::new(io::ErrorKind::InvalidData, "it is a symbolic link; feeds read only regular files and never follow links")
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "it is a symbolic link; feeds read only regular files and never follow links",
+                )
             } else {
                 e
             }
         })?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "it is not a regular file"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is not a regular file",
+        ));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("it grew past the feed's limit of {max} bytes (max_file_bytes)")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it grew past the feed's limit of {max} bytes (max_file_bytes)"),
+        ));
     }
     Ok(bytes)
 }
 
 /// Moves a file the pipeline could not read at all to `rejected/`, with the reason beside it.
-fn reject_whole(store: &mut Store, feed: &FeedConfig, path: &Path, name: &str, reason: &str, now: Timestamp) -> Result<Disposition, IntakeError> {
+fn reject_whole(
+    store: &mut Store,
+    feed: &FeedConfig,
+    path: &Path,
+    name: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Disposition, IntakeError> {
     tracing::warn!(feed = %feed.name, file = %name, reason = %reason, "Rejected file");
     let dir = feed.rejected_dir();
     fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     let target = unique_path(&dir, name);
-    let target_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    write_atomically(&dir.join(format!("{target_name}.errors.txt")), format!("{name}: {reason}\n").as_bytes())?;
+    let target_name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_atomically(
+        &dir.join(format!("{target_name}.errors.txt")),
+        format!("{name}: {reason}\n").as_bytes(),
+    )?;
     fs::rename(path, &target).map_err(io_err("cannot move to rejected/", path))?;
     store.record_rejected_file(&FileRecord {
         feed: feed.name.clone(),
@@ -367,7 +425,13 @@ fn reject_whole(store: &mut Store, feed: &FeedConfig, path: &Path, name: &str, r
 }
 
 /// Writes `rejected/NAME.rows.csv` (the header and the bad rows, verbatim) and `NAME.errors.txt`.
-fn write_rejected_rows(feed: &FeedConfig, name: &str, text: &str, format: FeedFormat, errors: &[RowError]) -> Result<(), IntakeError> {
+fn write_rejected_rows(
+    feed: &FeedConfig,
+    name: &str,
+    text: &str,
+    format: FeedFormat,
+    errors: &[RowError],
+) -> Result<(), IntakeError> {
     let dir = feed.rejected_dir();
     fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     let mut rows = String::new();
@@ -378,7 +442,9 @@ fn write_rejected_rows(feed: &FeedConfig, name: &str, text: &str, format: FeedFo
     let mut report = String::new();
     for e in errors {
         if let Some(span) = &e.span {
-            let slice = text.get(span.start as usize..span.end as usize).unwrap_or("");
+            let slice = text
+                .get(span.start as usize..span.end as usize)
+                .unwrap_or("");
             rows.push_str(slice);
             if !slice.ends_with('\n') {
                 rows.push('\n');
@@ -426,7 +492,9 @@ fn unique_path(dir: &Path, name: &str) -> PathBuf {
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), IntakeError> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     let write = || -> io::Result<()> {
         let mut f = fs::File::create(&tmp)?;

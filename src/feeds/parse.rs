@@ -8,8 +8,8 @@
 
 use crate::config::{FeedConfig, FeedFormat};
 use crate::event::{Event, Value};
-use jiff::tz::TimeZone;
 use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Range;
@@ -46,9 +46,15 @@ pub struct RecordShape<'a> {
 }
 
 /// Reads records from `text` in the feed's format, calling `on_row` for each.
-pub fn parse<R: Read>(text: R, shape: &RecordShape<'_>, mut on_row: impl FnMut(Row)) -> Result<(), FileError> {
+pub fn parse<R: Read>(
+    text: R,
+    shape: &RecordShape<'_>,
+    mut on_row: impl FnMut(Row),
+) -> Result<(), FileError> {
     let mut reader = BufReader::with_capacity(256 * 1024, text);
-    let head = reader.fill_buf().map_err(|e| FileError(format!("cannot read the file: {e}")))?;
+    let head = reader
+        .fill_buf()
+        .map_err(|e| FileError(format!("cannot read the file: {e}")))?;
     if head.is_empty() {
         return Err(FileError("the file is empty".into()));
     }
@@ -70,7 +76,10 @@ fn looks_binary(head: &[u8]) -> bool {
 
 /// Picks the delimiter that splits the header line into the most fields.
 fn sniff_delimiter(head: &[u8]) -> u8 {
-    let line_end = head.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(head.len());
+    let line_end = head
+        .iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .unwrap_or(head.len());
     let line = &head[..line_end];
     let count = |d: u8| {
         let mut in_quotes = false;
@@ -89,7 +98,11 @@ fn sniff_delimiter(head: &[u8]) -> u8 {
         .unwrap_or(b',')
 }
 
-fn parse_csv<R: Read>(mut reader: BufReader<R>, shape: &RecordShape<'_>, on_row: &mut dyn FnMut(Row)) -> Result<(), FileError> {
+fn parse_csv<R: Read>(
+    mut reader: BufReader<R>,
+    shape: &RecordShape<'_>,
+    on_row: &mut dyn FnMut(Row),
+) -> Result<(), FileError> {
     let delimiter = match shape.feed.delimiter {
         Some(d) => d,
         None => sniff_delimiter(reader.fill_buf().unwrap_or(&[])),
@@ -101,7 +114,12 @@ fn parse_csv<R: Read>(mut reader: BufReader<R>, shape: &RecordShape<'_>, on_row:
         .from_reader(reader);
     let headers = match csv.headers() {
         Ok(h) => h.clone(),
-        Err(e) => return Err(FileError(format!("cannot read the header line: {}", csv_error_reason(&e)))),
+        Err(e) => {
+            return Err(FileError(format!(
+                "cannot read the header line: {}",
+                csv_error_reason(&e)
+            )));
+        }
     };
     let names: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
     check_header(&names, shape.feed, delimiter)?;
@@ -113,8 +131,14 @@ fn parse_csv<R: Read>(mut reader: BufReader<R>, shape: &RecordShape<'_>, on_row:
     loop {
         let result = csv.read_record(&mut record);
         let position = csv.position().clone();
-        let start = record.position().map(|p| p.byte()).unwrap_or(position.byte());
-        let line = record.position().map(|p| p.line()).unwrap_or(position.line());
+        let start = record
+            .position()
+            .map(|p| p.byte())
+            .unwrap_or(position.byte());
+        let line = record
+            .position()
+            .map(|p| p.line())
+            .unwrap_or(position.line());
         if let Some(mut err) = open_error.take() {
             let end = match &result {
                 Ok(true) => start,
@@ -137,10 +161,17 @@ fn parse_csv<R: Read>(mut reader: BufReader<R>, shape: &RecordShape<'_>, on_row:
                         "this row has {} fields but the header has {}; check for a missing or extra {}",
                         record.len(),
                         names.len(),
-                        if delimiter == b'\t' { "tab".to_string() } else { format!("`{}` or an unclosed quote", delimiter as char) }
+                        if delimiter == b'\t' {
+                            "tab".to_string()
+                        } else {
+                            format!("`{}` or an unclosed quote", delimiter as char)
+                        }
                     ))
                 } else {
-                    let fields = names.iter().zip(record.iter()).map(|(n, v)| (n.as_str(), RawValue::Text(v)));
+                    let fields = names
+                        .iter()
+                        .zip(record.iter())
+                        .map(|(n, v)| (n.as_str(), RawValue::Text(v)));
                     build_event(fields, shape)
                 };
                 match outcome {
@@ -185,17 +216,26 @@ fn check_header(names: &[String], feed: &FeedConfig, delimiter: u8) -> Result<()
             continue;
         }
         if !seen.insert(n.as_str()) {
-            return Err(FileError(format!("the header names the column `{n}` twice")));
+            return Err(FileError(format!(
+                "the header names the column `{n}` twice"
+            )));
         }
     }
-    for (label, field) in [("id_field", &feed.id_field), ("time_field", &feed.time_field)] {
+    for (label, field) in [
+        ("id_field", &feed.id_field),
+        ("time_field", &feed.time_field),
+    ] {
         if let Some(field) = field
             && !names.iter().any(|n| n == field)
         {
             let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
             return Err(FileError(format!(
                 "the header has no `{field}` column (the feed's {label}); the header read with delimiter `{}` is: {}",
-                if delimiter == b'\t' { "tab".to_string() } else { (delimiter as char).to_string() },
+                if delimiter == b'\t' {
+                    "tab".to_string()
+                } else {
+                    (delimiter as char).to_string()
+                },
                 shown.join(" | ")
             )));
         }
@@ -203,7 +243,11 @@ fn check_header(names: &[String], feed: &FeedConfig, delimiter: u8) -> Result<()
     Ok(())
 }
 
-fn parse_jsonl<R: Read>(reader: BufReader<R>, shape: &RecordShape<'_>, on_row: &mut dyn FnMut(Row)) -> Result<(), FileError> {
+fn parse_jsonl<R: Read>(
+    reader: BufReader<R>,
+    shape: &RecordShape<'_>,
+    on_row: &mut dyn FnMut(Row),
+) -> Result<(), FileError> {
     let mut offset = 0u64;
     let mut line_no = 0u64;
     let mut row = 0u64;
@@ -239,16 +283,32 @@ fn parse_jsonl<R: Read>(reader: BufReader<R>, shape: &RecordShape<'_>, on_row: &
                 Ok(e) => on_row(Row::Event(Box::new(e))),
                 Err(reason) => on_row(error(reason)),
             },
-            Ok(other) => on_row(error(format!("expected a JSON object {{...}}, found {}", json_kind(&other)))),
-            Err(e) => on_row(error(format!("invalid JSON at column {}: {}", e.column(), json_reason(&e)))),
+            Ok(other) => on_row(error(format!(
+                "expected a JSON object {{...}}, found {}",
+                json_kind(&other)
+            ))),
+            Err(e) => on_row(error(format!(
+                "invalid JSON at column {}: {}",
+                e.column(),
+                json_reason(&e)
+            ))),
         }
     }
     Ok(())
 }
 
-fn parse_json<R: Read>(reader: BufReader<R>, shape: &RecordShape<'_>, on_row: &mut dyn FnMut(Row)) -> Result<(), FileError> {
+fn parse_json<R: Read>(
+    reader: BufReader<R>,
+    shape: &RecordShape<'_>,
+    on_row: &mut dyn FnMut(Row),
+) -> Result<(), FileError> {
     let doc: serde_json::Value = serde_json::from_reader(reader).map_err(|e| {
-        FileError(format!("invalid JSON at line {} column {}: {}", e.line(), e.column(), json_reason(&e)))
+        FileError(format!(
+            "invalid JSON at line {} column {}: {}",
+            e.line(),
+            e.column(),
+            json_reason(&e)
+        ))
     })?;
     let serde_json::Value::Array(items) = doc else {
         return Err(FileError(format!(
@@ -260,7 +320,10 @@ fn parse_json<R: Read>(reader: BufReader<R>, shape: &RecordShape<'_>, on_row: &m
         let row = i as u64 + 1;
         let outcome = match item {
             serde_json::Value::Object(map) => event_from_json(map, shape),
-            other => Err(format!("element {row} of the array is {}, not an object", json_kind(other))),
+            other => Err(format!(
+                "element {row} of the array is {}, not an object",
+                json_kind(other)
+            )),
         };
         match outcome {
             Ok(e) => on_row(Row::Event(Box::new(e))),
@@ -295,7 +358,10 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn event_from_json(map: &serde_json::Map<String, serde_json::Value>, shape: &RecordShape<'_>) -> Result<Event, String> {
+fn event_from_json(
+    map: &serde_json::Map<String, serde_json::Value>,
+    shape: &RecordShape<'_>,
+) -> Result<Event, String> {
     let fields = map.iter().filter_map(|(k, v)| {
         let raw = match v {
             serde_json::Value::Null => return None,
@@ -329,7 +395,10 @@ enum RawValue<'a> {
 }
 
 /// Applies the feed's settings (lists, id, time) to raw fields.
-fn build_event<'a>(raw: impl Iterator<Item = (&'a str, RawValue<'a>)>, shape: &RecordShape<'_>) -> Result<Event, String> {
+fn build_event<'a>(
+    raw: impl Iterator<Item = (&'a str, RawValue<'a>)>,
+    shape: &RecordShape<'_>,
+) -> Result<Event, String> {
     let feed = shape.feed;
     let mut fields = BTreeMap::new();
     for (name, value) in raw {
@@ -359,9 +428,8 @@ fn build_event<'a>(raw: impl Iterator<Item = (&'a str, RawValue<'a>)>, shape: &R
         None => shape.default_time,
         Some(f) => match fields.get(f).filter(|v| !v.is_empty()) {
             None => return Err(format!("`{f}` (the event time) is empty")),
-            Some(v) => parse_time(&v.to_string(), feed.time_format.as_deref(), shape.timezone).map_err(|hint| {
-                format!("`{f}` value `{v}` is not a time; {hint}")
-            })?,
+            Some(v) => parse_time(&v.to_string(), feed.time_format.as_deref(), shape.timezone)
+                .map_err(|hint| format!("`{f}` value `{v}` is not a time; {hint}"))?,
         },
     };
     Ok(Event {
@@ -389,7 +457,9 @@ pub fn parse_time(s: &str, format: Option<&str>, tz: &TimeZone) -> Result<Timest
         if parsed.offset().is_some() {
             return parsed.to_timestamp().map_err(|e| e.to_string());
         }
-        let civil = parsed.to_datetime().map_err(|_| format!("expected the feed's time_format `{format}` with a date and a time"))?;
+        let civil = parsed.to_datetime().map_err(|_| {
+            format!("expected the feed's time_format `{format}` with a date and a time")
+        })?;
         return tz.to_timestamp(civil).map_err(|e| e.to_string());
     }
     if let Ok(t) = s.parse::<Timestamp>() {
@@ -444,7 +514,10 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].record_id.as_deref(), Some("S1"));
-        assert_eq!(events[0].fields["substances"], Value::List(vec!["Cocaine".into(), "Levamisole".into()]));
+        assert_eq!(
+            events[0].fields["substances"],
+            Value::List(vec!["Cocaine".into(), "Levamisole".into()])
+        );
         assert_eq!(events[0].text("notes"), "line one\r\nline two");
         // Local summer time: 09:00 BST is 08:00 UTC.
         assert_eq!(events[1].time.to_string(), "2025-07-01T08:00:00Z");
@@ -455,20 +528,47 @@ mod tests {
         let feed = feed("csv", "");
         let text = "sample_id,tested_at,substances\nS1,2025-11-04T11:30:00Z,x\nS2,yesterday,x\nS3,2025-11-04T11:30:00Z\n,2025-11-04T11:30:00Z,x\nS5,2025-11-04T11:30:00Z,x\n";
         let (events, errors) = read(text, &feed).unwrap();
-        assert_eq!(events.iter().map(|e| e.record_id.clone().unwrap()).collect::<Vec<_>>(), ["S1", "S5"]);
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.record_id.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["S1", "S5"]
+        );
         assert_eq!(errors.len(), 3);
         assert_eq!((errors[0].row, errors[0].line), (2, 3));
-        assert!(errors[0].reason.contains("`tested_at` value `yesterday` is not a time"), "{}", errors[0].reason);
+        assert!(
+            errors[0]
+                .reason
+                .contains("`tested_at` value `yesterday` is not a time"),
+            "{}",
+            errors[0].reason
+        );
         let span = errors[0].span.clone().unwrap();
-        assert_eq!(&text[span.start as usize..span.end as usize], "S2,yesterday,x\n");
-        assert!(errors[1].reason.contains("2 fields but the header has 3"), "{}", errors[1].reason);
-        assert!(errors[2].reason.contains("record id) is empty"), "{}", errors[2].reason);
+        assert_eq!(
+            &text[span.start as usize..span.end as usize],
+            "S2,yesterday,x\n"
+        );
+        assert!(
+            errors[1].reason.contains("2 fields but the header has 3"),
+            "{}",
+            errors[1].reason
+        );
+        assert!(
+            errors[2].reason.contains("record id) is empty"),
+            "{}",
+            errors[2].reason
+        );
     }
 
     #[test]
     fn semicolon_exports_are_sniffed() {
         let feed = feed("csv", "");
-        let (events, errors) = read("sample_id;tested_at;substances\nS1;2025-11-04T11:30:00Z;a\n", &feed).unwrap();
+        let (events, errors) = read(
+            "sample_id;tested_at;substances\nS1;2025-11-04T11:30:00Z;a\n",
+            &feed,
+        )
+        .unwrap();
         assert!(errors.is_empty());
         assert_eq!(events.len(), 1);
     }
@@ -478,9 +578,19 @@ mod tests {
         let feed = feed("csv", "");
         assert!(read("", &feed).unwrap_err().0.contains("empty"));
         assert!(read("a\0b", &feed).unwrap_err().0.contains("binary"));
-        assert!(read("id,when\n1,2\n", &feed).unwrap_err().0.contains("no `sample_id` column"));
+        assert!(
+            read("id,when\n1,2\n", &feed)
+                .unwrap_err()
+                .0
+                .contains("no `sample_id` column")
+        );
         let json = self::feed("json", "");
-        assert!(read("{\"a\": 1}", &json).unwrap_err().0.contains("expected a JSON array"));
+        assert!(
+            read("{\"a\": 1}", &json)
+                .unwrap_err()
+                .0
+                .contains("expected a JSON array")
+        );
         assert!(read("[1, ", &json).unwrap_err().0.contains("invalid JSON"));
     }
 
@@ -491,14 +601,25 @@ mod tests {
         let (events, errors) = read(text, &feed).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].fields["amount"], Value::Number(12.5));
-        assert_eq!(events[0].fields["substances"], Value::List(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            events[0].fields["substances"],
+            Value::List(vec!["a".into(), "b".into()])
+        );
         assert_eq!(errors.len(), 2);
         assert_eq!((errors[0].row, errors[0].line), (2, 2));
-        assert!(errors[0].reason.starts_with("invalid JSON at column "), "{}", errors[0].reason);
+        assert!(
+            errors[0].reason.starts_with("invalid JSON at column "),
+            "{}",
+            errors[0].reason
+        );
         assert_eq!(errors[1].line, 4);
 
         let feed = self::feed("json", "");
-        let (events, errors) = read("[{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\"}, 3]", &feed).unwrap();
+        let (events, errors) = read(
+            "[{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\"}, 3]",
+            &feed,
+        )
+        .unwrap();
         assert_eq!(events.len(), 1);
         assert!(errors[0].reason.contains("element 2"));
     }
@@ -506,8 +627,18 @@ mod tests {
     #[test]
     fn custom_time_formats_are_local_unless_they_carry_an_offset() {
         let tz = TimeZone::get("Europe/London").unwrap();
-        assert_eq!(parse_time("04/07/2025 10:00", Some("%d/%m/%Y %H:%M"), &tz).unwrap().to_string(), "2025-07-04T09:00:00Z");
+        assert_eq!(
+            parse_time("04/07/2025 10:00", Some("%d/%m/%Y %H:%M"), &tz)
+                .unwrap()
+                .to_string(),
+            "2025-07-04T09:00:00Z"
+        );
         assert!(parse_time("2025-07-04", Some("%d/%m/%Y %H:%M"), &tz).is_err());
-        assert_eq!(parse_time("2025-11-04T11:30:00+01:00", None, &tz).unwrap().to_string(), "2025-11-04T10:30:00Z");
+        assert_eq!(
+            parse_time("2025-11-04T11:30:00+01:00", None, &tz)
+                .unwrap()
+                .to_string(),
+            "2025-11-04T10:30:00Z"
+        );
     }
 }

@@ -33,7 +33,10 @@ pub struct FolderWatcher {
 }
 
 impl FolderWatcher {
-    pub fn new(dirs: &[PathBuf], hints: mpsc::UnboundedSender<Hint>) -> notify::Result<FolderWatcher> {
+    pub fn new(
+        dirs: &[PathBuf],
+        hints: mpsc::UnboundedSender<Hint>,
+    ) -> notify::Result<FolderWatcher> {
         let mut watcher = notify::recommended_watcher(move |result: notify::Result<Event>| {
             let hint_list = match result {
                 Ok(event) => hints_for(&event),
@@ -59,14 +62,26 @@ fn hints_for(event: &Event) -> Vec<Hint> {
         return vec![Hint::Rescan];
     }
     match &event.kind {
-        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.iter().cloned().map(Hint::Arrived).collect(),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+            event.paths.iter().cloned().map(Hint::Arrived).collect()
+        }
         // With both ends known, the second path is where the file now is.
-        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.last().cloned().map(Hint::Arrived).into_iter().collect(),
-        EventKind::Modify(ModifyKind::Name(_)) => event.paths.iter().cloned().map(Hint::Changed).collect(),
-        EventKind::Create(CreateKind::File) | EventKind::Create(CreateKind::Any) | EventKind::Modify(_) => {
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event
+            .paths
+            .last()
+            .cloned()
+            .map(Hint::Arrived)
+            .into_iter()
+            .collect(),
+        EventKind::Modify(ModifyKind::Name(_)) => {
             event.paths.iter().cloned().map(Hint::Changed).collect()
         }
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => event.paths.iter().cloned().map(Hint::Changed).collect(),
+        EventKind::Create(CreateKind::File)
+        | EventKind::Create(CreateKind::Any)
+        | EventKind::Modify(_) => event.paths.iter().cloned().map(Hint::Changed).collect(),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            event.paths.iter().cloned().map(Hint::Changed).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -116,7 +131,13 @@ impl Settler {
 
     /// Notes a file found by a rescan. A file last modified longer than the
     /// settle interval ago is ready at once; returns true then.
-    pub fn found(&mut self, path: PathBuf, seen: Option<Observed>, now: Instant, wall_now: SystemTime) -> bool {
+    pub fn found(
+        &mut self,
+        path: PathBuf,
+        seen: Option<Observed>,
+        now: Instant,
+        wall_now: SystemTime,
+    ) -> bool {
         if self.waiting.contains_key(&path) {
             return false;
         }
@@ -138,7 +159,11 @@ impl Settler {
 
     /// Files whose settle interval has passed. `observe` re-reads a file's
     /// size and time; a file that changed meanwhile waits another interval.
-    pub fn ready(&mut self, now: Instant, mut observe: impl FnMut(&Path) -> Option<Observed>) -> Vec<PathBuf> {
+    pub fn ready(
+        &mut self,
+        now: Instant,
+        mut observe: impl FnMut(&Path) -> Option<Observed>,
+    ) -> Vec<PathBuf> {
         let mut ready = Vec::new();
         let settle = self.settle;
         self.waiting.retain(|path, w| {
@@ -202,7 +227,10 @@ mod tests {
     use super::*;
 
     fn obs(len: u64) -> Option<Observed> {
-        Some(Observed { len, modified: None })
+        Some(Observed {
+            len,
+            modified: None,
+        })
     }
 
     #[test]
@@ -212,10 +240,18 @@ mod tests {
         let mut settler = Settler::new(s);
         let p = PathBuf::from("/in/a.csv");
         settler.changed(p.clone(), obs(10), t0);
-        assert!(settler.ready(t0 + Duration::from_secs(1), |_| obs(10)).is_empty());
+        assert!(
+            settler
+                .ready(t0 + Duration::from_secs(1), |_| obs(10))
+                .is_empty()
+        );
         // Grew meanwhile: wait another interval.
         assert!(settler.ready(t0 + s, |_| obs(20)).is_empty());
-        assert!(settler.ready(t0 + s + Duration::from_secs(1), |_| obs(20)).is_empty());
+        assert!(
+            settler
+                .ready(t0 + s + Duration::from_secs(1), |_| obs(20))
+                .is_empty()
+        );
         assert_eq!(settler.ready(t0 + s + s, |_| obs(20)), vec![p]);
         assert!(settler.is_empty());
     }
@@ -225,12 +261,21 @@ mod tests {
         let t0 = Instant::now();
         let wall = SystemTime::now();
         let mut settler = Settler::new(Duration::from_secs(2));
-        let old = Some(Observed { len: 5, modified: Some(wall - Duration::from_secs(60)) });
-        let fresh = Some(Observed { len: 5, modified: Some(wall) });
+        let old = Some(Observed {
+            len: 5,
+            modified: Some(wall - Duration::from_secs(60)),
+        });
+        let fresh = Some(Observed {
+            len: 5,
+            modified: Some(wall),
+        });
         assert!(settler.found("/in/old.csv".into(), old, t0, wall));
         assert!(!settler.found("/in/new.csv".into(), fresh, t0, wall));
         assert_eq!(settler.next_deadline(), Some(t0 + Duration::from_secs(2)));
-        assert_eq!(settler.ready(t0 + Duration::from_secs(2), |_| fresh), vec![PathBuf::from("/in/new.csv")]);
+        assert_eq!(
+            settler.ready(t0 + Duration::from_secs(2), |_| fresh),
+            vec![PathBuf::from("/in/new.csv")]
+        );
     }
 
     #[test]
@@ -238,7 +283,11 @@ mod tests {
         let t0 = Instant::now();
         let mut settler = Settler::new(Duration::from_secs(1));
         settler.changed("/in/x".into(), obs(1), t0);
-        assert!(settler.ready(t0 + Duration::from_secs(1), |_| None).is_empty());
+        assert!(
+            settler
+                .ready(t0 + Duration::from_secs(1), |_| None)
+                .is_empty()
+        );
         assert!(settler.is_empty());
     }
 }

@@ -16,7 +16,7 @@
 //! at load time. Evaluation does no I/O and never allocates for the common
 //! operators.
 
-use crate::event::{normalise_term, parse_number, terms_equal, Event, Scalar};
+use crate::event::{Event, Scalar, normalise_term, parse_number, terms_equal};
 use jiff::Timestamp;
 use regex::Regex;
 use std::collections::{BTreeMap, HashSet};
@@ -193,7 +193,11 @@ impl Condition {
                     any != *negated
                 }
             },
-            Condition::In { field, set, negated } => match event.get(field) {
+            Condition::In {
+                field,
+                set,
+                negated,
+            } => match event.get(field) {
                 None => false,
                 Some(value) => {
                     let any = value.elements().any(|el| match el {
@@ -321,7 +325,11 @@ fn lex(src: &str) -> Result<Vec<Token>, ConditionError> {
                             offset: start,
                             message: format!(
                                 "this text has no closing {}",
-                                if quote == b'"' { "double quote" } else { "quote" }
+                                if quote == b'"' {
+                                    "double quote"
+                                } else {
+                                    "quote"
+                                }
                             ),
                         });
                     };
@@ -355,7 +363,9 @@ fn lex(src: &str) -> Result<Vec<Token>, ConditionError> {
                     "=~" => {
                         return Err(ConditionError {
                             offset: start,
-                            message: "unknown operator `=~`; a regular expression match is written `~`".into(),
+                            message:
+                                "unknown operator `=~`; a regular expression match is written `~`"
+                                    .into(),
                         });
                     }
                     _ => match c {
@@ -394,8 +404,7 @@ fn lex(src: &str) -> Result<Vec<Token>, ConditionError> {
                 while i < bytes.len()
                     && (bytes[i].is_ascii_digit()
                         || matches!(bytes[i], b'.' | b'e' | b'E' | b'_')
-                        || (matches!(bytes[i], b'-' | b'+')
-                            && matches!(bytes[i - 1], b'e' | b'E')))
+                        || (matches!(bytes[i], b'-' | b'+') && matches!(bytes[i - 1], b'e' | b'E')))
                 {
                     i += 1;
                 }
@@ -665,9 +674,7 @@ impl Parser<'_> {
                 ..
             }) => Err(ConditionError {
                 offset,
-                message: format!(
-                    "`{word}` after `{op}` needs quotes if it is text: \"{word}\""
-                ),
+                message: format!("`{word}` after `{op}` needs quotes if it is text: \"{word}\""),
             }),
             Some(tok) => Err(ConditionError {
                 offset,
@@ -748,18 +755,19 @@ impl Parser<'_> {
             }) => match self.lists.get(&name) {
                 Some(items) => Ok(TermSet::new(items.iter().map(String::as_str))),
                 None => {
-                    let hint = crate::diagnostic::suggest(&name, self.lists.keys().map(String::as_str))
-                        .map(|s| format!("; did you mean `{s}`?"))
-                        .unwrap_or_else(|| {
-                            if self.lists.is_empty() {
-                                "; define it under [lists] in this rule file".into()
-                            } else {
-                                format!(
-                                    "; the lists are: {}",
-                                    self.lists.keys().cloned().collect::<Vec<_>>().join(", ")
-                                )
-                            }
-                        });
+                    let hint =
+                        crate::diagnostic::suggest(&name, self.lists.keys().map(String::as_str))
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_else(|| {
+                                if self.lists.is_empty() {
+                                    "; define it under [lists] in this rule file".into()
+                                } else {
+                                    format!(
+                                        "; the lists are: {}",
+                                        self.lists.keys().cloned().collect::<Vec<_>>().join(", ")
+                                    )
+                                }
+                            });
                     Err(ConditionError {
                         offset,
                         message: format!("unknown list `{name}`{hint}"),
@@ -908,11 +916,19 @@ mod tests {
 
         let e = error("substances_major in nitazene");
         assert_eq!(e.offset, 20);
-        assert!(e.message.contains("did you mean `nitazenes`"), "{}", e.message);
+        assert!(
+            e.message.contains("did you mean `nitazenes`"),
+            "{}",
+            e.message
+        );
 
         let e = error("notes ~ \"(unclosed\"");
         assert_eq!(e.offset, 8);
-        assert!(e.message.starts_with("bad regular expression"), "{}", e.message);
+        assert!(
+            e.message.starts_with("bad regular expression"),
+            "{}",
+            e.message
+        );
 
         let e = error("district == Bolton");
         assert!(e.message.contains("needs quotes"), "{}", e.message);
@@ -940,9 +956,11 @@ mod tests {
 
     #[test]
     fn fields_are_collected() {
-        let cond =
-            Condition::parse("a == 1 and (exists(b) or c in nitazenes) and d ~ \"x\"", &lists())
-                .unwrap();
+        let cond = Condition::parse(
+            "a == 1 and (exists(b) or c in nitazenes) and d ~ \"x\"",
+            &lists(),
+        )
+        .unwrap();
         assert_eq!(cond.fields(), ["a", "b", "c", "d"]);
     }
 

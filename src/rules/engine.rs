@@ -167,13 +167,18 @@ impl Engine {
             let previous = self.state.cooldowns.get(&group_ref);
             let in_cooldown = match (rule.cooldown, previous) {
                 (Some(cd), Some(prev)) => {
-                    let until = prev.last_alert_at.checked_add(cd).unwrap_or(prev.last_alert_at);
+                    let until = prev
+                        .last_alert_at
+                        .checked_add(cd)
+                        .unwrap_or(prev.last_alert_at);
                     now < until
                 }
                 _ => false,
             };
             if in_cooldown {
-                let mut next = previous.cloned().expect("in_cooldown implies previous state");
+                let mut next = previous
+                    .cloned()
+                    .expect("in_cooldown implies previous state");
                 next.suppressed += pending.count;
                 *outcome.suppressed.entry(rule.id.clone()).or_default() += pending.count;
                 outcome
@@ -354,7 +359,11 @@ cooldown = "6h"
         assert_eq!(out.alerts.len(), 1);
         assert_eq!(out.alerts[0].suppressed_before, 2);
         // Another group is not held back by Bolton's cooldown.
-        let out = run(&mut engine, &[event("drug_testing", "Wigan", "protonitazene", 0)], 6 * 3600 + 1);
+        let out = run(
+            &mut engine,
+            &[event("drug_testing", "Wigan", "protonitazene", 0)],
+            6 * 3600 + 1,
+        );
         assert_eq!(out.alerts.len(), 1);
     }
 
@@ -372,10 +381,18 @@ cooldown = "6h"
     #[test]
     fn reload_keeps_state_of_rules_that_remain() {
         let mut engine = Engine::new(rules(NITAZENE), EngineState::default());
-        run(&mut engine, &[event("drug_testing", "Bolton", "protonitazene", 0)], 0);
-        engine.replace_rules(rules(&format!("{NITAZENE}\n[[rule]]\nid = \"other\"\nfeed = \"incidents\"\nnotify = [\"panel\"]\n")));
+        run(
+            &mut engine,
+            &[event("drug_testing", "Bolton", "protonitazene", 0)],
+            0,
+        );
+        engine.replace_rules(rules(&format!(
+            "{NITAZENE}\n[[rule]]\nid = \"other\"\nfeed = \"incidents\"\nnotify = [\"panel\"]\n"
+        )));
         assert_eq!(engine.state().cooldowns.len(), 1);
-        engine.replace_rules(rules("[[rule]]\nid = \"other\"\nfeed = \"incidents\"\nnotify = [\"panel\"]\n"));
+        engine.replace_rules(rules(
+            "[[rule]]\nid = \"other\"\nfeed = \"incidents\"\nnotify = [\"panel\"]\n",
+        ));
         assert!(engine.state().cooldowns.is_empty());
     }
 }

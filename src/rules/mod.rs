@@ -9,8 +9,8 @@
 pub mod condition;
 pub mod engine;
 
-use crate::config::{parse_duration, unknown_partner_message, Config, Severity};
-use crate::diagnostic::{suggest, Diagnostic, Diagnostics};
+use crate::config::{Config, Severity, parse_duration, unknown_partner_message};
+use crate::diagnostic::{Diagnostic, Diagnostics, suggest};
 use condition::Condition;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -71,7 +71,10 @@ impl RuleSet {
     }
 
     /// Builds a rule set from (path, text) pairs; the paths are only for messages.
-    pub fn from_sources(config: &Config, sources: &[(PathBuf, String)]) -> Result<RuleSet, Diagnostics> {
+    pub fn from_sources(
+        config: &Config,
+        sources: &[(PathBuf, String)],
+    ) -> Result<RuleSet, Diagnostics> {
         let mut errors = Vec::new();
         let mut parsed = Vec::new();
         // Lists are shared by every file of the set, so a list may live in its own file.
@@ -82,16 +85,26 @@ impl RuleSet {
                 Ok(file) => {
                     for (name, items) in &file.lists {
                         if let Some(first) = list_origin.get(name.get_ref()) {
-                            errors.push(Diagnostic::at(path, text, name.span().start, format!(
-                                "list `{}` is already defined in {}", name.get_ref(), first.display()
-                            )));
+                            errors.push(Diagnostic::at(
+                                path,
+                                text,
+                                name.span().start,
+                                format!(
+                                    "list `{}` is already defined in {}",
+                                    name.get_ref(),
+                                    first.display()
+                                ),
+                            ));
                             continue;
                         }
                         list_origin.insert(name.get_ref().clone(), path.clone());
                         lists.insert(name.get_ref().clone(), items.clone());
                     }
                     if file.rule.is_empty() && file.lists.is_empty() {
-                        errors.push(Diagnostic::file(path, "this file has no [[rule]] and no [lists]; is it a rule file?"));
+                        errors.push(Diagnostic::file(
+                            path,
+                            "this file has no [[rule]] and no [lists]; is it a rule file?",
+                        ));
                     }
                     parsed.push((path, text, file));
                 }
@@ -110,7 +123,10 @@ impl RuleSet {
                     errors.push(at(id_span.start, "a rule needs an `id`".into()));
                 }
                 if let Some(other) = ids.insert(id.clone(), path.clone()) {
-                    errors.push(at(id_span.start, format!("rule id `{id}` is used twice (also in {})", other.display())));
+                    errors.push(at(
+                        id_span.start,
+                        format!("rule id `{id}` is used twice (also in {})", other.display()),
+                    ));
                 }
 
                 let feed = raw.feed.get_ref().clone();
@@ -118,23 +134,59 @@ impl RuleSet {
                 if feed_config.is_none() {
                     let hint = match suggest(&feed, config.feeds.iter().map(|f| f.name.as_str())) {
                         Some(s) => format!("did you mean `{s}`?"),
-                        None => format!("the feeds are: {}", config.feeds.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")),
+                        None => format!(
+                            "the feeds are: {}",
+                            config
+                                .feeds
+                                .iter()
+                                .map(|f| f.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                     };
-                    errors.push(at(raw.feed.span().start, format!("unknown feed `{feed}`; {hint}")));
+                    errors.push(at(
+                        raw.feed.span().start,
+                        format!("unknown feed `{feed}`; {hint}"),
+                    ));
                 }
 
-                let kind = match raw.kind.as_ref().map(|k| k.get_ref().as_str()).unwrap_or("match") {
+                let kind = match raw
+                    .kind
+                    .as_ref()
+                    .map(|k| k.get_ref().as_str())
+                    .unwrap_or("match")
+                {
                     "match" => Some(RuleKind::Match),
                     other @ ("threshold" | "deadline" | "first_seen" | "rate" | "silence") => {
-                        let span = raw.kind.as_ref().map(|k| k.span()).unwrap_or(id_span.clone());
+                        let span = raw
+                            .kind
+                            .as_ref()
+                            .map(|k| k.span())
+                            .unwrap_or(id_span.clone());
                         errors.push(at(span.start, format!("kind `{other}` is not available in this version of earlywarn; only `match` rules can be loaded")));
                         None
                     }
                     other => {
-                        let span = raw.kind.as_ref().map(|k| k.span()).unwrap_or(id_span.clone());
-                        let hint = suggest(other, ["match", "threshold", "deadline", "first_seen", "rate", "silence"])
-                            .map(|s| format!("did you mean `{s}`?"))
-                            .unwrap_or_else(|| "use match, threshold, deadline, first_seen, rate or silence".into());
+                        let span = raw
+                            .kind
+                            .as_ref()
+                            .map(|k| k.span())
+                            .unwrap_or(id_span.clone());
+                        let hint = suggest(
+                            other,
+                            [
+                                "match",
+                                "threshold",
+                                "deadline",
+                                "first_seen",
+                                "rate",
+                                "silence",
+                            ],
+                        )
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| {
+                            "use match, threshold, deadline, first_seen, rate or silence".into()
+                        });
                         errors.push(at(span.start, format!("unknown kind `{other}`; {hint}")));
                         None
                     }
@@ -155,25 +207,40 @@ impl RuleSet {
                 let severity = match &raw.severity {
                     None => Severity::Warning,
                     Some(s) => Severity::parse(s.get_ref()).unwrap_or_else(|| {
-                        errors.push(at(s.span().start, format!("unknown severity `{}`; use info, warning or critical", s.get_ref())));
+                        errors.push(at(
+                            s.span().start,
+                            format!(
+                                "unknown severity `{}`; use info, warning or critical",
+                                s.get_ref()
+                            ),
+                        ));
                         Severity::Warning
                     }),
                 };
 
-                let check_partners = |list: &[Spanned<String>], errors: &mut Vec<Diagnostic>| -> Vec<String> {
-                    list.iter()
-                        .map(|p| {
-                            if config.partner(p.get_ref()).is_none() {
-                                errors.push(at(p.span().start, unknown_partner_message(p.get_ref(), &config.partners)));
-                            }
-                            p.get_ref().clone()
-                        })
-                        .collect()
-                };
+                let check_partners =
+                    |list: &[Spanned<String>], errors: &mut Vec<Diagnostic>| -> Vec<String> {
+                        list.iter()
+                            .map(|p| {
+                                if config.partner(p.get_ref()).is_none() {
+                                    errors.push(at(
+                                        p.span().start,
+                                        unknown_partner_message(p.get_ref(), &config.partners),
+                                    ));
+                                }
+                                p.get_ref().clone()
+                            })
+                            .collect()
+                    };
                 let notify = check_partners(&raw.notify, &mut errors);
                 let review = check_partners(&raw.review, &mut errors);
                 if notify.is_empty() && review.is_empty() {
-                    errors.push(at(id_span.start, format!("rule `{id}` has nobody to tell: add `notify = [\"partner-id\", ...]`")));
+                    errors.push(at(
+                        id_span.start,
+                        format!(
+                            "rule `{id}` has nobody to tell: add `notify = [\"partner-id\", ...]`"
+                        ),
+                    ));
                 }
 
                 let cooldown = match &raw.cooldown {
@@ -196,7 +263,10 @@ impl RuleSet {
                             let hint = suggest(name, columns.iter().map(String::as_str))
                                 .map(|s| format!("; did you mean `{s}`?"))
                                 .unwrap_or_default();
-                            errors.push(at(offset, format!("feed `{}` has no field `{name}`{hint}", fc.name)));
+                            errors.push(at(
+                                offset,
+                                format!("feed `{}` has no field `{name}`{hint}", fc.name),
+                            ));
                         }
                     };
                     if let Some(w) = &raw.when {
@@ -237,7 +307,9 @@ impl RuleSet {
                         group_by: raw.group_by.into_iter().map(|g| g.into_inner()).collect(),
                         subject: raw.subject.map(|s| s.into_inner()),
                         body: raw.body.map(|s| s.into_inner()),
-                        district_field: feed_config.map(|f| f.district_field.clone()).unwrap_or_else(|| "district".into()),
+                        district_field: feed_config
+                            .map(|f| f.district_field.clone())
+                            .unwrap_or_else(|| "district".into()),
                         source: path.clone(),
                     });
                 }
@@ -268,7 +340,11 @@ pub fn rule_files(config: &Config) -> Result<Vec<PathBuf>, Diagnostics> {
             match entry {
                 Ok(p) if p.is_file() => files.push(p),
                 Ok(_) => {}
-                Err(e) => return Err(Diagnostic::file(e.path(), format!("cannot read: {}", e.error())).into()),
+                Err(e) => {
+                    return Err(
+                        Diagnostic::file(e.path(), format!("cannot read: {}", e.error())).into(),
+                    );
+                }
             }
         }
     }
@@ -290,7 +366,13 @@ fn string_content_offset(text: &str, quote_at: usize) -> usize {
     if rest.starts_with("'''") || rest.starts_with("\"\"\"") {
         // A newline right after the opening delimiter is not part of the string.
         let after = &rest[3..];
-        let skip = if after.starts_with("\r\n") { 2 } else if after.starts_with('\n') { 1 } else { 0 };
+        let skip = if after.starts_with("\r\n") {
+            2
+        } else if after.starts_with('\n') {
+            1
+        } else {
+            0
+        };
         quote_at + 3 + skip
     } else {
         quote_at + 1
@@ -390,7 +472,10 @@ group_by = ["district"]
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(err, "r.toml:5:49: unknown list `nitazene`; define it under [lists] in this rule file");
+        assert_eq!(
+            err,
+            "r.toml:5:49: unknown list `nitazene`; define it under [lists] in this rule file"
+        );
     }
 
     #[test]
@@ -398,12 +483,23 @@ group_by = ["district"]
         let err = load("[[rule]]\nid = \"x\"\nfeed = \"drug-testing\"\nnotify = [\"dews_panel\"]\ngroup_by = [\"distrct\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("r.toml:3:8: unknown feed `drug-testing`; did you mean `drug_testing`?"), "{err}");
-        assert!(err.contains("r.toml:4:11: unknown partner `dews_panel`; did you mean `dews-panel`?"), "{err}");
+        assert!(
+            err.contains("r.toml:3:8: unknown feed `drug-testing`; did you mean `drug_testing`?"),
+            "{err}"
+        );
+        assert!(
+            err.contains("r.toml:4:11: unknown partner `dews_panel`; did you mean `dews-panel`?"),
+            "{err}"
+        );
         let err = load("[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\ngroup_by = [\"distrct\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("r.toml:5:13: feed `drug_testing` has no field `distrct`; did you mean `district`?"), "{err}");
+        assert!(
+            err.contains(
+                "r.toml:5:13: feed `drug_testing` has no field `distrct`; did you mean `district`?"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -425,6 +521,9 @@ group_by = ["district"]
         let err = load("[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\nsevrity = \"info\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("r.toml:5:1: unknown field `sevrity`"), "{err}");
+        assert!(
+            err.starts_with("r.toml:5:1: unknown field `sevrity`"),
+            "{err}"
+        );
     }
 }
