@@ -231,6 +231,10 @@ pub async fn attempt(
     outcome
 }
 
+/// How often an idle outbox looks for rows written by other processes
+/// (`earlywarn alerts approve`): one indexed query a second costs nothing.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
 /// Drains the outbox until `shutdown`: sends what is due, then sleeps until
 /// the next row is due or `wake` says new rows were committed.
 pub async fn run_outbox(
@@ -277,9 +281,9 @@ pub async fn run_outbox(
                 let wait = t.duration_since(Timestamp::now());
                 Duration::try_from(wait)
                     .unwrap_or(Duration::ZERO)
-                    .min(Duration::from_secs(60))
+                    .min(IDLE_POLL)
             }
-            None => Duration::from_secs(60),
+            None => IDLE_POLL,
         };
         tokio::select! {
             _ = wake.notified() => {}

@@ -10,6 +10,7 @@
 //! - [`delivery`]: mail out, over SMTP or to files, with retries.
 //! - [`daemon`]: the long-running process that ties these together.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
+//! - [`review`]: approving or dismissing alerts held for review.
 //! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
 //!
 //! The core (`event`, `feeds::parse`, `feeds::decode`, `rules`, `alerts`) does
@@ -23,5 +24,6 @@ pub mod diagnostic;
 pub mod event;
 pub mod feeds;
 pub mod replay;
+pub mod review;
 pub mod rules;
 pub mod store;

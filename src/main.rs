@@ -20,6 +20,9 @@ use std::sync::Arc;
     about = "Rule-based early-warning alerting daemon"
 )]
 struct Cli {
+    /// The config file [default: $EARLYWARN_CONFIG, then /etc/earlywarn/earlywarn.toml].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -42,19 +45,11 @@ enum OutputFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (systemd runs this).
-    Run {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Run,
     /// Validate the config, rules and templates; print file:line:col errors.
-    Check {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Check,
     /// Ingest files offline with a simulated clock; print alerts; send nothing.
     Replay {
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// The feed the files belong to.
         #[arg(long)]
         feed: String,
@@ -65,17 +60,45 @@ enum Command {
     },
     /// Show state: feeds, outbox, delivery problems, rejected files, recent alerts.
     Status {
-        #[arg(long)]
-        config: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+    },
+    /// The review queue: list, show, approve or dismiss alerts held for review.
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsAction,
     },
     /// Send a test email through the configured transport, now.
     SendTestEmail {
         #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
         to: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsAction {
+    /// Alerts awaiting review (with --all, recent alerts of every status).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// One alert: its records and where its emails went.
+    Show { id: String },
+    /// Send a reviewed alert to its rule's `notify` partners.
+    Approve {
+        id: String,
+        /// Who approves [default: your login name].
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Close a reviewed alert without sending it further.
+    Dismiss {
+        id: String,
+        /// Who dismisses [default: your login name].
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -94,7 +117,7 @@ impl std::error::Error for UserError {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match dispatch(cli.command) {
+    match dispatch(cli.config, cli.command) {
         Ok(code) => code,
         Err(e) => {
             if let Some(user) = e.downcast_ref::<UserError>() {
@@ -138,9 +161,9 @@ fn load_rules(config: &Config) -> anyhow::Result<Arc<RuleSet>> {
     Ok(Arc::new(RuleSet::load(config)?))
 }
 
-fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+fn dispatch(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
+        Command::Run => {
             let config = load_config(config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -155,15 +178,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => check(config),
+        Command::Check => check(config),
         Command::Replay {
-            config,
             feed,
             format,
             files,
         } => replay(config, &feed, format, &files),
-        Command::Status { config, format } => status(config, format),
-        Command::SendTestEmail { config, to } => send_test_email(config, &to),
+        Command::Status { format } => status(config, format),
+        Command::Alerts { action } => alerts(config, action),
+        Command::SendTestEmail { to } => send_test_email(config, &to),
     }
 }
 
@@ -362,6 +385,119 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
             a.event_count,
             a.status
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitCode> {
+    use earlywarn::alerts::AlertStatus;
+    use earlywarn::review::{ReviewError, approve, dismiss, reviewer_name};
+    let config = load_config(config)?;
+    let mut store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
+    let tz = config.daemon.timezone.clone();
+    let show = move |t: jiff::Timestamp| {
+        t.to_zoned_datetime(tz.clone())
+            .strftime("%Y-%m-%d %H:%M %Z")
+            .to_string()
+    };
+    let user_error = |e: ReviewError| -> anyhow::Error {
+        match e {
+            ReviewError::Store(s) => s.into(),
+            other => UserError(other.to_string()).into(),
+        }
+    };
+    match action {
+        AlertsAction::List { all, format } => {
+            let statuses: &[AlertStatus] = if all { &[] } else { &[AlertStatus::InReview] };
+            let rows = store.alerts_with_status(statuses, 100)?;
+            if format == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!(
+                    "{}",
+                    if all {
+                        "no alerts yet"
+                    } else {
+                        "no alerts awaiting review"
+                    }
+                );
+            } else {
+                for a in rows {
+                    println!(
+                        "{}  {}  {:<8} {:<32} {:<12} {} record(s)  {}",
+                        a.id,
+                        show(a.created_at),
+                        a.severity,
+                        a.rule_id,
+                        a.district,
+                        a.event_count,
+                        a.status.replace('_', " ")
+                    );
+                }
+            }
+        }
+        AlertsAction::Show { id } => {
+            let Some(stored) = store.alert(&id)? else {
+                return Err(user_error(ReviewError::NotFound(id)));
+            };
+            let a = &stored.alert;
+            println!("Alert     {}", a.id);
+            println!("Rule      {}", a.rule_id);
+            println!("Severity  {}", a.severity);
+            println!("District  {}", a.district.as_deref().unwrap_or("several"));
+            println!("Raised    {}", show(a.created_at));
+            println!("Status    {}", stored.status.as_str().replace('_', " "));
+            if let (Some(by), Some(at)) = (&stored.reviewed_by, stored.reviewed_at) {
+                println!("Decided   by {by} at {}", show(at));
+            }
+            println!("Records   {}", a.event_count);
+            for (i, e) in a.events.iter().enumerate() {
+                let fields: Vec<String> = e
+                    .fields
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!("  {}. {} {}", i + 1, show(e.time), fields.join("  "));
+            }
+            println!("Emails");
+            for d in store.deliveries_of(&id)? {
+                println!(
+                    "  {:<20} {:<6} {:<7} attempts={} {}",
+                    d.partner_id,
+                    d.audience,
+                    d.status,
+                    d.attempts,
+                    d.last_error.unwrap_or_default()
+                );
+            }
+        }
+        AlertsAction::Approve { id, by } => {
+            let rules = load_rules(&config)?;
+            let by = reviewer_name(by.as_deref());
+            let approved = approve(
+                &config,
+                &rules,
+                &mut store,
+                &id,
+                &by,
+                jiff::Timestamp::now(),
+            )
+            .map_err(user_error)?;
+            println!(
+                "approved {id} by {by}: queued for {}",
+                if approved.partners.is_empty() {
+                    "nobody (no notify partner covers it)".to_string()
+                } else {
+                    approved.partners.join(", ")
+                }
+            );
+        }
+        AlertsAction::Dismiss { id, by } => {
+            let by = reviewer_name(by.as_deref());
+            dismiss(&mut store, &id, &by, jiff::Timestamp::now()).map_err(user_error)?;
+            println!("dismissed {id} by {by}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

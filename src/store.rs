@@ -362,13 +362,112 @@ impl Store {
         })
     }
 
-    /// Outbox rows of one alert (for tests and `status`).
-    pub fn outbox_of(&self, alert_id: &str) -> Result<Vec<(String, String, u32)>> {
+    /// A stored alert with its review record.
+    pub fn alert(&self, id: &str) -> Result<Option<StoredAlert>> {
+        self.conn
+            .query_row(
+                "SELECT summary, status, reviewed_by, reviewed_at FROM alerts WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                    ))
+                },
+            )
+            .optional()?
+            .map(|(summary, status, reviewed_by, reviewed_at)| {
+                let alert: Alert = serde_json::from_str(&summary)
+                    .map_err(|e| StoreError::Corrupt(format!("alert {id}: {e}")))?;
+                Ok(StoredAlert {
+                    status: AlertStatus::parse(&status).unwrap_or(alert.status),
+                    alert,
+                    reviewed_by,
+                    reviewed_at: reviewed_at.map(from_ms),
+                })
+            })
+            .transpose()
+    }
+
+    /// Alerts by status (newest first), for `alerts list`.
+    pub fn alerts_with_status(
+        &self,
+        statuses: &[AlertStatus],
+        limit: usize,
+    ) -> Result<Vec<AlertRow>> {
+        let wanted: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         let mut stmt = self.conn.prepare(
-            "SELECT partner_id, status, attempts FROM outbox WHERE alert_id = ?1 ORDER BY id",
+            "SELECT id, rule_id, COALESCE(district, ''), severity, status, created_at, event_count FROM alerts
+             ORDER BY created_at DESC, id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64 * 20], |r| {
+            Ok(AlertRow {
+                id: r.get(0)?,
+                rule_id: r.get(1)?,
+                district: r.get(2)?,
+                severity: r.get(3)?,
+                status: r.get(4)?,
+                created_at: from_ms(r.get(5)?),
+                event_count: r.get(6)?,
+            })
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let row = row?;
+            if wanted.is_empty() || wanted.contains(&row.status.as_str()) {
+                out.push(row);
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a review decision, and for an approval enqueues the emails to
+    /// `notify`, in one transaction. Fails if the alert is not awaiting review.
+    pub fn decide_review(
+        &mut self,
+        id: &str,
+        decision: AlertStatus,
+        by: &str,
+        emails: &[(String, RenderedEmail)],
+        now: Timestamp,
+    ) -> Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE alerts SET status = ?2, reviewed_by = ?3, reviewed_at = ?4 WHERE id = ?1 AND status = 'in_review'",
+            params![id, decision.as_str(), by, ms(now)],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        let file_tx = FileTx { tx };
+        for (partner, email) in emails {
+            file_tx.enqueue(id, partner, Audience::Notify, email, now)?;
+        }
+        file_tx.commit()?;
+        Ok(true)
+    }
+
+    /// Outbox rows of one alert: partner, status, attempts, audience, last error.
+    pub fn deliveries_of(&self, alert_id: &str) -> Result<Vec<DeliveryRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT partner_id, audience, status, attempts, last_error, sent_at FROM outbox WHERE alert_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([alert_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32))
+            Ok(DeliveryRow {
+                partner_id: r.get(0)?,
+                audience: r.get(1)?,
+                status: r.get(2)?,
+                attempts: r.get(3)?,
+                last_error: r.get(4)?,
+                sent_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+            })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
@@ -569,6 +668,25 @@ pub struct RejectedFile {
     pub whole_file: bool,
     pub reason: String,
     pub rejected_rows: i64,
+}
+
+/// An alert as stored, with who decided its review and when.
+#[derive(Debug, Clone)]
+pub struct StoredAlert {
+    pub alert: Alert,
+    pub status: AlertStatus,
+    pub reviewed_by: Option<String>,
+    pub reviewed_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryRow {
+    pub partner_id: String,
+    pub audience: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub sent_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
