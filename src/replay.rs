@@ -6,7 +6,7 @@
 //! event time seen so far. Memory stays bounded by the rule state and the
 //! alerts, not by the file size.
 
-use crate::alerts::{Alert, Audience, route};
+use crate::alerts::{Alert, Audience, first_audience, route};
 use crate::config::{Config, FeedConfig};
 use crate::feeds::decode::{TextEncoding, decoding_reader, detect};
 use crate::feeds::intake::{format_for, render_with_fallback};
@@ -137,12 +137,8 @@ pub fn replay(
 
 fn describe(config: &Config, engine: &Engine, alert: &Alert, file: &str) -> ReplayedAlert {
     let rule = engine.rules().get(&alert.rule_id);
-    let review = rule.is_some_and(|r| !r.review.is_empty());
-    let audience = if review {
-        Audience::Review
-    } else {
-        Audience::Notify
-    };
+    let audience = first_audience(alert);
+    let review = audience == Audience::Review;
     let mut recipients = Vec::new();
     let mut subject = String::new();
     if let Some(rule) = rule {

@@ -13,7 +13,7 @@
 
 use crate::alerts::render::RenderedEmail;
 use crate::alerts::{Alert, AlertStatus, Audience};
-use crate::rules::engine::{Cooldown, EngineState, GroupRef, StateChange};
+use crate::rules::engine::{EngineState, StateChange};
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
@@ -156,15 +156,11 @@ impl Store {
             .prepare("SELECT rule_id, group_key, kind, data FROM rule_state")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let rule_id: String = row.get(0)?;
-            let group_key: String = row.get(1)?;
             let kind: String = row.get(2)?;
             let data: String = row.get(3)?;
-            if kind == "cooldown" {
-                let cd: Cooldown = serde_json::from_str(&data)
-                    .map_err(|e| StoreError::Corrupt(format!("rule_state {rule_id}: {e}")))?;
-                state.cooldowns.insert(GroupRef { rule_id, group_key }, cd);
-            }
+            state
+                .load_row(&kind, row.get(0)?, row.get(1)?, &data)
+                .map_err(StoreError::Corrupt)?;
         }
         Ok(state)
     }
@@ -508,16 +504,16 @@ impl FileTx<'_> {
             "DELETE FROM rule_state WHERE rule_id = ?1 AND group_key = ?2 AND kind = ?3",
         )?;
         for change in changes {
-            match change {
-                StateChange::Cooldown(key, Some(cd)) => {
-                    let data = serde_json::to_string(cd)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    upsert.execute(params![key.rule_id, key.group_key, "cooldown", data])?;
-                }
-                StateChange::Cooldown(key, None) => {
-                    delete.execute(params![key.rule_id, key.group_key, "cooldown"])?;
-                }
-            }
+            let kind = change.kind.as_str();
+            match &change.data {
+                Some(data) => upsert.execute(params![
+                    change.key.rule_id,
+                    change.key.group_key,
+                    kind,
+                    data
+                ])?,
+                None => delete.execute(params![change.key.rule_id, change.key.group_key, kind])?,
+            };
         }
         Ok(())
     }
@@ -710,6 +706,7 @@ impl AlertStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::engine::{Cooldown, GroupRef, StateKind};
 
     #[test]
     fn state_and_outbox_survive_reopening() {
@@ -728,13 +725,16 @@ mod tests {
                 rule_id: "r".into(),
                 group_key: "bolton".into(),
             };
-            tx.apply(&[StateChange::Cooldown(
+            let cd = Cooldown {
+                last_alert_at: now,
+                suppressed: 3,
+            };
+            let data = Some(serde_json::to_string(&cd).unwrap());
+            tx.apply(&[StateChange {
+                kind: StateKind::Cooldown,
                 key,
-                Some(Cooldown {
-                    last_alert_at: now,
-                    suppressed: 3,
-                }),
-            )])
+                data,
+            }])
             .unwrap();
             tx.commit().unwrap();
         }

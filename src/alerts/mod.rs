@@ -32,6 +32,72 @@ pub struct Alert {
     pub suppressed_before: u64,
     pub events: Vec<Event>,
     pub status: AlertStatus,
+    /// What made the rule fire.
+    #[serde(default)]
+    pub trigger: Trigger,
+}
+
+/// What made a rule fire; decides the audience and the wording of the email.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Trigger {
+    /// Events matched a `match` rule.
+    #[default]
+    Match,
+    /// `count` matching events within the window.
+    Threshold { count: u64, within_secs: u64 },
+    /// A deadline opened (`closed`: its closing record had already arrived).
+    DeadlineOpened {
+        key: String,
+        due: Timestamp,
+        closed: bool,
+    },
+    /// A deadline passed with no closing record: the escalation.
+    DeadlineOverdue { key: String, due: Timestamp },
+    /// A deadline was closed (`late`: after it was due).
+    DeadlineClosed {
+        key: String,
+        due: Timestamp,
+        late: bool,
+    },
+    /// A value never seen before.
+    FirstSeen { field: String, value: String },
+    /// Matching events at a multiple of the usual rate.
+    Rate {
+        current: u64,
+        baseline_average: f64,
+        within_secs: u64,
+    },
+    /// A feed delivered nothing since `last`.
+    Silence {
+        feed: String,
+        last: Timestamp,
+        silent_secs: u64,
+    },
+}
+
+impl Trigger {
+    /// Whether a rule's `review` applies: what a panel must assess before it is
+    /// shared. Deadline notices and silence are operational and go straight out.
+    pub fn is_reviewable(&self) -> bool {
+        matches!(
+            self,
+            Trigger::Match
+                | Trigger::Threshold { .. }
+                | Trigger::FirstSeen { .. }
+                | Trigger::Rate { .. }
+        )
+    }
+
+    /// Deadline due time and key, for templates.
+    pub fn deadline(&self) -> Option<(&str, Timestamp)> {
+        match self {
+            Trigger::DeadlineOpened { key, due, .. }
+            | Trigger::DeadlineOverdue { key, due }
+            | Trigger::DeadlineClosed { key, due, .. } => Some((key, *due)),
+            _ => None,
+        }
+    }
 }
 
 /// Where an alert is in its life.
@@ -95,6 +161,35 @@ pub struct Delivery<'a> {
 /// The text that replaces a withheld group value (e.g. a location in a subject).
 pub const WITHHELD: &str = "[withheld]";
 
+/// The audience an alert goes to first: reviewers for a reviewed alert, else its partners.
+pub fn first_audience(alert: &Alert) -> Audience {
+    if alert.status == AlertStatus::InReview {
+        Audience::Review
+    } else {
+        Audience::Notify
+    }
+}
+
+/// The partner ids of an audience: deadline notices have their own lists.
+fn audience_ids<'r>(alert: &Alert, rule: &'r Rule, audience: Audience) -> &'r [String] {
+    use crate::rules::RuleKind;
+    if audience == Audience::Review {
+        return &rule.review;
+    }
+    match (&alert.trigger, &rule.kind) {
+        (Trigger::DeadlineOpened { .. }, RuleKind::Deadline { notify_on_open, .. }) => {
+            notify_on_open
+        }
+        (
+            Trigger::DeadlineClosed { .. },
+            RuleKind::Deadline {
+                notify_on_close, ..
+            },
+        ) => notify_on_close,
+        _ => &rule.notify,
+    }
+}
+
 /// Decides who receives `alert` and what each sees.
 pub fn route<'a>(
     alert: &Alert,
@@ -102,10 +197,7 @@ pub fn route<'a>(
     config: &'a Config,
     audience: Audience,
 ) -> Vec<Delivery<'a>> {
-    let ids = match audience {
-        Audience::Notify => &rule.notify,
-        Audience::Review => &rule.review,
-    };
+    let ids = audience_ids(alert, rule, audience);
     let feed = config.feed(&rule.feed);
     let district_field = feed
         .map(|f| f.district_field.as_str())
@@ -128,7 +220,9 @@ pub fn route<'a>(
             .iter()
             .filter(|e| partner.covers(e.get(district_field).map(|v| v.to_string()).as_deref()))
             .collect();
-        if visible.is_empty() {
+        // An alert about no record (a silent feed) goes to everyone listed;
+        // one about records only to those who cover at least one of them.
+        if visible.is_empty() && !alert.events.is_empty() {
             continue;
         }
         let count = if visible.len() == alert.events.len() {
@@ -266,6 +360,7 @@ min_severity = "critical"
             suppressed_before: 0,
             events,
             status: AlertStatus::Sent,
+            trigger: Trigger::Match,
         }
     }
 

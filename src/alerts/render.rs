@@ -639,6 +639,7 @@ emails = ["c@example.org"]
                 fields,
             }],
             status: AlertStatus::Sent,
+            trigger: crate::alerts::Trigger::Match,
         }
     }
 

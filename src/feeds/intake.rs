@@ -13,7 +13,7 @@
 //! the next scan moves it without alerting again.
 
 use crate::alerts::render::{RenderedEmail, render};
-use crate::alerts::{Alert, Audience, route};
+use crate::alerts::{Alert, first_audience, route};
 use crate::config::{Config, FeedConfig, FeedFormat, OnDone};
 use crate::feeds::decode::{TextEncoding, decode_bytes};
 use crate::feeds::parse::{RecordShape, Row, RowError, parse};
@@ -299,7 +299,7 @@ pub fn process_file(
 }
 
 /// Routes, renders and enqueues one alert inside the file's transaction.
-fn enqueue_alert(
+pub fn enqueue_alert(
     config: &Config,
     engine: &Engine,
     tx: &crate::store::FileTx<'_>,
@@ -311,11 +311,7 @@ fn enqueue_alert(
     };
     let summary = serde_json::to_string(alert).unwrap_or_default();
     tx.insert_alert(alert, &summary)?;
-    let audience = if rule.review.is_empty() {
-        Audience::Notify
-    } else {
-        Audience::Review
-    };
+    let audience = first_audience(alert);
     for delivery in route(alert, rule, config, audience) {
         let email = render_with_fallback(alert, rule, &delivery, config);
         match email {

@@ -3,30 +3,45 @@
 //! Pure: no I/O, no clock. The caller passes `now` and persists the state
 //! changes it returns in the same transaction as the alerts (SPEC §7).
 //!
-//! One file is one [`Batch`]: every event is observed, and at the end
-//! [`Engine::finish`] turns the matches of each rule and group into at most
-//! one alert, applying cooldowns. Observing does not change the engine's
-//! state; only `finish` does, so a file that fails to commit can be retried
-//! after [`Engine::restore`] puts back the state from the database.
+//! - One file is one [`Batch`]: [`Engine::observe`] each event, then
+//!   [`Engine::finish`] turns the file's matches into alerts (one per rule and
+//!   group), applying cooldowns.
+//! - [`Engine::tick`] handles what depends on the wall clock alone: deadlines
+//!   that have passed and feeds that have gone quiet.
+//!
+//! Windows (`threshold`, `rate`) use event time; deadlines and silence compare
+//! with `now`. State changes as events are observed; every touched key is
+//! returned as a [`StateChange`] by `finish` or `tick`. If the caller cannot
+//! commit them it must call [`Engine::restore`] with the stored state.
 
 use super::{Rule, RuleKind, RuleSet};
-use crate::alerts::{Alert, AlertStatus};
-use crate::event::Event;
-use jiff::Timestamp;
+use crate::alerts::{Alert, AlertStatus, Trigger};
+use crate::event::{Event, normalise_term};
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How many matching events an alert carries in full; the rest are counted.
 /// Bounds memory and email size when a whole file matches.
 pub const MAX_EVENTS_PER_ALERT: usize = 50;
 
-/// Identifies the state of one rule for one group.
+/// Identifies the state of one rule for one group (or deadline key, or value).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupRef {
     pub rule_id: String,
     pub group_key: String,
+}
+
+impl GroupRef {
+    fn new(rule_id: &str, group_key: &str) -> GroupRef {
+        GroupRef {
+            rule_id: rule_id.to_string(),
+            group_key: group_key.to_string(),
+        }
+    }
 }
 
 /// Cooldown state of a rule and group.
@@ -38,19 +53,242 @@ pub struct Cooldown {
     pub suppressed: u64,
 }
 
+/// Matching events within a window of event time, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// (event time in ms, hash of the record id or 0): every event counted.
+    entries: VecDeque<(i64, u64)>,
+    /// The most recent events in full, for the email (at most MAX_EVENTS_PER_ALERT).
+    events: VecDeque<Event>,
+}
+
+impl Window {
+    /// Adds an event in time order; false if the same record is already counted.
+    fn insert(&mut self, event: &Event) -> bool {
+        let t = event.time.as_millisecond();
+        let id = event.record_id.as_deref().map(hash_id).unwrap_or(0);
+        if id != 0 && self.entries.iter().any(|&(_, other)| other == id) {
+            return false;
+        }
+        let at = self.entries.partition_point(|&(other, _)| other <= t);
+        self.entries.insert(at, (t, id));
+        let at = self.events.partition_point(|e| e.time <= event.time);
+        self.events.insert(at, event.clone());
+        if self.events.len() > MAX_EVENTS_PER_ALERT {
+            self.events.pop_front();
+        }
+        true
+    }
+
+    /// Drops entries older than `cutoff_ms`.
+    fn prune_before(&mut self, cutoff_ms: i64) {
+        while self.entries.front().is_some_and(|&(t, _)| t < cutoff_ms) {
+            self.entries.pop_front();
+        }
+        while self
+            .events
+            .front()
+            .is_some_and(|e| e.time.as_millisecond() < cutoff_ms)
+        {
+            self.events.pop_front();
+        }
+    }
+
+    fn latest_ms(&self) -> Option<i64> {
+        self.entries.back().map(|&(t, _)| t)
+    }
+
+    fn len(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// Entries with time in (from, to].
+    fn count_between(&self, from_ms: i64, to_ms: i64) -> u64 {
+        let lo = self.entries.partition_point(|&(t, _)| t <= from_ms);
+        let hi = self.entries.partition_point(|&(t, _)| t <= to_ms);
+        (hi - lo) as u64
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.events.clear();
+    }
+}
+
+fn hash_id(id: &str) -> u64 {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(b).max(1)
+}
+
+/// An open deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenDeadline {
+    pub key: String,
+    pub opened_at: Timestamp,
+    pub due: Timestamp,
+    pub event: Event,
+    /// Set once the escalation has been raised; kept so a late close can be reported.
+    pub escalated: bool,
+}
+
+/// A value a first_seen rule has seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeenValue {
+    pub as_written: String,
+    pub first_seen: Timestamp,
+}
+
+/// A silence rule's memory: which quiet period it has already alerted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SilenceState {
+    pub alerted_for: Timestamp,
+}
+
+/// The kinds of state rows; the string is stored in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StateKind {
+    Cooldown,
+    Window,
+    Deadline,
+    EarlyClose,
+    Seen,
+    Activity,
+    Silence,
+}
+
+impl StateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateKind::Cooldown => "cooldown",
+            StateKind::Window => "window",
+            StateKind::Deadline => "deadline",
+            StateKind::EarlyClose => "early_close",
+            StateKind::Seen => "seen",
+            StateKind::Activity => "activity",
+            StateKind::Silence => "silence",
+        }
+    }
+    pub fn parse(s: &str) -> Option<StateKind> {
+        Some(match s {
+            "cooldown" => StateKind::Cooldown,
+            "window" => StateKind::Window,
+            "deadline" => StateKind::Deadline,
+            "early_close" => StateKind::EarlyClose,
+            "seen" => StateKind::Seen,
+            "activity" => StateKind::Activity,
+            "silence" => StateKind::Silence,
+            _ => return None,
+        })
+    }
+}
+
+/// Feed activity is not a rule's state; it is stored under this pseudo rule id.
+const ACTIVITY: &str = "_feed";
+
 /// All rule state, keyed by rule and group.
 #[derive(Debug, Clone, Default)]
 pub struct EngineState {
     pub cooldowns: HashMap<GroupRef, Cooldown>,
+    pub windows: HashMap<GroupRef, Window>,
+    pub deadlines: HashMap<GroupRef, OpenDeadline>,
+    /// Closing records that arrived before their opening record: key → when.
+    pub early_closes: HashMap<GroupRef, Timestamp>,
+    pub seen: HashMap<GroupRef, SeenValue>,
+    /// Feed name → when it last delivered a file (wall clock).
+    pub activity: HashMap<String, Timestamp>,
+    pub silences: HashMap<String, SilenceState>,
 }
 
-/// A change to persist: the new value of one group's state, or its removal.
+impl EngineState {
+    /// Loads one stored row (see [`StateChange`]).
+    pub fn load_row(
+        &mut self,
+        kind: &str,
+        rule_id: String,
+        group_key: String,
+        data: &str,
+    ) -> Result<(), String> {
+        let kind = StateKind::parse(kind).ok_or_else(|| format!("unknown state kind `{kind}`"))?;
+        let key = GroupRef { rule_id, group_key };
+        let err = |e: serde_json::Error| {
+            format!("{} {}/{}: {e}", kind.as_str(), key.rule_id, key.group_key)
+        };
+        match kind {
+            StateKind::Cooldown => {
+                self.cooldowns
+                    .insert(key.clone(), serde_json::from_str(data).map_err(err)?);
+            }
+            StateKind::Window => {
+                self.windows
+                    .insert(key.clone(), serde_json::from_str(data).map_err(err)?);
+            }
+            StateKind::Deadline => {
+                self.deadlines
+                    .insert(key.clone(), serde_json::from_str(data).map_err(err)?);
+            }
+            StateKind::EarlyClose => {
+                self.early_closes
+                    .insert(key.clone(), serde_json::from_str(data).map_err(err)?);
+            }
+            StateKind::Seen => {
+                self.seen
+                    .insert(key.clone(), serde_json::from_str(data).map_err(err)?);
+            }
+            StateKind::Activity => {
+                self.activity.insert(
+                    key.group_key.clone(),
+                    serde_json::from_str(data).map_err(err)?,
+                );
+            }
+            StateKind::Silence => {
+                self.silences.insert(
+                    key.rule_id.clone(),
+                    serde_json::from_str(data).map_err(err)?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The serialised value of one key, or None when it no longer exists.
+    fn serialise(&self, kind: StateKind, key: &GroupRef) -> Option<String> {
+        let json = match kind {
+            StateKind::Cooldown => self.cooldowns.get(key).map(serde_json::to_string),
+            StateKind::Window => self.windows.get(key).map(serde_json::to_string),
+            StateKind::Deadline => self.deadlines.get(key).map(serde_json::to_string),
+            StateKind::EarlyClose => self.early_closes.get(key).map(serde_json::to_string),
+            StateKind::Seen => self.seen.get(key).map(serde_json::to_string),
+            StateKind::Activity => self.activity.get(&key.group_key).map(serde_json::to_string),
+            StateKind::Silence => self.silences.get(&key.rule_id).map(serde_json::to_string),
+        };
+        // Serialising these plain structs cannot fail.
+        json.and_then(Result::ok)
+    }
+
+    /// Open deadlines, soonest due first (for `status` and `replay`).
+    pub fn open_deadlines(&self) -> Vec<(&GroupRef, &OpenDeadline)> {
+        let mut v: Vec<_> = self
+            .deadlines
+            .iter()
+            .filter(|(_, d)| !d.escalated)
+            .collect();
+        v.sort_by_key(|(k, d)| (d.due, (*k).clone()));
+        v
+    }
+}
+
+/// A change to persist: the new serialised value of one key, or its removal.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StateChange {
-    Cooldown(GroupRef, Option<Cooldown>),
+pub struct StateChange {
+    pub kind: StateKind,
+    pub key: GroupRef,
+    /// JSON, or None to delete.
+    pub data: Option<String>,
 }
 
-/// What a file produced.
+/// What a file or a tick produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub alerts: Vec<Alert>,
@@ -65,6 +303,16 @@ struct Pending {
     group: BTreeMap<String, String>,
     events: Vec<Event>,
     count: u64,
+    trigger: Option<Trigger>,
+}
+
+impl Pending {
+    fn push(&mut self, event: &Event) {
+        self.count += 1;
+        if self.events.len() < MAX_EVENTS_PER_ALERT {
+            self.events.push(event.clone());
+        }
+    }
 }
 
 /// The matches collected from one file, not yet turned into alerts.
@@ -72,6 +320,8 @@ struct Pending {
 pub struct Batch {
     /// Keyed by rule index and group key; a BTreeMap so alert order is stable.
     pending: BTreeMap<(usize, String), Pending>,
+    /// Threshold and rate groups touched by this file.
+    windows_touched: BTreeSet<(usize, String)>,
     scratch: String,
     events_seen: u64,
 }
@@ -87,19 +337,36 @@ pub struct Engine {
     rules: Arc<RuleSet>,
     /// Rule indices by feed name: each event is only tested against its feed's rules.
     by_feed: HashMap<String, Vec<usize>>,
+    /// Deadline rule indices by the feed of their closing records.
+    closers_by_feed: HashMap<String, Vec<usize>>,
     state: EngineState,
+    /// Keys changed since the last `finish` or `tick`.
+    dirty: BTreeSet<(StateKind, GroupRef)>,
 }
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, state: EngineState) -> Engine {
         let mut by_feed: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut closers_by_feed: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, rule) in rules.rules.iter().enumerate() {
-            by_feed.entry(rule.feed.clone()).or_default().push(i);
+            match &rule.kind {
+                RuleKind::Silence { .. } => {}
+                RuleKind::Deadline { until_feed, .. } => {
+                    by_feed.entry(rule.feed.clone()).or_default().push(i);
+                    closers_by_feed
+                        .entry(until_feed.clone())
+                        .or_default()
+                        .push(i);
+                }
+                _ => by_feed.entry(rule.feed.clone()).or_default().push(i),
+            }
         }
         Engine {
             rules,
             by_feed,
+            closers_by_feed,
             state,
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -114,109 +381,603 @@ impl Engine {
     /// Replaces the state, e.g. with what the database holds after a failed commit.
     pub fn restore(&mut self, state: EngineState) {
         self.state = state;
+        self.dirty.clear();
     }
 
-    /// Swaps in a new rule set, keeping the state of rules that still exist.
+    /// Swaps in a new rule set, keeping the state of rules that still exist
+    /// (a threshold window does not restart because another rule changed).
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
         let state = std::mem::take(&mut self.state);
         let mut next = Engine::new(rules, state);
-        next.state
-            .cooldowns
-            .retain(|k, _| next.rules.get(&k.rule_id).is_some());
+        let keep = |id: &str| next.rules.get(id).is_some();
+        let s = &mut next.state;
+        s.cooldowns.retain(|k, _| keep(&k.rule_id));
+        s.windows.retain(|k, _| keep(&k.rule_id));
+        s.deadlines.retain(|k, _| keep(&k.rule_id));
+        s.early_closes.retain(|k, _| keep(&k.rule_id));
+        s.seen.retain(|k, _| keep(&k.rule_id));
+        s.silences.retain(|k, _| keep(k));
         *self = next;
     }
 
+    fn touch(&mut self, kind: StateKind, key: &GroupRef) {
+        self.dirty.insert((kind, key.clone()));
+    }
+
+    /// Records that `feed` delivered a file at `now` (for silence rules).
+    pub fn note_activity(&mut self, feed: &str, now: Timestamp) {
+        self.state.activity.insert(feed.to_string(), now);
+        self.touch(StateKind::Activity, &GroupRef::new(ACTIVITY, feed));
+    }
+
     /// Tests one event against the rules of its feed.
-    pub fn observe(&self, batch: &mut Batch, event: &Event) {
+    pub fn observe(&mut self, batch: &mut Batch, event: &Event) {
         batch.events_seen += 1;
-        let Some(indices) = self.by_feed.get(&event.feed) else {
-            return;
-        };
-        for &i in indices {
-            let rule = &self.rules.rules[i];
-            if !rule.when.matches(event, &mut batch.scratch) {
-                continue;
+        let rules = self.rules.clone();
+        if let Some(indices) = self.by_feed.get(&event.feed).cloned() {
+            for i in indices {
+                let rule = &rules.rules[i];
+                if !rule.when.matches(event, &mut batch.scratch) {
+                    continue;
+                }
+                self.observe_match(batch, i, rule, event);
             }
-            match rule.kind {
-                RuleKind::Match => {
-                    let key = group_key(rule, event);
-                    let pending = batch.pending.entry((i, key)).or_insert_with(|| Pending {
-                        group: group_values(rule, event),
-                        events: Vec::new(),
-                        count: 0,
-                    });
-                    pending.count += 1;
-                    if pending.events.len() < MAX_EVENTS_PER_ALERT {
-                        pending.events.push(event.clone());
-                    }
+        }
+        if let Some(indices) = self.closers_by_feed.get(&event.feed).cloned() {
+            for i in indices {
+                let rule = &rules.rules[i];
+                if let RuleKind::Deadline {
+                    key, until_when, ..
+                } = &rule.kind
+                    && until_when.matches(event, &mut batch.scratch)
+                {
+                    self.close_deadline(batch, i, rule, key, event);
                 }
             }
         }
     }
 
-    /// Turns a file's matches into alerts, applying cooldowns at `now`.
-    /// `discriminator` (the file's content hash) keeps alert ids unique.
+    fn observe_match(&mut self, batch: &mut Batch, index: usize, rule: &Rule, event: &Event) {
+        match &rule.kind {
+            RuleKind::Match => {
+                let key = group_key(rule, event);
+                batch
+                    .pending
+                    .entry((index, key))
+                    .or_insert_with(|| pending_for(rule, event, None))
+                    .push(event);
+            }
+            RuleKind::Threshold { within, .. } | RuleKind::Rate { within, .. } => {
+                let span = match &rule.kind {
+                    RuleKind::Rate { baseline, .. } => *within + *baseline,
+                    _ => *within,
+                };
+                let key = group_key(rule, event);
+                let gref = GroupRef::new(&rule.id, &key);
+                let window = self.state.windows.entry(gref.clone()).or_default();
+                if window.insert(event) {
+                    let latest = window.latest_ms().unwrap_or(0);
+                    window.prune_before(latest - span.as_millis() as i64);
+                    self.touch(StateKind::Window, &gref);
+                    batch
+                        .pending
+                        .entry((index, key.clone()))
+                        .or_insert_with(|| pending_for(rule, event, None))
+                        .push(event);
+                    batch.windows_touched.insert((index, key));
+                }
+            }
+            RuleKind::FirstSeen { field, known } => {
+                let Some(value) = event.get(field) else {
+                    return;
+                };
+                for element in value.elements() {
+                    let written = element.to_string();
+                    let norm = normalise_term(&written);
+                    if norm.is_empty() || known.contains(&norm) {
+                        continue;
+                    }
+                    let gref = GroupRef::new(&rule.id, &norm);
+                    let new_in_this_file = batch.pending.contains_key(&(index, norm.clone()));
+                    if self.state.seen.contains_key(&gref) && !new_in_this_file {
+                        continue;
+                    }
+                    if !new_in_this_file {
+                        self.state.seen.insert(
+                            gref.clone(),
+                            SeenValue {
+                                as_written: written.trim().to_string(),
+                                first_seen: event.time,
+                            },
+                        );
+                        self.touch(StateKind::Seen, &gref);
+                    }
+                    batch
+                        .pending
+                        .entry((index, norm))
+                        .or_insert_with(|| Pending {
+                            group: BTreeMap::from([(field.clone(), written.trim().to_string())]),
+                            events: Vec::new(),
+                            count: 0,
+                            trigger: Some(Trigger::FirstSeen {
+                                field: field.clone(),
+                                value: written.trim().to_string(),
+                            }),
+                        })
+                        .push(event);
+                }
+            }
+            RuleKind::Deadline {
+                key,
+                within,
+                notify_on_open,
+                ..
+            } => {
+                let key_value = event.text(key).trim().to_string();
+                if key_value.is_empty() {
+                    return;
+                }
+                let gref = GroupRef::new(&rule.id, &key_value.to_lowercase());
+                if self.state.deadlines.contains_key(&gref) {
+                    return; // already open: an update of the same incident
+                }
+                let due = add(event.time, *within);
+                if self.state.early_closes.remove(&gref).is_some() {
+                    // Closed before it was opened (files out of order): nothing to escalate.
+                    self.touch(StateKind::EarlyClose, &gref);
+                    if !notify_on_open.is_empty() {
+                        let mut p = pending_for(
+                            rule,
+                            event,
+                            Some(Trigger::DeadlineOpened {
+                                key: key_value.clone(),
+                                due,
+                                closed: true,
+                            }),
+                        );
+                        p.push(event);
+                        batch
+                            .pending
+                            .insert((index, format!("open\u{1f}{}", gref.group_key)), p);
+                    }
+                    return;
+                }
+                self.state.deadlines.insert(
+                    gref.clone(),
+                    OpenDeadline {
+                        key: key_value.clone(),
+                        opened_at: event.time,
+                        due,
+                        event: event.clone(),
+                        escalated: false,
+                    },
+                );
+                self.touch(StateKind::Deadline, &gref);
+                if !notify_on_open.is_empty() {
+                    let mut p = pending_for(
+                        rule,
+                        event,
+                        Some(Trigger::DeadlineOpened {
+                            key: key_value,
+                            due,
+                            closed: false,
+                        }),
+                    );
+                    p.push(event);
+                    batch
+                        .pending
+                        .insert((index, format!("open\u{1f}{}", gref.group_key)), p);
+                }
+            }
+            RuleKind::Silence { .. } => {}
+        }
+    }
+
+    fn close_deadline(
+        &mut self,
+        batch: &mut Batch,
+        index: usize,
+        rule: &Rule,
+        key: &str,
+        event: &Event,
+    ) {
+        let key_value = event.text(key).trim().to_string();
+        if key_value.is_empty() {
+            return;
+        }
+        let gref = GroupRef::new(&rule.id, &key_value.to_lowercase());
+        let Some(open) = self.state.deadlines.remove(&gref) else {
+            // Not open (yet): remember the close, in case the opening record comes late.
+            self.state.early_closes.insert(gref.clone(), event.time);
+            self.touch(StateKind::EarlyClose, &gref);
+            return;
+        };
+        self.touch(StateKind::Deadline, &gref);
+        if let RuleKind::Deadline {
+            notify_on_close, ..
+        } = &rule.kind
+            && !notify_on_close.is_empty()
+        {
+            let late = open.escalated || event.time > open.due;
+            let mut p = pending_for(
+                rule,
+                &open.event,
+                Some(Trigger::DeadlineClosed {
+                    key: open.key.clone(),
+                    due: open.due,
+                    late,
+                }),
+            );
+            p.push(&open.event);
+            p.push(event);
+            batch
+                .pending
+                .insert((index, format!("close\u{1f}{}", gref.group_key)), p);
+        }
+    }
+
+    /// Turns a file's matches into alerts at `now`. `discriminator` (the
+    /// file's content hash) keeps alert ids unique.
     pub fn finish(&mut self, batch: Batch, now: Timestamp, discriminator: &str) -> Outcome {
         let mut outcome = Outcome::default();
+        let rules = self.rules.clone();
         for ((index, key), pending) in batch.pending {
-            let rule = &self.rules.rules[index];
-            let group_ref = GroupRef {
-                rule_id: rule.id.clone(),
-                group_key: key.clone(),
-            };
-            let previous = self.state.cooldowns.get(&group_ref);
-            let in_cooldown = match (rule.cooldown, previous) {
-                (Some(cd), Some(prev)) => {
-                    let until = prev
-                        .last_alert_at
-                        .checked_add(cd)
-                        .unwrap_or(prev.last_alert_at);
-                    now < until
+            let rule = &rules.rules[index];
+            match &rule.kind {
+                RuleKind::Match | RuleKind::FirstSeen { .. } => {
+                    self.raise_with_cooldown(&mut outcome, rule, &key, pending, now, discriminator);
                 }
-                _ => false,
-            };
-            if in_cooldown {
-                let mut next = previous
-                    .cloned()
-                    .expect("in_cooldown implies previous state");
-                next.suppressed += pending.count;
-                *outcome.suppressed.entry(rule.id.clone()).or_default() += pending.count;
-                outcome
-                    .changes
-                    .push(StateChange::Cooldown(group_ref.clone(), Some(next.clone())));
-                self.state.cooldowns.insert(group_ref, next);
-                continue;
+                RuleKind::Threshold { count, within } => {
+                    if !batch.windows_touched.contains(&(index, key.clone())) {
+                        continue;
+                    }
+                    let gref = GroupRef::new(&rule.id, &key);
+                    let Some(window) = self.state.windows.get(&gref) else {
+                        continue;
+                    };
+                    if window.len() < *count {
+                        continue;
+                    }
+                    let alert_pending = Pending {
+                        group: pending.group,
+                        events: window.events.iter().cloned().collect(),
+                        count: window.len(),
+                        trigger: Some(Trigger::Threshold {
+                            count: *count,
+                            within_secs: within.as_secs(),
+                        }),
+                    };
+                    if self.raise_with_cooldown(
+                        &mut outcome,
+                        rule,
+                        &key,
+                        alert_pending,
+                        now,
+                        discriminator,
+                    ) {
+                        // The events that made this alert do not count towards the next.
+                        if let Some(w) = self.state.windows.get_mut(&gref) {
+                            w.clear();
+                        }
+                        self.touch(StateKind::Window, &gref);
+                    }
+                }
+                RuleKind::Rate {
+                    within,
+                    factor,
+                    baseline,
+                    min_count,
+                } => {
+                    let gref = GroupRef::new(&rule.id, &key);
+                    let Some(window) = self.state.windows.get(&gref) else {
+                        continue;
+                    };
+                    let Some(latest) = window.latest_ms() else {
+                        continue;
+                    };
+                    let w_ms = within.as_millis() as i64;
+                    let current = window.count_between(latest - w_ms, latest);
+                    let base = window
+                        .count_between(latest - w_ms - baseline.as_millis() as i64, latest - w_ms);
+                    let average = base as f64 * within.as_secs_f64() / baseline.as_secs_f64();
+                    if current < *min_count || (current as f64) < factor * average {
+                        continue;
+                    }
+                    let events: Vec<Event> = window
+                        .events
+                        .iter()
+                        .filter(|e| e.time.as_millisecond() > latest - w_ms)
+                        .cloned()
+                        .collect();
+                    let alert_pending = Pending {
+                        group: pending.group,
+                        events,
+                        count: current,
+                        trigger: Some(Trigger::Rate {
+                            current,
+                            baseline_average: (average * 10.0).round() / 10.0,
+                            within_secs: within.as_secs(),
+                        }),
+                    };
+                    // A rise stays a rise for a while: without a cooldown, one alert per window.
+                    let mut rule_with_cooldown;
+                    let rule = if rule.cooldown.is_none() {
+                        rule_with_cooldown = rule.clone();
+                        rule_with_cooldown.cooldown = Some(*within);
+                        &rule_with_cooldown
+                    } else {
+                        rule
+                    };
+                    self.raise_with_cooldown(
+                        &mut outcome,
+                        rule,
+                        &key,
+                        alert_pending,
+                        now,
+                        discriminator,
+                    );
+                }
+                RuleKind::Deadline { .. } => {
+                    // Open and close notices: not subject to cooldown.
+                    outcome
+                        .alerts
+                        .push(make_alert(rule, &key, pending, now, discriminator, 0));
+                }
+                RuleKind::Silence { .. } => {}
             }
-            let suppressed_before = previous.map(|p| p.suppressed).unwrap_or(0);
-            if rule.cooldown.is_some() {
-                let next = Cooldown {
+        }
+        outcome.changes = self.drain_changes();
+        outcome
+    }
+
+    /// Raises an alert unless the rule and group are in cooldown; true if raised.
+    fn raise_with_cooldown(
+        &mut self,
+        outcome: &mut Outcome,
+        rule: &Rule,
+        key: &str,
+        pending: Pending,
+        now: Timestamp,
+        discriminator: &str,
+    ) -> bool {
+        let gref = GroupRef::new(&rule.id, key);
+        let previous = self.state.cooldowns.get(&gref).cloned();
+        if let (Some(cd), Some(prev)) = (rule.cooldown, &previous)
+            && now < add(prev.last_alert_at, cd)
+        {
+            let mut next = prev.clone();
+            next.suppressed += pending.count;
+            *outcome.suppressed.entry(rule.id.clone()).or_default() += pending.count;
+            self.state.cooldowns.insert(gref.clone(), next);
+            self.touch(StateKind::Cooldown, &gref);
+            return false;
+        }
+        let suppressed_before = previous.map(|p| p.suppressed).unwrap_or(0);
+        if rule.cooldown.is_some() {
+            self.state.cooldowns.insert(
+                gref.clone(),
+                Cooldown {
                     last_alert_at: now,
                     suppressed: 0,
-                };
-                outcome
-                    .changes
-                    .push(StateChange::Cooldown(group_ref.clone(), Some(next.clone())));
-                self.state.cooldowns.insert(group_ref, next);
-            }
-            let status = if rule.review.is_empty() {
-                AlertStatus::Sent
-            } else {
-                AlertStatus::InReview
-            };
-            outcome.alerts.push(Alert {
-                id: alert_id(rule, &key, now, discriminator),
-                rule_id: rule.id.clone(),
-                group: pending.group,
-                district: crate::alerts::common_district(&pending.events, &rule.district_field),
-                severity: rule.severity,
-                created_at: now,
-                event_count: pending.count,
-                suppressed_before,
-                events: pending.events,
-                status,
-            });
+                },
+            );
+            self.touch(StateKind::Cooldown, &gref);
         }
+        outcome.alerts.push(make_alert(
+            rule,
+            key,
+            pending,
+            now,
+            discriminator,
+            suppressed_before,
+        ));
+        true
+    }
+
+    /// Raises what the wall clock alone decides: overdue deadlines and silent feeds.
+    pub fn tick(&mut self, now: Timestamp) -> Outcome {
+        let mut outcome = Outcome::default();
+        let rules = self.rules.clone();
+        // Deadlines, soonest first so alert order is stable.
+        let mut overdue: Vec<GroupRef> = self
+            .state
+            .deadlines
+            .iter()
+            .filter(|(_, d)| !d.escalated && d.due <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        overdue.sort();
+        for gref in overdue {
+            let Some(rule) = rules.get(&gref.rule_id) else {
+                continue;
+            };
+            let Some(deadline) = self.state.deadlines.get_mut(&gref) else {
+                continue;
+            };
+            deadline.escalated = true;
+            let deadline = deadline.clone();
+            self.touch(StateKind::Deadline, &gref);
+            let mut p = pending_for(
+                rule,
+                &deadline.event,
+                Some(Trigger::DeadlineOverdue {
+                    key: deadline.key.clone(),
+                    due: deadline.due,
+                }),
+            );
+            p.push(&deadline.event);
+            outcome.alerts.push(make_alert(
+                rule,
+                &format!("overdue\u{1f}{}", gref.group_key),
+                p,
+                now,
+                "tick",
+                0,
+            ));
+        }
+        // Forget escalated deadlines and early closes once nothing more can happen to them.
+        let mut expired = Vec::new();
+        for (gref, d) in &self.state.deadlines {
+            let within = rules
+                .get(&gref.rule_id)
+                .and_then(deadline_within)
+                .unwrap_or(Duration::from_secs(86_400));
+            if d.escalated && now > add(d.due, within * 7) {
+                expired.push((StateKind::Deadline, gref.clone()));
+            }
+        }
+        for (gref, at) in &self.state.early_closes {
+            let within = rules
+                .get(&gref.rule_id)
+                .and_then(deadline_within)
+                .unwrap_or(Duration::from_secs(86_400));
+            if now > add(*at, within * 2) {
+                expired.push((StateKind::EarlyClose, gref.clone()));
+            }
+        }
+        for (kind, gref) in expired {
+            if kind == StateKind::Deadline {
+                self.state.deadlines.remove(&gref);
+            } else {
+                self.state.early_closes.remove(&gref);
+            }
+            self.touch(kind, &gref);
+        }
+        // Silence.
+        for rule in &rules.rules {
+            let RuleKind::Silence { silent_for } = &rule.kind else {
+                continue;
+            };
+            let last = match self.state.activity.get(&rule.feed) {
+                Some(t) => *t,
+                None => {
+                    // Never delivered: count the quiet from the first time we looked.
+                    self.note_activity(&rule.feed, now);
+                    continue;
+                }
+            };
+            if now < add(last, *silent_for) {
+                continue;
+            }
+            if self
+                .state
+                .silences
+                .get(&rule.id)
+                .is_some_and(|s| s.alerted_for == last)
+            {
+                continue;
+            }
+            self.state
+                .silences
+                .insert(rule.id.clone(), SilenceState { alerted_for: last });
+            self.touch(StateKind::Silence, &GroupRef::new(&rule.id, ""));
+            let quiet = now.duration_since(last);
+            let p = Pending {
+                group: BTreeMap::from([("feed".to_string(), rule.feed.clone())]),
+                events: Vec::new(),
+                count: 0,
+                trigger: Some(Trigger::Silence {
+                    feed: rule.feed.clone(),
+                    last,
+                    silent_secs: quiet.as_secs().max(0) as u64,
+                }),
+            };
+            outcome
+                .alerts
+                .push(make_alert(rule, &rule.feed, p, now, &last.to_string(), 0));
+        }
+        outcome.changes = self.drain_changes();
         outcome
+    }
+
+    /// The earliest time `tick` could raise something, if any (so the daemon can sleep until then).
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        let deadline = self
+            .state
+            .deadlines
+            .values()
+            .filter(|d| !d.escalated)
+            .map(|d| d.due)
+            .min();
+        let silence = self
+            .rules
+            .rules
+            .iter()
+            .filter_map(|r| match &r.kind {
+                RuleKind::Silence { silent_for } => self
+                    .state
+                    .activity
+                    .get(&r.feed)
+                    .map(|t| add(*t, *silent_for)),
+                _ => None,
+            })
+            .min();
+        deadline.into_iter().chain(silence).min()
+    }
+
+    fn drain_changes(&mut self) -> Vec<StateChange> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|(kind, key)| StateChange {
+                data: self.state.serialise(kind, &key),
+                kind,
+                key,
+            })
+            .collect()
+    }
+}
+
+fn deadline_within(rule: &Rule) -> Option<Duration> {
+    match &rule.kind {
+        RuleKind::Deadline { within, .. } => Some(*within),
+        _ => None,
+    }
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn pending_for(rule: &Rule, event: &Event, trigger: Option<Trigger>) -> Pending {
+    Pending {
+        group: group_values(rule, event),
+        events: Vec::new(),
+        count: 0,
+        trigger,
+    }
+}
+
+fn make_alert(
+    rule: &Rule,
+    key: &str,
+    pending: Pending,
+    now: Timestamp,
+    discriminator: &str,
+    suppressed_before: u64,
+) -> Alert {
+    let trigger = pending.trigger.unwrap_or(Trigger::Match);
+    // Deadline notices and silence go straight to their partners; review is for
+    // what a panel must assess before it is shared (matches, thresholds, new substances, rates).
+    let reviewed = !rule.review.is_empty() && trigger.is_reviewable();
+    Alert {
+        id: alert_id(rule, key, now, discriminator),
+        rule_id: rule.id.clone(),
+        district: crate::alerts::common_district(&pending.events, &rule.district_field),
+        group: pending.group,
+        severity: rule.severity,
+        created_at: now,
+        event_count: pending.count,
+        suppressed_before,
+        events: pending.events,
+        status: if reviewed {
+            AlertStatus::InReview
+        } else {
+            AlertStatus::Sent
+        },
+        trigger,
     }
 }
 
@@ -263,136 +1024,4 @@ fn alert_id(rule: &Rule, key: &str, now: Timestamp, discriminator: &str) -> Stri
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::event::Value;
-    use std::path::{Path, PathBuf};
-
-    fn rules(text: &str) -> Arc<RuleSet> {
-        let config = Config::parse(
-            Path::new("/x/c.toml"),
-            r#"
-[mail]
-transport = "file"
-[[feed]]
-name = "drug_testing"
-dir = "in"
-[[feed]]
-name = "incidents"
-dir = "in2"
-[[partner]]
-id = "panel"
-emails = ["p@example.org"]
-"#,
-        )
-        .unwrap();
-        Arc::new(RuleSet::from_sources(&config, &[(PathBuf::from("r.toml"), text.into())]).unwrap())
-    }
-
-    fn event(feed: &str, district: &str, substance: &str, at: i64) -> Event {
-        let mut fields = BTreeMap::new();
-        fields.insert("district".to_string(), Value::Text(district.into()));
-        fields.insert(
-            "substances_major".to_string(),
-            Value::List(vec![substance.into()]),
-        );
-        Event {
-            feed: feed.into(),
-            record_id: None,
-            time: Timestamp::from_second(at).unwrap(),
-            fields,
-        }
-    }
-
-    const NITAZENE: &str = r#"
-[[rule]]
-id = "nitazene"
-feed = "drug_testing"
-when = 'substances_major in ["protonitazene", "isotonitazene"]'
-notify = ["panel"]
-group_by = ["district"]
-cooldown = "6h"
-"#;
-
-    fn run(engine: &mut Engine, events: &[Event], now: i64) -> Outcome {
-        let mut batch = Batch::default();
-        for e in events {
-            engine.observe(&mut batch, e);
-        }
-        engine.finish(batch, Timestamp::from_second(now).unwrap(), "file")
-    }
-
-    #[test]
-    fn one_alert_per_rule_and_group_per_file() {
-        let mut engine = Engine::new(rules(NITAZENE), EngineState::default());
-        let out = run(
-            &mut engine,
-            &[
-                event("drug_testing", "Bolton", "Protonitazene", 0),
-                event("drug_testing", "Salford", "cocaine", 0),
-                event("drug_testing", "bolton", "isotonitazene", 0),
-                event("drug_testing", "Salford", "isotonitazene", 0),
-                event("incidents", "Salford", "isotonitazene", 0),
-            ],
-            100,
-        );
-        assert_eq!(out.alerts.len(), 2);
-        assert_eq!(out.alerts[0].group["district"], "Bolton");
-        assert_eq!(out.alerts[0].event_count, 2);
-        assert_eq!(out.alerts[1].group["district"], "Salford");
-        assert_eq!(out.alerts[1].event_count, 1);
-        assert_ne!(out.alerts[0].id, out.alerts[1].id);
-        assert!(out.alerts[0].id.starts_with("EW-") && out.alerts[0].id.len() == 13);
-    }
-
-    #[test]
-    fn cooldown_counts_later_matches_and_reports_them() {
-        let mut engine = Engine::new(rules(NITAZENE), EngineState::default());
-        let hit = [event("drug_testing", "Bolton", "protonitazene", 0)];
-        assert_eq!(run(&mut engine, &hit, 0).alerts.len(), 1);
-        let out = run(&mut engine, &[hit[0].clone(), hit[0].clone()], 3600);
-        assert!(out.alerts.is_empty());
-        assert_eq!(out.suppressed["nitazene"], 2);
-        // Exactly at the end of the cooldown the next match alerts, reporting the two it held back.
-        let out = run(&mut engine, &hit, 6 * 3600);
-        assert_eq!(out.alerts.len(), 1);
-        assert_eq!(out.alerts[0].suppressed_before, 2);
-        // Another group is not held back by Bolton's cooldown.
-        let out = run(
-            &mut engine,
-            &[event("drug_testing", "Wigan", "protonitazene", 0)],
-            6 * 3600 + 1,
-        );
-        assert_eq!(out.alerts.len(), 1);
-    }
-
-    #[test]
-    fn events_per_alert_are_capped_but_counted() {
-        let mut engine = Engine::new(rules(NITAZENE), EngineState::default());
-        let events: Vec<Event> = (0..200)
-            .map(|i| event("drug_testing", "Bolton", "protonitazene", i))
-            .collect();
-        let out = run(&mut engine, &events, 1000);
-        assert_eq!(out.alerts[0].events.len(), MAX_EVENTS_PER_ALERT);
-        assert_eq!(out.alerts[0].event_count, 200);
-    }
-
-    #[test]
-    fn reload_keeps_state_of_rules_that_remain() {
-        let mut engine = Engine::new(rules(NITAZENE), EngineState::default());
-        run(
-            &mut engine,
-            &[event("drug_testing", "Bolton", "protonitazene", 0)],
-            0,
-        );
-        engine.replace_rules(rules(&format!(
-            "{NITAZENE}\n[[rule]]\nid = \"other\"\nfeed = \"incidents\"\nnotify = [\"panel\"]\n"
-        )));
-        assert_eq!(engine.state().cooldowns.len(), 1);
-        engine.replace_rules(rules(
-            "[[rule]]\nid = \"other\"\nfeed = \"incidents\"\nnotify = [\"panel\"]\n",
-        ));
-        assert!(engine.state().cooldowns.is_empty());
-    }
-}
+mod tests;

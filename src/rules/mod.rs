@@ -43,11 +43,377 @@ pub struct Rule {
     pub source: PathBuf,
 }
 
-/// What makes a rule fire. Only `match` is evaluated by this version; the
-/// stateful kinds of SPEC §5.2 are named so that `check` can say so clearly.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What makes a rule fire (SPEC §5.2).
+#[derive(Debug, Clone)]
 pub enum RuleKind {
+    /// Every matching event; one alert per group per file.
     Match,
+    /// At least `count` matching events within `within` (event time), per group.
+    Threshold { count: u64, within: Duration },
+    /// A matching event opens a deadline for its `key`; an `until` event with the
+    /// same key closes it; still open `within` after the opening event's time: escalate.
+    Deadline {
+        key: String,
+        until_feed: String,
+        until_when: Condition,
+        within: Duration,
+        /// Partners told when a deadline opens (empty: nobody).
+        notify_on_open: Vec<String>,
+        /// Partners told when a deadline closes (empty: nobody).
+        notify_on_close: Vec<String>,
+    },
+    /// A value of `field` (each element of a list) never seen before.
+    FirstSeen {
+        field: String,
+        /// Normalised values already known, so the first file does not alert on everything.
+        known: std::collections::HashSet<String>,
+    },
+    /// Matching events in the last `within` reach `factor` times the average of
+    /// the `baseline` period's windows, and at least `min_count`.
+    Rate {
+        within: Duration,
+        factor: f64,
+        baseline: Duration,
+        min_count: u64,
+    },
+    /// The rule's feed has delivered no file for `silent_for`.
+    Silence { silent_for: Duration },
+}
+
+impl RuleKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleKind::Match => "match",
+            RuleKind::Threshold { .. } => "threshold",
+            RuleKind::Deadline { .. } => "deadline",
+            RuleKind::FirstSeen { .. } => "first_seen",
+            RuleKind::Rate { .. } => "rate",
+            RuleKind::Silence { .. } => "silence",
+        }
+    }
+}
+
+const KINDS: [&str; 6] = [
+    "match",
+    "threshold",
+    "deadline",
+    "first_seen",
+    "rate",
+    "silence",
+];
+
+/// Reads the kind and its keys, reporting missing or misplaced keys.
+fn parse_kind(
+    raw: &RawRule,
+    config: &Config,
+    lists: &BTreeMap<String, Vec<String>>,
+    report: &mut dyn FnMut(usize, String),
+    text: &str,
+) -> Option<RuleKind> {
+    let id_at = raw.id.span().start;
+    let kind_name = raw
+        .kind
+        .as_ref()
+        .map(|k| k.get_ref().as_str())
+        .unwrap_or("match");
+    let kind_at = raw.kind.as_ref().map(|k| k.span().start).unwrap_or(id_at);
+    if !KINDS.contains(&kind_name) {
+        let hint = suggest(kind_name, KINDS)
+            .map(|s| format!("did you mean `{s}`?"))
+            .unwrap_or_else(|| {
+                "use match, threshold, deadline, first_seen, rate or silence".into()
+            });
+        report(kind_at, format!("unknown kind `{kind_name}`; {hint}"));
+        return None;
+    }
+    // Keys that belong to other kinds are mistakes worth pointing out.
+    let present: [(&str, Option<usize>, &[&str]); 10] = [
+        (
+            "count",
+            raw.count.as_ref().map(|v| v.span().start),
+            &["threshold"],
+        ),
+        (
+            "within",
+            raw.within.as_ref().map(|v| v.span().start),
+            &["threshold", "deadline", "rate"],
+        ),
+        (
+            "key",
+            raw.key.as_ref().map(|v| v.span().start),
+            &["deadline"],
+        ),
+        (
+            "until",
+            raw.until.as_ref().map(|v| v.span().start),
+            &["deadline"],
+        ),
+        (
+            "notify_on_open",
+            raw.notify_on_open.as_ref().map(|v| v.span().start),
+            &["deadline"],
+        ),
+        (
+            "notify_on_close",
+            raw.notify_on_close.as_ref().map(|v| v.span().start),
+            &["deadline"],
+        ),
+        (
+            "field",
+            raw.field.as_ref().map(|v| v.span().start),
+            &["first_seen"],
+        ),
+        (
+            "factor",
+            raw.factor.as_ref().map(|v| v.span().start),
+            &["rate"],
+        ),
+        (
+            "baseline",
+            raw.baseline.as_ref().map(|v| v.span().start),
+            &["rate"],
+        ),
+        (
+            "for",
+            raw.silent_for.as_ref().map(|v| v.span().start),
+            &["silence"],
+        ),
+    ];
+    let mut ok = true;
+    for (key, at, kinds) in present {
+        if let Some(at) = at
+            && !kinds.contains(&kind_name)
+        {
+            report(
+                at,
+                format!(
+                    "`{key}` is a key of {} rules, not of `{kind_name}` rules",
+                    kinds.join(" and ")
+                ),
+            );
+            ok = false;
+        }
+    }
+    if let Some(k) = &raw.known
+        && kind_name != "first_seen"
+    {
+        report(
+            k.span().start,
+            format!("`known` is a key of first_seen rules, not of `{kind_name}` rules"),
+        );
+        ok = false;
+    }
+    if let Some(m) = &raw.min_count
+        && kind_name != "rate"
+    {
+        report(
+            m.span().start,
+            format!("`min_count` is a key of rate rules, not of `{kind_name}` rules"),
+        );
+        ok = false;
+    }
+    let mut duration =
+        |value: &Option<Spanned<String>>, key: &str, example: &str| -> Option<Duration> {
+            match value {
+                None => {
+                    report(
+                        id_at,
+                        format!("a {kind_name} rule needs `{key}` (a duration like \"{example}\")"),
+                    );
+                    None
+                }
+                Some(v) => match parse_duration(v.get_ref()) {
+                    Ok(d) if d.is_zero() => {
+                        report(v.span().start, format!("`{key}` must be longer than zero"));
+                        None
+                    }
+                    Ok(d) => Some(d),
+                    Err(msg) => {
+                        report(v.span().start, msg);
+                        None
+                    }
+                },
+            }
+        };
+    let kind = match kind_name {
+        "match" => Some(RuleKind::Match),
+        "threshold" => {
+            let within = duration(&raw.within, "within", "7d");
+            let count = match &raw.count {
+                None => {
+                    report(
+                        id_at,
+                        "a threshold rule needs `count` (how many events make an alert, like 3)"
+                            .into(),
+                    );
+                    None
+                }
+                Some(c) if *c.get_ref() < 1 => {
+                    report(c.span().start, "`count` must be at least 1".into());
+                    None
+                }
+                Some(c) => Some(*c.get_ref() as u64),
+            };
+            Some(RuleKind::Threshold {
+                count: count?,
+                within: within?,
+            })
+        }
+        "deadline" => {
+            let within = duration(&raw.within, "within", "24h");
+            let key = match &raw.key {
+                Some(k) => Some(k.get_ref().clone()),
+                None => {
+                    report(id_at, "a deadline rule needs `key` (the field that links the closing record, like \"incident_ref\")".into());
+                    None
+                }
+            };
+            let until = match &raw.until {
+                None => {
+                    report(id_at, "a deadline rule needs `until = { feed = \"...\", when = '...' }` (the record that closes it)".into());
+                    None
+                }
+                Some(u) => {
+                    let u = u.get_ref();
+                    let feed_ok = config.feed(u.feed.get_ref()).is_some();
+                    if !feed_ok {
+                        let hint = suggest(
+                            u.feed.get_ref(),
+                            config.feeds.iter().map(|f| f.name.as_str()),
+                        )
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                        report(
+                            u.feed.span().start,
+                            format!("unknown feed `{}` in `until`{hint}", u.feed.get_ref()),
+                        );
+                    }
+                    let cond = match &u.when {
+                        None => Some(Condition::Always),
+                        Some(w) => match Condition::parse(w.get_ref(), lists) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                report(
+                                    string_content_offset(text, w.span().start) + e.offset,
+                                    e.message,
+                                );
+                                None
+                            }
+                        },
+                    };
+                    if feed_ok {
+                        cond.map(|c| (u.feed.get_ref().clone(), c))
+                    } else {
+                        None
+                    }
+                }
+            };
+            let on_open = partner_list(&raw.notify_on_open, raw, config, report);
+            let on_close = partner_list(&raw.notify_on_close, raw, config, report);
+            let (until_feed, until_when) = until?;
+            Some(RuleKind::Deadline {
+                key: key?,
+                until_feed,
+                until_when,
+                within: within?,
+                notify_on_open: on_open?,
+                notify_on_close: on_close?,
+            })
+        }
+        "first_seen" => {
+            let field = match &raw.field {
+                Some(f) => Some(f.get_ref().clone()),
+                None => {
+                    report(id_at, "a first_seen rule needs `field` (the field whose values are watched, like \"substances_major\")".into());
+                    None
+                }
+            };
+            let known = raw
+                .known
+                .as_ref()
+                .map(|k| {
+                    k.get_ref()
+                        .iter()
+                        .map(|v| crate::event::normalise_term(v))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(RuleKind::FirstSeen {
+                field: field?,
+                known,
+            })
+        }
+        "rate" => {
+            let within = duration(&raw.within, "within", "7d");
+            let baseline = duration(&raw.baseline, "baseline", "28d");
+            let factor = match &raw.factor {
+                None => {
+                    report(
+                        id_at,
+                        "a rate rule needs `factor` (how many times the usual rate, like 2.0)"
+                            .into(),
+                    );
+                    None
+                }
+                Some(f) if !(*f.get_ref() > 0.0) => {
+                    report(f.span().start, "`factor` must be more than 0".into());
+                    None
+                }
+                Some(f) => Some(*f.get_ref()),
+            };
+            let min_count = raw
+                .min_count
+                .as_ref()
+                .map(|m| *m.get_ref() as u64)
+                .unwrap_or(1);
+            if let (Some(w), Some(b)) = (within, baseline)
+                && b < w
+            {
+                report(raw.baseline.as_ref().map(|v| v.span().start).unwrap_or(id_at), "`baseline` must be at least as long as `within`: it is the history the current window is compared with".into());
+                ok = false;
+            }
+            Some(RuleKind::Rate {
+                within: within?,
+                factor: factor?,
+                baseline: baseline?,
+                min_count,
+            })
+        }
+        "silence" => {
+            let silent_for = duration(&raw.silent_for, "for", "6h");
+            Some(RuleKind::Silence {
+                silent_for: silent_for?,
+            })
+        }
+        _ => None,
+    };
+    if ok { kind } else { None }
+}
+
+/// `notify_on_open` / `notify_on_close`: `true` (the rule's notify list), `false`, or partner ids.
+fn partner_list(
+    value: &Option<Spanned<BoolOrList>>,
+    raw: &RawRule,
+    config: &Config,
+    report: &mut dyn FnMut(usize, String),
+) -> Option<Vec<String>> {
+    match value.as_ref().map(|v| v.get_ref()) {
+        None | Some(BoolOrList::Bool(false)) => Some(Vec::new()),
+        Some(BoolOrList::Bool(true)) => {
+            Some(raw.notify.iter().map(|p| p.get_ref().clone()).collect())
+        }
+        Some(BoolOrList::List(ids)) => {
+            let at = value.as_ref().map(|v| v.span().start).unwrap_or(0);
+            let mut ok = true;
+            for p in ids {
+                if config.partner(p).is_none() {
+                    report(at, unknown_partner_message(p, &config.partners));
+                    ok = false;
+                }
+            }
+            ok.then(|| ids.clone())
+        }
+    }
 }
 
 /// Every rule in force, in load order.
@@ -150,47 +516,13 @@ impl RuleSet {
                     ));
                 }
 
-                let kind = match raw
-                    .kind
-                    .as_ref()
-                    .map(|k| k.get_ref().as_str())
-                    .unwrap_or("match")
-                {
-                    "match" => Some(RuleKind::Match),
-                    other @ ("threshold" | "deadline" | "first_seen" | "rate" | "silence") => {
-                        let span = raw
-                            .kind
-                            .as_ref()
-                            .map(|k| k.span())
-                            .unwrap_or(id_span.clone());
-                        errors.push(at(span.start, format!("kind `{other}` is not available in this version of earlywarn; only `match` rules can be loaded")));
-                        None
-                    }
-                    other => {
-                        let span = raw
-                            .kind
-                            .as_ref()
-                            .map(|k| k.span())
-                            .unwrap_or(id_span.clone());
-                        let hint = suggest(
-                            other,
-                            [
-                                "match",
-                                "threshold",
-                                "deadline",
-                                "first_seen",
-                                "rate",
-                                "silence",
-                            ],
-                        )
-                        .map(|s| format!("did you mean `{s}`?"))
-                        .unwrap_or_else(|| {
-                            "use match, threshold, deadline, first_seen, rate or silence".into()
-                        });
-                        errors.push(at(span.start, format!("unknown kind `{other}`; {hint}")));
-                        None
-                    }
-                };
+                let kind = parse_kind(
+                    &raw,
+                    config,
+                    &lists,
+                    &mut |offset, msg| errors.push(at(offset, msg)),
+                    text,
+                );
 
                 let when = match &raw.when {
                     None => Some(Condition::Always),
@@ -413,6 +745,36 @@ struct RawRule {
     group_by: Vec<Spanned<String>>,
     subject: Option<Spanned<String>>,
     body: Option<Spanned<String>>,
+    count: Option<Spanned<i64>>,
+    within: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    until: Option<Spanned<RawUntil>>,
+    notify_on_open: Option<Spanned<BoolOrList>>,
+    notify_on_close: Option<Spanned<BoolOrList>>,
+    field: Option<Spanned<String>>,
+    known: Option<Spanned<Vec<String>>>,
+    factor: Option<Spanned<f64>>,
+    baseline: Option<Spanned<String>>,
+    min_count: Option<Spanned<u32>>,
+    #[serde(rename = "for")]
+    silent_for: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUntil {
+    feed: Spanned<String>,
+    when: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "true, false, or a list of partner ids like [\"viable-support\"]"
+)]
+enum BoolOrList {
+    Bool(bool),
+    List(Vec<String>),
 }
 
 #[cfg(test)]

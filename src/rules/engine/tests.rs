@@ -1,0 +1,583 @@
+//! Engine tests with an injected clock: every rule kind, and the edges.
+
+use super::*;
+use crate::config::Config;
+use crate::event::Value;
+use std::path::{Path, PathBuf};
+
+fn rules(text: &str) -> Arc<RuleSet> {
+    let config = Config::parse(
+        Path::new("/x/c.toml"),
+        r#"
+[mail]
+transport = "file"
+[[feed]]
+name = "drug_testing"
+dir = "in"
+[[feed]]
+name = "incidents"
+dir = "in2"
+[[partner]]
+id = "panel"
+emails = ["p@example.org"]
+[[partner]]
+id = "viable"
+emails = ["v@example.org"]
+"#,
+    )
+    .unwrap();
+    Arc::new(RuleSet::from_sources(&config, &[(PathBuf::from("r.toml"), text.into())]).unwrap())
+}
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_700_000_000 + secs).unwrap()
+}
+
+const H: i64 = 3600;
+const D: i64 = 86_400;
+
+fn event(feed: &str, at: i64, fields: &[(&str, &str)]) -> Event {
+    let mut map = BTreeMap::new();
+    for (k, v) in fields {
+        let value = if *k == "substances_major" {
+            Value::List(v.split(';').map(|s| s.trim().to_string()).collect())
+        } else {
+            Value::Text(v.to_string())
+        };
+        map.insert(k.to_string(), value);
+    }
+    Event {
+        feed: feed.into(),
+        record_id: fields
+            .iter()
+            .find(|(k, _)| *k == "id")
+            .map(|(_, v)| v.to_string()),
+        time: t(at),
+        fields: map,
+    }
+}
+
+fn drug(district: &str, substance: &str, at: i64) -> Event {
+    event(
+        "drug_testing",
+        at,
+        &[("district", district), ("substances_major", substance)],
+    )
+}
+
+/// Runs one "file" of events through the engine at `now`.
+fn file(engine: &mut Engine, events: &[Event], now: i64) -> Outcome {
+    let mut batch = Batch::default();
+    for e in events {
+        engine.observe(&mut batch, e);
+    }
+    engine.finish(batch, t(now), "file")
+}
+
+fn engine(text: &str) -> Engine {
+    Engine::new(rules(text), EngineState::default())
+}
+
+// ------------------------------------------------------------------ match
+
+const NITAZENE: &str = r#"
+[[rule]]
+id = "nitazene"
+feed = "drug_testing"
+when = 'substances_major in ["protonitazene", "isotonitazene"]'
+notify = ["panel"]
+group_by = ["district"]
+cooldown = "6h"
+"#;
+
+#[test]
+fn match_gives_one_alert_per_rule_and_group_per_file() {
+    let mut e = engine(NITAZENE);
+    let out = file(
+        &mut e,
+        &[
+            drug("Bolton", "Protonitazene", 0),
+            drug("Salford", "cocaine", 0),
+            drug("bolton", "isotonitazene", 0),
+            drug("Salford", "isotonitazene", 0),
+            event(
+                "incidents",
+                0,
+                &[
+                    ("district", "Salford"),
+                    ("substances_major", "isotonitazene"),
+                ],
+            ),
+        ],
+        100,
+    );
+    assert_eq!(out.alerts.len(), 2);
+    assert_eq!(out.alerts[0].group["district"], "Bolton");
+    assert_eq!(out.alerts[0].event_count, 2);
+    assert_eq!(out.alerts[0].district.as_deref(), Some("Bolton"));
+    assert_eq!(out.alerts[1].group["district"], "Salford");
+    assert_ne!(out.alerts[0].id, out.alerts[1].id);
+    assert!(out.alerts[0].id.starts_with("EW-") && out.alerts[0].id.len() == 13);
+}
+
+#[test]
+fn cooldown_counts_later_matches_and_reports_them() {
+    let mut e = engine(NITAZENE);
+    let hit = [drug("Bolton", "protonitazene", 0)];
+    assert_eq!(file(&mut e, &hit, 0).alerts.len(), 1);
+    let out = file(&mut e, &[hit[0].clone(), hit[0].clone()], H);
+    assert!(out.alerts.is_empty());
+    assert_eq!(out.suppressed["nitazene"], 2);
+    // Exactly at the end of the cooldown the next match alerts, reporting the two it held back.
+    let out = file(&mut e, &hit, 6 * H);
+    assert_eq!(out.alerts.len(), 1);
+    assert_eq!(out.alerts[0].suppressed_before, 2);
+    // Another group is not held back by Bolton's cooldown.
+    let out = file(&mut e, &[drug("Wigan", "protonitazene", 0)], 6 * H + 1);
+    assert_eq!(out.alerts.len(), 1);
+}
+
+#[test]
+fn events_per_alert_are_capped_but_counted() {
+    let mut e = engine(NITAZENE);
+    let events: Vec<Event> = (0..200)
+        .map(|i| drug("Bolton", "protonitazene", i))
+        .collect();
+    let out = file(&mut e, &events, 1000);
+    assert_eq!(out.alerts[0].events.len(), MAX_EVENTS_PER_ALERT);
+    assert_eq!(out.alerts[0].event_count, 200);
+}
+
+#[test]
+fn reload_keeps_state_of_rules_that_remain() {
+    let mut e = engine(NITAZENE);
+    file(&mut e, &[drug("Bolton", "protonitazene", 0)], 0);
+    e.replace_rules(rules(&format!(
+        "{NITAZENE}\n[[rule]]\nid = \"other\"\nfeed = \"incidents\"\nnotify = [\"panel\"]\n"
+    )));
+    assert_eq!(e.state().cooldowns.len(), 1);
+    e.replace_rules(rules(
+        "[[rule]]\nid = \"other\"\nfeed = \"incidents\"\nnotify = [\"panel\"]\n",
+    ));
+    assert!(e.state().cooldowns.is_empty());
+}
+
+// ------------------------------------------------------------------ threshold
+
+const OVERDOSES: &str = r#"
+[[rule]]
+id = "overdose-cluster"
+feed = "incidents"
+kind = "threshold"
+when = 'incident_type == "suspected_overdose"'
+count = 3
+within = "7d"
+group_by = ["district"]
+notify = ["panel"]
+"#;
+
+fn overdose(id: &str, district: &str, at: i64) -> Event {
+    event(
+        "incidents",
+        at,
+        &[
+            ("id", id),
+            ("incident_type", "suspected_overdose"),
+            ("district", district),
+        ],
+    )
+}
+
+#[test]
+fn threshold_fires_once_when_the_count_is_reached_in_the_window() {
+    let mut e = engine(OVERDOSES);
+    assert!(
+        file(
+            &mut e,
+            &[overdose("a", "Bolton", 0), overdose("b", "Bolton", D)],
+            D
+        )
+        .alerts
+        .is_empty()
+    );
+    assert!(
+        file(&mut e, &[overdose("x", "Wigan", D)], D)
+            .alerts
+            .is_empty(),
+        "other districts count apart"
+    );
+    let out = file(&mut e, &[overdose("c", "Bolton", 2 * D)], 2 * D);
+    assert_eq!(out.alerts.len(), 1);
+    let alert = &out.alerts[0];
+    assert_eq!(alert.event_count, 3);
+    assert_eq!(
+        alert.events.len(),
+        3,
+        "the alert lists the events in the window"
+    );
+    assert_eq!(
+        alert.trigger,
+        Trigger::Threshold {
+            count: 3,
+            within_secs: 7 * D as u64
+        }
+    );
+    // The events that made the alert do not make another one.
+    assert!(
+        file(&mut e, &[overdose("d", "Bolton", 3 * D)], 3 * D)
+            .alerts
+            .is_empty()
+    );
+}
+
+#[test]
+fn threshold_window_edge_is_inclusive() {
+    let mut e = engine(OVERDOSES);
+    let out = file(
+        &mut e,
+        &[
+            overdose("a", "Bolton", 0),
+            overdose("b", "Bolton", D),
+            overdose("c", "Bolton", 7 * D),
+        ],
+        7 * D,
+    );
+    assert_eq!(out.alerts.len(), 1, "exactly 7 days apart is within 7 days");
+    let mut e = engine(OVERDOSES);
+    let out = file(
+        &mut e,
+        &[
+            overdose("a", "Bolton", 0),
+            overdose("b", "Bolton", D),
+            overdose("c", "Bolton", 7 * D + 1),
+        ],
+        7 * D,
+    );
+    assert!(out.alerts.is_empty(), "one second more is outside");
+}
+
+#[test]
+fn threshold_counts_out_of_order_events_and_the_same_event_once() {
+    let mut e = engine(OVERDOSES);
+    assert!(
+        file(&mut e, &[overdose("c", "Bolton", 5 * D)], 5 * D)
+            .alerts
+            .is_empty()
+    );
+    assert!(
+        file(&mut e, &[overdose("c", "Bolton", 5 * D)], 5 * D)
+            .alerts
+            .is_empty(),
+        "same record twice counts once"
+    );
+    // Older events arriving later still count when inside the window of the newest.
+    let out = file(
+        &mut e,
+        &[overdose("a", "Bolton", D), overdose("b", "Bolton", 2 * D)],
+        6 * D,
+    );
+    assert_eq!(out.alerts.len(), 1);
+    assert_eq!(
+        out.alerts[0].events[0].record_id.as_deref(),
+        Some("a"),
+        "events listed in time order"
+    );
+}
+
+#[test]
+fn threshold_state_survives_a_restart_through_its_changes() {
+    let mut e = engine(OVERDOSES);
+    let out = file(
+        &mut e,
+        &[overdose("a", "Bolton", 0), overdose("b", "Bolton", D)],
+        D,
+    );
+    // Rebuild the engine from what would have been stored.
+    let mut state = EngineState::default();
+    for c in &out.changes {
+        state
+            .load_row(
+                c.kind.as_str(),
+                c.key.rule_id.clone(),
+                c.key.group_key.clone(),
+                c.data.as_deref().unwrap(),
+            )
+            .unwrap();
+    }
+    let mut restarted = Engine::new(rules(OVERDOSES), state);
+    assert_eq!(
+        file(&mut restarted, &[overdose("c", "Bolton", 2 * D)], 2 * D)
+            .alerts
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn windows_are_pruned_to_the_window_length() {
+    let mut e = engine(OVERDOSES);
+    for i in 0..100 {
+        file(
+            &mut e,
+            &[overdose(&format!("id{i}"), &format!("d{i}"), i * D)],
+            i * D,
+        );
+    }
+    file(&mut e, &[overdose("late", "d0", 100 * D)], 100 * D);
+    let w = &e.state().windows[&GroupRef::new("overdose-cluster", "d0")];
+    assert_eq!(w.len(), 1, "the old entry was pruned");
+}
+
+// ------------------------------------------------------------------ deadline
+
+const DISCHARGE: &str = r#"
+[[rule]]
+id = "discharge-support"
+feed = "incidents"
+kind = "deadline"
+when = 'incident_type == "firearm_discharge"'
+key = "incident_ref"
+until = { feed = "incidents", when = 'incident_type == "support_provided"' }
+within = "24h"
+notify = ["panel"]
+notify_on_open = ["viable"]
+notify_on_close = true
+severity = "critical"
+"#;
+
+fn discharge(at: i64, r: &str) -> Event {
+    event(
+        "incidents",
+        at,
+        &[
+            ("incident_type", "firearm_discharge"),
+            ("incident_ref", r),
+            ("district", "Salford"),
+        ],
+    )
+}
+
+fn support(at: i64, r: &str) -> Event {
+    event(
+        "incidents",
+        at,
+        &[
+            ("incident_type", "support_provided"),
+            ("incident_ref", r),
+            ("district", "Salford"),
+        ],
+    )
+}
+
+#[test]
+fn deadline_opens_notifies_and_escalates_when_it_passes() {
+    let mut e = engine(DISCHARGE);
+    let out = file(&mut e, &[discharge(0, "GMP-1")], 10);
+    assert_eq!(out.alerts.len(), 1);
+    assert!(
+        matches!(&out.alerts[0].trigger, Trigger::DeadlineOpened { key, due, closed: false } if key == "GMP-1" && *due == t(24 * H))
+    );
+    assert_eq!(e.next_wakeup(), Some(t(24 * H)));
+    assert!(e.tick(t(24 * H - 1)).alerts.is_empty());
+    let out = e.tick(t(24 * H));
+    assert_eq!(out.alerts.len(), 1, "escalated exactly when due");
+    assert!(matches!(
+        out.alerts[0].trigger,
+        Trigger::DeadlineOverdue { .. }
+    ));
+    assert!(e.tick(t(25 * H)).alerts.is_empty(), "escalated once");
+    // A late support record closes it and says it was late.
+    let out = file(&mut e, &[support(26 * H, "GMP-1")], 26 * H);
+    assert!(matches!(
+        out.alerts[0].trigger,
+        Trigger::DeadlineClosed { late: true, .. }
+    ));
+}
+
+#[test]
+fn deadline_closed_one_second_before_expiry_never_escalates() {
+    let mut e = engine(DISCHARGE);
+    file(&mut e, &[discharge(0, "GMP-2")], 0);
+    let out = file(&mut e, &[support(24 * H - 1, "gmp-2")], 24 * H - 1);
+    assert!(
+        matches!(
+            out.alerts[0].trigger,
+            Trigger::DeadlineClosed { late: false, .. }
+        ),
+        "keys compare without case"
+    );
+    assert!(e.tick(t(48 * H)).alerts.is_empty());
+    assert!(e.state().open_deadlines().is_empty());
+}
+
+#[test]
+fn a_close_that_arrives_before_its_open_still_closes_it() {
+    let mut e = engine(DISCHARGE);
+    assert!(file(&mut e, &[support(H, "GMP-3")], H).alerts.is_empty());
+    let out = file(&mut e, &[discharge(0, "GMP-3")], 2 * H);
+    assert!(matches!(
+        out.alerts[0].trigger,
+        Trigger::DeadlineOpened { closed: true, .. }
+    ));
+    assert!(e.tick(t(30 * H)).alerts.is_empty());
+}
+
+#[test]
+fn a_deadline_that_passed_while_down_fires_at_the_first_tick() {
+    let mut e = engine(DISCHARGE);
+    let out = file(&mut e, &[discharge(0, "GMP-4")], 0);
+    let mut state = EngineState::default();
+    for c in &out.changes {
+        state
+            .load_row(
+                c.kind.as_str(),
+                c.key.rule_id.clone(),
+                c.key.group_key.clone(),
+                c.data.as_deref().unwrap(),
+            )
+            .unwrap();
+    }
+    let mut restarted = Engine::new(rules(DISCHARGE), state);
+    assert_eq!(restarted.tick(t(3 * D)).alerts.len(), 1);
+}
+
+#[test]
+fn the_same_discharge_twice_opens_one_deadline() {
+    let mut e = engine(DISCHARGE);
+    assert_eq!(
+        file(&mut e, &[discharge(0, "GMP-5"), discharge(60, "GMP-5")], 60)
+            .alerts
+            .len(),
+        1
+    );
+    assert_eq!(e.tick(t(2 * D)).alerts.len(), 1);
+}
+
+// ------------------------------------------------------------------ first_seen
+
+const NEW_SUBSTANCE: &str = r#"
+[[rule]]
+id = "new-substance"
+feed = "drug_testing"
+kind = "first_seen"
+field = "substances_major"
+known = ["cocaine", "heroin"]
+notify = ["panel"]
+"#;
+
+#[test]
+fn first_seen_alerts_once_per_new_value_as_written() {
+    let mut e = engine(NEW_SUBSTANCE);
+    let out = file(
+        &mut e,
+        &[
+            drug("Bolton", "Cocaine; N-Pyrrolidino Etonitazene", 0),
+            drug("Bury", "n-pyrrolidino-etonitazene", 0),
+        ],
+        0,
+    );
+    assert_eq!(
+        out.alerts.len(),
+        1,
+        "known values and the same value in another spelling do not alert"
+    );
+    assert_eq!(
+        out.alerts[0].trigger,
+        Trigger::FirstSeen {
+            field: "substances_major".into(),
+            value: "N-Pyrrolidino Etonitazene".into()
+        }
+    );
+    assert_eq!(out.alerts[0].event_count, 2);
+    assert!(
+        file(&mut e, &[drug("Wigan", "N-pyrrolidino etonitazene", D)], D)
+            .alerts
+            .is_empty()
+    );
+    assert_eq!(
+        file(&mut e, &[drug("Wigan", "bromazolam", D)], D)
+            .alerts
+            .len(),
+        1
+    );
+}
+
+// ------------------------------------------------------------------ rate
+
+const RISE: &str = r#"
+[[rule]]
+id = "overdose-rise"
+feed = "incidents"
+kind = "rate"
+when = 'incident_type == "suspected_overdose"'
+within = "1d"
+baseline = "4d"
+factor = 2.0
+min_count = 3
+notify = ["panel"]
+"#;
+
+#[test]
+fn rate_fires_at_factor_times_the_baseline_average() {
+    let mut e = engine(RISE);
+    // Baseline: 2 per day for 4 days (average 2).
+    let mut id = 0;
+    let mut next = |at: i64| {
+        id += 1;
+        overdose(&format!("o{id}"), "Bolton", at)
+    };
+    let baseline: Vec<Event> = (0..4)
+        .flat_map(|d| [next(d * D + H), next(d * D + 2 * H)])
+        .collect();
+    // Eight events, but each day's pair is below min_count on its own.
+    assert!(file(&mut e, &baseline, 4 * D).alerts.is_empty());
+    // The next day: 3 events (1.5 times the usual 2 a day): no alert. A 4th (2 times): alert.
+    let day5: Vec<Event> = (0..3).map(|i| next(4 * D + 10 * H + i)).collect();
+    assert!(file(&mut e, &day5, 5 * D).alerts.is_empty());
+    let out = file(&mut e, &[next(4 * D + 11 * H)], 5 * D);
+    assert_eq!(out.alerts.len(), 1);
+    assert!(
+        matches!(out.alerts[0].trigger, Trigger::Rate { current: 4, baseline_average, .. } if baseline_average == 2.0),
+        "{:?}",
+        out.alerts[0].trigger
+    );
+    // The rise is one alert, not one per event.
+    assert!(
+        file(&mut e, &[next(4 * D + 12 * H)], 5 * D)
+            .alerts
+            .is_empty()
+    );
+}
+
+// ------------------------------------------------------------------ silence
+
+const QUIET: &str = r#"
+[[rule]]
+id = "drug-feed-quiet"
+feed = "drug_testing"
+kind = "silence"
+for = "6h"
+notify = ["panel"]
+"#;
+
+#[test]
+fn silence_fires_once_per_quiet_period() {
+    let mut e = engine(QUIET);
+    assert!(
+        e.tick(t(0)).alerts.is_empty(),
+        "the quiet is counted from the first look"
+    );
+    assert!(e.tick(t(6 * H - 1)).alerts.is_empty());
+    let out = e.tick(t(6 * H));
+    assert_eq!(out.alerts.len(), 1);
+    assert!(
+        matches!(&out.alerts[0].trigger, Trigger::Silence { feed, .. } if feed == "drug_testing")
+    );
+    assert!(
+        e.tick(t(12 * H)).alerts.is_empty(),
+        "one alert per quiet period"
+    );
+    e.note_activity("drug_testing", t(13 * H));
+    assert!(e.tick(t(18 * H)).alerts.is_empty());
+    assert_eq!(e.tick(t(19 * H)).alerts.len(), 1);
+}
