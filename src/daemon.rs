@@ -15,7 +15,7 @@
 
 use crate::config::{Config, FeedConfig};
 use crate::delivery::{Mailer, run_outbox};
-use crate::feeds::intake::{Disposition, IntakeError, process_file};
+use crate::feeds::intake::{Disposition, IntakeError, enqueue_alert, process_file};
 use crate::feeds::watch::{FolderWatcher, Hint, Observed, Settler, scan};
 use crate::rules::RuleSet;
 use crate::rules::engine::Engine;
@@ -106,9 +106,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         settler: Settler::new(config.daemon.settle),
         wake_outbox: wake_outbox.clone(),
         stopping: false,
+        ticked: false,
     };
-    // The first rescan happens before READY=1, so a file already waiting is ingested first.
+    // The first rescan happens before READY=1, so a file already waiting is
+    // ingested first (a support record that arrived while we were down closes
+    // its deadline before the tick below could escalate it).
     intake.rescan();
+    intake.tick();
     notify_systemd(&[
         NotifyState::Ready,
         NotifyState::Status("watching feed folders"),
@@ -121,6 +125,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map(|d| d / 2)
         .unwrap_or(Duration::from_secs(10));
     let mut watchdog_timer = tokio::time::interval(watchdog);
+    // Deadlines and silence are checked against the wall clock every second.
+    let mut clock_timer = tokio::time::interval(Duration::from_secs(1));
+    clock_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let settle_wait = intake
@@ -153,6 +160,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
             _ = tokio::time::sleep(settle_wait) => intake.process_ready(),
             _ = rescan_timer.tick() => intake.rescan(),
+            _ = clock_timer.tick() => intake.tick(),
             _ = watchdog_timer.tick() => notify_systemd(&[NotifyState::Watchdog]),
         }
     }
@@ -180,6 +188,42 @@ struct Intake<'a> {
     settler: Settler,
     wake_outbox: Arc<Notify>,
     stopping: bool,
+    /// Whether the first clock tick (after start) has run.
+    ticked: bool,
+}
+
+/// Runs the engine's clock tick at `now` and commits its alerts and state in one
+/// transaction; on failure the engine's state is put back. Returns the number of alerts.
+pub fn commit_tick(
+    config: &Config,
+    engine: &mut Engine,
+    store: &mut Store,
+    now: Timestamp,
+) -> Result<usize, IntakeError> {
+    let outcome = engine.tick(now);
+    if outcome.alerts.is_empty() && outcome.changes.is_empty() {
+        return Ok(0);
+    }
+    let result = (|| -> Result<(), IntakeError> {
+        let tx = store.begin()?;
+        for alert in &outcome.alerts {
+            enqueue_alert(config, engine, &tx, alert, now)?;
+        }
+        tx.apply(&outcome.changes)?;
+        tx.commit()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        if let Ok(state) = store.load_engine_state() {
+            engine.restore(state);
+        }
+        return Err(e);
+    }
+    for alert in &outcome.alerts {
+        tracing::info!(alert = %alert.id, rule = %alert.rule_id, district = alert.district.as_deref().unwrap_or("-"),
+            severity = %alert.severity, trigger = ?alert.trigger, "Alert raised");
+    }
+    Ok(outcome.alerts.len())
 }
 
 impl Intake<'_> {
@@ -224,6 +268,27 @@ impl Intake<'_> {
                 {
                     self.process(&path);
                 }
+            }
+        }
+    }
+
+    /// Raises what is due by the wall clock (overdue deadlines, silent feeds) and commits it.
+    fn tick(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let now = Timestamp::now();
+        if self.ticked && !self.engine.next_wakeup().is_some_and(|t| t <= now) {
+            return;
+        }
+        self.ticked = true;
+        let result =
+            tokio::task::block_in_place(|| commit_tick(&self.config, self.engine, self.store, now));
+        match result {
+            Ok(0) => {}
+            Ok(_) => self.wake_outbox.notify_one(),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot record overdue deadlines or silent feeds; will retry")
             }
         }
     }

@@ -301,6 +301,16 @@ fn replay(
         summary.rows as f64 / secs.max(1e-9),
         summary.alerts
     );
+    if !summary.open_deadlines.is_empty() {
+        let clock = summary.clock.map(|c| c.to_string()).unwrap_or_default();
+        eprintln!(
+            "{} deadline(s) still open at the end of the replay (clock {clock}):",
+            summary.open_deadlines.len()
+        );
+        for (rule, key, due) in &summary.open_deadlines {
+            eprintln!("  {rule}  {key}  due {due}");
+        }
+    }
     Ok(if summary.rejected_rows > 0 || summary.rejected_files > 0 {
         ExitCode::from(1)
     } else {
@@ -335,6 +345,28 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
             None => println!("  {:<16} no file yet", feed.name),
         }
     }
+    println!("Open deadlines");
+    if report.open_deadlines.is_empty() {
+        println!("  none");
+    }
+    for d in &report.open_deadlines {
+        let overdue = if d.due <= jiff::Timestamp::now() {
+            "  OVERDUE"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<28} {:<20} due {}{overdue}",
+            d.rule_id,
+            d.key,
+            show(d.due)
+        );
+    }
+    println!("Review queue");
+    println!(
+        "  {} alert(s) awaiting review (earlywarn alerts list)",
+        report.in_review
+    );
     println!("Outbox");
     println!(
         "  pending {}, failed {}",

@@ -55,6 +55,10 @@ pub struct ReplaySummary {
     pub rejected_rows: u64,
     pub rejected_files: u64,
     pub alerts: u64,
+    /// Deadlines still open when the replay ended: (rule id, key, due).
+    pub open_deadlines: Vec<(String, String, Timestamp)>,
+    /// The simulated clock at the end: the latest event time seen.
+    pub clock: Option<Timestamp>,
 }
 
 /// Replays `files` as if dropped into `feed`, calling `on_alert` for each alert
@@ -71,6 +75,7 @@ pub fn replay(
     // Fingerprints of records seen, hashed to 64 bits to keep a million of them small.
     let mut seen: HashSet<u64> = HashSet::new();
     let mut clock = Timestamp::UNIX_EPOCH;
+    let clock_rules = engine.has_clock_rules();
     let mut summary = ReplaySummary::default();
     for path in files {
         summary.files += 1;
@@ -94,6 +99,7 @@ pub fn replay(
         };
         let mut batch = Batch::default();
         let mut latest = clock;
+        let mut clock_alerts = Vec::new();
         let parsed = parse(reader, &shape, |row| {
             summary.rows += 1;
             match row {
@@ -112,6 +118,10 @@ pub fn replay(
                     }
                     summary.events += 1;
                     latest = latest.max(event.time);
+                    // The simulated clock reaches this event: deadlines due before it pass first.
+                    if clock_rules && engine.next_wakeup().is_some_and(|w| w <= latest) {
+                        clock_alerts.extend(engine.tick(latest).alerts);
+                    }
                     engine.observe(&mut batch, &event);
                 }
             }
@@ -126,12 +136,25 @@ pub fn replay(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        engine.note_activity(&feed.name, clock);
         let outcome = engine.finish(batch, clock, &path.to_string_lossy());
-        for alert in outcome.alerts {
+        let after = if clock_rules {
+            engine.tick(clock).alerts
+        } else {
+            Vec::new()
+        };
+        for alert in clock_alerts.into_iter().chain(outcome.alerts).chain(after) {
             summary.alerts += 1;
             on_alert(describe(config, &engine, &alert, &name));
         }
     }
+    summary.clock = (clock != Timestamp::UNIX_EPOCH).then_some(clock);
+    summary.open_deadlines = engine
+        .state()
+        .open_deadlines()
+        .into_iter()
+        .map(|(k, d)| (k.rule_id.clone(), d.key.clone(), d.due))
+        .collect();
     Ok(summary)
 }
 

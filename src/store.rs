@@ -13,7 +13,7 @@
 
 use crate::alerts::render::RenderedEmail;
 use crate::alerts::{Alert, AlertStatus, Audience};
-use crate::rules::engine::{EngineState, StateChange};
+use crate::rules::engine::{EngineState, OpenDeadline, StateChange};
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
@@ -347,7 +347,35 @@ impl Store {
                 recent_alerts.push(r?);
             }
         }
+        let mut open_deadlines = Vec::new();
+        {
+            let mut stmt =
+                c.prepare("SELECT rule_id, data FROM rule_state WHERE kind = 'deadline'")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (rule_id, data) = row?;
+                let d: OpenDeadline = serde_json::from_str(&data)
+                    .map_err(|e| StoreError::Corrupt(format!("deadline of {rule_id}: {e}")))?;
+                if !d.escalated {
+                    open_deadlines.push(DeadlineRow {
+                        rule_id,
+                        key: d.key,
+                        opened_at: d.opened_at,
+                        due: d.due,
+                    });
+                }
+            }
+            open_deadlines.sort_by_key(|d| d.due);
+        }
+        let in_review: i64 = c.query_row(
+            "SELECT COUNT(*) FROM alerts WHERE status = 'in_review'",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(StatusReport {
+            open_deadlines,
+            in_review,
             feeds,
             outbox_pending: pending,
             outbox_failed: failed,
@@ -629,7 +657,18 @@ pub struct OutboxItem {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadlineRow {
+    pub rule_id: String,
+    pub key: String,
+    pub opened_at: Timestamp,
+    pub due: Timestamp,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusReport {
+    pub open_deadlines: Vec<DeadlineRow>,
+    /// Alerts waiting for a reviewer.
+    pub in_review: i64,
     pub feeds: Vec<FeedStatus>,
     pub outbox_pending: i64,
     pub outbox_failed: i64,

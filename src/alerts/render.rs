@@ -7,7 +7,7 @@
 //! withheld-fields notice) are always present. HTML escapes every value; header
 //! values are single-line and encoded by lettre, so data cannot add headers.
 
-use super::{Alert, Audience, Delivery};
+use super::{Alert, Audience, Delivery, Trigger};
 use crate::config::{Config, FeedConfig};
 use crate::event::{Event, Value as FieldValue};
 use crate::rules::Rule;
@@ -18,6 +18,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// A rendered email, ready for the outbox.
 #[derive(Debug, Clone)]
@@ -65,9 +66,9 @@ fn environment() -> Environment<'static> {
     env
 }
 
-const DEFAULT_SUBJECT: &str = "{{ rule.name }}{% if district %} in {{ district }}{% endif %}";
+const DEFAULT_SUBJECT: &str = "{{ headline }}";
 
-const DEFAULT_LEAD: &str = "{{ rule.name }}: {{ count }} matching record{% if count != 1 %}s{% endif %}{% if district %} in {{ district }}{% endif %}.";
+const DEFAULT_LEAD: &str = "{{ summary }}";
 
 /// Everything a template can see (SPEC §5).
 #[derive(Serialize)]
@@ -84,6 +85,11 @@ struct TemplateContext<'a> {
     draft: bool,
     due: Option<String>,
     key: Option<String>,
+    /// What made the rule fire, in one line (the default subject).
+    headline: String,
+    /// What happened, in a sentence or two (the default lead).
+    summary: String,
+    trigger: &'a Trigger,
 }
 
 #[derive(Serialize)]
@@ -144,8 +150,11 @@ pub fn render(
         },
         marking: &config.mail.marking,
         draft,
-        due: None,
-        key: None,
+        due: alert.trigger.deadline().map(|(_, due)| show_time(due)),
+        key: alert.trigger.deadline().map(|(key, _)| key.to_string()),
+        headline: headline(alert, rule, district, delivery.count, &show_time),
+        summary: summary(alert, rule, district, delivery.count, &show_time),
+        trigger: &alert.trigger,
     };
     let ctx = Value::from(minijinja::value::Serde(&ctx));
     let env = environment();
@@ -244,6 +253,138 @@ pub fn render(
     })
 }
 
+/// One line saying what made the rule fire: the default subject.
+fn headline(
+    alert: &Alert,
+    rule: &Rule,
+    district: Option<&str>,
+    count: u64,
+    show_time: &dyn Fn(Timestamp) -> String,
+) -> String {
+    let name = &rule.name;
+    let in_district = district.map(|d| format!(" in {d}")).unwrap_or_default();
+    match &alert.trigger {
+        Trigger::Match => format!("{name}{in_district}"),
+        Trigger::Threshold { within_secs, .. } => {
+            format!(
+                "{name}{in_district}: {count} within {}",
+                human_duration(Duration::from_secs(*within_secs))
+            )
+        }
+        Trigger::DeadlineOpened {
+            key,
+            due,
+            closed: false,
+        } => format!("{name}{in_district}: {key}, due by {}", show_time(*due)),
+        Trigger::DeadlineOpened {
+            key, closed: true, ..
+        } => format!("{name}{in_district}: {key} (already closed)"),
+        Trigger::DeadlineOverdue { key, due } => format!(
+            "OVERDUE: {name}{in_district}: {key} not closed by {}",
+            show_time(*due)
+        ),
+        Trigger::DeadlineClosed { key, late, .. } => {
+            format!(
+                "{}: {name}{in_district}: {key}",
+                if *late { "Closed late" } else { "Closed" }
+            )
+        }
+        Trigger::FirstSeen { value, .. } => format!("{name}: {value}{in_district}"),
+        Trigger::Rate {
+            current,
+            baseline_average,
+            within_secs,
+        } => format!(
+            "{name}{in_district}: {current} in {} (usually {baseline_average})",
+            human_duration(Duration::from_secs(*within_secs))
+        ),
+        Trigger::Silence {
+            feed, silent_secs, ..
+        } => {
+            format!(
+                "{name}: nothing from {feed} for {}",
+                human_duration(Duration::from_secs(*silent_secs))
+            )
+        }
+    }
+}
+
+/// A sentence or two saying what happened: the default lead of the email.
+fn summary(
+    alert: &Alert,
+    rule: &Rule,
+    district: Option<&str>,
+    count: u64,
+    show_time: &dyn Fn(Timestamp) -> String,
+) -> String {
+    let name = &rule.name;
+    let records = if count == 1 {
+        "1 matching record".to_string()
+    } else {
+        format!("{count} matching records")
+    };
+    let in_district = district.map(|d| format!(" in {d}")).unwrap_or_default();
+    match &alert.trigger {
+        Trigger::Match => format!("{name}: {records}{in_district}."),
+        Trigger::Threshold {
+            count: needed,
+            within_secs,
+        } => format!(
+            "{name}: {count} records{in_district} within {} (the rule alerts at {needed}).",
+            human_duration(Duration::from_secs(*within_secs))
+        ),
+        Trigger::DeadlineOpened {
+            key,
+            due,
+            closed: false,
+        } => format!(
+            "{name}: {key}{in_district}. It must be closed (for example by a support record) by {}; if it is not, an escalation goes out.",
+            show_time(*due)
+        ),
+        Trigger::DeadlineOpened {
+            key, closed: true, ..
+        } => {
+            format!(
+                "{name}: {key}{in_district}. Its closing record had already arrived, so no escalation will follow."
+            )
+        }
+        Trigger::DeadlineOverdue { key, due } => format!(
+            "ESCALATION. {name}: {key}{in_district} was due to be closed by {} and no closing record has arrived.",
+            show_time(*due)
+        ),
+        Trigger::DeadlineClosed { key, due, late } => format!(
+            "{name}: {key}{in_district} was closed{}.",
+            if *late {
+                format!(", after it was due ({})", show_time(*due))
+            } else {
+                format!(" before it was due ({})", show_time(*due))
+            }
+        ),
+        Trigger::FirstSeen { field, value } => {
+            format!(
+                "{name}: `{value}` in {field} has never been seen before ({records}{in_district})."
+            )
+        }
+        Trigger::Rate {
+            current,
+            baseline_average,
+            within_secs,
+        } => format!(
+            "{name}: {current} records{in_district} in the last {}, against a usual {baseline_average} in the same time.",
+            human_duration(Duration::from_secs(*within_secs))
+        ),
+        Trigger::Silence {
+            feed,
+            last,
+            silent_secs,
+        } => format!(
+            "{name}: the {feed} feed has delivered no file for {} (last at {}). Check the producer and the folder.",
+            human_duration(Duration::from_secs(*silent_secs)),
+            show_time(*last)
+        ),
+    }
+}
+
 fn header_name(name: &'static str) -> HeaderName {
     // These are constant, valid ASCII header names.
     HeaderName::new_from_ascii_str(name)
@@ -297,6 +438,8 @@ fn event_map(
 /// The fixed parts of every alert email, computed once and written as text and HTML.
 struct Sections {
     rule_line: String,
+    /// For deadlines: when it is (or was) due.
+    due: Option<String>,
     district: String,
     when: String,
     records: String,
@@ -421,6 +564,10 @@ impl Sections {
         });
         Sections {
             rule_line: format!("{} ({})", rule.name, rule.id),
+            due: alert
+                .trigger
+                .deadline()
+                .map(|(key, due)| format!("{} ({key})", show_time(due))),
             district,
             when,
             records,
@@ -447,6 +594,9 @@ impl Sections {
         t.push_str(&format!("District:  {}\n", self.district));
         t.push_str(&format!("When:      {}\n", self.when));
         t.push_str(&format!("Records:   {}\n", self.records));
+        if let Some(due) = &self.due {
+            t.push_str(&format!("Due:       {due}\n"));
+        }
         t.push_str(&format!("Reference: {}\n\n", self.reference));
         if let Some(advice) = &self.advice {
             t.push_str("WHAT TO DO\n");
@@ -502,6 +652,12 @@ impl Sections {
                 "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
                 e(k),
                 e(v)
+            ));
+        }
+        if let Some(due) = &self.due {
+            h.push_str(&format!(
+                "<tr><th align=\"left\">Due</th><td>{}</td></tr>\n",
+                e(due)
             ));
         }
         h.push_str("</table>\n");
@@ -561,13 +717,18 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
-fn human_duration(d: std::time::Duration) -> String {
+/// A duration as people say it: "7 days", "24 hours", "90 minutes", "3h 20m".
+fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     match s {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
+        0 => "0 seconds".into(),
+        s if s % 86_400 == 0 => plural(s / 86_400, "day"),
+        s if s % 3600 == 0 => plural(s / 3600, "hour"),
+        s if s % 60 == 0 && s < 3600 => plural(s / 60, "minute"),
+        s if s < 60 => plural(s, "second"),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
     }
 }
 

@@ -162,7 +162,9 @@ pub fn process_file(
     let sha = hex::encode(Sha256::digest(&bytes));
 
     if store.file_seen(&feed.name, &sha)? {
+        engine.note_activity(&feed.name, now);
         let tx = store.begin()?;
+        tx.apply(&engine.take_changes())?;
         tx.record_file(&FileRecord {
             feed: feed.name.clone(),
             name: name.clone(),
@@ -248,6 +250,7 @@ pub fn process_file(
     }
     summary.rejected_rows = row_errors.len() as u64;
 
+    engine.note_activity(&feed.name, now);
     let outcome = engine.finish(batch, now, &sha);
     // From here the engine's state is ahead of the database until commit; on
     // any failure put it back so the retried file sees the same state.

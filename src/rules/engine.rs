@@ -890,6 +890,14 @@ impl Engine {
         outcome
     }
 
+    /// Whether any rule depends on the clock (deadlines, silence).
+    pub fn has_clock_rules(&self) -> bool {
+        self.rules
+            .rules
+            .iter()
+            .any(|r| matches!(r.kind, RuleKind::Deadline { .. } | RuleKind::Silence { .. }))
+    }
+
     /// The earliest time `tick` could raise something, if any (so the daemon can sleep until then).
     pub fn next_wakeup(&self) -> Option<Timestamp> {
         let deadline = self
@@ -913,6 +921,11 @@ impl Engine {
             })
             .min();
         deadline.into_iter().chain(silence).min()
+    }
+
+    /// The state changes since the last `finish` or `tick` (e.g. after `note_activity` alone).
+    pub fn take_changes(&mut self) -> Vec<StateChange> {
+        self.drain_changes()
     }
 
     fn drain_changes(&mut self) -> Vec<StateChange> {
