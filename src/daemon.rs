@@ -278,7 +278,7 @@ impl Intake<'_> {
             return;
         }
         let now = Timestamp::now();
-        if self.ticked && !self.engine.next_wakeup().is_some_and(|t| t <= now) {
+        if self.ticked && self.engine.next_wakeup().is_none_or(|t| t > now) {
             return;
         }
         self.ticked = true;

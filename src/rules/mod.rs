@@ -355,7 +355,7 @@ fn parse_kind(
                     );
                     None
                 }
-                Some(f) if !(*f.get_ref() > 0.0) => {
+                Some(f) if f.get_ref().is_nan() || *f.get_ref() <= 0.0 => {
                     report(f.span().start, "`factor` must be more than 0".into());
                     None
                 }
