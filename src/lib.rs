@@ -11,6 +11,7 @@
 //! - [`daemon`]: the long-running process that ties these together.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
 //! - [`review`]: approving or dismissing alerts held for review.
+//! - [`ruletest`]: `earlywarn test`, rule tests for the people who write rules.
 //! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
 //!
 //! The core (`event`, `feeds::parse`, `feeds::decode`, `rules`, `alerts`) does
@@ -26,4 +27,5 @@ pub mod feeds;
 pub mod replay;
 pub mod review;
 pub mod rules;
+pub mod ruletest;
 pub mod store;

@@ -48,6 +48,14 @@ enum Command {
     Run,
     /// Validate the config, rules and templates; print file:line:col errors.
     Check,
+    /// Run rule tests (*.test.toml): given records and times, expect alerts or none.
+    Test {
+        /// Only tests whose name contains this text.
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Ingest files offline with a simulated clock; print alerts; send nothing.
     Replay {
         /// The feed the files belong to.
@@ -182,6 +190,7 @@ fn dispatch(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(config),
+        Command::Test { run, files } => rule_tests(config, run.as_deref(), &files),
         Command::Replay {
             feed,
             format,
@@ -219,6 +228,43 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         reviewed
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn rule_tests(
+    config: Option<PathBuf>,
+    filter: Option<&str>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let results = earlywarn::ruletest::run_files(&config, files, filter)?;
+    let mut current: Option<&std::path::Path> = None;
+    for r in &results {
+        if current != Some(r.file.as_path()) {
+            println!("{}", r.file.display());
+            current = Some(r.file.as_path());
+        }
+        if r.passed() {
+            println!("  ok    {}", r.name);
+        } else {
+            println!("  FAIL  {}", r.name);
+            for f in &r.failures {
+                for line in f.lines() {
+                    println!("        {line}");
+                }
+            }
+        }
+    }
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    if results.is_empty() {
+        println!("no tests matched");
+        return Ok(ExitCode::from(1));
+    }
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn replay(

@@ -358,7 +358,8 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn event_from_json(
+/// Builds an event from a JSON object, applying the feed's settings (also used by rule tests).
+pub fn event_from_json(
     map: &serde_json::Map<String, serde_json::Value>,
     shape: &RecordShape<'_>,
 ) -> Result<Event, String> {

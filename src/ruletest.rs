@@ -1,0 +1,480 @@
+//! `earlywarn test`: rule tests, for the person who writes rules (SPEC §6).
+//!
+//! A test file (`*.test.toml`) names the rules it loads, gives input files of
+//! records (feed, arrival time, rows) and an optional final evaluation time,
+//! and lists the alerts it expects (rule, group, recipients, text in the
+//! subject or body), or `expect_none = true`. Every alert raised must be
+//! expected, and every expectation met, so a rule that says too much fails as
+//! surely as one that says nothing. Evaluation runs the real engine, routing
+//! and rendering with the clock the test gives: no I/O beyond reading the
+//! files, nothing sent.
+//!
+//! ```toml
+//! rules = ["../drug-alerts.toml"]          # relative to this file; default: the config's rules
+//!
+//! [[test]]
+//! name = "a nitazene in Bolton goes to the panel for review"
+//! [[test.input]]
+//! feed = "drug_testing"
+//! at = "2025-11-04T12:00:00Z"             # when the file arrives; default: its latest event time
+//! rows = [{ sample_id = "S1", tested_at = "2025-11-04T11:30:00Z", district = "Bolton", substances_major = "heroin; protonitazene" }]
+//! [[test.expect]]
+//! rule = "nitazene-detected"
+//! group = { district = "Bolton" }
+//! recipients = ["dews-panel"]
+//! subject_contains = "Nitazene"
+//! ```
+
+use crate::alerts::{Alert, Audience, first_audience, route};
+use crate::config::Config;
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::feeds::intake::render_with_fallback;
+use crate::feeds::parse::{RecordShape, event_from_json};
+use crate::rules::RuleSet;
+use crate::rules::engine::{Batch, Engine, EngineState};
+use jiff::Timestamp;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toml::Spanned;
+
+/// The outcome of one test.
+#[derive(Debug)]
+pub struct TestResult {
+    pub file: PathBuf,
+    pub name: String,
+    /// Empty when the test passed; otherwise each problem, in words.
+    pub failures: Vec<String>,
+}
+
+impl TestResult {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// An alert as a test sees it.
+#[derive(Debug, Clone)]
+struct Raised {
+    rule: String,
+    group: BTreeMap<String, String>,
+    recipients: Vec<String>,
+    review: bool,
+    subject: String,
+    body: String,
+    count: u64,
+}
+
+impl Raised {
+    fn describe(&self) -> String {
+        let group = if self.group.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " for {}",
+                self.group
+                    .iter()
+                    .map(|(k, v)| format!("{k} = \"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        format!(
+            "`{}`{group}, {} record(s), {} {} — subject: \"{}\"",
+            self.rule,
+            self.count,
+            if self.review { "as a draft to" } else { "to" },
+            if self.recipients.is_empty() {
+                "nobody".to_string()
+            } else {
+                self.recipients.join(", ")
+            },
+            self.subject
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTestFile {
+    /// Rule files, relative to the test file.
+    rules: Option<Vec<String>>,
+    #[serde(default)]
+    test: Vec<RawTest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTest {
+    name: Spanned<String>,
+    #[serde(default)]
+    input: Vec<RawInput>,
+    /// A final evaluation time: deadlines and silence are checked then.
+    eval_at: Option<Spanned<String>>,
+    #[serde(default)]
+    expect: Vec<RawExpect>,
+    expect_none: Option<bool>,
+    /// Alerts of rules not named in any expectation are not failures.
+    #[serde(default)]
+    ignore_other_rules: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    feed: Spanned<String>,
+    at: Option<Spanned<String>>,
+    #[serde(default)]
+    rows: Vec<toml::Table>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    rule: Spanned<String>,
+    group: Option<BTreeMap<String, String>>,
+    recipients: Option<Vec<String>>,
+    subject_contains: Option<String>,
+    body_contains: Option<String>,
+    /// Whether it goes to reviewers first.
+    review: Option<bool>,
+    /// How many such alerts (default 1).
+    count: Option<usize>,
+}
+
+/// Loads and runs every test of `files`; `filter` keeps tests whose name contains it.
+/// A test file that cannot be read or has a mistake is an error (exit 1), with file:line:col.
+pub fn run_files(
+    config: &Config,
+    files: &[PathBuf],
+    filter: Option<&str>,
+) -> Result<Vec<TestResult>, Diagnostics> {
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for path in files {
+        match run_file(config, path, filter) {
+            Ok(mut r) => results.append(&mut r),
+            Err(mut d) => errors.append(&mut d.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(results)
+    } else {
+        Err(Diagnostics(errors))
+    }
+}
+
+fn run_file(
+    config: &Config,
+    path: &Path,
+    filter: Option<&str>,
+) -> Result<Vec<TestResult>, Diagnostics> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Diagnostic::file(path, format!("cannot read the test file: {e}")))?;
+    let file: RawTestFile =
+        toml::from_str(&text).map_err(|e| Diagnostic::from_toml(path, &text, &e))?;
+    if file.test.is_empty() {
+        return Err(Diagnostic::file(path, "this file has no [[test]]").into());
+    }
+    // The rules under test: the file's own list, else the config's.
+    let mut config = config.clone();
+    if let Some(rules) = &file.rules {
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.daemon.rules = rules
+            .iter()
+            .map(|r| base.join(r).to_string_lossy().into_owned())
+            .collect();
+    }
+    let rules = Arc::new(RuleSet::load(&config)?);
+    let mut errors = Vec::new();
+    let mut results = Vec::new();
+    for test in &file.test {
+        if filter.is_some_and(|f| !test.name.get_ref().contains(f)) {
+            continue;
+        }
+        let at = |offset: usize, msg: String| Diagnostic::at(path, &text, offset, msg);
+        if test.expect.is_empty() && test.expect_none != Some(true) {
+            errors.push(at(test.name.span().start, format!(
+                "test \"{}\" expects nothing: add [[test.expect]] tables, or `expect_none = true` if no alert is the point",
+                test.name.get_ref()
+            )));
+            continue;
+        }
+        for e in &test.expect {
+            if rules.get(e.rule.get_ref()).is_none() {
+                let hint = crate::diagnostic::suggest(
+                    e.rule.get_ref(),
+                    rules.rules.iter().map(|r| r.id.as_str()),
+                )
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+                errors.push(at(
+                    e.rule.span().start,
+                    format!("no rule `{}` is loaded{hint}", e.rule.get_ref()),
+                ));
+            }
+        }
+        match evaluate(&config, &rules, test, &at) {
+            Ok(raised) => results.push(TestResult {
+                file: path.to_path_buf(),
+                name: test.name.get_ref().clone(),
+                failures: compare(test, &raised),
+            }),
+            Err(d) => errors.push(d),
+        }
+    }
+    if errors.is_empty() {
+        Ok(results)
+    } else {
+        Err(Diagnostics(errors))
+    }
+}
+
+fn parse_time(
+    value: &Spanned<String>,
+    at: &dyn Fn(usize, String) -> Diagnostic,
+) -> Result<Timestamp, Diagnostic> {
+    value.get_ref().trim().parse::<Timestamp>().map_err(|_| {
+        at(
+            value.span().start,
+            format!(
+                "`{}` is not a time like 2025-11-04T11:30:00Z",
+                value.get_ref()
+            ),
+        )
+    })
+}
+
+/// Runs a test's inputs through the engine and reports every alert raised.
+fn evaluate(
+    config: &Config,
+    rules: &Arc<RuleSet>,
+    test: &RawTest,
+    at: &dyn Fn(usize, String) -> Diagnostic,
+) -> Result<Vec<Raised>, Diagnostic> {
+    let mut engine = Engine::new(rules.clone(), EngineState::default());
+    let mut alerts: Vec<Alert> = Vec::new();
+    let mut clock: Option<Timestamp> = None;
+    for (n, input) in test.input.iter().enumerate() {
+        let Some(feed) = config.feed(input.feed.get_ref()) else {
+            let names: Vec<&str> = config.feeds.iter().map(|f| f.name.as_str()).collect();
+            return Err(at(
+                input.feed.span().start,
+                format!(
+                    "unknown feed `{}`; the feeds are: {}",
+                    input.feed.get_ref(),
+                    names.join(", ")
+                ),
+            ));
+        };
+        let arrival = input.at.as_ref().map(|a| parse_time(a, at)).transpose()?;
+        let shape = RecordShape {
+            feed,
+            timezone: &config.daemon.timezone,
+            default_time: arrival.or(clock).unwrap_or(Timestamp::UNIX_EPOCH),
+        };
+        let mut events = Vec::new();
+        for (i, row) in input.rows.iter().enumerate() {
+            let json = serde_json::to_value(row).unwrap_or_default();
+            let serde_json::Value::Object(map) = json else {
+                continue;
+            };
+            let event = event_from_json(&map, &shape).map_err(|reason| {
+                at(
+                    input.feed.span().start,
+                    format!("input {} row {}: {reason}", n + 1, i + 1),
+                )
+            })?;
+            events.push(event);
+        }
+        let now = arrival
+            .or_else(|| events.iter().map(|e| e.time).max())
+            .or(clock)
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        // Time passes up to the arrival: what fell due before it is raised first.
+        alerts.extend(engine.tick(now).alerts);
+        let mut batch = Batch::default();
+        for e in &events {
+            engine.observe(&mut batch, e);
+        }
+        engine.note_activity(&feed.name, now);
+        alerts.extend(engine.finish(batch, now, &format!("test-input-{n}")).alerts);
+        clock = Some(now);
+    }
+    if let Some(eval) = &test.eval_at {
+        let eval = parse_time(eval, at)?;
+        alerts.extend(engine.tick(eval).alerts);
+    }
+    Ok(alerts
+        .iter()
+        .filter_map(|alert| {
+            let rule = rules.get(&alert.rule_id)?;
+            let audience = first_audience(alert);
+            let deliveries = route(alert, rule, config, audience);
+            let email = deliveries
+                .first()
+                .and_then(|d| render_with_fallback(alert, rule, d, config));
+            Some(Raised {
+                rule: alert.rule_id.clone(),
+                group: alert.group.clone(),
+                recipients: deliveries.iter().map(|d| d.partner.id.clone()).collect(),
+                review: audience == Audience::Review,
+                subject: email
+                    .as_ref()
+                    .map(|e| e.subject.clone())
+                    .unwrap_or_default(),
+                body: email.map(|e| e.text).unwrap_or_default(),
+                count: alert.event_count,
+            })
+        })
+        .collect())
+}
+
+/// Matches expectations against what was raised; returns the failures in words.
+fn compare(test: &RawTest, raised: &[Raised]) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut used = vec![false; raised.len()];
+    for expect in &test.expect {
+        let wanted = expect.count.unwrap_or(1);
+        let matching: Vec<usize> = (0..raised.len())
+            .filter(|&i| !used[i] && matches(expect, &raised[i]))
+            .collect();
+        for &i in matching.iter().take(wanted) {
+            used[i] = true;
+        }
+        if matching.len() < wanted {
+            let mut msg = format!("expected {}", describe_expectation(expect, wanted));
+            let same_rule: Vec<&Raised> = raised
+                .iter()
+                .filter(|r| r.rule == *expect.rule.get_ref())
+                .collect();
+            if same_rule.is_empty() {
+                msg.push_str(&format!(
+                    "\n  but rule `{}` raised no alert",
+                    expect.rule.get_ref()
+                ));
+            } else {
+                msg.push_str(&format!("\n  but rule `{}` raised:", expect.rule.get_ref()));
+                for r in same_rule {
+                    msg.push_str(&format!("\n    - {}", r.describe()));
+                    for why in mismatches(expect, r) {
+                        msg.push_str(&format!("\n      ({why})"));
+                    }
+                }
+            }
+            failures.push(msg);
+        }
+    }
+    let named: Vec<&str> = test
+        .expect
+        .iter()
+        .map(|e| e.rule.get_ref().as_str())
+        .collect();
+    let unexpected: Vec<&Raised> = raised
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| {
+            !used[*i] && !(test.ignore_other_rules && !named.contains(&r.rule.as_str()))
+        })
+        .map(|(_, r)| r)
+        .collect();
+    if !unexpected.is_empty() {
+        let mut msg = if test.expect_none == Some(true) && test.expect.is_empty() {
+            "expected no alerts, but got:".to_string()
+        } else {
+            "got alerts the test does not expect:".to_string()
+        };
+        for r in unexpected {
+            msg.push_str(&format!("\n    - {}", r.describe()));
+        }
+        failures.push(msg);
+    }
+    failures
+}
+
+fn matches(expect: &RawExpect, r: &Raised) -> bool {
+    r.rule == *expect.rule.get_ref() && mismatches(expect, r).is_empty()
+}
+
+/// The ways `r` differs from `expect`, in words.
+fn mismatches(expect: &RawExpect, r: &Raised) -> Vec<String> {
+    let mut why = Vec::new();
+    if let Some(group) = &expect.group {
+        for (k, v) in group {
+            match r.group.get(k) {
+                Some(actual) if actual.eq_ignore_ascii_case(v) => {}
+                Some(actual) => why.push(format!("its {k} is \"{actual}\", not \"{v}\"")),
+                None => why.push(format!("it is not grouped by {k}")),
+            }
+        }
+    }
+    if let Some(recipients) = &expect.recipients {
+        let mut want = recipients.clone();
+        want.sort();
+        let mut got = r.recipients.clone();
+        got.sort();
+        if want != got {
+            why.push(format!(
+                "it goes to {}, not {}",
+                if got.is_empty() {
+                    "nobody".into()
+                } else {
+                    got.join(", ")
+                },
+                want.join(", ")
+            ));
+        }
+    }
+    if let Some(text) = &expect.subject_contains
+        && !r.subject.to_lowercase().contains(&text.to_lowercase())
+    {
+        why.push(format!("its subject does not contain \"{text}\""));
+    }
+    if let Some(text) = &expect.body_contains
+        && !r.body.to_lowercase().contains(&text.to_lowercase())
+    {
+        why.push(format!("its email text does not contain \"{text}\""));
+    }
+    if let Some(review) = expect.review
+        && review != r.review
+    {
+        why.push(if r.review {
+            "it goes to reviewers first".into()
+        } else {
+            "it does not go to reviewers first".to_string()
+        });
+    }
+    why
+}
+
+fn describe_expectation(e: &RawExpect, count: usize) -> String {
+    let mut s = if count == 1 {
+        format!("an alert from `{}`", e.rule.get_ref())
+    } else {
+        format!("{count} alerts from `{}`", e.rule.get_ref())
+    };
+    if let Some(group) = &e.group {
+        s.push_str(&format!(
+            " for {}",
+            group
+                .iter()
+                .map(|(k, v)| format!("{k} = \"{v}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(r) = &e.recipients {
+        s.push_str(&format!(" to {}", r.join(", ")));
+    }
+    if let Some(t) = &e.subject_contains {
+        s.push_str(&format!(" with \"{t}\" in the subject"));
+    }
+    if let Some(t) = &e.body_contains {
+        s.push_str(&format!(" with \"{t}\" in the text"));
+    }
+    if e.review == Some(true) {
+        s.push_str(" (to reviewers first)");
+    }
+    s
+}
