@@ -375,7 +375,7 @@ fn compare(test: &RawTest, raised: &[Raised]) -> Vec<String> {
         .iter()
         .enumerate()
         .filter(|(i, r)| {
-            !used[*i] && !(test.ignore_other_rules && !named.contains(&r.rule.as_str()))
+            !used[*i] && (!test.ignore_other_rules || named.contains(&r.rule.as_str()))
         })
         .map(|(_, r)| r)
         .collect();
