@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 pub struct Config {
     /// The config file itself, for messages.
     pub path: PathBuf,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub daemon: DaemonConfig,
     pub mail: MailConfig,
     pub feeds: Vec<FeedConfig>,
@@ -42,6 +44,8 @@ pub struct DaemonConfig {
     pub settle: Duration,
     /// How long shutdown waits for the file and SMTP exchange in progress.
     pub shutdown_timeout: Duration,
+    /// At most one self-alert email to `ops` per this interval.
+    pub ops_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +252,7 @@ impl Config {
         let rescan_interval = duration(&d.rescan_interval, Duration::from_secs(30));
         let settle = duration(&d.settle, Duration::from_secs(2));
         let shutdown_timeout = duration(&d.shutdown_timeout, Duration::from_secs(20));
+        let ops_interval = duration(&d.ops_interval, Duration::from_secs(600));
         // [mail]
         let m = raw.mail;
         let timeout = duration(&m.timeout, Duration::from_secs(30));
@@ -538,11 +543,28 @@ impl Config {
             .map(|g| resolve(g).to_string_lossy().into_owned())
             .collect();
 
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(at(
+                        l.span(),
+                        format!(
+                            "`{}` is not an address and port like \"127.0.0.1:9464\"",
+                            l.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
         Ok(Config {
             path: path.to_path_buf(),
+            metrics_listen,
             daemon: DaemonConfig {
                 state_dir: resolve(d.state_dir.as_deref().unwrap_or("var/state")),
                 rules,
@@ -552,6 +574,7 @@ impl Config {
                 rescan_interval,
                 settle,
                 shutdown_timeout,
+                ops_interval,
             },
             mail: MailConfig {
                 from,
@@ -661,15 +684,20 @@ struct RawConfig {
     feed: Vec<RawFeed>,
     #[serde(default)]
     partner: Vec<RawPartner>,
-    /// Reserved for the metrics endpoint; accepted so configs can carry it.
     #[serde(default)]
-    #[allow(dead_code)]
-    metrics: Option<toml::Table>,
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
+    ops_interval: Option<Spanned<String>>,
     state_dir: Option<String>,
     rules: Option<Vec<String>>,
     timezone: Option<Spanned<String>>,

@@ -3,24 +3,30 @@
 //!
 //! Tasks:
 //! - the intake loop (this module): hints from the folder watcher, periodic
-//!   rescans, settle timers, SIGHUP reloads and shutdown, all in one
+//!   rescans, settle timers, the clock tick (deadlines, silence), reloads
+//!   (SIGHUP or a changed rule file), self-alerts and shutdown, all in one
 //!   `select!`; files are processed one at a time, so rule state has a single
 //!   writer;
 //! - the outbox worker ([`crate::delivery::run_outbox`]), with its own
-//!   database connection, woken when a file commits new outbox rows.
+//!   database connection, woken when new outbox rows are committed;
+//! - the metrics endpoint, when configured.
 //!
-//! Start-up and reload share [`load_rules`]. READY=1 is sent to systemd only
-//! after the rules are loaded, the database is open and the first rescan is
-//! done.
+//! Start-up and reload share [`load_config_and_rules`]: a reload is a start-up
+//! that keeps the process. READY=1 is sent to systemd only after the rules are
+//! loaded, the database is open and the first rescan is done.
 
 use crate::config::{Config, FeedConfig};
-use crate::delivery::{Mailer, run_outbox};
+use crate::delivery::{Mailer, OutboxContext, run_outbox};
+use crate::diagnostic::Diagnostics;
 use crate::feeds::intake::{Disposition, IntakeError, enqueue_alert, process_file};
 use crate::feeds::watch::{FolderWatcher, Hint, Observed, Settler, scan};
+use crate::metrics::Metrics;
+use crate::ops::{OpsNotifier, ProblemKind};
 use crate::rules::RuleSet;
 use crate::rules::engine::Engine;
 use crate::store::Store;
 use jiff::Timestamp;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
-    Rules(crate::diagnostic::Diagnostics),
+    Rules(Diagnostics),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -46,13 +52,25 @@ pub enum DaemonError {
     Watch(#[from] notify::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
-/// Loads and validates the rule set named by the config (start-up and reload).
+/// Loads and validates the rule set named by the config.
 pub fn load_rules(config: &Config) -> Result<Arc<RuleSet>, DaemonError> {
     RuleSet::load(config)
         .map(Arc::new)
         .map_err(DaemonError::Rules)
+}
+
+/// Reads the config file and its rules: the one path for start-up and reload.
+pub fn load_config_and_rules(path: &Path) -> Result<(Config, Arc<RuleSet>), Diagnostics> {
+    let config = Config::load(path)?;
+    let rules = RuleSet::load(&config)?;
+    Ok((config, Arc::new(rules)))
 }
 
 /// Tells systemd (when run under it) how we are; a no-op otherwise.
@@ -62,10 +80,7 @@ fn notify_systemd(state: &[NotifyState]) {
     }
 }
 
-/// Runs the daemon until a shutdown signal. Returns when everything in progress has finished.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let config = Arc::new(config);
-    let rules = load_rules(&config)?;
+fn create_feed_dirs(config: &Config) -> Result<(), DaemonError> {
     for feed in &config.feeds {
         for dir in [feed.dir.clone(), feed.processed_dir(), feed.rejected_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| DaemonError::FeedDir {
@@ -74,26 +89,50 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             })?;
         }
     }
+    Ok(())
+}
+
+/// Runs the daemon until a shutdown signal. Returns when everything in progress has finished.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    let rules = load_rules(&config)?;
+    create_feed_dirs(&config)?;
     let mut store = Store::open(&config.daemon.state_dir)?;
     let state = store.load_engine_state()?;
     let mut engine = Engine::new(rules.clone(), state);
+    record_reload(&store, Some(rules.rules.len()), None);
     tracing::info!(rules = rules.rules.len(), files = rules.files.len(), feeds = config.feeds.len(), database = %store.path().display(), "Starting");
 
+    let metrics = Arc::new(Metrics::default());
+    let ops = Arc::new(OpsNotifier::default());
     let mailer = Arc::new(Mailer::new(&config.mail)?);
-    let outbox_store = Arc::new(Mutex::new(Store::open(&config.daemon.state_dir)?));
     let wake_outbox = Arc::new(Notify::new());
-    let stop_outbox = CancellationToken::new();
-    let outbox = tokio::spawn(run_outbox(
-        outbox_store,
+    let stop_tasks = CancellationToken::new();
+    let outbox = tokio::spawn(run_outbox(OutboxContext {
+        store: Arc::new(Mutex::new(Store::open(&config.daemon.state_dir)?)),
         mailer,
-        config.mail.clone(),
-        wake_outbox.clone(),
-        stop_outbox.clone(),
-    ));
+        mail: config.mail.clone(),
+        wake: wake_outbox.clone(),
+        shutdown: stop_tasks.clone(),
+        metrics: metrics.clone(),
+        ops: ops.clone(),
+    }));
+    if let Some(addr) = config.metrics_listen {
+        let listener = crate::metrics::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
+        tracing::info!(%addr, "Serving metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            config.daemon.state_dir.clone(),
+            stop_tasks.clone(),
+        ));
+    }
 
     let (hint_tx, mut hints) = mpsc::unbounded_channel();
-    let dirs: Vec<PathBuf> = config.feeds.iter().map(|f| f.dir.clone()).collect();
-    let _watcher = FolderWatcher::new(&dirs, hint_tx)?;
+    let (reload_tx, mut reload_requests) = mpsc::unbounded_channel();
+    let watchers = Watchers::new(&config, hint_tx.clone(), reload_tx.clone())?;
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -105,6 +144,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         store: &mut store,
         settler: Settler::new(config.daemon.settle),
         wake_outbox: wake_outbox.clone(),
+        metrics: metrics.clone(),
+        ops: ops.clone(),
+        watchers,
+        hint_tx,
+        reload_tx,
         stopping: false,
         ticked: false,
     };
@@ -122,12 +166,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut rescan_timer = tokio::time::interval(config.daemon.rescan_interval);
     rescan_timer.tick().await; // the first tick is immediate; the rescan just happened
     let watchdog = sd_notify::watchdog_enabled()
-        .map(|d| d / 2)
+        .map(|d| d / 3)
         .unwrap_or(Duration::from_secs(10));
     let mut watchdog_timer = tokio::time::interval(watchdog);
     // Deadlines and silence are checked against the wall clock every second.
     let mut clock_timer = tokio::time::interval(Duration::from_secs(1));
     clock_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ops_timer = tokio::time::interval(Duration::from_secs(2));
 
     loop {
         let settle_wait = intake
@@ -139,16 +184,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             biased;
             _ = sigterm.recv() => { tracing::info!(signal = "SIGTERM", "Shutting down"); break; }
             _ = sigint.recv() => { tracing::info!(signal = "SIGINT", "Shutting down"); break; }
-            _ = sighup.recv() => {
-                notify_systemd(&[NotifyState::Reloading]);
-                match load_rules(&config) {
-                    Ok(rules) => {
-                        tracing::info!(rules = rules.rules.len(), "Rules reloaded");
-                        intake.engine.replace_rules(rules);
-                    }
-                    Err(e) => tracing::error!(error = %e, "New rules refused; the previous rules stay in force"),
-                }
-                notify_systemd(&[NotifyState::Ready]);
+            _ = sighup.recv() => intake.reload("SIGHUP"),
+            Some(()) = reload_requests.recv() => {
+                // Editors write a file in several steps: let them finish, then reload once.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                while reload_requests.try_recv().is_ok() {}
+                intake.reload("a rule file changed");
             }
             Some(hint) = hints.recv() => {
                 intake.hint(hint);
@@ -161,6 +202,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = tokio::time::sleep(settle_wait) => intake.process_ready(),
             _ = rescan_timer.tick() => intake.rescan(),
             _ = clock_timer.tick() => intake.tick(),
+            _ = ops_timer.tick() => intake.flush_ops(),
             _ = watchdog_timer.tick() => notify_systemd(&[NotifyState::Watchdog]),
         }
     }
@@ -168,41 +210,148 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     notify_systemd(&[NotifyState::Stopping]);
     intake.stopping = true;
     drop(intake);
-    stop_outbox.cancel();
+    stop_tasks.cancel();
     // The outbox finishes the SMTP exchange in progress (bounded by the mail timeout).
-    match tokio::time::timeout(config.daemon.shutdown_timeout, outbox).await {
-        Ok(_) => {}
-        Err(_) => tracing::warn!(
+    if tokio::time::timeout(config.daemon.shutdown_timeout, outbox)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
             "Outbox still busy at shutdown; pending mail stays queued for the next start"
-        ),
+        );
     }
     tracing::info!("Stopped");
     Ok(())
 }
 
-/// The intake side of the daemon: readiness, processing, and the outbox wake-up.
+/// Records the rules in force and the last reload's outcome, for `status`.
+fn record_reload(store: &Store, loaded: Option<usize>, error: Option<&str>) {
+    let now = Timestamp::now().to_string();
+    let mut result = store.set_meta("last_reload_at", &now);
+    if let Some(n) = loaded {
+        result = result.and_then(|()| store.set_meta("rules_loaded", &n.to_string()));
+    }
+    result = result.and_then(|()| store.set_meta("last_reload_error", error.unwrap_or("")));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "Cannot record the reload in the database");
+    }
+}
+
+/// The folder watchers: feed folders (file hints) and rule folders (reloads).
+struct Watchers {
+    _feeds: FolderWatcher,
+    _rules: RecommendedWatcher,
+    feed_dirs: Vec<PathBuf>,
+    rule_patterns: Vec<String>,
+}
+
+impl Watchers {
+    fn new(
+        config: &Config,
+        hints: mpsc::UnboundedSender<Hint>,
+        reload: mpsc::UnboundedSender<()>,
+    ) -> Result<Watchers, DaemonError> {
+        let feed_dirs: Vec<PathBuf> = config.feeds.iter().map(|f| f.dir.clone()).collect();
+        let feeds = FolderWatcher::new(&feed_dirs, hints)?;
+        let patterns: Vec<glob::Pattern> = config
+            .daemon
+            .rules
+            .iter()
+            .filter_map(|p| glob::Pattern::new(p).ok())
+            .collect();
+        let config_path = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
+        let watched_config = config_path.clone();
+        let mut rules =
+            notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+                let Ok(event) = result else { return };
+                if matches!(event.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+                let relevant = event.paths.iter().any(|p| {
+                    *p == watched_config
+                        || (p.extension().is_some_and(|e| e == "toml")
+                            && patterns.iter().any(|pat| pat.matches_path(p)))
+                });
+                if relevant {
+                    let _ = reload.send(());
+                }
+            })?;
+        let mut dirs: Vec<PathBuf> = config.daemon.rules.iter().map(|p| glob_base(p)).collect();
+        if let Some(parent) = config_path.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+        dirs.sort();
+        dirs.dedup();
+        for dir in &dirs {
+            // A rules folder that does not exist yet is not watched; SIGHUP still reloads.
+            if dir.is_dir()
+                && let Err(e) = rules.watch(dir, RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "Cannot watch the rules folder; reload with SIGHUP");
+            }
+        }
+        Ok(Watchers {
+            _feeds: feeds,
+            _rules: rules,
+            feed_dirs,
+            rule_patterns: config.daemon.rules.clone(),
+        })
+    }
+
+    fn matches(&self, config: &Config) -> bool {
+        let dirs: Vec<PathBuf> = config.feeds.iter().map(|f| f.dir.clone()).collect();
+        dirs == self.feed_dirs && config.daemon.rules == self.rule_patterns
+    }
+}
+
+/// The folder part of a glob pattern (before the first component with a wildcard).
+fn glob_base(pattern: &str) -> PathBuf {
+    let mut base = PathBuf::new();
+    for component in Path::new(pattern).components() {
+        let text = component.as_os_str().to_string_lossy();
+        if text.contains(['*', '?', '[']) {
+            break;
+        }
+        base.push(component);
+    }
+    if base.as_os_str().is_empty() || base == Path::new(pattern) {
+        // No wildcard: the pattern names a file; watch its folder.
+        return Path::new(pattern)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+    }
+    base
+}
+
+/// The intake side of the daemon: readiness, processing, the clock, reloads and self-alerts.
 struct Intake<'a> {
     config: Arc<Config>,
     engine: &'a mut Engine,
     store: &'a mut Store,
     settler: Settler,
     wake_outbox: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    ops: Arc<OpsNotifier>,
+    watchers: Watchers,
+    hint_tx: mpsc::UnboundedSender<Hint>,
+    reload_tx: mpsc::UnboundedSender<()>,
     stopping: bool,
     /// Whether the first clock tick (after start) has run.
     ticked: bool,
 }
 
 /// Runs the engine's clock tick at `now` and commits its alerts and state in one
-/// transaction; on failure the engine's state is put back. Returns the number of alerts.
+/// transaction; on failure the engine's state is put back. Returns the rules that alerted.
 pub fn commit_tick(
     config: &Config,
     engine: &mut Engine,
     store: &mut Store,
     now: Timestamp,
-) -> Result<usize, IntakeError> {
+) -> Result<Vec<String>, IntakeError> {
     let outcome = engine.tick(now);
     if outcome.alerts.is_empty() && outcome.changes.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let result = (|| -> Result<(), IntakeError> {
         let tx = store.begin()?;
@@ -223,7 +372,7 @@ pub fn commit_tick(
         tracing::info!(alert = %alert.id, rule = %alert.rule_id, district = alert.district.as_deref().unwrap_or("-"),
             severity = %alert.severity, trigger = ?alert.trigger, "Alert raised");
     }
-    Ok(outcome.alerts.len())
+    Ok(outcome.alerts.iter().map(|a| a.rule_id.clone()).collect())
 }
 
 impl Intake<'_> {
@@ -257,6 +406,11 @@ impl Intake<'_> {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(feed = %feed.name, dir = %feed.dir.display(), error = %e, "Cannot read the feed folder");
+                    self.ops.report(
+                        ProblemKind::FeedUnreadable,
+                        format!("{} ({}): {e}", feed.name, feed.dir.display()),
+                        Timestamp::now(),
+                    );
                     continue;
                 }
             };
@@ -272,6 +426,63 @@ impl Intake<'_> {
         }
     }
 
+    /// Reloads config and rules through the start-up path; refuses a broken set whole.
+    fn reload(&mut self, why: &str) {
+        notify_systemd(&[NotifyState::Reloading]);
+        match load_config_and_rules(&self.config.path) {
+            Ok((config, rules)) => {
+                let restart_needed = config.daemon.state_dir != self.config.daemon.state_dir
+                    || format!("{:?}", config.mail) != format!("{:?}", self.config.mail)
+                    || config.metrics_listen != self.config.metrics_listen;
+                if restart_needed {
+                    tracing::warn!(
+                        "state_dir, [mail] or [metrics] changed: those take effect at the next restart"
+                    );
+                }
+                if !self.watchers.matches(&config) {
+                    let rebuilt = create_feed_dirs(&config).and_then(|()| {
+                        Watchers::new(&config, self.hint_tx.clone(), self.reload_tx.clone())
+                    });
+                    match rebuilt {
+                        Ok(w) => self.watchers = w,
+                        Err(e) => {
+                            self.refuse_reload(&e.to_string());
+                            return;
+                        }
+                    }
+                }
+                tracing::info!(
+                    reason = why,
+                    rules = rules.rules.len(),
+                    files = rules.files.len(),
+                    "Rules reloaded"
+                );
+                self.settler = Settler::new(config.daemon.settle);
+                self.engine.replace_rules(rules.clone());
+                self.config = Arc::new(config);
+                record_reload(self.store, Some(rules.rules.len()), None);
+                self.metrics.reload(true);
+                // Folders may have changed: look at them now.
+                self.rescan();
+            }
+            Err(errors) => self.refuse_reload(&errors.to_string()),
+        }
+        notify_systemd(&[NotifyState::Ready]);
+    }
+
+    fn refuse_reload(&mut self, errors: &str) {
+        for line in errors.lines() {
+            tracing::error!(error = %line, "New config or rules refused; the previous rules stay in force");
+        }
+        record_reload(self.store, None, Some(errors));
+        self.metrics.reload(false);
+        self.ops.report(
+            ProblemKind::ReloadRefused,
+            errors.to_string(),
+            Timestamp::now(),
+        );
+    }
+
     /// Raises what is due by the wall clock (overdue deadlines, silent feeds) and commits it.
     fn tick(&mut self) {
         if self.stopping {
@@ -285,11 +496,37 @@ impl Intake<'_> {
         let result =
             tokio::task::block_in_place(|| commit_tick(&self.config, self.engine, self.store, now));
         match result {
-            Ok(0) => {}
-            Ok(_) => self.wake_outbox.notify_one(),
+            Ok(rules) if rules.is_empty() => {}
+            Ok(rules) => {
+                for rule in &rules {
+                    self.metrics.alert(rule);
+                }
+                self.wake_outbox.notify_one();
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Cannot record overdue deadlines or silent feeds; will retry")
             }
+        }
+    }
+
+    /// Sends the collected self-alerts, at most once per `ops_interval`.
+    fn flush_ops(&mut self) {
+        let Some((problems, more)) = self
+            .ops
+            .take_due(Instant::now(), self.config.daemon.ops_interval)
+        else {
+            return;
+        };
+        let now = Timestamp::now();
+        let Some((alert, emails)) = crate::ops::build(&self.config, &problems, more, now) else {
+            return;
+        };
+        match tokio::task::block_in_place(|| self.store.store_alert(&alert, &emails, now)) {
+            Ok(()) => {
+                tracing::info!(alert = %alert.id, problems = problems.len() as u64 + more, "Told ops about problems");
+                self.wake_outbox.notify_one();
+            }
+            Err(e) => tracing::error!(error = %e, "Cannot queue the email to ops"),
         }
     }
 
@@ -327,17 +564,47 @@ impl Intake<'_> {
                 tracing::info!(feed = %feed.name, file = %file, rows = summary.rows, events = summary.events,
                     duplicates = summary.duplicates, rejected = summary.rejected_rows, alerts = summary.alerts.len(),
                     encoding = summary.encoding.as_deref().unwrap_or(""), ms = started.elapsed().as_millis() as u64, "File processed");
+                self.metrics.file(
+                    &feed.name,
+                    "processed",
+                    summary.events,
+                    summary.rejected_rows,
+                );
+                for rule in &summary.alert_rules {
+                    self.metrics.alert(rule);
+                }
+                if summary.rejected_rows > 0 {
+                    self.ops.report(
+                        ProblemKind::RowsRejected,
+                        format!(
+                            "{}/{}: {} row(s); see rejected/{}.errors.txt",
+                            feed.name,
+                            file,
+                            summary.rejected_rows,
+                            summary.rejected_as.as_deref().unwrap_or(&file)
+                        ),
+                        Timestamp::now(),
+                    );
+                }
                 if !summary.alerts.is_empty() {
                     self.wake_outbox.notify_one();
                 }
             }
             Ok(Disposition::Duplicate) => {
                 tracing::info!(feed = %feed.name, file = %file, "Same content as a file already processed; moved without alerting");
+                self.metrics.file(&feed.name, "duplicate", 0, 0);
             }
-            Ok(Disposition::Rejected(_)) | Ok(Disposition::Skipped) => {}
+            Ok(Disposition::Rejected(reason)) => {
+                self.metrics.file(&feed.name, "rejected", 0, 0);
+                self.ops.report(
+                    ProblemKind::FileRejected,
+                    format!("{}/{file}: {reason}", feed.name),
+                    Timestamp::now(),
+                );
+            }
+            Ok(Disposition::Skipped) => {}
             Err(e) => {
-                let level_error = matches!(e, IntakeError::Store(_));
-                if level_error {
+                if matches!(e, IntakeError::Store(_)) {
                     tracing::error!(feed = %feed.name, file = %file, error = %e, "Cannot record the file; it stays in the folder and will be retried");
                 } else {
                     tracing::warn!(feed = %feed.name, file = %file, error = %e, "Cannot process the file; it will be retried");
@@ -347,5 +614,26 @@ impl Intake<'_> {
                     .changed(path.to_path_buf(), None, Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_bases() {
+        assert_eq!(
+            glob_base("/etc/ew/rules/*.toml"),
+            Path::new("/etc/ew/rules")
+        );
+        assert_eq!(
+            glob_base("/etc/ew/rules/**/*.toml"),
+            Path::new("/etc/ew/rules")
+        );
+        assert_eq!(
+            glob_base("/etc/ew/rules/main.toml"),
+            Path::new("/etc/ew/rules")
+        );
     }
 }

@@ -187,7 +187,7 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 pub enum Attempt {
     Sent,
     Retry { after: Duration },
-    Failed,
+    Failed { error: String },
 }
 
 /// Sends one due row and records the outcome.
@@ -195,7 +195,7 @@ pub async fn attempt(
     store: &Mutex<Store>,
     mailer: &Mailer,
     mail: &MailConfig,
-    item: OutboxItem,
+    item: &OutboxItem,
 ) -> Attempt {
     let name = format!("{}-{}", item.alert_id, item.partner_id);
     let result = mailer
@@ -214,7 +214,10 @@ pub async fn attempt(
         Err(SendError::Permanent(e)) => {
             tracing::error!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts, error = %e,
                 "Delivery failed permanently; the alert did not reach this partner");
-            (Attempt::Failed, store.mark_failed(item.id, e))
+            (
+                Attempt::Failed { error: e.clone() },
+                store.mark_failed(item.id, e),
+            )
         }
         Err(SendError::Transient(e)) => {
             let after = backoff(attempts, mail.retry_initial, mail.retry_max);
@@ -235,21 +238,28 @@ pub async fn attempt(
 /// (`earlywarn alerts approve`): one indexed query a second costs nothing.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// What the outbox worker needs.
+pub struct OutboxContext {
+    /// Its own connection: WAL lets it read while a file commits.
+    pub store: Arc<Mutex<Store>>,
+    pub mailer: Arc<Mailer>,
+    pub mail: MailConfig,
+    /// Notified when new rows are committed.
+    pub wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub ops: Arc<crate::ops::OpsNotifier>,
+}
+
 /// Drains the outbox until `shutdown`: sends what is due, then sleeps until
 /// the next row is due or `wake` says new rows were committed.
-pub async fn run_outbox(
-    store: Arc<Mutex<Store>>,
-    mailer: Arc<Mailer>,
-    mail: MailConfig,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
+pub async fn run_outbox(ctx: OutboxContext) {
     loop {
-        if shutdown.is_cancelled() {
+        if ctx.shutdown.is_cancelled() {
             return;
         }
         let due = {
-            let s = store.lock().unwrap_or_else(|p| p.into_inner());
+            let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
             s.due(Timestamp::now(), 16)
         };
         let due = match due {
@@ -258,22 +268,39 @@ pub async fn run_outbox(
                 tracing::error!(error = %e, "Cannot read the outbox; retrying in 5s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                    _ = shutdown.cancelled() => return,
+                    _ = ctx.shutdown.cancelled() => return,
                 }
             }
         };
         if !due.is_empty() {
             for item in due {
                 // An exchange in progress is finished even during shutdown (it is bounded by the timeout).
-                attempt(&store, &mailer, &mail, item).await;
-                if shutdown.is_cancelled() {
+                match attempt(&ctx.store, &ctx.mailer, &ctx.mail, &item).await {
+                    Attempt::Sent => ctx.metrics.delivery("sent"),
+                    Attempt::Retry { .. } => ctx.metrics.delivery("retry"),
+                    Attempt::Failed { error } => {
+                        ctx.metrics.delivery("failed");
+                        // A failed self-alert is not reported by another self-alert.
+                        if !item.alert_id.starts_with(crate::ops::OPS_ALERT_PREFIX) {
+                            ctx.ops.report(
+                                crate::ops::ProblemKind::DeliveryFailed,
+                                format!(
+                                    "alert {} to partner {}: {error}",
+                                    item.alert_id, item.partner_id
+                                ),
+                                Timestamp::now(),
+                            );
+                        }
+                    }
+                }
+                if ctx.shutdown.is_cancelled() {
                     return;
                 }
             }
             continue;
         }
         let next = {
-            let s = store.lock().unwrap_or_else(|p| p.into_inner());
+            let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
             s.next_due().ok().flatten()
         };
         let sleep_for = match next {
@@ -286,9 +313,9 @@ pub async fn run_outbox(
             None => IDLE_POLL,
         };
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = ctx.wake.notified() => {}
             _ = tokio::time::sleep(sleep_for) => {}
-            _ = shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return,
         }
     }
 }

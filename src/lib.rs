@@ -9,6 +9,7 @@
 //! - [`store`]: the SQLite database: checkpoints, rule state, the durable outbox.
 //! - [`delivery`]: mail out, over SMTP or to files, with retries.
 //! - [`daemon`]: the long-running process that ties these together.
+//! - [`ops`]: self-alerts to the ops partners; [`metrics`]: the Prometheus endpoint.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
 //! - [`review`]: approving or dismissing alerts held for review.
 //! - [`ruletest`]: `earlywarn test`, rule tests for the people who write rules.
@@ -24,6 +25,8 @@ pub mod delivery;
 pub mod diagnostic;
 pub mod event;
 pub mod feeds;
+pub mod metrics;
+pub mod ops;
 pub mod replay;
 pub mod review;
 pub mod rules;

@@ -107,6 +107,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (alert_id, partner_id, audience)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 "#;
 
 fn ms(t: Timestamp) -> i64 {
@@ -190,6 +195,37 @@ impl Store {
     pub fn record_rejected_file(&mut self, file: &FileRecord) -> Result<()> {
         let tx = self.begin()?;
         tx.record_file(file)?;
+        tx.commit()
+    }
+
+    /// Records a small fact about the daemon (last reload and its error) for `status`.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Stores an alert built outside a file (a self-alert) with its emails, in one transaction.
+    pub fn store_alert(
+        &mut self,
+        alert: &Alert,
+        emails: &[(String, RenderedEmail)],
+        now: Timestamp,
+    ) -> Result<()> {
+        let tx = self.begin()?;
+        tx.insert_alert(alert, &serde_json::to_string(alert).unwrap_or_default())?;
+        for (partner, email) in emails {
+            tx.enqueue(&alert.id, partner, Audience::Notify, email, now)?;
+        }
         tx.commit()
     }
 
@@ -373,7 +409,13 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
+        let rules = RulesStatus {
+            loaded: self.meta("rules_loaded")?.and_then(|v| v.parse().ok()),
+            last_reload_at: self.meta("last_reload_at")?,
+            last_reload_error: self.meta("last_reload_error")?.filter(|e| !e.is_empty()),
+        };
         Ok(StatusReport {
+            rules,
             open_deadlines,
             in_review,
             feeds,
@@ -665,7 +707,17 @@ pub struct DeadlineRow {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+pub struct RulesStatus {
+    /// How many rules the running daemon has in force.
+    pub loaded: Option<u64>,
+    pub last_reload_at: Option<String>,
+    /// The errors of the last refused reload, if the last reload was refused.
+    pub last_reload_error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusReport {
+    pub rules: RulesStatus,
     pub open_deadlines: Vec<DeadlineRow>,
     /// Alerts waiting for a reviewer.
     pub in_review: i64,

@@ -66,7 +66,12 @@ pub struct FileSummary {
     pub events: u64,
     pub duplicates: u64,
     pub rejected_rows: u64,
+    /// Ids of the alerts raised.
     pub alerts: Vec<String>,
+    /// The rule of each alert raised (for metrics).
+    pub alert_rules: Vec<String>,
+    /// The name its rejected rows were set aside under in `rejected/`, if any.
+    pub rejected_as: Option<String>,
     pub encoding: Option<String>,
 }
 
@@ -252,6 +257,7 @@ pub fn process_file(
 
     engine.note_activity(&feed.name, now);
     let outcome = engine.finish(batch, now, &sha);
+    let mut rejected_as = None;
     // From here the engine's state is ahead of the database until commit; on
     // any failure put it back so the retried file sees the same state.
     let persisted = (|| -> Result<(), IntakeError> {
@@ -275,7 +281,14 @@ pub fn process_file(
             processed_at: now,
         })?;
         if !row_errors.is_empty() {
-            write_rejected_rows(feed, &name, &text, feed_for_parse.format, &row_errors)?;
+            rejected_as = Some(write_rejected_rows(
+                feed,
+                &name,
+                &text,
+                feed_for_parse.format,
+                encoding,
+                &row_errors,
+            )?);
         }
         Ok(())
     })();
@@ -297,6 +310,8 @@ pub fn process_file(
             severity = %alert.severity, events = alert.event_count, review = alert.status.is_review(), "Alert raised");
     }
     summary.alerts = outcome.alerts.iter().map(|a| a.id.clone()).collect();
+    summary.alert_rules = outcome.alerts.iter().map(|a| a.rule_id.clone()).collect();
+    summary.rejected_as = rejected_as;
     finish_file(feed, path, &name)?;
     Ok(Disposition::Processed(summary))
 }
@@ -395,11 +410,8 @@ fn reject_whole(
     tracing::warn!(feed = %feed.name, file = %name, reason = %reason, "Rejected file");
     let dir = feed.rejected_dir();
     fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-    let target = unique_path(&dir, name);
-    let target_name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let target_name = free_base_name(&dir, name);
+    let target = dir.join(&target_name);
     write_atomically(
         &dir.join(format!("{target_name}.errors.txt")),
         format!("{name}: {reason}\n").as_bytes(),
@@ -429,8 +441,9 @@ fn write_rejected_rows(
     name: &str,
     text: &str,
     format: FeedFormat,
+    encoding: TextEncoding,
     errors: &[RowError],
-) -> Result<(), IntakeError> {
+) -> Result<String, IntakeError> {
     let dir = feed.rejected_dir();
     fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     let mut rows = String::new();
@@ -455,12 +468,40 @@ fn write_rejected_rows(
             report.push_str(&format!("row {}: {}\n", e.row, e.reason));
         }
     }
+    // Verbatim means in the file's own encoding, so the rows can be fixed and
+    // dropped again with the tool that made them (Excel writes Windows-1252).
+    let row_bytes = match encoding {
+        TextEncoding::Windows1252 => encoding_rs::WINDOWS_1252.encode(&rows).0.into_owned(),
+        _ => rows.into_bytes(),
+    };
+    let base = free_base_name(&dir, name);
     if format != FeedFormat::Json {
-        write_atomically(&dir.join(format!("{name}.rows.csv")), rows.as_bytes())?;
+        write_atomically(&dir.join(format!("{base}.rows.csv")), &row_bytes)?;
     }
-    write_atomically(&dir.join(format!("{name}.errors.txt")), report.as_bytes())?;
-    tracing::warn!(feed = %feed.name, file = %name, rows = errors.len(), "Rows rejected; see rejected/{}.errors.txt", name);
-    Ok(())
+    write_atomically(&dir.join(format!("{base}.errors.txt")), report.as_bytes())?;
+    tracing::warn!(feed = %feed.name, file = %name, rows = errors.len(), "Rows rejected; see rejected/{}.errors.txt", base);
+    Ok(base)
+}
+
+/// A name for `rejected/` that none of an earlier file's quarantine uses
+/// (`NAME`, `NAME.rows.csv`, `NAME.errors.txt`): `name`, else `name.1`, `name.2`…
+fn free_base_name(dir: &Path, name: &str) -> String {
+    let taken = |base: &str| {
+        [
+            base.to_string(),
+            format!("{base}.rows.csv"),
+            format!("{base}.errors.txt"),
+        ]
+        .iter()
+        .any(|n| fs::symlink_metadata(dir.join(n)).is_ok())
+    };
+    if !taken(name) {
+        return name.to_string();
+    }
+    (1..)
+        .map(|n| format!("{name}.{n}"))
+        .find(|b| !taken(b))
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// Moves a committed file to `processed/` (or deletes it, per `on_done`).

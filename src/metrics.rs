@@ -1,0 +1,344 @@
+//! Prometheus metrics: counters kept in memory, gauges read from the database
+//! at scrape time, served as text on `[metrics] listen` (GET /metrics).
+//!
+//! Counters restart from zero with the process, as Prometheus expects; the
+//! gauges (outbox depth, oldest undelivered alert, time since each feed last
+//! delivered) come from SQLite, so they are right even just after a restart.
+
+use crate::store::Store;
+use jiff::Timestamp;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Counters, by label.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    events: BTreeMap<String, u64>,
+    rows_rejected: BTreeMap<String, u64>,
+    files: BTreeMap<(String, &'static str), u64>,
+    alerts: BTreeMap<String, u64>,
+    deliveries: BTreeMap<&'static str, u64>,
+    reloads: u64,
+    reload_failures: u64,
+}
+
+impl Metrics {
+    fn with(&self, f: impl FnOnce(&mut Counters)) {
+        // A poisoned lock only means a panic elsewhere mid-increment; counts stay usable.
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c);
+    }
+
+    /// A file of `feed` ended as `outcome` (processed, duplicate, rejected).
+    pub fn file(&self, feed: &str, outcome: &'static str, events: u64, rejected_rows: u64) {
+        self.with(|c| {
+            *c.files.entry((feed.to_string(), outcome)).or_default() += 1;
+            *c.events.entry(feed.to_string()).or_default() += events;
+            *c.rows_rejected.entry(feed.to_string()).or_default() += rejected_rows;
+        });
+    }
+
+    pub fn alert(&self, rule: &str) {
+        self.with(|c| *c.alerts.entry(rule.to_string()).or_default() += 1);
+    }
+
+    /// A delivery attempt ended as `outcome` (sent, retry, failed).
+    pub fn delivery(&self, outcome: &'static str) {
+        self.with(|c| *c.deliveries.entry(outcome).or_default() += 1);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.with(|c| {
+            if ok {
+                c.reloads += 1;
+            } else {
+                c.reload_failures += 1;
+            }
+        });
+    }
+
+    /// The Prometheus text exposition of the counters and the given gauges.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        family(
+            &mut out,
+            "earlywarn_events_total",
+            "counter",
+            "Records read from feed files and passed to the rules.",
+        );
+        for (feed, n) in &c.events {
+            let _ = writeln!(
+                out,
+                "earlywarn_events_total{{feed=\"{}\"}} {n}",
+                escape(feed)
+            );
+        }
+        family(
+            &mut out,
+            "earlywarn_rows_rejected_total",
+            "counter",
+            "Rows that could not be read, quarantined in rejected/.",
+        );
+        for (feed, n) in &c.rows_rejected {
+            let _ = writeln!(
+                out,
+                "earlywarn_rows_rejected_total{{feed=\"{}\"}} {n}",
+                escape(feed)
+            );
+        }
+        family(
+            &mut out,
+            "earlywarn_files_total",
+            "counter",
+            "Feed files by outcome.",
+        );
+        for ((feed, outcome), n) in &c.files {
+            let _ = writeln!(
+                out,
+                "earlywarn_files_total{{feed=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(feed)
+            );
+        }
+        family(
+            &mut out,
+            "earlywarn_alerts_total",
+            "counter",
+            "Alerts raised, by rule.",
+        );
+        for (rule, n) in &c.alerts {
+            let _ = writeln!(
+                out,
+                "earlywarn_alerts_total{{rule=\"{}\"}} {n}",
+                escape(rule)
+            );
+        }
+        family(
+            &mut out,
+            "earlywarn_deliveries_total",
+            "counter",
+            "Delivery attempts by outcome (sent, retry, failed).",
+        );
+        for outcome in ["sent", "retry", "failed"] {
+            let n = c.deliveries.get(outcome).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "earlywarn_deliveries_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        family(
+            &mut out,
+            "earlywarn_rule_reloads_total",
+            "counter",
+            "Rule reloads that took effect.",
+        );
+        let _ = writeln!(out, "earlywarn_rule_reloads_total {}", c.reloads);
+        family(
+            &mut out,
+            "earlywarn_rule_reload_failures_total",
+            "counter",
+            "Rule reloads refused because the new set had errors.",
+        );
+        let _ = writeln!(
+            out,
+            "earlywarn_rule_reload_failures_total {}",
+            c.reload_failures
+        );
+        family(
+            &mut out,
+            "earlywarn_outbox_pending",
+            "gauge",
+            "Emails waiting to be delivered.",
+        );
+        let _ = writeln!(out, "earlywarn_outbox_pending {}", gauges.outbox_pending);
+        family(
+            &mut out,
+            "earlywarn_outbox_failed",
+            "gauge",
+            "Emails refused permanently by the mail server.",
+        );
+        let _ = writeln!(out, "earlywarn_outbox_failed {}", gauges.outbox_failed);
+        family(
+            &mut out,
+            "earlywarn_oldest_undelivered_seconds",
+            "gauge",
+            "Age of the oldest email still waiting (0 when none).",
+        );
+        let _ = writeln!(
+            out,
+            "earlywarn_oldest_undelivered_seconds {:.0}",
+            gauges.oldest_pending_secs
+        );
+        family(
+            &mut out,
+            "earlywarn_feed_last_file_seconds",
+            "gauge",
+            "Seconds since each feed last delivered a file.",
+        );
+        for (feed, secs) in &gauges.feed_last_file_secs {
+            let _ = writeln!(
+                out,
+                "earlywarn_feed_last_file_seconds{{feed=\"{}\"}} {secs:.0}",
+                escape(feed)
+            );
+        }
+        out
+    }
+}
+
+/// Values read from the database at scrape time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub outbox_pending: i64,
+    pub outbox_failed: i64,
+    pub oldest_pending_secs: f64,
+    pub feed_last_file_secs: Vec<(String, f64)>,
+}
+
+impl Gauges {
+    pub fn read(store: &Store, now: Timestamp) -> Gauges {
+        let Ok(report) = store.status(now) else {
+            return Gauges::default();
+        };
+        let age = |t: Timestamp| now.duration_since(t).as_secs_f64().max(0.0);
+        Gauges {
+            outbox_pending: report.outbox_pending,
+            outbox_failed: report.outbox_failed,
+            oldest_pending_secs: report.oldest_pending.map(age).unwrap_or(0.0),
+            feed_last_file_secs: report
+                .feeds
+                .iter()
+                .map(|f| (f.feed.clone(), age(f.last_at)))
+                .collect(),
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves GET /metrics on `addr` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    state_dir: PathBuf,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (mut socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Metrics endpoint: accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let metrics = metrics.clone();
+        let state_dir = state_dir.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            // A scraper sends a short request; anything slow or huge is dropped.
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    let n = socket.read(&mut buf[len..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    len += n;
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let request = String::from_utf8_lossy(&buf[..len]);
+            let first = request.lines().next().unwrap_or("");
+            let response = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
+                let body = tokio::task::spawn_blocking(move || {
+                    let gauges = Store::open(&state_dir)
+                        .map(|s| Gauges::read(&s, Timestamp::now()))
+                        .unwrap_or_default();
+                    metrics.render(&gauges)
+                })
+                .await
+                .unwrap_or_default();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                let body = "earlywarn serves metrics at /metrics\n";
+                format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
+
+/// Binds the metrics endpoint.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.file("drug_testing", "processed", 15, 2);
+        m.alert("nitazene-detected");
+        m.delivery("sent");
+        m.reload(false);
+        let text = m.render(&Gauges {
+            outbox_pending: 3,
+            feed_last_file_secs: vec![("drug_testing".into(), 12.4)],
+            ..Gauges::default()
+        });
+        for line in [
+            "earlywarn_events_total{feed=\"drug_testing\"} 15",
+            "earlywarn_rows_rejected_total{feed=\"drug_testing\"} 2",
+            "earlywarn_files_total{feed=\"drug_testing\",outcome=\"processed\"} 1",
+            "earlywarn_alerts_total{rule=\"nitazene-detected\"} 1",
+            "earlywarn_deliveries_total{outcome=\"sent\"} 1",
+            "earlywarn_deliveries_total{outcome=\"failed\"} 0",
+            "earlywarn_rule_reload_failures_total 1",
+            "earlywarn_outbox_pending 3",
+            "earlywarn_feed_last_file_seconds{feed=\"drug_testing\"} 12",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Self-alerts: telling the `[daemon] ops` partners about the daemon's own trouble.
+//!
+//! Problems (a refused rule reload, a permanent delivery failure, a rejected
+//! file or rows, an unreadable feed folder) are reported from wherever they
+//! happen into an [`OpsNotifier`]. The daemon collects them at most once per
+//! `ops_interval` into one email through the same outbox as every alert, so a
+//! flood of bad files is one email, not hundreds. Building that email is pure.
+
+use crate::alerts::render::{RenderedEmail, render};
+use crate::alerts::{Alert, AlertStatus, Audience, Delivery, Trigger};
+use crate::config::{Config, Severity};
+use crate::event::{Event, Value};
+use crate::rules::condition::Condition;
+use crate::rules::{Rule, RuleKind};
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The pseudo rule id of self-alerts (`X-Earlywarn-Rule`).
+pub const OPS_RULE_ID: &str = "earlywarn-ops";
+
+/// Self-alert ids start with this, so a failure to deliver one is not reported again (no loop).
+pub const OPS_ALERT_PREFIX: &str = "OPS-";
+
+/// What went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    ReloadRefused,
+    DeliveryFailed,
+    FileRejected,
+    RowsRejected,
+    FeedUnreadable,
+}
+
+impl ProblemKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ProblemKind::ReloadRefused => "rule reload refused (the previous rules stay in force)",
+            ProblemKind::DeliveryFailed => "email refused permanently by the mail server",
+            ProblemKind::FileRejected => "file rejected",
+            ProblemKind::RowsRejected => "rows rejected",
+            ProblemKind::FeedUnreadable => "feed folder cannot be read",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub detail: String,
+    pub at: Timestamp,
+}
+
+/// At most this many problems are listed in one email; the rest are counted.
+const MAX_LISTED: usize = 50;
+
+#[derive(Debug, Default)]
+struct State {
+    problems: Vec<Problem>,
+    /// Problems beyond MAX_LISTED since the last email.
+    more: u64,
+    last_sent: Option<Instant>,
+}
+
+/// Collects problems from every part of the daemon.
+#[derive(Debug, Default)]
+pub struct OpsNotifier {
+    state: Mutex<State>,
+}
+
+impl OpsNotifier {
+    pub fn report(&self, kind: ProblemKind, detail: impl Into<String>, at: Timestamp) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.problems.len() < MAX_LISTED {
+            s.problems.push(Problem {
+                kind,
+                detail: detail.into(),
+                at,
+            });
+        } else {
+            s.more += 1;
+        }
+    }
+
+    /// The problems to email now, if any, and if the last email was at least `interval` ago.
+    pub fn take_due(&self, now: Instant, interval: Duration) -> Option<(Vec<Problem>, u64)> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.problems.is_empty() {
+            return None;
+        }
+        if s.last_sent
+            .is_some_and(|t| now.duration_since(t) < interval)
+        {
+            return None;
+        }
+        s.last_sent = Some(now);
+        let more = std::mem::take(&mut s.more);
+        Some((std::mem::take(&mut s.problems), more))
+    }
+}
+
+/// The rule that self-alerts are rendered as.
+pub fn ops_rule(config: &Config) -> Rule {
+    Rule {
+        id: OPS_RULE_ID.into(),
+        name: "earlywarn needs attention".into(),
+        description: Some("The daemon's own trouble, for the people who run it.".into()),
+        feed: String::new(),
+        kind: RuleKind::Match,
+        when: Condition::Always,
+        when_source: None,
+        severity: Severity::Warning,
+        notify: config.daemon.ops.clone(),
+        review: Vec::new(),
+        advice: Some(
+            "Look at `earlywarn status` and the daemon's log (journalctl -u earlywarn). Rejected files and their reasons are in each feed's rejected/ folder; fix and drop them again. A refused rule set: run `earlywarn check`.".into(),
+        ),
+        cooldown: None,
+        group_by: Vec::new(),
+        subject: None,
+        body: None,
+        district_field: "district".into(),
+        source: PathBuf::new(),
+    }
+}
+
+/// Builds the self-alert for `problems` and renders it for each ops partner.
+pub fn build(
+    config: &Config,
+    problems: &[Problem],
+    more: u64,
+    now: Timestamp,
+) -> Option<(Alert, Vec<(String, RenderedEmail)>)> {
+    if problems.is_empty() || config.daemon.ops.is_empty() {
+        return None;
+    }
+    let rule = ops_rule(config);
+    let events: Vec<Event> = problems
+        .iter()
+        .map(|p| Event {
+            feed: "earlywarn".into(),
+            record_id: None,
+            time: p.at,
+            fields: BTreeMap::from([
+                (
+                    "problem".to_string(),
+                    Value::Text(p.kind.describe().to_string()),
+                ),
+                ("detail".to_string(), Value::Text(p.detail.clone())),
+            ]),
+        })
+        .collect();
+    let mut h = Sha256::new();
+    h.update(now.as_millisecond().to_le_bytes());
+    for p in problems {
+        h.update(p.detail.as_bytes());
+    }
+    let id = format!(
+        "{OPS_ALERT_PREFIX}{}",
+        &hex::encode(h.finalize())[..10].to_uppercase()
+    );
+    let alert = Alert {
+        id,
+        rule_id: OPS_RULE_ID.into(),
+        group: BTreeMap::new(),
+        district: None,
+        severity: Severity::Warning,
+        created_at: now,
+        event_count: problems.len() as u64 + more,
+        suppressed_before: 0,
+        events: events.clone(),
+        status: AlertStatus::Sent,
+        trigger: Trigger::Match,
+    };
+    let mut emails = Vec::new();
+    for id in &config.daemon.ops {
+        let Some(partner) = config.partner(id) else {
+            continue;
+        };
+        // Operational detail, not partner data: every ops partner sees it all.
+        let delivery = Delivery {
+            partner,
+            audience: Audience::Notify,
+            events: events.clone(),
+            count: alert.event_count,
+            withheld: Default::default(),
+            group: BTreeMap::new(),
+        };
+        if let Ok(email) = render(&alert, &rule, &delivery, config) {
+            emails.push((partner.id.clone(), email));
+        }
+    }
+    Some((alert, emails))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_flood_of_problems_is_one_email_per_interval() {
+        let ops = OpsNotifier::default();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        assert!(ops.take_due(t0, minute).is_none());
+        ops.report(
+            ProblemKind::FileRejected,
+            "a.csv: empty",
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            ops.take_due(t0, minute).unwrap().0.len(),
+            1,
+            "the first problem goes at once"
+        );
+        for i in 0..200 {
+            ops.report(
+                ProblemKind::FileRejected,
+                format!("{i}.csv"),
+                Timestamp::UNIX_EPOCH,
+            );
+        }
+        assert!(ops.take_due(t0 + Duration::from_secs(30), minute).is_none());
+        let (listed, more) = ops.take_due(t0 + minute, minute).unwrap();
+        assert_eq!((listed.len(), more), (MAX_LISTED, 150));
+    }
+
+    #[test]
+    fn the_email_goes_to_ops_partners() {
+        let config = Config::parse(
+            Path::new("/x/c.toml"),
+            "[daemon]\nops = [\"ops\"]\n[mail]\ntransport = \"file\"\n[[feed]]\nname = \"f\"\ndir = \"in\"\n[[partner]]\nid = \"ops\"\nemails = [\"ops@example.org\"]\ndistricts = [\"Bolton\"]\n",
+        )
+        .unwrap();
+        let problems = [Problem {
+            kind: ProblemKind::ReloadRefused,
+            detail: "rules/x.toml:3:8: unknown feed".into(),
+            at: Timestamp::UNIX_EPOCH,
+        }];
+        let (alert, emails) = build(&config, &problems, 0, Timestamp::UNIX_EPOCH).unwrap();
+        assert!(alert.id.starts_with(OPS_ALERT_PREFIX));
+        assert_eq!(
+            emails.len(),
+            1,
+            "ops partners get it whatever districts they cover"
+        );
+        assert!(emails[0].1.text.contains("rules/x.toml:3:8: unknown feed"));
+        assert!(emails[0].1.subject.contains("earlywarn needs attention"));
+    }
+}
