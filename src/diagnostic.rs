@@ -42,7 +42,7 @@ impl Diagnostic {
     pub fn from_toml(path: &Path, text: &str, err: &toml::de::Error) -> Diagnostic {
         let offset = err.span().map(|s| s.start).unwrap_or(0);
         // The toml message is multi-line (it quotes the source); keep its gist.
-        let message = err.message().trim().to_string();
+        let message = friendlier_toml_message(err.message().trim());
         Diagnostic::at(path, text, offset, message)
     }
 }
@@ -83,6 +83,26 @@ impl std::error::Error for Diagnostics {}
 impl From<Diagnostic> for Diagnostics {
     fn from(d: Diagnostic) -> Self {
         Diagnostics(vec![d])
+    }
+}
+
+/// Serde's "unknown field `x`, expected one of `a`, `b`" becomes
+/// "unknown key `x`; did you mean `a`?" (or the list, when nothing is close).
+fn friendlier_toml_message(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((key, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match suggest(key, names.iter().copied()) {
+        Some(s) => format!("unknown key `{key}`; did you mean `{s}`?"),
+        None if names.is_empty() => format!("unknown key `{key}`"),
+        None => format!(
+            "unknown key `{key}`; the keys here are: {}",
+            names.join(", ")
+        ),
     }
 }
 

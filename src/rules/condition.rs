@@ -245,6 +245,14 @@ fn compare(el: Scalar<'_>, op: CompareOp, literal: &Literal) -> bool {
     }
 }
 
+/// Byte offset of the first use of `field` as a name in `source` (not inside quotes).
+pub fn field_offset(source: &str, field: &str) -> Option<usize> {
+    lex(source).ok()?.into_iter().find_map(|t| match t.kind {
+        TokenKind::Ident(name) if name == field => Some(t.offset),
+        _ => None,
+    })
+}
+
 // ---------------------------------------------------------------- lexer
 
 #[derive(Debug, Clone, PartialEq)]

@@ -184,12 +184,14 @@ fn parse_kind(
         if let Some(at) = at
             && !kinds.contains(&kind_name)
         {
+            let owners = match kinds {
+                [one] => one.to_string(),
+                [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+                [] => String::new(),
+            };
             report(
                 at,
-                format!(
-                    "`{key}` is a key of {} rules, not of `{kind_name}` rules",
-                    kinds.join(" and ")
-                ),
+                format!("`{key}` is a key of {owners} rules, not of `{kind_name}` rules"),
             );
             ok = false;
         }
@@ -489,9 +491,16 @@ impl RuleSet {
                     errors.push(at(id_span.start, "a rule needs an `id`".into()));
                 }
                 if let Some(other) = ids.insert(id.clone(), path.clone()) {
+                    let place = if other == *path {
+                        "earlier in this file".to_string()
+                    } else {
+                        format!("also in {}", other.display())
+                    };
                     errors.push(at(
                         id_span.start,
-                        format!("rule id `{id}` is used twice (also in {})", other.display()),
+                        format!(
+                            "rule id `{id}` is used twice ({place}); each rule needs its own id"
+                        ),
                     ));
                 }
 
@@ -603,13 +612,59 @@ impl RuleSet {
                     };
                     if let Some(w) = &raw.when {
                         let base = string_content_offset(text, w.span().start);
+                        let mut seen = std::collections::HashSet::new();
                         for field in cond.fields() {
-                            let offset = w.get_ref().find(field).map(|i| base + i).unwrap_or(base);
+                            if !seen.insert(field) {
+                                continue;
+                            }
+                            let offset = condition::field_offset(w.get_ref(), field)
+                                .map(|i| base + i)
+                                .unwrap_or(base);
                             unknown(field, offset, &mut errors);
                         }
                     }
                     for g in &raw.group_by {
                         unknown(g.get_ref(), g.span().start, &mut errors);
+                    }
+                    for f in [&raw.key, &raw.field].into_iter().flatten() {
+                        unknown(f.get_ref(), f.span().start, &mut errors);
+                    }
+                }
+                // A deadline's closing records come from `until.feed`: its key and condition must fit that feed.
+                if let (
+                    Some(RuleKind::Deadline {
+                        key,
+                        until_feed,
+                        until_when,
+                        ..
+                    }),
+                    Some(u),
+                ) = (&kind, &raw.until)
+                    && let Some(columns) = config.feed(until_feed).and_then(|f| f.fields.as_ref())
+                {
+                    let u = u.get_ref();
+                    let mut check = |name: &str, offset: usize| {
+                        if !columns.iter().any(|c| c == name) {
+                            let hint = suggest(name, columns.iter().map(String::as_str))
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default();
+                            errors.push(at(
+                                offset,
+                                format!(
+                                    "feed `{until_feed}` (of `until`) has no field `{name}`{hint}"
+                                ),
+                            ));
+                        }
+                    };
+                    check(key, u.feed.span().start);
+                    if let Some(w) = &u.when {
+                        let base = string_content_offset(text, w.span().start);
+                        for field in until_when.fields() {
+                            let offset = condition::field_offset(w.get_ref(), field)
+                                .map(|i| base + i)
+                                .unwrap_or(base);
+                            check(field, offset);
+                        }
                     }
                 }
 
