@@ -821,7 +821,7 @@ districts = ["Bolton"]
         let shown = Config::parse(Path::new("c.toml"), &text)
             .unwrap_err()
             .to_string();
-        assert!(shown.contains("unknown field `colour`"), "{shown}");
+        assert!(shown.contains("unknown key `colour`"), "{shown}");
         assert!(shown.starts_with("c.toml:13:1:"), "{shown}");
     }
 

@@ -147,8 +147,8 @@ fn check_points_at_a_broken_config_key() {
     assert!(
         stderr
             .lines()
-            .any(|l| l.starts_with(&place) && l.contains("unknown field `colour`")),
-        "expected {place}unknown field `colour` ...; stderr:\n{stderr}"
+            .any(|l| l.starts_with(&place) && l.contains("unknown key `colour`")),
+        "expected {place}unknown key `colour` ...; stderr:\n{stderr}"
     );
 
     // A duration that is not one.

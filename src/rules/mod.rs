@@ -939,7 +939,7 @@ group_by = ["district"]
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("r.toml:5:1: unknown field `sevrity`"),
+            err.starts_with("r.toml:5:1: unknown key `sevrity`; did you mean `severity`?"),
             "{err}"
         );
     }
