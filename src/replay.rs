@@ -88,7 +88,20 @@ pub fn replay(
         if encoding == TextEncoding::Windows1252 {
             tracing::info!(file = %path.display(), "Not valid UTF-8; decoded as Windows-1252");
         }
-        let reader = decoding_reader(file, encoding);
+        // A progress bar on stderr for long files; indicatif draws nothing when
+        // stderr is not a terminal, so scripts and logs stay clean.
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bar = if size >= 4 * 1024 * 1024 {
+            indicatif::ProgressBar::new(size)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let reader = decoding_reader(bar.wrap_read(file), encoding);
         let mut shaped = feed.clone();
         shaped.format = format_for(path, feed);
         let file_time = clock;
@@ -126,6 +139,7 @@ pub fn replay(
                 }
             }
         });
+        bar.finish_and_clear();
         if let Err(e) = parsed {
             summary.rejected_files += 1;
             on_problem(path, None, &e.0);
