@@ -586,6 +586,16 @@ impl Intake<'_> {
                         Timestamp::now(),
                     );
                 }
+                for id in &summary.unrouted {
+                    self.ops.report(
+                        ProblemKind::AlertReachesNobody,
+                        format!(
+                            "alert {id} from {}/{file}: no partner on its rule's list covers it",
+                            feed.name
+                        ),
+                        Timestamp::now(),
+                    );
+                }
                 if !summary.alerts.is_empty() {
                     self.wake_outbox.notify_one();
                 }

@@ -42,7 +42,19 @@ impl Diagnostic {
     pub fn from_toml(path: &Path, text: &str, err: &toml::de::Error) -> Diagnostic {
         let offset = err.span().map(|s| s.start).unwrap_or(0);
         // The toml message is multi-line (it quotes the source); keep its gist.
-        let message = friendlier_toml_message(err.message().trim());
+        let mut message = friendlier_toml_message(err.message().trim());
+        // The commonest slip: a condition in double quotes that holds double quotes itself.
+        let line_start = text[..offset.min(text.len())]
+            .rfind('\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let line = text[line_start..].lines().next().unwrap_or("");
+        if message.contains("expected newline")
+            && line.trim_start().starts_with("when")
+            && line.contains("= \"")
+        {
+            message = "this `when` is in double quotes but holds double quotes too; put the condition in single quotes: when = 'district == \"Bolton\"'".into();
+        }
         Diagnostic::at(path, text, offset, message)
     }
 }
@@ -89,6 +101,20 @@ impl From<Diagnostic> for Diagnostics {
 /// Serde's "unknown field `x`, expected one of `a`, `b`" becomes
 /// "unknown key `x`; did you mean `a`?" (or the list, when nothing is close).
 fn friendlier_toml_message(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let want = match expected {
+            e if e.starts_with('i') || e.starts_with('u') || e.contains("integer") => {
+                "a whole number, without quotes (like `count = 3`)"
+            }
+            e if e.starts_with('f') => "a number, without quotes (like `factor = 2.0`)",
+            e if e.contains("sequence") => "a list in square brackets (like `[\"district\"]`)",
+            e if e.contains("bool") => "true or false, without quotes",
+            e if e.contains("string") => "text in quotes",
+            e => e,
+        };
+        return format!("expected {want}, found {found}");
+    }
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return message.to_string();
     };

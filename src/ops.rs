@@ -33,6 +33,7 @@ pub enum ProblemKind {
     FileRejected,
     RowsRejected,
     FeedUnreadable,
+    AlertReachesNobody,
 }
 
 impl ProblemKind {
@@ -43,6 +44,9 @@ impl ProblemKind {
             ProblemKind::FileRejected => "file rejected",
             ProblemKind::RowsRejected => "rows rejected",
             ProblemKind::FeedUnreadable => "feed folder cannot be read",
+            ProblemKind::AlertReachesNobody => {
+                "alert reaches nobody (no partner on the rule's list covers it)"
+            }
         }
     }
 }

@@ -76,6 +76,18 @@ pub fn replay(
     let mut seen: HashSet<u64> = HashSet::new();
     let mut clock = Timestamp::UNIX_EPOCH;
     let clock_rules = engine.has_clock_rules();
+    // Only this feed is replayed: the others are not silent, just not in this replay.
+    let other_feeds: Vec<String> = config
+        .feeds
+        .iter()
+        .filter(|f| f.name != feed.name)
+        .map(|f| f.name.clone())
+        .collect();
+    let keep_other_feeds_awake = |engine: &mut Engine, at: Timestamp| {
+        for f in &other_feeds {
+            engine.note_activity(f, at);
+        }
+    };
     let mut summary = ReplaySummary::default();
     for path in files {
         summary.files += 1;
@@ -97,10 +109,16 @@ pub fn replay(
             indicatif::ProgressBar::hidden()
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         let reader = decoding_reader(bar.wrap_read(file), encoding);
         let mut shaped = feed.clone();
         shaped.format = format_for(path, feed);
@@ -133,6 +151,7 @@ pub fn replay(
                     latest = latest.max(event.time);
                     // The simulated clock reaches this event: deadlines due before it pass first.
                     if clock_rules && engine.next_wakeup().is_some_and(|w| w <= latest) {
+                        keep_other_feeds_awake(&mut engine, latest);
                         clock_alerts.extend(engine.tick(latest).alerts);
                     }
                     engine.observe(&mut batch, &event);
@@ -153,6 +172,7 @@ pub fn replay(
         engine.note_activity(&feed.name, clock);
         let outcome = engine.finish(batch, clock, &path.to_string_lossy());
         let after = if clock_rules {
+            keep_other_feeds_awake(&mut engine, clock);
             engine.tick(clock).alerts
         } else {
             Vec::new()

@@ -99,7 +99,7 @@ impl Raised {
 #[serde(deny_unknown_fields)]
 struct RawTestFile {
     /// Rule files, relative to the test file.
-    rules: Option<Vec<String>>,
+    rules: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     test: Vec<RawTest>,
 }
@@ -181,10 +181,20 @@ fn run_file(
     let mut config = config.clone();
     if let Some(rules) = &file.rules {
         let base = path.parent().unwrap_or(Path::new("."));
-        config.daemon.rules = rules
-            .iter()
-            .map(|r| base.join(r).to_string_lossy().into_owned())
-            .collect();
+        let mut resolved = Vec::new();
+        for r in rules.get_ref() {
+            let pattern = base.join(r).to_string_lossy().into_owned();
+            let found = glob::glob(&pattern)
+                .map(|mut m| m.next().is_some())
+                .unwrap_or(false);
+            if !found {
+                let message =
+                    format!("no rule file matches `{r}` (paths are relative to this test file)");
+                return Err(Diagnostic::at(path, &text, rules.span().start, message).into());
+            }
+            resolved.push(pattern);
+        }
+        config.daemon.rules = resolved;
     }
     let rules = Arc::new(RuleSet::load(&config)?);
     let mut errors = Vec::new();
@@ -276,10 +286,30 @@ fn evaluate(
         };
         let mut events = Vec::new();
         for (i, row) in input.rows.iter().enumerate() {
-            let json = serde_json::to_value(row).unwrap_or_default();
-            let serde_json::Value::Object(map) = json else {
-                continue;
-            };
+            // A field the feed does not have is a typo that would make a test pass for nothing.
+            if let Some(columns) = &feed.fields {
+                for key in row.keys() {
+                    if !columns.iter().any(|c| c == key) {
+                        let hint =
+                            crate::diagnostic::suggest(key, columns.iter().map(String::as_str))
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default();
+                        return Err(at(
+                            input.feed.span().start,
+                            format!(
+                                "input {} row {}: feed `{}` has no field `{key}`{hint}",
+                                n + 1,
+                                i + 1,
+                                feed.name
+                            ),
+                        ));
+                    }
+                }
+            }
+            let map: serde_json::Map<String, serde_json::Value> = row
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect();
             let event = event_from_json(&map, &shape).map_err(|reason| {
                 at(
                     input.feed.span().start,
@@ -329,6 +359,21 @@ fn evaluate(
             })
         })
         .collect())
+}
+
+/// A TOML value as the JSON a feed would deliver; TOML dates and times become RFC 3339 text.
+fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::json!(i),
+        toml::Value::Float(f) => serde_json::json!(f),
+        toml::Value::Boolean(b) => serde_json::Value::String(b.to_string()),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(toml_to_json).collect())
+        }
+        toml::Value::Table(t) => serde_json::Value::String(toml::to_string(t).unwrap_or_default()),
+    }
 }
 
 /// Matches expectations against what was raised; returns the failures in words.

@@ -424,6 +424,10 @@ fn event_map(
         .map(|(k, v)| {
             let v = match v {
                 FieldValue::Text(s) => serde_json::Value::String(s.clone()),
+                // 200 reads as 200 in an email, not 200.0.
+                FieldValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
+                    serde_json::json!(*n as i64)
+                }
                 FieldValue::Number(n) => serde_json::json!(n),
                 FieldValue::List(items) => serde_json::json!(items),
             };

@@ -72,6 +72,8 @@ pub struct FileSummary {
     pub alert_rules: Vec<String>,
     /// The name its rejected rows were set aside under in `rejected/`, if any.
     pub rejected_as: Option<String>,
+    /// Alerts that no partner receives (nobody on the rule's list covers them).
+    pub unrouted: Vec<String>,
     pub encoding: Option<String>,
 }
 
@@ -258,11 +260,14 @@ pub fn process_file(
     engine.note_activity(&feed.name, now);
     let outcome = engine.finish(batch, now, &sha);
     let mut rejected_as = None;
+    let mut unrouted = Vec::new();
     // From here the engine's state is ahead of the database until commit; on
     // any failure put it back so the retried file sees the same state.
     let persisted = (|| -> Result<(), IntakeError> {
         for alert in &outcome.alerts {
-            enqueue_alert(config, engine, &tx, alert, now)?;
+            if enqueue_alert(config, engine, &tx, alert, now)? == 0 {
+                unrouted.push(alert.id.clone());
+            }
         }
         tx.apply(&outcome.changes)?;
         tx.record_file(&FileRecord {
@@ -312,6 +317,7 @@ pub fn process_file(
     summary.alerts = outcome.alerts.iter().map(|a| a.id.clone()).collect();
     summary.alert_rules = outcome.alerts.iter().map(|a| a.rule_id.clone()).collect();
     summary.rejected_as = rejected_as;
+    summary.unrouted = unrouted;
     finish_file(feed, path, &name)?;
     Ok(Disposition::Processed(summary))
 }
@@ -323,23 +329,32 @@ pub fn enqueue_alert(
     tx: &crate::store::FileTx<'_>,
     alert: &Alert,
     now: Timestamp,
-) -> Result<(), IntakeError> {
+) -> Result<usize, IntakeError> {
     let Some(rule) = engine.rules().get(&alert.rule_id) else {
-        return Ok(());
+        return Ok(0);
     };
     let summary = serde_json::to_string(alert).unwrap_or_default();
     tx.insert_alert(alert, &summary)?;
     let audience = first_audience(alert);
+    let mut queued = 0;
     for delivery in route(alert, rule, config, audience) {
         let email = render_with_fallback(alert, rule, &delivery, config);
         match email {
-            Some(email) => tx.enqueue(&alert.id, &delivery.partner.id, audience, &email, now)?,
+            Some(email) => {
+                tx.enqueue(&alert.id, &delivery.partner.id, audience, &email, now)?;
+                queued += 1;
+            }
             None => {
                 tracing::error!(alert = %alert.id, partner = %delivery.partner.id, "Cannot render the email even with the default template")
             }
         }
     }
-    Ok(())
+    if queued == 0 {
+        // Stored (status shows it), but no partner in the rule's list covers it: someone must act.
+        tracing::error!(alert = %alert.id, rule = %alert.rule_id, district = alert.district.as_deref().unwrap_or("-"),
+            "Alert reaches nobody: no partner on the rule's list covers its district (or its severity is below their floor)");
+    }
+    Ok(queued)
 }
 
 /// Renders with the rule's templates, or, if they fail at run time, with the defaults:

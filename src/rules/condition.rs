@@ -177,6 +177,10 @@ impl Condition {
             Condition::Compare { field, op, literal } => match event.get(field) {
                 // A missing field matches nothing, not even `!=`.
                 None => false,
+                // `!=` on a list means no element is equal, like `not in` and `!~`.
+                Some(value) if *op == CompareOp::Ne => !value
+                    .elements()
+                    .any(|el| compare(el, CompareOp::Eq, literal)),
                 Some(value) => value.elements().any(|el| compare(el, *op, literal)),
             },
             Condition::Regex {
@@ -675,6 +679,10 @@ impl Parser<'_> {
                 if ordering && let Ok(t) = s.trim().parse::<Timestamp>() {
                     return Ok(Literal::Time(t));
                 }
+                // `amount > "200"` means the number: ordering text by its characters would put "1000" before "200".
+                if ordering && let Some(n) = parse_number(&s) {
+                    return Ok(Literal::Number(n));
+                }
                 Ok(Literal::Text(s.trim().to_lowercase()))
             }
             Some(Token {
@@ -768,7 +776,7 @@ impl Parser<'_> {
                             .map(|s| format!("; did you mean `{s}`?"))
                             .unwrap_or_else(|| {
                                 if self.lists.is_empty() {
-                                    "; define it under [lists] in this rule file".into()
+                                    "; define it under [lists] in a rule file (lists are shared by all rule files)".into()
                                 } else {
                                     format!(
                                         "; the lists are: {}",
@@ -861,6 +869,9 @@ mod tests {
         assert!(check("substances_major in nitazenes", &ev));
         assert!(!check("substances_major not in nitazenes", &ev));
         assert!(check("substances_major in [\"cocaine\"]", &ev));
+        // `!=` on a list: no element equals (like `not in`).
+        assert!(!check("substances_major != \"cocaine\"", &ev));
+        assert!(check("substances_major != \"heroin\"", &ev));
         assert!(!check("substances_major in [\"heroin\", 'ketamine']", &ev));
     }
 
@@ -884,6 +895,10 @@ mod tests {
             ("tested_at", text("2025-11-04T11:30:00Z")),
         ]);
         assert!(check("amount > 10", &ev));
+        assert!(
+            check("amount > \"9\"", &ev),
+            "a quoted number orders as a number"
+        );
         assert!(check("amount <= 12.5", &ev));
         assert!(!check("amount < 12.5", &ev));
         assert!(check("district == \"bolton\"", &ev));

@@ -538,7 +538,7 @@ impl Engine {
                         p.push(event);
                         batch
                             .pending
-                            .insert((index, format!("open\u{1f}{}", gref.group_key)), p);
+                            .insert((index, format!("\u{1}open\u{1f}{}", gref.group_key)), p);
                     }
                     return;
                 }
@@ -566,7 +566,7 @@ impl Engine {
                     p.push(event);
                     batch
                         .pending
-                        .insert((index, format!("open\u{1f}{}", gref.group_key)), p);
+                        .insert((index, format!("\u{1}open\u{1f}{}", gref.group_key)), p);
                 }
             }
             RuleKind::Silence { .. } => {}
@@ -612,7 +612,7 @@ impl Engine {
             p.push(event);
             batch
                 .pending
-                .insert((index, format!("close\u{1f}{}", gref.group_key)), p);
+                .insert((index, format!("\u{2}close\u{1f}{}", gref.group_key)), p);
         }
     }
 

@@ -891,7 +891,7 @@ group_by = ["district"]
         .to_string();
         assert_eq!(
             err,
-            "r.toml:5:49: unknown list `nitazene`; define it under [lists] in this rule file"
+            "r.toml:5:49: unknown list `nitazene`; define it under [lists] in a rule file (lists are shared by all rule files)"
         );
     }
 
