@@ -137,6 +137,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    // Signals are watched by their own task so that a shutdown is noticed between
+    // two files even while the loop below works through a backlog.
+    let stopping = CancellationToken::new();
+    {
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            let which = tokio::select! {
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sigint.recv() => "SIGINT",
+            };
+            tracing::info!(signal = which, "Shutting down");
+            stopping.cancel();
+        });
+    }
 
     let mut intake = Intake {
         config: config.clone(),
@@ -149,13 +163,26 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         watchers,
         hint_tx,
         reload_tx,
-        stopping: false,
+        stopping: stopping.clone(),
         ticked: false,
     };
     // The first rescan happens before READY=1, so a file already waiting is
     // ingested first (a support record that arrived while we were down closes
     // its deadline before the tick below could escalate it).
     intake.rescan();
+    // Files written just before the start are read once they settle, still before READY=1.
+    let settle_limit = Instant::now() + config.daemon.settle * 3;
+    while let Some(next) = intake.settler.next_deadline() {
+        if Instant::now() >= settle_limit || stopping.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep(
+            next.saturating_duration_since(Instant::now())
+                .min(settle_limit.saturating_duration_since(Instant::now())),
+        )
+        .await;
+        intake.process_ready();
+    }
     intake.tick();
     notify_systemd(&[
         NotifyState::Ready,
@@ -182,8 +209,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             biased;
-            _ = sigterm.recv() => { tracing::info!(signal = "SIGTERM", "Shutting down"); break; }
-            _ = sigint.recv() => { tracing::info!(signal = "SIGINT", "Shutting down"); break; }
+            _ = stopping.cancelled() => break,
             _ = sighup.recv() => intake.reload("SIGHUP"),
             Some(()) = reload_requests.recv() => {
                 // Editors write a file in several steps: let them finish, then reload once.
@@ -208,7 +234,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     notify_systemd(&[NotifyState::Stopping]);
-    intake.stopping = true;
     drop(intake);
     stop_tasks.cancel();
     // The outbox finishes the SMTP exchange in progress (bounded by the mail timeout).
@@ -336,7 +361,8 @@ struct Intake<'a> {
     watchers: Watchers,
     hint_tx: mpsc::UnboundedSender<Hint>,
     reload_tx: mpsc::UnboundedSender<()>,
-    stopping: bool,
+    /// Cancelled on SIGTERM/SIGINT: no new file is started after that.
+    stopping: CancellationToken,
     /// Whether the first clock tick (after start) has run.
     ticked: bool,
 }
@@ -485,7 +511,7 @@ impl Intake<'_> {
 
     /// Raises what is due by the wall clock (overdue deadlines, silent feeds) and commits it.
     fn tick(&mut self) {
-        if self.stopping {
+        if self.stopping.is_cancelled() {
             return;
         }
         let now = Timestamp::now();
@@ -537,7 +563,7 @@ impl Intake<'_> {
     }
 
     fn process(&mut self, path: &Path) {
-        if self.stopping {
+        if self.stopping.is_cancelled() {
             return;
         }
         let Some(feed) = self.feed_of(path) else {

@@ -871,6 +871,69 @@ emails = ["c@example.org"]
         assert!(mails[0].subject.contains("SECRET-NOTE"));
     }
 
+    /// Every way a template can reach a field, with hostile values in every field:
+    /// no header injection, no unescaped HTML, and no sensitive value anywhere in a
+    /// non-ISA partner's email (subject, text, HTML, headers, raw bytes).
+    #[test]
+    fn hostile_values_in_every_field_and_every_template_position() {
+        let config = config();
+        let hostile = [
+            "X\r\nBcc: evil@example.com",
+            "<img src=x onerror=alert(1)>",
+            "\"'><script>alert(1)</script>",
+            "line\rinjected: header",
+            "=?utf-8?q?=0D=0ABcc:_evil@example.com?=",
+            "SECRET\u{2028}Bcc: evil@example.com",
+        ];
+        let templates = [
+            "subject = \"{{ event.notes }} {{ event.district }}\"",
+            "subject = \"{% for e in events %}{{ e.notes }}{% endfor %}\"\nbody = \"{{ events[0].notes }} {{ group.notes }}\"",
+            "group_by = [\"notes\"]\nsubject = \"{{ group.notes }} {{ group | tojson }}\"",
+            "body = \"{{ event | tojson }}\"",
+        ];
+        for template in templates {
+            let rule = rule(&config, template);
+            for value in hostile {
+                let secret = format!("ZZWITHHELDZZ-{value}");
+                let mut a = alert(&secret, value);
+                a.group = BTreeMap::from([("notes".to_string(), secret.clone())]);
+                for mail in emails(&config, &rule, &a) {
+                    let raw = String::from_utf8_lossy(&mail.bytes).to_string();
+                    let headers = raw.split("\r\n\r\n").next().unwrap();
+                    for line in headers.split("\r\n") {
+                        assert!(
+                            !line.to_ascii_lowercase().starts_with("bcc:"),
+                            "{template}: injected header in:\n{headers}"
+                        );
+                        assert!(
+                            !line.starts_with("injected:"),
+                            "{template}: injected header in:\n{headers}"
+                        );
+                    }
+                    assert!(!mail.subject.contains(['\r', '\n']));
+                    assert!(
+                        !mail.html.contains("<script>") && !mail.html.contains("<img"),
+                        "{template}: unescaped HTML:\n{}",
+                        mail.html
+                    );
+                    if mail.to == ["c@example.org"] {
+                        for (part, text) in [
+                            ("subject", &mail.subject),
+                            ("text", &mail.text),
+                            ("html", &mail.html),
+                            ("raw", &raw),
+                        ] {
+                            assert!(
+                                !text.contains("ZZWITHHELDZZ"),
+                                "{template}: {value:?}: sensitive value in the {part} of a non-ISA email:\n{text}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn hostile_data_cannot_add_headers_or_markup() {
         let config = config();
