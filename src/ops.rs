@@ -148,12 +148,9 @@ pub fn build(
             feed: "earlywarn".into(),
             record_id: None,
             time: p.at,
-            fields: BTreeMap::from([
-                (
-                    "problem".to_string(),
-                    Value::Text(p.kind.describe().to_string()),
-                ),
-                ("detail".to_string(), Value::Text(p.detail.clone())),
+            fields: crate::event::Fields::from([
+                ("problem", Value::Text(p.kind.describe().to_string())),
+                ("detail", Value::Text(p.detail.clone())),
             ]),
         })
         .collect();

@@ -15,7 +15,6 @@ use crate::feeds::record_fingerprint;
 use crate::rules::RuleSet;
 use crate::rules::engine::{Batch, Engine, EngineState};
 use jiff::Timestamp;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -61,6 +60,9 @@ pub struct ReplaySummary {
     pub clock: Option<Timestamp>,
 }
 
+/// Rows handed from the reading thread to the rules at a time.
+const CHUNK: usize = 1024;
+
 /// Replays `files` as if dropped into `feed`, calling `on_alert` for each alert
 /// and `on_problem` for each file or row that could not be read.
 pub fn replay(
@@ -73,7 +75,8 @@ pub fn replay(
 ) -> Result<ReplaySummary, ReplayError> {
     let mut engine = Engine::new(rules, EngineState::default());
     // Fingerprints of records seen, hashed to 64 bits to keep a million of them small.
-    let mut seen: HashSet<u64> = HashSet::new();
+    let mut seen: rustc_hash::FxHashSet<u64> = rustc_hash::FxHashSet::default();
+    seen.reserve(1 << 16);
     let mut clock = Timestamp::UNIX_EPOCH;
     let clock_rules = engine.has_clock_rules();
     // Only this feed is replayed: the others are not silent, just not in this replay.
@@ -123,39 +126,76 @@ pub fn replay(
         let mut shaped = feed.clone();
         shaped.format = format_for(path, feed);
         let file_time = clock;
-        let shape = RecordShape {
-            feed: &shaped,
-            timezone: &config.daemon.timezone,
-            default_time: file_time,
-        };
         let mut batch = Batch::default();
         let mut latest = clock;
         let mut clock_alerts = Vec::new();
-        let parsed = parse(reader, &shape, |row| {
-            summary.rows += 1;
-            match row {
-                Row::Error(e) => {
-                    summary.rejected_rows += 1;
-                    on_problem(path, Some(&e), &e.reason);
-                }
-                Row::Event(event) => {
-                    if event.record_id.is_some() {
-                        let fp = record_fingerprint(&event);
+        // Two stages on two cores: this thread's helper reads, decodes, parses and
+        // deduplicates rows; this thread runs the rules. Chunks keep the channel cheap.
+        let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(8);
+        let parsed = std::thread::scope(|scope| {
+            let shaped = &shaped;
+            let seen = &mut seen;
+            let reader_thread = scope.spawn(move || {
+                let shape = RecordShape {
+                    feed: shaped,
+                    timezone: &config.daemon.timezone,
+                    default_time: file_time,
+                };
+                let mut chunk = Vec::with_capacity(CHUNK);
+                let mut duplicates = 0u64;
+                let result = parse(reader, &shape, |row| {
+                    if let Row::Event(event) = &row
+                        && event.record_id.is_some()
+                    {
+                        let fp = record_fingerprint(event);
                         let key = u64::from_le_bytes(fp[..8].try_into().unwrap_or([0; 8]));
                         if !seen.insert(key) {
-                            summary.duplicates += 1;
+                            duplicates += 1;
                             return;
                         }
                     }
-                    summary.events += 1;
-                    latest = latest.max(event.time);
-                    // The simulated clock reaches this event: deadlines due before it pass first.
-                    if clock_rules && engine.next_wakeup().is_some_and(|w| w <= latest) {
-                        keep_other_feeds_awake(&mut engine, latest);
-                        clock_alerts.extend(engine.tick(latest).alerts);
+                    chunk.push(row);
+                    if chunk.len() == CHUNK {
+                        // The receiver only goes away if the engine side panicked.
+                        let _ = chunks_tx
+                            .send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
                     }
-                    engine.observe(&mut batch, &event);
+                });
+                if !chunk.is_empty() {
+                    let _ = chunks_tx.send(chunk);
                 }
+                (result, duplicates)
+            });
+            for chunk in chunks_rx {
+                for row in chunk {
+                    summary.rows += 1;
+                    match row {
+                        Row::Error(e) => {
+                            summary.rejected_rows += 1;
+                            on_problem(path, Some(&e), &e.reason);
+                        }
+                        Row::Event(event) => {
+                            summary.events += 1;
+                            latest = latest.max(event.time);
+                            // The simulated clock reaches this event: deadlines due before it pass first.
+                            if clock_rules && engine.next_wakeup().is_some_and(|w| w <= latest) {
+                                keep_other_feeds_awake(&mut engine, latest);
+                                clock_alerts.extend(engine.tick(latest).alerts);
+                            }
+                            engine.observe(&mut batch, &event);
+                        }
+                    }
+                }
+            }
+            match reader_thread.join() {
+                Ok((result, duplicates)) => {
+                    summary.rows += duplicates;
+                    summary.duplicates += duplicates;
+                    result
+                }
+                Err(_) => Err(crate::feeds::parse::FileError(
+                    "the reading thread failed".into(),
+                )),
             }
         });
         bar.finish_and_clear();

@@ -273,7 +273,10 @@ fn redact(
                 && let Some(feed) = feed
             {
                 for field in &feed.sensitive {
-                    if e.fields.remove(field).is_some_and(|v| !v.is_empty()) {
+                    if e.fields
+                        .remove(field.as_str())
+                        .is_some_and(|v| !v.is_empty())
+                    {
                         withheld.insert(field.clone());
                     }
                 }
@@ -333,13 +336,10 @@ min_severity = "critical"
     }
 
     fn event(district: &str) -> Event {
-        let mut fields = BTreeMap::new();
-        fields.insert("district".into(), Value::Text(district.into()));
-        fields.insert(
-            "notes".into(),
-            Value::Text("found near the bus station".into()),
-        );
-        fields.insert("location".into(), Value::Text("".into()));
+        let mut fields = crate::event::Fields::default();
+        fields.insert("district", Value::Text(district.into()));
+        fields.insert("notes", Value::Text("found near the bus station".into()));
+        fields.insert("location", Value::Text("".into()));
         Event {
             feed: "drug_testing".into(),
             record_id: Some("S1".into()),

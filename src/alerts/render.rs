@@ -431,7 +431,7 @@ fn event_map(
                 FieldValue::Number(n) => serde_json::json!(n),
                 FieldValue::List(items) => serde_json::json!(items),
             };
-            (k.clone(), v)
+            (k.to_string(), v)
         })
         .collect();
     map.insert("_feed".into(), serde_json::Value::String(e.feed.clone()));
@@ -531,8 +531,8 @@ impl Sections {
                     .filter_map(|f| e.get(f).map(|v| (f.clone(), v.to_string())))
                     .collect();
                 for (k, v) in &e.fields {
-                    if !key_fields.contains(k) && !v.is_empty() {
-                        rows.push((k.clone(), v.to_string()));
+                    if !key_fields.iter().any(|f| **f == **k) && !v.is_empty() {
+                        rows.push((k.to_string(), v.to_string()));
                     }
                 }
                 (title, rows)
@@ -784,10 +784,10 @@ emails = ["c@example.org"]
     }
 
     fn alert(notes: &str, district: &str) -> Alert {
-        let mut fields = BTreeMap::new();
-        fields.insert("sample_id".into(), FieldValue::Text("S-1".into()));
-        fields.insert("district".into(), FieldValue::Text(district.into()));
-        fields.insert("notes".into(), FieldValue::Text(notes.into()));
+        let mut fields = crate::event::Fields::default();
+        fields.insert("sample_id", FieldValue::Text("S-1".into()));
+        fields.insert("district", FieldValue::Text(district.into()));
+        fields.insert("notes", FieldValue::Text(notes.into()));
         Alert {
             id: "EW-0123456789".into(),
             rule_id: "nitazene".into(),

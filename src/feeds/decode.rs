@@ -105,7 +105,10 @@ fn read_up_to<R: Read>(source: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// A reader that yields UTF-8 text from `source` in `encoding`, without any BOM.
-pub fn decoding_reader<R: Read + 'static>(source: R, encoding: TextEncoding) -> Box<dyn Read> {
+pub fn decoding_reader<R: Read + Send + 'static>(
+    source: R,
+    encoding: TextEncoding,
+) -> Box<dyn Read + Send> {
     match encoding {
         // Valid UTF-8 needs no transcoding; only a BOM to strip.
         TextEncoding::Utf8 => Box::new(source),

@@ -7,10 +7,9 @@
 //! [`FileError`] and nothing of the file is used.
 
 use crate::config::{FeedConfig, FeedFormat};
-use crate::event::{Event, Value};
+use crate::event::{Event, FieldName, Fields, Value};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Range;
 
@@ -121,8 +120,18 @@ fn parse_csv<R: Read>(
             )));
         }
     };
-    let names: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
-    check_header(&names, shape.feed, delimiter)?;
+    let header: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
+    check_header(&header, shape.feed, delimiter)?;
+    let names: Vec<FieldName> = header.iter().map(|h| FieldName::from(h.as_str())).collect();
+    // Each column's list separator, looked up once per file rather than per cell.
+    let separators: Vec<Option<&str>> = names
+        .iter()
+        .map(|n| shape.feed.list_fields.get(&**n).map(String::as_str))
+        .collect();
+    // Column indices in name order, so each row's fields are built sorted.
+    let mut sorted_columns: Vec<usize> =
+        (0..names.len()).filter(|&i| !names[i].is_empty()).collect();
+    sorted_columns.sort_by(|&a, &b| names[a].cmp(&names[b]));
 
     let mut record = csv::StringRecord::new();
     let mut row = 0u64;
@@ -168,10 +177,13 @@ fn parse_csv<R: Read>(
                         }
                     ))
                 } else {
-                    let fields = names
-                        .iter()
-                        .zip(record.iter())
-                        .map(|(n, v)| (n.as_str(), RawValue::Text(v)));
+                    let fields = sorted_columns.iter().map(|&i| {
+                        (
+                            names[i].clone(),
+                            RawValue::Text(record.get(i).unwrap_or("")),
+                            separators[i],
+                        )
+                    });
                     build_event(fields, shape)
                 };
                 match outcome {
@@ -382,7 +394,8 @@ pub fn event_from_json(
             ),
             obj @ serde_json::Value::Object(_) => RawValue::Owned(obj.to_string()),
         };
-        Some((k.as_str(), raw))
+        let separator = shape.feed.list_fields.get(k.as_str()).map(String::as_str);
+        Some((FieldName::from(k.as_str()), raw, separator))
     });
     build_event(fields, shape)
 }
@@ -396,17 +409,23 @@ enum RawValue<'a> {
 }
 
 /// Applies the feed's settings (lists, id, time) to raw fields.
-fn build_event<'a>(
-    raw: impl Iterator<Item = (&'a str, RawValue<'a>)>,
+/// `raw` yields each field with its list separator (if it is a list field), in name order.
+fn build_event<'a, 's>(
+    raw: impl Iterator<Item = (FieldName, RawValue<'a>, Option<&'s str>)>,
     shape: &RecordShape<'_>,
 ) -> Result<Event, String> {
     let feed = shape.feed;
-    let mut fields = BTreeMap::new();
-    for (name, value) in raw {
+    let mut fields: Vec<(FieldName, Value)> = Vec::with_capacity(raw.size_hint().0);
+    for (name, value, separator) in raw {
         if name.is_empty() {
             continue;
         }
-        let separator = feed.list_fields.get(name);
+        // An empty cell is an absent field: skip it before allocating anything.
+        if let RawValue::Text(s) = &value
+            && s.trim().is_empty()
+        {
+            continue;
+        }
         let value = match (value, separator) {
             (RawValue::Text(s), Some(sep)) => Value::List(split_list(s, sep)),
             (RawValue::Owned(s), Some(sep)) => Value::List(split_list(&s, sep)),
@@ -416,18 +435,29 @@ fn build_event<'a>(
             (RawValue::Number(_), _) => continue,
             (RawValue::List(items), _) => Value::List(items),
         };
-        fields.insert(name.to_string(), value);
+        // An empty cell is an absent field: `exists()` is false and nothing is shown.
+        if value.is_empty() {
+            continue;
+        }
+        fields.push((name, value));
     }
+    // CSV columns come sorted (sorted once per file) and JSON objects iterate
+    // sorted; this only costs a pass to confirm it.
+    if !fields.windows(2).all(|w| w[0].0 < w[1].0) {
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        fields.dedup_by(|b, a| a.0 == b.0);
+    }
+    let fields = Fields::from_sorted(fields);
     let record_id = match &feed.id_field {
         None => None,
-        Some(f) => match fields.get(f).filter(|v| !v.is_empty()) {
+        Some(f) => match fields.get(f.as_str()).filter(|v| !v.is_empty()) {
             Some(v) => Some(v.to_string()),
             None => return Err(format!("`{f}` (the record id) is empty")),
         },
     };
     let time = match &feed.time_field {
         None => shape.default_time,
-        Some(f) => match fields.get(f).filter(|v| !v.is_empty()) {
+        Some(f) => match fields.get(f.as_str()).filter(|v| !v.is_empty()) {
             None => return Err(format!("`{f}` (the event time) is empty")),
             Some(v) => parse_time(&v.to_string(), feed.time_format.as_deref(), shape.timezone)
                 .map_err(|hint| format!("`{f}` value `{v}` is not a time; {hint}"))?,

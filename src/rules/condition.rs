@@ -16,10 +16,10 @@
 //! at load time. Evaluation does no I/O and never allocates for the common
 //! operators.
 
-use crate::event::{Event, Scalar, normalise_term, parse_number, terms_equal};
+use crate::event::{Event, Scalar, Value, normalise_term, parse_number, terms_equal};
 use jiff::Timestamp;
 use regex::Regex;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A parse or resolution error at a byte offset of the condition text.
@@ -43,22 +43,51 @@ pub enum Condition {
     And(Box<Condition>, Box<Condition>),
     Or(Box<Condition>, Box<Condition>),
     Not(Box<Condition>),
-    Exists(String),
+    Exists(FieldRef),
     Compare {
-        field: String,
+        field: FieldRef,
         op: CompareOp,
         literal: Literal,
     },
     Regex {
-        field: String,
+        field: FieldRef,
         regex: Regex,
         negated: bool,
     },
     In {
-        field: String,
+        field: FieldRef,
         set: TermSet,
         negated: bool,
     },
+}
+
+/// A field a condition reads: its name, and once the rule set is loaded, its
+/// slot in the set's list of field names, so evaluating a row looks each
+/// field up once for all rules instead of once per test.
+#[derive(Debug, Clone)]
+pub struct FieldRef {
+    pub name: String,
+    slot: Option<usize>,
+}
+
+impl FieldRef {
+    fn new(name: String) -> FieldRef {
+        FieldRef { name, slot: None }
+    }
+
+    /// The field's value in `event`, through the slot when the scratch is bound to it.
+    fn value<'e>(&self, event: &'e Event, scratch: &EvalScratch) -> Option<&'e Value> {
+        match (self.slot, scratch.bound) {
+            (Some(slot), true) => scratch
+                .positions
+                .get(slot)
+                .copied()
+                .flatten()
+                .map(|i| event.fields.value_at(i))
+                .filter(|v| !v.is_empty()),
+            _ => event.get(&self.name),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +112,8 @@ pub enum Literal {
 /// The members of a list, normalised for membership tests.
 #[derive(Debug, Clone, Default)]
 pub struct TermSet {
-    terms: HashSet<String>,
+    /// FxHash: these are short keys looked up millions of times per replay.
+    terms: rustc_hash::FxHashSet<String>,
 }
 
 impl TermSet {
@@ -96,11 +126,13 @@ impl TermSet {
     /// Whether `value` is in the set, ignoring case, spaces and punctuation.
     /// `scratch` is reused between calls so that membership does not allocate.
     pub fn contains(&self, value: &str, scratch: &mut String) -> bool {
-        scratch.clear();
-        for c in value.chars().filter(|c| c.is_alphanumeric()) {
-            scratch.extend(c.to_lowercase());
-        }
+        normalise_into(value, scratch);
         self.terms.contains(scratch.as_str())
+    }
+
+    /// Whether an already normalised term is in the set.
+    pub fn contains_normalised(&self, term: &str) -> bool {
+        self.terms.contains(term)
     }
 
     pub fn len(&self) -> usize {
@@ -162,19 +194,36 @@ impl Condition {
             Condition::Exists(f)
             | Condition::Compare { field: f, .. }
             | Condition::Regex { field: f, .. }
-            | Condition::In { field: f, .. } => out.push(f),
+            | Condition::In { field: f, .. } => out.push(&f.name),
         }
     }
 
-    /// Evaluates the condition on an event. `scratch` is a reusable buffer.
-    pub fn matches(&self, event: &Event, scratch: &mut String) -> bool {
+    /// Gives every field this condition reads a slot, from `slot_of` (the rule set's interner).
+    pub fn assign_slots(&mut self, slot_of: &mut dyn FnMut(&str) -> usize) {
+        match self {
+            Condition::Always => {}
+            Condition::And(a, b) | Condition::Or(a, b) => {
+                a.assign_slots(slot_of);
+                b.assign_slots(slot_of);
+            }
+            Condition::Not(a) => a.assign_slots(slot_of),
+            Condition::Exists(f)
+            | Condition::Compare { field: f, .. }
+            | Condition::Regex { field: f, .. }
+            | Condition::In { field: f, .. } => f.slot = Some(slot_of(&f.name)),
+        }
+    }
+
+    /// Evaluates the condition on an event. `scratch` must have been told of
+    /// this event with [`EvalScratch::next_event`].
+    pub fn matches(&self, event: &Event, scratch: &mut EvalScratch) -> bool {
         match self {
             Condition::Always => true,
             Condition::And(a, b) => a.matches(event, scratch) && b.matches(event, scratch),
             Condition::Or(a, b) => a.matches(event, scratch) || b.matches(event, scratch),
             Condition::Not(a) => !a.matches(event, scratch),
-            Condition::Exists(field) => event.get(field).is_some(),
-            Condition::Compare { field, op, literal } => match event.get(field) {
+            Condition::Exists(field) => field.value(event, scratch).is_some(),
+            Condition::Compare { field, op, literal } => match field.value(event, scratch) {
                 // A missing field matches nothing, not even `!=`.
                 None => false,
                 // `!=` on a list means no element is equal, like `not in` and `!~`.
@@ -187,7 +236,7 @@ impl Condition {
                 field,
                 regex,
                 negated,
-            } => match event.get(field) {
+            } => match field.value(event, scratch) {
                 None => false,
                 Some(value) => {
                     let any = value.elements().any(|el| match el {
@@ -201,17 +250,132 @@ impl Condition {
                 field,
                 set,
                 negated,
-            } => match event.get(field) {
+            } => match field.value(event, scratch) {
                 None => false,
                 Some(value) => {
-                    let any = value.elements().any(|el| match el {
-                        Scalar::Text(s) => set.contains(s, scratch),
-                        Scalar::Number(n) => set.contains(&n.to_string(), scratch),
-                    });
+                    let any = scratch
+                        .normalised(&field.name, value)
+                        .iter()
+                        .any(|term| set.contains_normalised(term));
                     any != *negated
                 }
             },
         }
+    }
+}
+
+/// Reusable working memory for evaluating conditions on one event at a time.
+///
+/// Many rules test the same field with `in` (a drug-testing row meets a dozen
+/// substance lists); its elements are normalised once per event, not once per
+/// test. Call [`EvalScratch::next_event`] before evaluating a new event.
+#[derive(Debug, Default)]
+pub struct EvalScratch {
+    /// For the bound event: the position in its fields of each slot's field.
+    positions: Vec<Option<usize>>,
+    /// Whether `positions` describes the current event.
+    bound: bool,
+    /// Slot of each field name seen, by the name's address (see `bind`).
+    name_slots: rustc_hash::FxHashMap<usize, (crate::event::FieldName, Option<usize>)>,
+    /// Normalised elements by field name, for the current event.
+    normalised: Vec<(String, Vec<String>)>,
+    /// How many entries of `normalised` belong to the current event; the rest
+    /// are kept only to reuse their allocations.
+    used: usize,
+}
+
+impl EvalScratch {
+    /// Forgets the previous event's values.
+    pub fn next_event(&mut self) {
+        self.used = 0;
+        self.bound = false;
+    }
+
+    /// Starts a new event and finds, once, where each field the rule set reads
+    /// (`slots`) is in it.
+    pub fn bind(&mut self, event: &Event, slots: &[String]) {
+        self.used = 0;
+        self.positions.clear();
+        self.positions.resize(slots.len(), None);
+        // The rows of a file share their field names (`Arc`s), so a name's slot is
+        // found by its address after the first row. The cache holds a clone of each
+        // name, so an address cannot be reused by another name while it is cached;
+        // it is emptied when it grows (JSON rows do not share names).
+        if self.name_slots.len() > 1024 {
+            self.name_slots.clear();
+        }
+        for (position, (name, _)) in event.fields.iter().enumerate() {
+            let address = std::sync::Arc::as_ptr(name) as *const u8 as usize;
+            let slot = match self.name_slots.get(&address) {
+                Some((_, slot)) => *slot,
+                None => {
+                    let slot = slots.iter().position(|s| **s == **name);
+                    self.name_slots.insert(address, (name.clone(), slot));
+                    slot
+                }
+            };
+            if let Some(slot) = slot {
+                self.positions[slot] = Some(position);
+            }
+        }
+        self.bound = true;
+    }
+
+    fn normalised(&mut self, field: &str, value: &crate::event::Value) -> &[String] {
+        if let Some(i) = self.normalised[..self.used]
+            .iter()
+            .position(|(f, _)| f == field)
+        {
+            return &self.normalised[i].1;
+        }
+        if self.used == self.normalised.len() {
+            self.normalised.push((String::new(), Vec::new()));
+        }
+        let (name, terms) = &mut self.normalised[self.used];
+        name.clear();
+        name.push_str(field);
+        let mut count = 0;
+        for el in value.elements() {
+            if terms.len() == count {
+                terms.push(String::new());
+            }
+            match el {
+                Scalar::Text(s) => normalise_into(s, &mut terms[count]),
+                Scalar::Number(n) => normalise_into(&n.to_string(), &mut terms[count]),
+            }
+            count += 1;
+        }
+        terms.truncate(count);
+        self.used += 1;
+        &self.normalised[self.used - 1].1
+    }
+}
+
+/// Writes the normalised form of `value` (see [`normalise_term`]) into `out`.
+fn normalise_into(value: &str, out: &mut String) {
+    out.clear();
+    if value.is_ascii() {
+        // The common case, without Unicode case tables.
+        out.extend(
+            value
+                .bytes()
+                .filter(u8::is_ascii_alphanumeric)
+                .map(|b| b.to_ascii_lowercase() as char),
+        );
+    } else {
+        for c in value.chars().filter(|c| c.is_alphanumeric()) {
+            out.extend(c.to_lowercase());
+        }
+    }
+}
+
+/// Text equality ignoring case and surrounding spaces; `lit` is already lower-case.
+fn text_equals(s: &str, lit: &str) -> bool {
+    let t = s.trim();
+    if t.is_ascii() && lit.is_ascii() {
+        t.eq_ignore_ascii_case(lit)
+    } else {
+        t.to_lowercase() == lit
     }
 }
 
@@ -227,7 +391,7 @@ fn compare(el: Scalar<'_>, op: CompareOp, literal: &Literal) -> bool {
             Scalar::Text(s) => {
                 if matches!(op, CompareOp::Eq | CompareOp::Ne) {
                     // Equality ignores case (and surrounding spaces from exports).
-                    let equal = s.trim().to_lowercase() == *lit;
+                    let equal = text_equals(s, lit);
                     return if op == CompareOp::Eq { equal } else { !equal };
                 }
                 Some(s.trim().to_lowercase().as_str().cmp(lit.as_str()))
@@ -546,7 +710,7 @@ impl Parser<'_> {
                 self.expect(TokenKind::LParen, "`(` after `exists`")?;
                 let field = self.field_name()?;
                 self.expect(TokenKind::RParen, "`)` after the field name")?;
-                Ok(Condition::Exists(field))
+                Ok(Condition::Exists(FieldRef::new(field)))
             }
             TokenKind::Ident(word) if KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) => {
                 Err(ConditionError {
@@ -615,7 +779,7 @@ impl Parser<'_> {
                             message: format!("bad regular expression: {}", regex_error_summary(&e)),
                         })?;
                         Ok(Condition::Regex {
-                            field,
+                            field: FieldRef::new(field),
                             regex,
                             negated: op == "!~",
                         })
@@ -630,7 +794,7 @@ impl Parser<'_> {
                             _ => CompareOp::Ge,
                         };
                         Ok(Condition::Compare {
-                            field,
+                            field: FieldRef::new(field),
                             op,
                             literal: operand,
                         })
@@ -640,7 +804,7 @@ impl Parser<'_> {
             TokenKind::Ident(word) if word.eq_ignore_ascii_case("in") => {
                 let set = self.list_operand()?;
                 Ok(Condition::In {
-                    field,
+                    field: FieldRef::new(field),
                     set,
                     negated: false,
                 })
@@ -649,7 +813,7 @@ impl Parser<'_> {
                 self.pos += 1;
                 let set = self.list_operand()?;
                 Ok(Condition::In {
-                    field,
+                    field: FieldRef::new(field),
                     set,
                     negated: true,
                 })
@@ -832,10 +996,7 @@ mod tests {
             feed: "drug_testing".into(),
             record_id: None,
             time: Timestamp::UNIX_EPOCH,
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
+            fields: fields.iter().map(|(k, v)| (*k, v.clone())).collect(),
         }
     }
 
@@ -853,7 +1014,9 @@ mod tests {
 
     fn check(src: &str, ev: &Event) -> bool {
         let cond = Condition::parse(src, &lists()).unwrap_or_else(|e| panic!("{src}: {e:?}"));
-        cond.matches(ev, &mut String::new())
+        let mut scratch = EvalScratch::default();
+        scratch.next_event();
+        cond.matches(ev, &mut scratch)
     }
 
     fn text(s: &str) -> Value {

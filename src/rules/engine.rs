@@ -322,7 +322,7 @@ pub struct Batch {
     pending: BTreeMap<(usize, String), Pending>,
     /// Threshold and rate groups touched by this file.
     windows_touched: BTreeSet<(usize, String)>,
-    scratch: String,
+    scratch: crate::rules::condition::EvalScratch,
     events_seen: u64,
 }
 
@@ -413,6 +413,7 @@ impl Engine {
     /// Tests one event against the rules of its feed.
     pub fn observe(&mut self, batch: &mut Batch, event: &Event) {
         batch.events_seen += 1;
+        batch.scratch.bind(event, &self.rules.field_slots);
         let rules = self.rules.clone();
         if let Some(indices) = self.by_feed.get(&event.feed).cloned() {
             for i in indices {

@@ -423,6 +423,8 @@ fn partner_list(
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     pub files: Vec<PathBuf>,
+    /// Every field name the rules' conditions read, by slot (see `FieldRef`).
+    pub field_slots: Vec<String>,
 }
 
 impl RuleSet {
@@ -705,9 +707,25 @@ impl RuleSet {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
+        // One slot per distinct field name across all conditions.
+        let mut field_slots: Vec<String> = Vec::new();
+        let mut slot_index: HashMap<String, usize> = HashMap::new();
+        let mut slot_of = |name: &str| -> usize {
+            *slot_index.entry(name.to_string()).or_insert_with(|| {
+                field_slots.push(name.to_string());
+                field_slots.len() - 1
+            })
+        };
+        for rule in &mut rules {
+            rule.when.assign_slots(&mut slot_of);
+            if let RuleKind::Deadline { until_when, .. } = &mut rule.kind {
+                until_when.assign_slots(&mut slot_of);
+            }
+        }
         Ok(RuleSet {
             rules,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
+            field_slots,
         })
     }
 

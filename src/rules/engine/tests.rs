@@ -37,14 +37,14 @@ const H: i64 = 3600;
 const D: i64 = 86_400;
 
 fn event(feed: &str, at: i64, fields: &[(&str, &str)]) -> Event {
-    let mut map = BTreeMap::new();
+    let mut map = crate::event::Fields::default();
     for (k, v) in fields {
         let value = if *k == "substances_major" {
             Value::List(v.split(';').map(|s| s.trim().to_string()).collect())
         } else {
             Value::Text(v.to_string())
         };
-        map.insert(k.to_string(), value);
+        map.insert(*k, value);
     }
     Event {
         feed: feed.into(),
