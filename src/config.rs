@@ -530,10 +530,14 @@ impl Config {
 
         let from = m
             .from
-            .clone()
+            .as_ref()
+            .map(|f| f.get_ref().clone())
             .unwrap_or_else(|| "earlywarn <earlywarn@localhost>".into());
-        if from.parse::<lettre::message::Mailbox>().is_err() {
-            errors.push(Diagnostic::at(path, text, 0, format!("[mail] from `{from}` is not an address like \"GM Early Warning <earlywarn@example.org>\"")));
+        if let Err(e) = from.parse::<lettre::message::Mailbox>() {
+            let at_from = m.from.as_ref().map(|f| f.span().start).unwrap_or(0);
+            errors.push(Diagnostic::at(path, text, at_from, format!(
+                "`{from}` is not a sender like \"GM Early Warning <earlywarn@example.org>\" ({e}); put a display name with punctuation in double quotes: \"\\\"GM Early Warning (test)\\\" <earlywarn@example.org>\""
+            )));
         }
 
         let rules = d
@@ -710,7 +714,7 @@ struct RawDaemon {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMail {
-    from: Option<String>,
+    from: Option<Spanned<String>>,
     transport: Option<Spanned<String>>,
     file_dir: Option<String>,
     host: Option<Spanned<String>>,
