@@ -238,6 +238,14 @@ impl Config {
             match value {
                 None => default,
                 Some(s) => match parse_duration(s.get_ref()) {
+                    // Zero would make a timer spin or a retry hammer the server.
+                    Ok(d) if d.is_zero() && default != Duration::ZERO => {
+                        errors.push(at(
+                            s.span(),
+                            format!("`{}` must be longer than zero", s.get_ref()),
+                        ));
+                        default
+                    }
                     Ok(d) => d,
                     Err(msg) => {
                         errors.push(at(s.span(), msg));
@@ -630,7 +638,7 @@ fn is_loopback_host(host: &str) -> bool {
             .unwrap_or(false)
 }
 
-/// Parses durations like `30s`, `15m`, `6h`, `7d`, `2w`, `1h30m`.
+/// Parses durations like `500ms`, `30s`, `15m`, `6h`, `7d`, `2w`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
     let bad = || {
@@ -641,7 +649,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if text.is_empty() {
         return Err(bad());
     }
-    let mut total: u64 = 0;
+    let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
         let digits = rest
@@ -656,23 +664,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_alphabetic())
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
-        let secs = match unit {
-            "ms" => {
-                total = total.saturating_add(n / 1000);
-                rest = rest[unit_len..].trim_start();
-                continue;
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
+            "m" | "min" | "mins" | "minute" | "minutes" => {
+                Duration::from_secs(n.saturating_mul(60))
             }
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86_400,
-            "w" | "week" | "weeks" => 7 * 86_400,
+            "h" | "hour" | "hours" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" | "day" | "days" => Duration::from_secs(n.saturating_mul(86_400)),
+            "w" | "week" | "weeks" => Duration::from_secs(n.saturating_mul(7 * 86_400)),
             _ => return Err(bad()),
         };
-        total = total.saturating_add(n.saturating_mul(secs));
+        total = total.saturating_add(part);
         rest = rest[unit_len..].trim_start();
     }
-    Ok(Duration::from_secs(total))
+    Ok(total)
 }
 
 // ---------------------------------------------------------------- raw TOML shape
@@ -858,6 +864,7 @@ districts = ["Bolton"]
             parse_duration("2 weeks"),
             Ok(Duration::from_secs(1_209_600))
         );
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("six hours").is_err());
         assert!(parse_duration("6").is_err());
         assert!(parse_duration("").is_err());

@@ -91,12 +91,7 @@ impl Mailer {
                     .map_err(|e| SendError::Permanent(e.to_string()))?;
                 // lettre bounds each command; this bounds the whole exchange,
                 // including a server that stalls after DATA.
-                match tokio::time::timeout(
-                    *timeout + Duration::from_secs(1),
-                    transport.send_raw(&envelope, message),
-                )
-                .await
-                {
+                match tokio::time::timeout(*timeout, transport.send_raw(&envelope, message)).await {
                     Err(_) => Err(SendError::Transient(format!(
                         "no answer within {}s",
                         timeout.as_secs()
@@ -190,33 +185,41 @@ pub enum Attempt {
     Failed { error: String },
 }
 
-/// Sends one due row and records the outcome.
+/// Sends one due row and records the outcome. If the database cannot take the
+/// record (a full disk), the write is returned to be retried: the row must not
+/// look due again, or the partner would get the email again and again.
 pub async fn attempt(
     store: &Mutex<Store>,
     mailer: &Mailer,
     mail: &MailConfig,
     item: &OutboxItem,
-) -> Attempt {
+) -> (Attempt, Option<OutcomeWrite>) {
     let name = format!("{}-{}", item.alert_id, item.partner_id);
     let result = mailer
         .send(&item.mail_from, &item.recipients, &item.message, &name)
         .await;
     let now = Timestamp::now();
-    // A poisoned lock means another thread panicked mid-update; SQLite's own
-    // transaction keeps the data consistent, so carrying on is safe.
-    let store = store.lock().unwrap_or_else(|p| p.into_inner());
     let attempts = item.attempts + 1;
-    let (outcome, recorded) = match &result {
+    let (outcome, write) = match &result {
         Ok(()) => {
             tracing::info!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts, "Delivered");
-            (Attempt::Sent, store.mark_sent(item.id, now))
+            (
+                Attempt::Sent,
+                OutcomeWrite::Sent {
+                    id: item.id,
+                    at: now,
+                },
+            )
         }
         Err(SendError::Permanent(e)) => {
             tracing::error!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts, error = %e,
                 "Delivery failed permanently; the alert did not reach this partner");
             (
                 Attempt::Failed { error: e.clone() },
-                store.mark_failed(item.id, e),
+                OutcomeWrite::Failed {
+                    id: item.id,
+                    error: e.clone(),
+                },
             )
         }
         Err(SendError::Transient(e)) => {
@@ -224,14 +227,63 @@ pub async fn attempt(
             tracing::warn!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts, error = %e,
                 retry_in_secs = after.as_secs(), "Delivery failed; will retry");
             let next = now.checked_add(after).unwrap_or(now);
-            (Attempt::Retry { after }, store.mark_retry(item.id, next, e))
+            (
+                Attempt::Retry { after },
+                OutcomeWrite::Retry {
+                    id: item.id,
+                    next,
+                    error: e.clone(),
+                },
+            )
         }
     };
-    if let Err(e) = recorded {
-        // The send happened but its outcome is not recorded: at worst it is sent again.
-        tracing::error!(alert = %item.alert_id, error = %e, "Cannot record the delivery outcome");
+    let unrecorded = match write.apply(store) {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::error!(alert = %item.alert_id, error = %e, "Cannot record the delivery outcome; holding it until the database takes it");
+            Some(write)
+        }
+    };
+    (outcome, unrecorded)
+}
+
+/// The database write that records an attempt's outcome.
+#[derive(Debug, Clone)]
+pub enum OutcomeWrite {
+    Sent {
+        id: i64,
+        at: Timestamp,
+    },
+    Failed {
+        id: i64,
+        error: String,
+    },
+    Retry {
+        id: i64,
+        next: Timestamp,
+        error: String,
+    },
+}
+
+impl OutcomeWrite {
+    fn id(&self) -> i64 {
+        match self {
+            OutcomeWrite::Sent { id, .. }
+            | OutcomeWrite::Failed { id, .. }
+            | OutcomeWrite::Retry { id, .. } => *id,
+        }
     }
-    outcome
+
+    fn apply(&self, store: &Mutex<Store>) -> Result<(), crate::store::StoreError> {
+        // A poisoned lock means another thread panicked mid-update; SQLite's own
+        // transaction keeps the data consistent, so carrying on is safe.
+        let store = store.lock().unwrap_or_else(|p| p.into_inner());
+        match self {
+            OutcomeWrite::Sent { id, at } => store.mark_sent(*id, *at),
+            OutcomeWrite::Failed { id, error } => store.mark_failed(*id, error),
+            OutcomeWrite::Retry { id, next, error } => store.mark_retry(*id, *next, error),
+        }
+    }
 }
 
 /// How often an idle outbox looks for rows written by other processes
@@ -254,9 +306,21 @@ pub struct OutboxContext {
 /// Drains the outbox until `shutdown`: sends what is due, then sleeps until
 /// the next row is due or `wake` says new rows were committed.
 pub async fn run_outbox(ctx: OutboxContext) {
+    // Outcomes the database could not record yet (see `attempt`).
+    let mut unrecorded: Vec<OutcomeWrite> = Vec::new();
     loop {
         if ctx.shutdown.is_cancelled() {
             return;
+        }
+        if !unrecorded.is_empty() {
+            unrecorded.retain(|w| w.apply(&ctx.store).is_err());
+            if !unrecorded.is_empty() {
+                // The database is still refusing writes: do not spin on it.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = ctx.shutdown.cancelled() => return,
+                }
+            }
         }
         let due = {
             let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
@@ -273,9 +337,16 @@ pub async fn run_outbox(ctx: OutboxContext) {
             }
         };
         if !due.is_empty() {
+            let mut sent_any = false;
             for item in due {
+                if unrecorded.iter().any(|w| w.id() == item.id) {
+                    continue; // already attempted; only its record is missing
+                }
+                sent_any = true;
                 // An exchange in progress is finished even during shutdown (it is bounded by the timeout).
-                match attempt(&ctx.store, &ctx.mailer, &ctx.mail, &item).await {
+                let (outcome, write) = attempt(&ctx.store, &ctx.mailer, &ctx.mail, &item).await;
+                unrecorded.extend(write);
+                match outcome {
                     Attempt::Sent => ctx.metrics.delivery("sent"),
                     Attempt::Retry { .. } => ctx.metrics.delivery("retry"),
                     Attempt::Failed { error } => {
@@ -297,7 +368,9 @@ pub async fn run_outbox(ctx: OutboxContext) {
                     return;
                 }
             }
-            continue;
+            if sent_any {
+                continue;
+            }
         }
         let next = {
             let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
