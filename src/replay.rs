@@ -9,7 +9,7 @@
 use crate::alerts::{Alert, Audience, first_audience, route};
 use crate::config::{Config, FeedConfig};
 use crate::feeds::decode::{TextEncoding, decoding_reader, detect};
-use crate::feeds::intake::{format_for, render_with_fallback};
+use crate::feeds::intake::format_for;
 use crate::feeds::parse::{RecordShape, Row, RowError, parse};
 use crate::feeds::record_fingerprint;
 use crate::rules::RuleSet;
@@ -240,10 +240,14 @@ fn describe(config: &Config, engine: &Engine, alert: &Alert, file: &str) -> Repl
     let mut subject = String::new();
     if let Some(rule) = rule {
         for delivery in route(alert, rule, config, audience) {
-            if subject.is_empty()
-                && let Some(email) = render_with_fallback(alert, rule, &delivery, config)
-            {
-                subject = email.subject;
+            if subject.is_empty() {
+                subject = crate::alerts::render::subject(alert, rule, &delivery, config)
+                    .or_else(|_| {
+                        let mut plain = rule.clone();
+                        plain.subject = None;
+                        crate::alerts::render::subject(alert, &plain, &delivery, config)
+                    })
+                    .unwrap_or_default();
             }
             recipients.push(delivery.partner.id.clone());
         }

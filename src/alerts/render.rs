@@ -116,70 +116,10 @@ pub fn render(
     config: &Config,
 ) -> Result<RenderedEmail, RenderError> {
     let feed = config.feed(&rule.feed);
-    let tz = &config.daemon.timezone;
-    let show_time = |t: Timestamp| -> String {
-        t.to_zoned_datetime(tz.clone())
-            .strftime("%a %-d %b %Y %H:%M %Z")
-            .to_string()
-    };
-    let events: Vec<BTreeMap<String, serde_json::Value>> = delivery
-        .events
-        .iter()
-        .map(|e| event_map(e, &show_time))
-        .collect();
-    let district = alert.district.as_deref();
-    let draft = delivery.audience == Audience::Review;
-    let ctx = TemplateContext {
-        rule: RuleView {
-            id: &rule.id,
-            name: &rule.name,
-            severity: rule.severity.as_str(),
-            advice: rule.advice.as_deref(),
-            description: rule.description.as_deref(),
-        },
-        alert_id: &alert.id,
-        group: &delivery.group,
-        district,
-        event: events.first().cloned(),
-        events,
-        count: delivery.count,
-        partner: PartnerView {
-            id: &delivery.partner.id,
-            name: &delivery.partner.name,
-            isa: delivery.partner.isa,
-        },
-        marking: &config.mail.marking,
-        draft,
-        due: alert.trigger.deadline().map(|(_, due)| show_time(due)),
-        key: alert.trigger.deadline().map(|(key, _)| key.to_string()),
-        headline: headline(alert, rule, district, delivery.count, &show_time),
-        summary: summary(alert, rule, district, delivery.count, &show_time),
-        trigger: &alert.trigger,
-    };
-    let ctx = Value::from(minijinja::value::Serde(&ctx));
-    let env = environment();
-    let render_one = |source: &str| -> Result<String, RenderError> {
-        env.render_str(source, &ctx)
-            .map_err(|e| RenderError::Template {
-                rule: rule.id.clone(),
-                message: e.to_string(),
-            })
-    };
-
-    let headline = one_line(&render_one(
-        rule.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
-    )?);
+    let show_time = time_shower(config);
+    let (ctx, subject) = subject_and_context(alert, rule, delivery, config)?;
     let severity_tag = rule.severity.as_str().to_uppercase();
-    let subject = if draft {
-        format!(
-            "{} [DRAFT FOR ASSESSMENT] [{severity_tag}] {headline}",
-            config.mail.marking
-        )
-    } else {
-        format!("{} [{severity_tag}] {headline}", config.mail.marking)
-    };
-    let lead = render_one(rule.body.as_deref().unwrap_or(DEFAULT_LEAD))?;
-
+    let lead = render_template(rule, rule.body.as_deref().unwrap_or(DEFAULT_LEAD), &ctx)?;
     let sections = Sections::build(alert, rule, delivery, feed, &show_time);
     let text = sections.text(&config.mail.marking, &lead, &severity_tag);
     let html = sections.html(&config.mail.marking, &lead, &severity_tag);
@@ -251,6 +191,95 @@ pub fn render(
         to,
         bytes: message.formatted(),
     })
+}
+
+/// How times are shown in emails: in the daemon's time zone, like "Tue 4 Nov 2025 11:30 GMT".
+fn time_shower(config: &Config) -> impl Fn(Timestamp) -> String + '_ {
+    let tz = &config.daemon.timezone;
+    move |t: Timestamp| {
+        t.to_zoned_datetime(tz.clone())
+            .strftime("%a %-d %b %Y %H:%M %Z")
+            .to_string()
+    }
+}
+
+fn render_template(rule: &Rule, source: &str, ctx: &Value) -> Result<String, RenderError> {
+    environment()
+        .render_str(source, ctx)
+        .map_err(|e| RenderError::Template {
+            rule: rule.id.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// Only the subject of a delivery's email (what `replay` shows), without building the rest.
+pub fn subject(
+    alert: &Alert,
+    rule: &Rule,
+    delivery: &Delivery<'_>,
+    config: &Config,
+) -> Result<String, RenderError> {
+    subject_and_context(alert, rule, delivery, config).map(|(_, subject)| subject)
+}
+
+/// The template context (SPEC §5) and the finished subject line.
+fn subject_and_context(
+    alert: &Alert,
+    rule: &Rule,
+    delivery: &Delivery<'_>,
+    config: &Config,
+) -> Result<(Value, String), RenderError> {
+    let show_time = time_shower(config);
+    let events: Vec<BTreeMap<String, serde_json::Value>> = delivery
+        .events
+        .iter()
+        .map(|e| event_map(e, &show_time))
+        .collect();
+    let district = alert.district.as_deref();
+    let draft = delivery.audience == Audience::Review;
+    let ctx = TemplateContext {
+        rule: RuleView {
+            id: &rule.id,
+            name: &rule.name,
+            severity: rule.severity.as_str(),
+            advice: rule.advice.as_deref(),
+            description: rule.description.as_deref(),
+        },
+        alert_id: &alert.id,
+        group: &delivery.group,
+        district,
+        event: events.first().cloned(),
+        events,
+        count: delivery.count,
+        partner: PartnerView {
+            id: &delivery.partner.id,
+            name: &delivery.partner.name,
+            isa: delivery.partner.isa,
+        },
+        marking: &config.mail.marking,
+        draft,
+        due: alert.trigger.deadline().map(|(_, due)| show_time(due)),
+        key: alert.trigger.deadline().map(|(key, _)| key.to_string()),
+        headline: headline(alert, rule, district, delivery.count, &show_time),
+        summary: summary(alert, rule, district, delivery.count, &show_time),
+        trigger: &alert.trigger,
+    };
+    let ctx = Value::from(minijinja::value::Serde(&ctx));
+    let headline = one_line(&render_template(
+        rule,
+        rule.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
+        &ctx,
+    )?);
+    let severity_tag = rule.severity.as_str().to_uppercase();
+    let subject = if draft {
+        format!(
+            "{} [DRAFT FOR ASSESSMENT] [{severity_tag}] {headline}",
+            config.mail.marking
+        )
+    } else {
+        format!("{} [{severity_tag}] {headline}", config.mail.marking)
+    };
+    Ok((ctx, subject))
 }
 
 /// One line saying what made the rule fire: the default subject.
