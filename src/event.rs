@@ -42,7 +42,7 @@ impl Value {
     /// Whether the value carries nothing (empty text or an empty list).
     pub fn is_empty(&self) -> bool {
         match self {
-            Value::Text(s) => s.trim().is_empty(),
+            Value::Text(s) => trim(s).is_empty(),
             Value::Number(_) => false,
             Value::List(items) => items.is_empty(),
         }
@@ -104,9 +104,19 @@ impl fmt::Display for Value {
     }
 }
 
+/// `str::trim`, with a fast path for the common case of text that has no
+/// space at either end (checking Unicode whitespace is most of trim's cost).
+pub fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (None, _) => s,
+        (Some(&a), Some(&b)) if a.is_ascii_graphic() && b.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
+
 /// Parses a number the way people write them in exports: surrounding spaces allowed.
 pub fn parse_number(s: &str) -> Option<f64> {
-    let t = s.trim();
+    let t = trim(s);
     // Cheap rejection first: most text fields are not numbers, and f64 parsing
     // accepts words like "inf" and "nan" that must stay text here.
     let first = *t.as_bytes().first()?;

@@ -7,7 +7,7 @@
 //! [`FileError`] and nothing of the file is used.
 
 use crate::config::{FeedConfig, FeedFormat};
-use crate::event::{Event, FieldName, Fields, Value};
+use crate::event::{Event, FieldName, Fields, Value, trim};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use std::io::{BufRead, BufReader, Read};
@@ -162,7 +162,7 @@ fn parse_csv<R: Read>(
             Ok(false) => break,
             Ok(true) => {
                 row += 1;
-                if record.iter().all(|f| f.trim().is_empty()) {
+                if record.iter().all(|f| trim(f).is_empty()) {
                     continue; // blank lines between rows are not records
                 }
                 let outcome = if record.len() != names.len() {
@@ -422,14 +422,14 @@ fn build_event<'a, 's>(
         }
         // An empty cell is an absent field: skip it before allocating anything.
         if let RawValue::Text(s) = &value
-            && s.trim().is_empty()
+            && trim(s).is_empty()
         {
             continue;
         }
         let value = match (value, separator) {
             (RawValue::Text(s), Some(sep)) => Value::List(split_list(s, sep)),
             (RawValue::Owned(s), Some(sep)) => Value::List(split_list(&s, sep)),
-            (RawValue::Text(s), None) => Value::Text(s.trim().to_string()),
+            (RawValue::Text(s), None) => Value::Text(trim(s).to_string()),
             (RawValue::Owned(s), None) => Value::Text(s),
             (RawValue::Number(n), _) if n.is_finite() => Value::Number(n),
             (RawValue::Number(_), _) => continue,
@@ -473,7 +473,7 @@ fn build_event<'a, 's>(
 
 fn split_list(s: &str, separator: &str) -> Vec<String> {
     s.split(separator)
-        .map(str::trim)
+        .map(trim)
         .filter(|x| !x.is_empty())
         .map(String::from)
         .collect()

@@ -371,7 +371,7 @@ fn normalise_into(value: &str, out: &mut String) {
 
 /// Text equality ignoring case and surrounding spaces; `lit` is already lower-case.
 fn text_equals(s: &str, lit: &str) -> bool {
-    let t = s.trim();
+    let t = crate::event::trim(s);
     if t.is_ascii() && lit.is_ascii() {
         t.eq_ignore_ascii_case(lit)
     } else {
