@@ -678,6 +678,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total = total.saturating_add(part);
         rest = rest[unit_len..].trim_start();
     }
+    // Nothing an alerting rule means is longer; bigger values would only overflow time arithmetic.
+    const LONGEST: Duration = Duration::from_secs(100 * 366 * 86_400);
+    if total > LONGEST {
+        return Err(format!(
+            "`{s}` is longer than 100 years; no window, deadline or interval needs that"
+        ));
+    }
     Ok(total)
 }
 

@@ -63,8 +63,15 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // A missing variable renders as nothing rather than failing a life-safety email.
     env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    // A template that loops without end must not stall the pipeline: out of fuel it
+    // fails, and the default template is used instead.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env
 }
+
+/// Template instructions one rendering may spend (generous: a subject or lead
+/// listing 50 records uses a few thousand).
+const TEMPLATE_FUEL: u64 = 2_000_000;
 
 const DEFAULT_SUBJECT: &str = "{{ headline }}";
 

@@ -13,6 +13,9 @@ use jiff::tz::TimeZone;
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Range;
 
+/// How much of a file is looked at to sniff its delimiter and spot binary data.
+const HEAD: usize = 8192;
+
 /// Why a whole file could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -50,7 +53,16 @@ pub fn parse<R: Read>(
     shape: &RecordShape<'_>,
     mut on_row: impl FnMut(Row),
 ) -> Result<(), FileError> {
-    let mut reader = BufReader::with_capacity(256 * 1024, text);
+    // Read a full head first: a decoding reader's first read may be only a few
+    // bytes, and the delimiter sniff and binary check must see the same head
+    // whether the file is read whole (daemon) or streamed (replay).
+    let mut text = text;
+    let mut first = Vec::with_capacity(HEAD);
+    (&mut text)
+        .take(HEAD as u64)
+        .read_to_end(&mut first)
+        .map_err(|e| FileError(format!("cannot read the file: {e}")))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, std::io::Cursor::new(first).chain(text));
     let head = reader
         .fill_buf()
         .map_err(|e| FileError(format!("cannot read the file: {e}")))?;
@@ -70,7 +82,7 @@ pub fn parse<R: Read>(
 }
 
 fn looks_binary(head: &[u8]) -> bool {
-    head.iter().take(8192).any(|&b| b == 0)
+    head.iter().take(HEAD).any(|&b| b == 0)
 }
 
 /// Picks the delimiter that splits the header line into the most fields.
