@@ -252,7 +252,18 @@ fn check_header(names: &[String], feed: &FeedConfig, delimiter: u8) -> Result<()
         if let Some(field) = field
             && !names.iter().any(|n| n == field)
         {
-            let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+            // Name a few columns, each cut short: a file without line ends is one huge "header".
+            let shown: Vec<String> = names
+                .iter()
+                .take(8)
+                .map(|n| {
+                    if n.chars().count() > 40 {
+                        format!("{}…", n.chars().take(40).collect::<String>())
+                    } else {
+                        n.clone()
+                    }
+                })
+                .collect();
             return Err(FileError(format!(
                 "the header has no `{field}` column (the feed's {label}); the header read with delimiter `{}` is: {}",
                 if delimiter == b'\t' {

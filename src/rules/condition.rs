@@ -154,6 +154,7 @@ impl Condition {
         let mut parser = Parser {
             tokens,
             pos: 0,
+            depth: 0,
             lists,
             end: source.len(),
         };
@@ -624,11 +625,16 @@ fn lex(src: &str) -> Result<Vec<Token>, ConditionError> {
 struct Parser<'a> {
     tokens: Vec<Token>,
     pos: usize,
+    /// Current nesting of `not` and parentheses.
+    depth: usize,
     lists: &'a BTreeMap<String, Vec<String>>,
     end: usize,
 }
 
 const KEYWORDS: &[&str] = &["and", "or", "not", "in", "exists"];
+
+/// How deep `not` and parentheses may nest.
+const MAX_DEPTH: usize = 64;
 
 impl Parser<'_> {
     fn peek(&self) -> Option<&Token> {
@@ -670,11 +676,25 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Condition, ConditionError> {
-        if self.is_keyword("not") {
-            self.pos += 1;
-            return Ok(Condition::Not(Box::new(self.unary()?)));
+        // Parsing and evaluating recurse; a bound keeps a pathological condition
+        // from overflowing the stack (no real rule nests anywhere near this deep).
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ConditionError {
+                offset: self.offset_here(),
+                message: format!(
+                    "this condition nests `not` and parentheses more than {MAX_DEPTH} deep; split it into simpler parts"
+                ),
+            });
         }
-        self.primary()
+        let result = if self.is_keyword("not") {
+            self.pos += 1;
+            self.unary().map(|c| Condition::Not(Box::new(c)))
+        } else {
+            self.primary()
+        };
+        self.depth -= 1;
+        result
     }
 
     fn expect(&mut self, want: TokenKind, what: &str) -> Result<(), ConditionError> {
