@@ -12,9 +12,9 @@ use earlywarn::feeds::decode::{decode_bytes, decoding_reader, detect};
 use earlywarn::feeds::intake::render_with_fallback;
 use earlywarn::feeds::parse::{RecordShape, Row, event_from_json, parse};
 use earlywarn::feeds::record_fingerprint;
+use earlywarn::rules::RuleSet;
 use earlywarn::rules::condition::{Condition, EvalScratch, field_offset};
 use earlywarn::rules::engine::{Batch, Engine, EngineState, StateChange};
-use earlywarn::rules::{RuleKind, RuleSet};
 use jiff::Timestamp;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -100,12 +100,6 @@ pub struct ParseSummary {
 /// time) and evaluates the nitazene condition on every event. Reads it a second time the
 /// way `earlywarn replay` does (streaming) and checks that both agree.
 pub fn parse_file(format: &str, data: &[u8]) -> ParseSummary {
-    parse_file_with(format, data, known_bugs_included())
-}
-
-/// [`parse_file`], saying whether to check what known, unfixed bugs break (see
-/// [`known_bugs_included`]; none in parsing at present).
-pub fn parse_file_with(format: &str, data: &[u8], _known_bugs: bool) -> ParseSummary {
     let Some((&variant, bytes)) = data.split_first() else {
         return ParseSummary::default();
     };
@@ -366,11 +360,6 @@ pub fn rule_config() -> &'static Config {
 /// point at a line and column of their file; a set that loads goes through the engine,
 /// routing and rendering, as one file of events and then the wall clock would drive it.
 pub fn check_rule_files(text: &str) {
-    check_rule_files_with(text, known_bugs_included())
-}
-
-/// [`check_rule_files`], saying whether to run rule sets into known, unfixed bugs.
-pub fn check_rule_files_with(text: &str, known_bugs: bool) {
     let sources: Vec<(PathBuf, String)> = text
         .split("\n#---\n")
         .enumerate()
@@ -401,45 +390,8 @@ pub fn check_rule_files_with(text: &str, known_bugs: bool) {
                 );
             }
         }
-        Ok(set) => {
-            if !known_bugs && has_known_bug(&set) {
-                return;
-            }
-            run_engine(config, Arc::new(set))
-        }
+        Ok(set) => run_engine(config, Arc::new(set)),
     }
-}
-
-/// Whether the fuzz targets go into the bugs already recorded (`fuzz/known-crashes/`, and
-/// the ignored tests of `tests/bad_input.rs` and `tests/fuzz_regressions.rs`): only with
-/// `EARLYWARN_FUZZ_KNOWN_BUGS=1`. By default they steer clear of them, so that a run reports
-/// new bugs, not those. Delete each exclusion when its bug is fixed.
-pub fn known_bugs_included() -> bool {
-    static KNOWN: OnceLock<bool> = OnceLock::new();
-    *KNOWN.get_or_init(|| std::env::var_os("EARLYWARN_FUZZ_KNOWN_BUGS").is_some_and(|v| v == "1"))
-}
-
-/// Whether a rule set would run into a known, unfixed crash: a duration over 100 years
-/// (overflows in `rules::engine`) or a template loop over `range` (unbounded rendering).
-fn has_known_bug(set: &RuleSet) -> bool {
-    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 366 * 86_400);
-    set.rules.iter().any(|rule| {
-        let durations = match &rule.kind {
-            RuleKind::Threshold { within, .. } => vec![*within],
-            RuleKind::Deadline { within, .. } => vec![*within],
-            RuleKind::Rate {
-                within, baseline, ..
-            } => vec![*within, *baseline],
-            RuleKind::Silence { silent_for } => vec![*silent_for],
-            _ => Vec::new(),
-        };
-        let templates = [rule.subject.as_deref(), rule.body.as_deref()];
-        durations
-            .into_iter()
-            .chain(rule.cooldown)
-            .any(|d| d > CENTURY)
-            || templates.into_iter().flatten().any(|t| t.contains("range"))
-    })
 }
 
 fn run_engine(config: &Config, set: Arc<RuleSet>) {
