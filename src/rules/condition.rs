@@ -155,6 +155,7 @@ impl Condition {
             tokens,
             pos: 0,
             depth: 0,
+            terms: 0,
             lists,
             end: source.len(),
         };
@@ -627,6 +628,8 @@ struct Parser<'a> {
     pos: usize,
     /// Current nesting of `not` and parentheses.
     depth: usize,
+    /// `and`/`or` joins so far.
+    terms: usize,
     lists: &'a BTreeMap<String, Vec<String>>,
     end: usize,
 }
@@ -635,6 +638,9 @@ const KEYWORDS: &[&str] = &["and", "or", "not", "in", "exists"];
 
 /// How deep `not` and parentheses may nest.
 const MAX_DEPTH: usize = 64;
+
+/// How many parts `and`/`or` may join in one condition.
+const MAX_TERMS: usize = 256;
 
 impl Parser<'_> {
     fn peek(&self) -> Option<&Token> {
@@ -655,9 +661,25 @@ impl Parser<'_> {
         matches!(self.peek(), Some(Token { kind: TokenKind::Ident(w), .. }) if w.eq_ignore_ascii_case(word))
     }
 
+    /// Counts one more `and`/`or` term; conditions are trees walked recursively,
+    /// so their size is bounded like their depth.
+    fn one_more_term(&mut self) -> Result<(), ConditionError> {
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(ConditionError {
+                offset: self.offset_here(),
+                message: format!(
+                    "this condition joins more than {MAX_TERMS} parts with `and`/`or`; use a named list with `in` instead"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn or(&mut self) -> Result<Condition, ConditionError> {
         let mut left = self.and()?;
         while self.is_keyword("or") {
+            self.one_more_term()?;
             self.pos += 1;
             let right = self.and()?;
             left = Condition::Or(Box::new(left), Box::new(right));
@@ -668,6 +690,7 @@ impl Parser<'_> {
     fn and(&mut self) -> Result<Condition, ConditionError> {
         let mut left = self.unary()?;
         while self.is_keyword("and") {
+            self.one_more_term()?;
             self.pos += 1;
             let right = self.unary()?;
             left = Condition::And(Box::new(left), Box::new(right));
