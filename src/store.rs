@@ -362,27 +362,7 @@ impl Store {
                 rejected.push(r?);
             }
         }
-        let mut recent_alerts = Vec::new();
-        {
-            let mut stmt = c.prepare(
-                "SELECT id, rule_id, COALESCE(district, ''), severity, status, created_at, event_count FROM alerts
-                 ORDER BY created_at DESC, id LIMIT 20",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(AlertRow {
-                    id: r.get(0)?,
-                    rule_id: r.get(1)?,
-                    district: r.get(2)?,
-                    severity: r.get(3)?,
-                    status: r.get(4)?,
-                    created_at: from_ms(r.get(5)?),
-                    event_count: r.get(6)?,
-                })
-            })?;
-            for r in rows {
-                recent_alerts.push(r?);
-            }
-        }
+        let recent_alerts = self.alerts_with_status(&[], 20)?;
         let mut open_deadlines = Vec::new();
         {
             let mut stmt =
