@@ -1048,9 +1048,9 @@ fn a_deeply_nested_condition_is_refused_not_a_stack_overflow() {
 
 /// A `when` of 100,000 comparisons joined by `or` (a rule generated from a long list of
 /// names, where a `[lists]` list was meant): `check` and `replay` may accept or refuse it, but
-/// must not abort. The parser builds `or` chains iteratively into a left-deep tree, and what
-/// walks the tree (the fields a rule reads, evaluation, dropping it) recurses once per `or`,
-/// overflowing the stack; the 64-level bound on nesting counts only `not` and parentheses.
+/// must not abort. Found here: the parser built `or` chains into a left-deep tree that was
+/// walked recursively (fields, evaluation, drop) and overflowed the stack; conditions now join
+/// at most 256 parts.
 #[test]
 fn a_very_long_or_chain_does_not_abort() {
     let dir = tempdir();
