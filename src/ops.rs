@@ -149,8 +149,8 @@ pub fn build(
             record_id: None,
             time: p.at,
             fields: crate::event::Fields::from([
-                ("problem", Value::Text(p.kind.describe().to_string())),
-                ("detail", Value::Text(p.detail.clone())),
+                ("problem", Value::Text(p.kind.describe().into())),
+                ("detail", Value::Text(p.detail.as_str().into())),
             ]),
         })
         .collect();

@@ -268,7 +268,7 @@ fn describe(config: &Config, engine: &Engine, alert: &Alert, file: &str) -> Repl
             .map(|e| {
                 let mut v = serde_json::to_value(&e.fields).unwrap_or_default();
                 if let serde_json::Value::Object(map) = &mut v {
-                    map.insert("_feed".into(), e.feed.clone().into());
+                    map.insert("_feed".into(), e.feed.to_string().into());
                     map.insert("_time".into(), e.time.to_string().into());
                 }
                 v

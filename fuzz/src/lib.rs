@@ -169,7 +169,7 @@ fn parse_text(reader: impl Read, text: &str, shape: &RecordShape<'_>) -> ParseSu
     let mut last_row = 0u64;
     let result = parse(reader, shape, |row| match row {
         Row::Event(event) => {
-            assert_eq!(event.feed, feed.name);
+            assert_eq!(&*event.feed, feed.name.as_str());
             if let Some(id_field) = &feed.id_field {
                 let id = event
                     .record_id

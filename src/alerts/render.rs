@@ -459,7 +459,7 @@ fn event_map(
         .iter()
         .map(|(k, v)| {
             let v = match v {
-                FieldValue::Text(s) => serde_json::Value::String(s.clone()),
+                FieldValue::Text(s) => serde_json::Value::String(s.to_string()),
                 // 200 reads as 200 in an email, not 200.0.
                 FieldValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
                     serde_json::json!(*n as i64)
@@ -470,7 +470,7 @@ fn event_map(
             (k.to_string(), v)
         })
         .collect();
-    map.insert("_feed".into(), serde_json::Value::String(e.feed.clone()));
+    map.insert("_feed".into(), serde_json::Value::String(e.feed.to_string()));
     map.insert("_time".into(), serde_json::Value::String(show_time(e.time)));
     map
 }

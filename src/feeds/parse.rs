@@ -7,7 +7,7 @@
 //! [`FileError`] and nothing of the file is used.
 
 use crate::config::{FeedConfig, FeedFormat};
-use crate::event::{Event, FieldName, Fields, Value, trim};
+use crate::event::{Event, FeedName, FieldName, Fields, Text, Value, trim};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use std::io::{BufRead, BufReader, Read};
@@ -74,10 +74,12 @@ pub fn parse<R: Read>(
             "this looks like a binary file, not text (it contains NUL bytes); feeds read CSV or JSON text".into(),
         ));
     }
+    // One shared name for all the events of the file.
+    let feed_name = FeedName::from(shape.feed.name.as_str());
     match shape.feed.format {
-        FeedFormat::Csv => parse_csv(reader, shape, &mut on_row),
-        FeedFormat::Jsonl => parse_jsonl(reader, shape, &mut on_row),
-        FeedFormat::Json => parse_json(reader, shape, &mut on_row),
+        FeedFormat::Csv => parse_csv(reader, shape, &feed_name, &mut on_row),
+        FeedFormat::Jsonl => parse_jsonl(reader, shape, &feed_name, &mut on_row),
+        FeedFormat::Json => parse_json(reader, shape, &feed_name, &mut on_row),
     }
 }
 
@@ -112,6 +114,7 @@ fn sniff_delimiter(head: &[u8]) -> u8 {
 fn parse_csv<R: Read>(
     mut reader: BufReader<R>,
     shape: &RecordShape<'_>,
+    feed_name: &FeedName,
     on_row: &mut dyn FnMut(Row),
 ) -> Result<(), FileError> {
     let delimiter = match shape.feed.delimiter {
@@ -144,6 +147,17 @@ fn parse_csv<R: Read>(
     let mut sorted_columns: Vec<usize> =
         (0..names.len()).filter(|&i| !names[i].is_empty()).collect();
     sorted_columns.sort_by(|&a, &b| names[a].cmp(&names[b]));
+    // The id and time columns, read straight from the row. A list column is
+    // left to build_event, which joins its elements the way it shows them.
+    let column_of = |field: &Option<String>| {
+        field
+            .as_deref()
+            .and_then(|f| names.iter().position(|n| &**n == f))
+            .filter(|&i| separators[i].is_none())
+    };
+    let (id_column, time_column) = (column_of(&shape.feed.id_field), column_of(&shape.feed.time_field));
+    let direct_id_and_time = (shape.feed.id_field.is_none() || id_column.is_some())
+        && (shape.feed.time_field.is_none() || time_column.is_some());
 
     let mut record = csv::StringRecord::new();
     let mut row = 0u64;
@@ -196,7 +210,14 @@ fn parse_csv<R: Read>(
                             separators[i],
                         )
                     });
-                    build_event(fields, shape)
+                    let id_and_time = direct_id_and_time.then(|| {
+                        (
+                            id_column.and_then(|i| record.get(i)),
+                            time_column.and_then(|i| record.get(i)),
+                        )
+                    });
+                    // Columns are unique (check_header) and visited in name order.
+                    build_event(feed_name, fields, true, id_and_time, shape)
                 };
                 match outcome {
                     Ok(event) => on_row(Row::Event(Box::new(event))),
@@ -281,6 +302,7 @@ fn check_header(names: &[String], feed: &FeedConfig, delimiter: u8) -> Result<()
 fn parse_jsonl<R: Read>(
     reader: BufReader<R>,
     shape: &RecordShape<'_>,
+    feed_name: &FeedName,
     on_row: &mut dyn FnMut(Row),
 ) -> Result<(), FileError> {
     let mut offset = 0u64;
@@ -314,7 +336,7 @@ fn parse_jsonl<R: Read>(
             })
         };
         match serde_json::from_str::<serde_json::Value>(trimmed) {
-            Ok(serde_json::Value::Object(map)) => match event_from_json(&map, shape) {
+            Ok(serde_json::Value::Object(map)) => match event_from_json_named(&map, shape, feed_name) {
                 Ok(e) => on_row(Row::Event(Box::new(e))),
                 Err(reason) => on_row(error(reason)),
             },
@@ -335,6 +357,7 @@ fn parse_jsonl<R: Read>(
 fn parse_json<R: Read>(
     reader: BufReader<R>,
     shape: &RecordShape<'_>,
+    feed_name: &FeedName,
     on_row: &mut dyn FnMut(Row),
 ) -> Result<(), FileError> {
     let doc: serde_json::Value = serde_json::from_reader(reader).map_err(|e| {
@@ -354,7 +377,7 @@ fn parse_json<R: Read>(
     for (i, item) in items.iter().enumerate() {
         let row = i as u64 + 1;
         let outcome = match item {
-            serde_json::Value::Object(map) => event_from_json(map, shape),
+            serde_json::Value::Object(map) => event_from_json_named(map, shape, feed_name),
             other => Err(format!(
                 "element {row} of the array is {}, not an object",
                 json_kind(other)
@@ -398,6 +421,14 @@ pub fn event_from_json(
     map: &serde_json::Map<String, serde_json::Value>,
     shape: &RecordShape<'_>,
 ) -> Result<Event, String> {
+    event_from_json_named(map, shape, &FeedName::from(shape.feed.name.as_str()))
+}
+
+fn event_from_json_named(
+    map: &serde_json::Map<String, serde_json::Value>,
+    shape: &RecordShape<'_>,
+    feed_name: &FeedName,
+) -> Result<Event, String> {
     let fields = map.iter().filter_map(|(k, v)| {
         let raw = match v {
             serde_json::Value::Null => return None,
@@ -408,9 +439,9 @@ pub fn event_from_json(
                 items
                     .iter()
                     .filter_map(|i| match i {
-                        serde_json::Value::String(s) => Some(s.trim().to_string()),
+                        serde_json::Value::String(s) => Some(Text::from(s.trim())),
                         serde_json::Value::Null => None,
-                        other => Some(other.to_string()),
+                        other => Some(Text::from(other.to_string())),
                     })
                     .filter(|s| !s.is_empty())
                     .collect(),
@@ -420,7 +451,9 @@ pub fn event_from_json(
         let separator = shape.feed.list_fields.get(k.as_str()).map(String::as_str);
         Some((FieldName::from(k.as_str()), raw, separator))
     });
-    build_event(fields, shape)
+    // serde_json's map iterates in key order (no `preserve_order`), but the
+    // check is cheap next to JSON parsing, so it is not relied upon.
+    build_event(feed_name, fields, false, None, shape)
 }
 
 /// A field value before the feed's settings are applied.
@@ -428,13 +461,20 @@ enum RawValue<'a> {
     Text(&'a str),
     Owned(String),
     Number(f64),
-    List(Vec<String>),
+    List(Vec<Text>),
 }
 
 /// Applies the feed's settings (lists, id, time) to raw fields.
-/// `raw` yields each field with its list separator (if it is a list field), in name order.
+/// `raw` yields each field with its list separator (if it is a list field).
+/// `presorted`: the caller promises `raw` comes in name order without
+/// duplicates (CSV columns, sorted once per file), which saves a check per row.
+/// `id_and_time`: the raw text of the id and time fields when the caller has
+/// them at hand (a CSV row by column), which saves looking them up by name.
 fn build_event<'a, 's>(
+    feed_name: &FeedName,
     raw: impl Iterator<Item = (FieldName, RawValue<'a>, Option<&'s str>)>,
+    presorted: bool,
+    id_and_time: Option<(Option<&str>, Option<&str>)>,
     shape: &RecordShape<'_>,
 ) -> Result<Event, String> {
     let feed = shape.feed;
@@ -452,8 +492,8 @@ fn build_event<'a, 's>(
         let value = match (value, separator) {
             (RawValue::Text(s), Some(sep)) => Value::List(split_list(s, sep)),
             (RawValue::Owned(s), Some(sep)) => Value::List(split_list(&s, sep)),
-            (RawValue::Text(s), None) => Value::Text(trim(s).to_string()),
-            (RawValue::Owned(s), None) => Value::Text(s),
+            (RawValue::Text(s), None) => Value::Text(Text::from(trim(s))),
+            (RawValue::Owned(s), None) => Value::Text(Text::from(s)),
             (RawValue::Number(n), _) if n.is_finite() => Value::Number(n),
             (RawValue::Number(_), _) => continue,
             (RawValue::List(items), _) => Value::List(items),
@@ -464,42 +504,65 @@ fn build_event<'a, 's>(
         }
         fields.push((name, value));
     }
-    // CSV columns come sorted (sorted once per file) and JSON objects iterate
-    // sorted; this only costs a pass to confirm it.
-    if !fields.windows(2).all(|w| w[0].0 < w[1].0) {
+    if !presorted && !fields.windows(2).all(|w| w[0].0 < w[1].0) {
         fields.sort_by(|a, b| a.0.cmp(&b.0));
         fields.dedup_by(|b, a| a.0 == b.0);
     }
     let fields = Fields::from_sorted(fields);
+    // The id and time as text: from the caller, or looked up (lists joined).
+    let looked_up = |name: &str| {
+        fields
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| match v {
+                Value::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
+                other => std::borrow::Cow::Owned(other.to_string()),
+            })
+    };
+    let (given_id, given_time) = match id_and_time {
+        Some((id, time)) => (
+            id.map(trim).filter(|s| !s.is_empty()).map(std::borrow::Cow::Borrowed),
+            time.map(trim).filter(|s| !s.is_empty()).map(std::borrow::Cow::Borrowed),
+        ),
+        None => (
+            feed.id_field.as_deref().and_then(looked_up),
+            feed.time_field.as_deref().and_then(looked_up),
+        ),
+    };
     let record_id = match &feed.id_field {
         None => None,
-        Some(f) => match fields.get(f.as_str()).filter(|v| !v.is_empty()) {
-            Some(v) => Some(v.to_string()),
+        Some(f) => match given_id {
+            Some(v) => Some(v.into_owned()),
             None => return Err(format!("`{f}` (the record id) is empty")),
         },
     };
     let time = match &feed.time_field {
         None => shape.default_time,
-        Some(f) => match fields.get(f.as_str()).filter(|v| !v.is_empty()) {
+        Some(f) => match given_time {
             None => return Err(format!("`{f}` (the event time) is empty")),
-            Some(v) => parse_time(&v.to_string(), feed.time_format.as_deref(), shape.timezone)
+            Some(v) => parse_time(&v, feed.time_format.as_deref(), shape.timezone)
                 .map_err(|hint| format!("`{f}` value `{v}` is not a time; {hint}"))?,
         },
     };
     Ok(Event {
-        feed: feed.name.clone(),
+        feed: feed_name.clone(),
         record_id,
         time,
         fields,
     })
 }
 
-fn split_list(s: &str, separator: &str) -> Vec<String> {
-    s.split(separator)
-        .map(trim)
-        .filter(|x| !x.is_empty())
-        .map(String::from)
-        .collect()
+fn split_list(s: &str, separator: &str) -> Vec<Text> {
+    let pieces = |piece: &str| {
+        let piece = trim(piece);
+        (!piece.is_empty()).then(|| Text::from(piece))
+    };
+    // A one-character separator (the usual `;`) splits faster as a char.
+    let mut chars = separator.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => s.split(c).filter_map(pieces).collect(),
+        _ => s.split(separator).filter_map(pieces).collect(),
+    }
 }
 
 /// Parses an event time. Times without an offset are local to `tz`.

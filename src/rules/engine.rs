@@ -336,9 +336,10 @@ impl Batch {
 pub struct Engine {
     rules: Arc<RuleSet>,
     /// Rule indices by feed name: each event is only tested against its feed's rules.
-    by_feed: HashMap<String, Vec<usize>>,
+    /// Shared slices, so that observing an event can hold them while it changes state.
+    by_feed: HashMap<String, Arc<[usize]>>,
     /// Deadline rule indices by the feed of their closing records.
-    closers_by_feed: HashMap<String, Vec<usize>>,
+    closers_by_feed: HashMap<String, Arc<[usize]>>,
     state: EngineState,
     /// Keys changed since the last `finish` or `tick`.
     dirty: BTreeSet<(StateKind, GroupRef)>,
@@ -361,6 +362,12 @@ impl Engine {
                 _ => by_feed.entry(rule.feed.clone()).or_default().push(i),
             }
         }
+        let share = |map: HashMap<String, Vec<usize>>| {
+            map.into_iter()
+                .map(|(feed, indices)| (feed, Arc::from(indices)))
+                .collect()
+        };
+        let (by_feed, closers_by_feed) = (share(by_feed), share(closers_by_feed));
         Engine {
             rules,
             by_feed,
@@ -415,8 +422,8 @@ impl Engine {
         batch.events_seen += 1;
         batch.scratch.bind(event, &self.rules.field_slots);
         let rules = self.rules.clone();
-        if let Some(indices) = self.by_feed.get(&event.feed).cloned() {
-            for i in indices {
+        if let Some(indices) = self.by_feed.get(&*event.feed).cloned() {
+            for &i in indices.iter() {
                 let rule = &rules.rules[i];
                 if !rule.when.matches(event, &mut batch.scratch) {
                     continue;
@@ -424,8 +431,8 @@ impl Engine {
                 self.observe_match(batch, i, rule, event);
             }
         }
-        if let Some(indices) = self.closers_by_feed.get(&event.feed).cloned() {
-            for i in indices {
+        if let Some(indices) = self.closers_by_feed.get(&*event.feed).cloned() {
+            for &i in indices.iter() {
                 let rule = &rules.rules[i];
                 if let RuleKind::Deadline {
                     key, until_when, ..

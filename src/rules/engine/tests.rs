@@ -40,9 +40,9 @@ fn event(feed: &str, at: i64, fields: &[(&str, &str)]) -> Event {
     let mut map = crate::event::Fields::default();
     for (k, v) in fields {
         let value = if *k == "substances_major" {
-            Value::List(v.split(';').map(|s| s.trim().to_string()).collect())
+            Value::List(v.split(';').map(|s| s.trim().into()).collect())
         } else {
-            Value::Text(v.to_string())
+            Value::Text((*v).into())
         };
         map.insert(*k, value);
     }
