@@ -137,11 +137,23 @@ pub type FeedName = std::sync::Arc<str>;
 /// A field's name, shared between the rows of a file.
 pub type FieldName = std::sync::Arc<str>;
 
-/// The fields of a record, sorted by name (so rendering and hashing are
-/// deterministic). A sorted vector, not a map: a file's rows are built in
-/// column order already sorted once per file, without a tree per row.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Fields(Vec<(FieldName, Value)>);
+/// The names of the fields a record can have, sorted and unique: a file's
+/// columns, shared (one `Arc`) by all of its rows.
+pub type Schema = std::sync::Arc<[FieldName]>;
+
+/// The fields of a record, in name order (so rendering and hashing are
+/// deterministic).
+///
+/// A row holds its values by index into a [`Schema`] shared by all the rows of
+/// a file: building or dropping a row touches one shared reference count,
+/// not one per field (which, with rows parsed on one thread and dropped on
+/// another, cost more than parsing them).
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    names: Schema,
+    /// (index into `names`, value), in ascending index order.
+    values: Vec<(u32, Value)>,
+}
 
 impl Fields {
     /// Fields from pairs already sorted by name, without duplicates (the caller's promise).
@@ -150,15 +162,51 @@ impl Fields {
             pairs.windows(2).all(|w| w[0].0 < w[1].0),
             "fields must be sorted and unique"
         );
-        Fields(pairs)
+        let mut names = Vec::with_capacity(pairs.len());
+        let mut values = Vec::with_capacity(pairs.len());
+        for (index, (name, value)) in (0u32..).zip(pairs) {
+            names.push(name);
+            values.push((index, value));
+        }
+        Fields {
+            names: names.into(),
+            values,
+        }
+    }
+
+    /// Fields given by index into `names` (sorted and unique), with the indices
+    /// ascending (the caller's promise).
+    pub fn from_schema(names: Schema, values: Vec<(u32, Value)>) -> Fields {
+        debug_assert!(names.windows(2).all(|w| w[0] < w[1]), "schema not sorted");
+        debug_assert!(
+            values.windows(2).all(|w| w[0].0 < w[1].0)
+                && values.last().is_none_or(|v| (v.0 as usize) < names.len()),
+            "indices must ascend within the schema"
+        );
+        Fields { names, values }
+    }
+
+    /// The shared names these fields index into.
+    pub fn schema(&self) -> &Schema {
+        &self.names
+    }
+
+    /// The index into [`Fields::schema`] of each value, in order.
+    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.values.iter().map(|(i, _)| *i as usize)
+    }
+
+    fn name_at(&self, index: u32) -> &FieldName {
+        &self.names[index as usize]
     }
 
     fn position(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+        self.values
+            .binary_search_by(|(i, _)| (**self.name_at(*i)).cmp(name))
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.position(name).ok().map(|i| &self.0[i].1)
+        self.position(name).ok().map(|i| &self.values[i].1)
     }
 
     /// Where a field is in this record, for looking it up again by position.
@@ -168,7 +216,7 @@ impl Fields {
 
     /// The value at a position given by [`Fields::position_of`] on these same fields.
     pub fn value_at(&self, position: usize) -> &Value {
-        &self.0[position].1
+        &self.values[position].1
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
@@ -178,29 +226,76 @@ impl Fields {
     /// Sets a field, returning the value it replaces.
     pub fn insert(&mut self, name: impl Into<FieldName>, value: Value) -> Option<Value> {
         let name = name.into();
-        match self.position(&name) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
-            Err(i) => {
-                self.0.insert(i, (name, value));
-                None
+        let at = match self.position(&name) {
+            Ok(i) => return Some(std::mem::replace(&mut self.values[i].1, value)),
+            Err(at) => at,
+        };
+        let index = match self.names.binary_search(&name) {
+            Ok(index) => index,
+            Err(index) => {
+                // A name the schema lacks: this record gets its own schema.
+                let mut names = self.names.to_vec();
+                names.insert(index, name);
+                self.names = names.into();
+                for (i, _) in &mut self.values {
+                    if *i as usize >= index {
+                        *i += 1;
+                    }
+                }
+                index
             }
-        }
+        };
+        self.values.insert(at, (to_index(index), value));
+        None
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Value> {
-        self.position(name).ok().map(|i| self.0.remove(i).1)
+        self.position(name).ok().map(|i| self.values.remove(i).1)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&FieldName, &Value)> {
-        self.0.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> FieldsIter<'_> {
+        FieldsIter {
+            names: &self.names,
+            values: self.values.iter(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.values.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.values.is_empty()
+    }
+}
+
+/// A schema index. Schemas are a file's columns or an object's keys, far
+/// fewer than four billion; a bigger one is a broken invariant.
+fn to_index(index: usize) -> u32 {
+    u32::try_from(index).expect("a record has fewer than 2^32 fields")
+}
+
+/// The (name, value) pairs of [`Fields`], in name order.
+pub struct FieldsIter<'a> {
+    names: &'a [FieldName],
+    values: std::slice::Iter<'a, (u32, Value)>,
+}
+
+impl<'a> Iterator for FieldsIter<'a> {
+    type Item = (&'a FieldName, &'a Value);
+    fn next(&mut self) -> Option<Self::Item> {
+        self.values
+            .next()
+            .map(|(i, v)| (&self.names[*i as usize], v))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.values.size_hint()
+    }
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Fields) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
     }
 }
 
@@ -215,22 +310,21 @@ impl std::ops::Index<&str> for Fields {
 
 impl<'a> IntoIterator for &'a Fields {
     type Item = (&'a FieldName, &'a Value);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (FieldName, Value)>,
-        fn(&'a (FieldName, Value)) -> (&'a FieldName, &'a Value),
-    >;
+    type IntoIter = FieldsIter<'a>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.iter()
     }
 }
 
 impl<K: Into<FieldName>> FromIterator<(K, Value)> for Fields {
     fn from_iter<I: IntoIterator<Item = (K, Value)>>(iter: I) -> Fields {
-        let mut fields = Fields::default();
-        for (k, v) in iter {
-            fields.insert(k, v);
-        }
-        fields
+        let mut pairs: Vec<(FieldName, Value)> =
+            iter.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        // Later values win, as with repeated inserts.
+        pairs.reverse();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.dedup_by(|b, a| a.0 == b.0);
+        Fields::from_sorted(pairs)
     }
 }
 
@@ -243,8 +337,8 @@ impl<K: Into<FieldName>, const N: usize> From<[(K, Value); N]> for Fields {
 impl serde::Serialize for Fields {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (k, v) in self {
             map.serialize_entry(&**k, v)?;
         }
         map.end()

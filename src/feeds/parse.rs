@@ -7,7 +7,7 @@
 //! [`FileError`] and nothing of the file is used.
 
 use crate::config::{FeedConfig, FeedFormat};
-use crate::event::{Event, FeedName, FieldName, Fields, Text, Value, trim};
+use crate::event::{Event, FeedName, FieldName, Fields, Schema, Text, Value, trim};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use std::io::{BufRead, BufReader, Read};
@@ -147,6 +147,8 @@ fn parse_csv<R: Read>(
     let mut sorted_columns: Vec<usize> =
         (0..names.len()).filter(|&i| !names[i].is_empty()).collect();
     sorted_columns.sort_by(|&a, &b| names[a].cmp(&names[b]));
+    // Column names are unique (check_header), so in this order they are a schema.
+    let schema: Schema = sorted_columns.iter().map(|&i| names[i].clone()).collect();
     // The id and time columns, read straight from the row. A list column is
     // left to build_event, which joins its elements the way it shows them.
     let column_of = |field: &Option<String>| {
@@ -203,9 +205,9 @@ fn parse_csv<R: Read>(
                         }
                     ))
                 } else {
-                    let fields = sorted_columns.iter().map(|&i| {
+                    let fields = (0u32..).zip(&sorted_columns).map(|(index, &i)| {
                         (
-                            names[i].clone(),
+                            index,
                             RawValue::Text(record.get(i).unwrap_or("")),
                             separators[i],
                         )
@@ -216,8 +218,7 @@ fn parse_csv<R: Read>(
                             time_column.and_then(|i| record.get(i)),
                         )
                     });
-                    // Columns are unique (check_header) and visited in name order.
-                    build_event(feed_name, fields, true, id_and_time, shape)
+                    build_event(feed_name, &schema, fields, id_and_time, shape)
                 };
                 match outcome {
                     Ok(event) => on_row(Row::Event(Box::new(event))),
@@ -449,11 +450,17 @@ fn event_from_json_named(
             obj @ serde_json::Value::Object(_) => RawValue::Owned(obj.to_string()),
         };
         let separator = shape.feed.list_fields.get(k.as_str()).map(String::as_str);
-        Some((FieldName::from(k.as_str()), raw, separator))
+        Some((k.as_str(), raw, separator))
     });
-    // serde_json's map iterates in key order (no `preserve_order`), but the
-    // check is cheap next to JSON parsing, so it is not relied upon.
-    build_event(feed_name, fields, false, None, shape)
+    // Keys are unique; sorted here rather than trusting the map's order
+    // (which a `preserve_order` feature anywhere in the build would change).
+    let mut fields: Vec<_> = fields.filter(|(k, _, _)| !k.is_empty()).collect();
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let schema: Schema = fields.iter().map(|(k, _, _)| FieldName::from(*k)).collect();
+    let raw = (0u32..)
+        .zip(fields)
+        .map(|(index, (_, raw, separator))| (index, raw, separator));
+    build_event(feed_name, &schema, raw, None, shape)
 }
 
 /// A field value before the feed's settings are applied.
@@ -465,24 +472,20 @@ enum RawValue<'a> {
 }
 
 /// Applies the feed's settings (lists, id, time) to raw fields.
-/// `raw` yields each field with its list separator (if it is a list field).
-/// `presorted`: the caller promises `raw` comes in name order without
-/// duplicates (CSV columns, sorted once per file), which saves a check per row.
+/// `raw` yields each field as its index in `schema` (ascending: the caller's
+/// promise), its raw value and its list separator (if it is a list field).
 /// `id_and_time`: the raw text of the id and time fields when the caller has
 /// them at hand (a CSV row by column), which saves looking them up by name.
 fn build_event<'a, 's>(
     feed_name: &FeedName,
-    raw: impl Iterator<Item = (FieldName, RawValue<'a>, Option<&'s str>)>,
-    presorted: bool,
+    schema: &Schema,
+    raw: impl Iterator<Item = (u32, RawValue<'a>, Option<&'s str>)>,
     id_and_time: Option<(Option<&str>, Option<&str>)>,
     shape: &RecordShape<'_>,
 ) -> Result<Event, String> {
     let feed = shape.feed;
-    let mut fields: Vec<(FieldName, Value)> = Vec::with_capacity(raw.size_hint().0);
-    for (name, value, separator) in raw {
-        if name.is_empty() {
-            continue;
-        }
+    let mut fields: Vec<(u32, Value)> = Vec::with_capacity(raw.size_hint().0);
+    for (index, value, separator) in raw {
         // An empty cell is an absent field: skip it before allocating anything.
         if let RawValue::Text(s) = &value
             && trim(s).is_empty()
@@ -502,13 +505,9 @@ fn build_event<'a, 's>(
         if value.is_empty() {
             continue;
         }
-        fields.push((name, value));
+        fields.push((index, value));
     }
-    if !presorted && !fields.windows(2).all(|w| w[0].0 < w[1].0) {
-        fields.sort_by(|a, b| a.0.cmp(&b.0));
-        fields.dedup_by(|b, a| a.0 == b.0);
-    }
-    let fields = Fields::from_sorted(fields);
+    let fields = Fields::from_schema(schema.clone(), fields);
     // The id and time as text: from the caller, or looked up (lists joined).
     let looked_up = |name: &str| {
         fields

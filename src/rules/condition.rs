@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use regex::Regex;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// A parse or resolution error at a byte offset of the condition text.
 #[derive(Debug, Clone, PartialEq)]
@@ -277,8 +278,10 @@ pub struct EvalScratch {
     positions: Vec<Option<usize>>,
     /// Whether `positions` describes the current event.
     bound: bool,
-    /// Slot of each field name seen, by the name's address (see `bind`).
-    name_slots: rustc_hash::FxHashMap<usize, (crate::event::FieldName, Option<usize>)>,
+    /// The schema and the slots `slot_of_name` was worked out for.
+    schema: Option<(crate::event::Schema, Arc<[String]>)>,
+    /// For each name of that schema, the slot it fills, if a rule reads it.
+    slot_of_name: Vec<Option<usize>>,
     /// Normalised elements by field name, for the current event.
     normalised: Vec<(String, Vec<String>)>,
     /// How many entries of `normalised` belong to the current event; the rest
@@ -295,28 +298,27 @@ impl EvalScratch {
 
     /// Starts a new event and finds, once, where each field the rule set reads
     /// (`slots`) is in it.
-    pub fn bind(&mut self, event: &Event, slots: &[String]) {
+    pub fn bind(&mut self, event: &Event, slots: &Arc<[String]>) {
         self.used = 0;
         self.positions.clear();
         self.positions.resize(slots.len(), None);
-        // The rows of a file share their field names (`Arc`s), so a name's slot is
-        // found by its address after the first row. The cache holds a clone of each
-        // name, so an address cannot be reused by another name while it is cached;
-        // it is emptied when it grows (JSON rows do not share names).
-        if self.name_slots.len() > 1024 {
-            self.name_slots.clear();
+        // The rows of a file share one schema, so which slot each of its names
+        // fills is worked out once per file, not once per row.
+        let schema = event.fields.schema();
+        let known = self.schema.as_ref().is_some_and(|(known, known_slots)| {
+            Arc::ptr_eq(known, schema) && Arc::ptr_eq(known_slots, slots)
+        });
+        if !known {
+            self.slot_of_name.clear();
+            self.slot_of_name.extend(
+                schema
+                    .iter()
+                    .map(|name| slots.iter().position(|s| **s == **name)),
+            );
+            self.schema = Some((schema.clone(), slots.clone()));
         }
-        for (position, (name, _)) in event.fields.iter().enumerate() {
-            let address = std::sync::Arc::as_ptr(name) as *const u8 as usize;
-            let slot = match self.name_slots.get(&address) {
-                Some((_, slot)) => *slot,
-                None => {
-                    let slot = slots.iter().position(|s| **s == **name);
-                    self.name_slots.insert(address, (name.clone(), slot));
-                    slot
-                }
-            };
-            if let Some(slot) = slot {
+        for (position, index) in event.fields.indices().enumerate() {
+            if let Some(slot) = self.slot_of_name[index] {
                 self.positions[slot] = Some(position);
             }
         }

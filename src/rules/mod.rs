@@ -424,7 +424,8 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     pub files: Vec<PathBuf>,
     /// Every field name the rules' conditions read, by slot (see `FieldRef`).
-    pub field_slots: Vec<String>,
+    /// Shared, so evaluation caches can tell one rule set's slots from another's.
+    pub field_slots: std::sync::Arc<[String]>,
 }
 
 impl RuleSet {
@@ -725,7 +726,7 @@ impl RuleSet {
         Ok(RuleSet {
             rules,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
-            field_slots,
+            field_slots: field_slots.into(),
         })
     }
 
