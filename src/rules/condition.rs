@@ -356,7 +356,7 @@ impl EvalScratch {
 }
 
 /// Writes the normalised form of `value` (see [`normalise_term`]) into `out`.
-fn normalise_into(value: &str, out: &mut String) {
+pub(crate) fn normalise_into(value: &str, out: &mut String) {
     out.clear();
     if value.is_ascii() {
         // The common case, without Unicode case tables.

@@ -16,11 +16,12 @@
 
 use super::{Rule, RuleKind, RuleSet};
 use crate::alerts::{Alert, AlertStatus, Trigger};
-use crate::event::{Event, normalise_term};
+use crate::event::{Event, Scalar};
+use crate::rules::condition::normalise_into;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,24 +55,51 @@ pub struct Cooldown {
 }
 
 /// Matching events within a window of event time, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Window {
     /// (event time in ms, hash of the record id or 0): every event counted.
     entries: VecDeque<(i64, u64)>,
     /// The most recent events in full, for the email (at most MAX_EVENTS_PER_ALERT).
     events: VecDeque<Event>,
+    /// The non-zero id hashes in `entries`, so that a record counted already is
+    /// found without scanning a window of a million entries. Derived from
+    /// `entries`: not stored, rebuilt on first use after loading.
+    #[serde(skip)]
+    ids: Option<rustc_hash::FxHashSet<u64>>,
+}
+
+impl PartialEq for Window {
+    fn eq(&self, other: &Window) -> bool {
+        self.entries == other.entries && self.events == other.events
+    }
 }
 
 impl Window {
+    fn ids(&mut self) -> &mut rustc_hash::FxHashSet<u64> {
+        let entries = &self.entries;
+        self.ids.get_or_insert_with(|| {
+            entries
+                .iter()
+                .map(|&(_, id)| id)
+                .filter(|&id| id != 0)
+                .collect()
+        })
+    }
+
     /// Adds an event in time order; false if the same record is already counted.
     fn insert(&mut self, event: &Event) -> bool {
         let t = event.time.as_millisecond();
         let id = event.record_id.as_deref().map(hash_id).unwrap_or(0);
-        if id != 0 && self.entries.iter().any(|&(_, other)| other == id) {
+        if id != 0 && !self.ids().insert(id) {
             return false;
         }
-        let at = self.entries.partition_point(|&(other, _)| other <= t);
-        self.entries.insert(at, (t, id));
+        // Events mostly arrive in time order: appending is the common case.
+        if self.entries.back().is_none_or(|&(last, _)| last <= t) {
+            self.entries.push_back((t, id));
+        } else {
+            let at = self.entries.partition_point(|&(other, _)| other <= t);
+            self.entries.insert(at, (t, id));
+        }
         let at = self.events.partition_point(|e| e.time <= event.time);
         self.events.insert(at, event.clone());
         if self.events.len() > MAX_EVENTS_PER_ALERT {
@@ -82,8 +110,15 @@ impl Window {
 
     /// Drops entries older than `cutoff_ms`.
     fn prune_before(&mut self, cutoff_ms: i64) {
-        while self.entries.front().is_some_and(|&(t, _)| t < cutoff_ms) {
+        while let Some(&(t, id)) = self.entries.front()
+            && t < cutoff_ms
+        {
             self.entries.pop_front();
+            if id != 0
+                && let Some(ids) = &mut self.ids
+            {
+                ids.remove(&id);
+            }
         }
         while self
             .events
@@ -112,6 +147,7 @@ impl Window {
     fn clear(&mut self) {
         self.entries.clear();
         self.events.clear();
+        self.ids = None;
     }
 }
 
@@ -324,6 +360,8 @@ pub struct Batch {
     windows_touched: BTreeSet<(usize, String)>,
     scratch: crate::rules::condition::EvalScratch,
     events_seen: u64,
+    /// Normalised values each first_seen rule (by index) met for the first time in this file.
+    first_seen_in_file: HashMap<usize, HashSet<String>>,
 }
 
 impl Batch {
@@ -343,6 +381,11 @@ pub struct Engine {
     state: EngineState,
     /// Keys changed since the last `finish` or `tick`.
     dirty: BTreeSet<(StateKind, GroupRef)>,
+    /// `next_wakeup`'s answer until deadlines, feed activity or silences change:
+    /// replay asks before every event, and working it out scans every rule.
+    wakeup: std::cell::Cell<Option<Option<Timestamp>>>,
+    /// A reused key for looking up first-seen values (see `observe_match`).
+    seen_probe: GroupRef,
 }
 
 impl Engine {
@@ -374,6 +417,8 @@ impl Engine {
             closers_by_feed,
             state,
             dirty: BTreeSet::new(),
+            wakeup: std::cell::Cell::new(None),
+            seen_probe: GroupRef::new("", ""),
         }
     }
 
@@ -389,6 +434,7 @@ impl Engine {
     pub fn restore(&mut self, state: EngineState) {
         self.state = state;
         self.dirty.clear();
+        self.wakeup.set(None);
     }
 
     /// Swaps in a new rule set, keeping the state of rules that still exist
@@ -408,6 +454,12 @@ impl Engine {
     }
 
     fn touch(&mut self, kind: StateKind, key: &GroupRef) {
+        if matches!(
+            kind,
+            StateKind::Deadline | StateKind::Activity | StateKind::Silence
+        ) {
+            self.wakeup.set(None);
+        }
         self.dirty.insert((kind, key.clone()));
     }
 
@@ -480,16 +532,29 @@ impl Engine {
                     return;
                 };
                 for element in value.elements() {
+                    // Nearly every value has been seen before: find that out
+                    // without allocating, through a reused key.
+                    let probe = &mut self.seen_probe;
+                    probe.rule_id.clear();
+                    probe.rule_id.push_str(&rule.id);
+                    match element {
+                        Scalar::Text(s) => normalise_into(s, &mut probe.group_key),
+                        Scalar::Number(n) => normalise_into(&n.to_string(), &mut probe.group_key),
+                    }
+                    let norm = probe.group_key.as_str();
+                    if norm.is_empty() || known.contains(norm) {
+                        continue;
+                    }
+                    let new_in_this_file = batch
+                        .first_seen_in_file
+                        .get(&index)
+                        .is_some_and(|values| values.contains(norm));
+                    if self.state.seen.contains_key(probe) && !new_in_this_file {
+                        continue;
+                    }
+                    let gref = probe.clone();
+                    let norm = gref.group_key.clone();
                     let written = element.to_string();
-                    let norm = normalise_term(&written);
-                    if norm.is_empty() || known.contains(&norm) {
-                        continue;
-                    }
-                    let gref = GroupRef::new(&rule.id, &norm);
-                    let new_in_this_file = batch.pending.contains_key(&(index, norm.clone()));
-                    if self.state.seen.contains_key(&gref) && !new_in_this_file {
-                        continue;
-                    }
                     if !new_in_this_file {
                         self.state.seen.insert(
                             gref.clone(),
@@ -499,6 +564,11 @@ impl Engine {
                             },
                         );
                         self.touch(StateKind::Seen, &gref);
+                        batch
+                            .first_seen_in_file
+                            .entry(index)
+                            .or_default()
+                            .insert(norm.clone());
                     }
                     batch
                         .pending
@@ -908,6 +978,15 @@ impl Engine {
 
     /// The earliest time `tick` could raise something, if any (so the daemon can sleep until then).
     pub fn next_wakeup(&self) -> Option<Timestamp> {
+        if let Some(known) = self.wakeup.get() {
+            return known;
+        }
+        let wakeup = self.work_out_next_wakeup();
+        self.wakeup.set(Some(wakeup));
+        wakeup
+    }
+
+    fn work_out_next_wakeup(&self) -> Option<Timestamp> {
         let deadline = self
             .state
             .deadlines
@@ -920,11 +999,16 @@ impl Engine {
             .rules
             .iter()
             .filter_map(|r| match &r.kind {
-                RuleKind::Silence { silent_for } => self
-                    .state
-                    .activity
-                    .get(&r.feed)
-                    .map(|t| add(*t, *silent_for)),
+                RuleKind::Silence { silent_for } => {
+                    let last = self.state.activity.get(&r.feed)?;
+                    // Already told about this quiet spell: nothing until the feed delivers again.
+                    let told = self
+                        .state
+                        .silences
+                        .get(&r.id)
+                        .is_some_and(|s| s.alerted_for == *last);
+                    (!told).then(|| add(*last, *silent_for))
+                }
                 _ => None,
             })
             .min();

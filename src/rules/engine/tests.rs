@@ -326,6 +326,31 @@ fn windows_are_pruned_to_the_window_length() {
     file(&mut e, &[overdose("late", "d0", 100 * D)], 100 * D);
     let w = &e.state().windows[&GroupRef::new("overdose-cluster", "d0")];
     assert_eq!(w.len(), 1, "the old entry was pruned");
+    // A pruned record is forgotten: delivered again inside a new window, it counts.
+    file(&mut e, &[overdose("id0", "d0", 100 * D)], 100 * D);
+    let w = &e.state().windows[&GroupRef::new("overdose-cluster", "d0")];
+    assert_eq!(w.len(), 2);
+}
+
+#[test]
+fn a_record_counted_before_a_restart_is_not_counted_again() {
+    let mut e = engine(OVERDOSES);
+    let out = file(&mut e, &[overdose("a", "Bolton", 0)], 0);
+    let mut state = EngineState::default();
+    for c in &out.changes {
+        state
+            .load_row(
+                c.kind.as_str(),
+                c.key.rule_id.clone(),
+                c.key.group_key.clone(),
+                c.data.as_deref().unwrap(),
+            )
+            .unwrap();
+    }
+    let mut restarted = Engine::new(rules(OVERDOSES), state);
+    file(&mut restarted, &[overdose("a", "Bolton", 60)], 60);
+    let w = &restarted.state().windows[&GroupRef::new("overdose-cluster", "bolton")];
+    assert_eq!(w.len(), 1, "the same record id counts once across a restart");
 }
 
 // ------------------------------------------------------------------ deadline
@@ -580,4 +605,19 @@ fn silence_fires_once_per_quiet_period() {
     e.note_activity("drug_testing", t(13 * H));
     assert!(e.tick(t(18 * H)).alerts.is_empty());
     assert_eq!(e.tick(t(19 * H)).alerts.len(), 1);
+}
+
+#[test]
+fn next_wakeup_skips_a_quiet_spell_already_told() {
+    let mut e = engine(QUIET);
+    e.tick(t(0));
+    assert_eq!(e.next_wakeup(), Some(t(6 * H)));
+    assert_eq!(e.tick(t(6 * H)).alerts.len(), 1);
+    assert_eq!(
+        e.next_wakeup(),
+        None,
+        "nothing more can happen until the feed delivers again"
+    );
+    e.note_activity("drug_testing", t(7 * H));
+    assert_eq!(e.next_wakeup(), Some(t(13 * H)));
 }
