@@ -69,11 +69,18 @@ pub enum Condition {
 pub struct FieldRef {
     pub name: String,
     slot: Option<usize>,
+    /// The number of the test this field is read by (see [`ConditionIndex`]):
+    /// the same test in many rules is evaluated once per event.
+    atom: Option<usize>,
 }
 
 impl FieldRef {
     fn new(name: String) -> FieldRef {
-        FieldRef { name, slot: None }
+        FieldRef {
+            name,
+            slot: None,
+            atom: None,
+        }
     }
 
     /// The field's value in `event`, through the slot when the scratch is bound to it.
@@ -201,20 +208,84 @@ impl Condition {
         }
     }
 
-    /// Gives every field this condition reads a slot, from `slot_of` (the rule set's interner).
-    pub fn assign_slots(&mut self, slot_of: &mut dyn FnMut(&str) -> usize) {
+    /// Numbers the fields and the tests of this condition in `index`.
+    pub fn index_into(&mut self, index: &mut ConditionIndex) {
         match self {
             Condition::Always => {}
             Condition::And(a, b) | Condition::Or(a, b) => {
-                a.assign_slots(slot_of);
-                b.assign_slots(slot_of);
+                a.index_into(index);
+                b.index_into(index);
             }
-            Condition::Not(a) => a.assign_slots(slot_of),
-            Condition::Exists(f)
-            | Condition::Compare { field: f, .. }
-            | Condition::Regex { field: f, .. }
-            | Condition::In { field: f, .. } => f.slot = Some(slot_of(&f.name)),
+            Condition::Not(a) => a.index_into(index),
+            Condition::Exists(_)
+            | Condition::Compare { .. }
+            | Condition::Regex { .. }
+            | Condition::In { .. } => {
+                let test = self.test_key();
+                let atom = index.atom(test);
+                if let Condition::Exists(f)
+                | Condition::Compare { field: f, .. }
+                | Condition::Regex { field: f, .. }
+                | Condition::In { field: f, .. } = self
+                {
+                    f.slot = Some(index.slot(&f.name));
+                    f.atom = Some(atom);
+                }
+            }
         }
+    }
+
+    /// A text that is equal for two tests exactly when they give the same
+    /// answer on every event (for a leaf; empty for the others).
+    fn test_key(&self) -> String {
+        match self {
+            Condition::Exists(f) => format!("exists\u{1f}{}", f.name),
+            Condition::Compare { field, op, literal } => {
+                format!("cmp\u{1f}{}\u{1f}{op:?}\u{1f}{literal:?}", field.name)
+            }
+            Condition::Regex {
+                field,
+                regex,
+                negated,
+            } => format!(
+                "re\u{1f}{}\u{1f}{negated}\u{1f}{}",
+                field.name,
+                regex.as_str()
+            ),
+            Condition::In {
+                field,
+                set,
+                negated,
+            } => {
+                let mut terms: Vec<&str> = set.terms.iter().map(String::as_str).collect();
+                terms.sort_unstable();
+                format!(
+                    "in\u{1f}{}\u{1f}{negated}\u{1f}{}",
+                    field.name,
+                    terms.join("\u{1e}")
+                )
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// The test of a leaf, evaluated once per event however many rules share
+    /// it, when the scratch is bound to the event.
+    fn leaf(&self, field: &FieldRef, event: &Event, scratch: &mut EvalScratch) -> bool {
+        let Some(atom) = field.atom.filter(|_| scratch.bound) else {
+            return self.evaluate_leaf(event, scratch);
+        };
+        if scratch.atom_stamps.len() <= atom {
+            scratch.atom_stamps.resize(atom + 1, 0);
+            scratch.atom_values.resize(atom + 1, false);
+        }
+        if scratch.atom_stamps[atom] == scratch.generation {
+            return scratch.atom_values[atom];
+        }
+        let value = self.evaluate_leaf(event, scratch);
+        scratch.atom_stamps[atom] = scratch.generation;
+        scratch.atom_values[atom] = value;
+        value
     }
 
     /// Evaluates the condition on an event. `scratch` must have been told of
@@ -225,6 +296,18 @@ impl Condition {
             Condition::And(a, b) => a.matches(event, scratch) && b.matches(event, scratch),
             Condition::Or(a, b) => a.matches(event, scratch) || b.matches(event, scratch),
             Condition::Not(a) => !a.matches(event, scratch),
+            Condition::Exists(f)
+            | Condition::Compare { field: f, .. }
+            | Condition::Regex { field: f, .. }
+            | Condition::In { field: f, .. } => self.leaf(f, event, scratch),
+        }
+    }
+
+    fn evaluate_leaf(&self, event: &Event, scratch: &mut EvalScratch) -> bool {
+        match self {
+            Condition::Always | Condition::And(..) | Condition::Or(..) | Condition::Not(_) => {
+                self.matches(event, scratch)
+            }
             Condition::Exists(field) => field.value(event, scratch).is_some(),
             Condition::Compare { field, op, literal } => match field.value(event, scratch) {
                 // A missing field matches nothing, not even `!=`.
@@ -257,7 +340,7 @@ impl Condition {
                 None => false,
                 Some(value) => {
                     let any = scratch
-                        .normalised(&field.name, value)
+                        .normalised(field, value)
                         .iter()
                         .any(|term| set.contains_normalised(term));
                     any != *negated
@@ -282,11 +365,47 @@ pub struct EvalScratch {
     schema: Option<(crate::event::Schema, Arc<[String]>)>,
     /// For each name of that schema, the slot it fills, if a rule reads it.
     slot_of_name: Vec<Option<usize>>,
-    /// Normalised elements by field name, for the current event.
-    normalised: Vec<(String, Vec<String>)>,
+    /// Normalised elements by field (its slot when bound, else its name), for the current event.
+    normalised: Vec<(Option<usize>, String, Vec<String>)>,
     /// How many entries of `normalised` belong to the current event; the rest
     /// are kept only to reuse their allocations.
     used: usize,
+    /// Per test (atom): the generation its value in `atom_values` is for.
+    /// Bumping the generation forgets every answer at once.
+    atom_stamps: Vec<u32>,
+    atom_values: Vec<bool>,
+    generation: u32,
+}
+
+/// Numbers the distinct fields (slots) and the distinct tests (atoms) of a
+/// rule set's conditions, so that an event's fields are found once and a test
+/// shared by many rules (`form == "tablet"`) is evaluated once per event.
+#[derive(Debug, Default)]
+pub struct ConditionIndex {
+    slots: Vec<String>,
+    slot_numbers: std::collections::HashMap<String, usize>,
+    atoms: std::collections::HashMap<String, usize>,
+}
+
+impl ConditionIndex {
+    fn slot(&mut self, name: &str) -> usize {
+        if let Some(&slot) = self.slot_numbers.get(name) {
+            return slot;
+        }
+        self.slots.push(name.to_string());
+        self.slot_numbers.insert(name.to_string(), self.slots.len() - 1);
+        self.slots.len() - 1
+    }
+
+    fn atom(&mut self, test: String) -> usize {
+        let next = self.atoms.len();
+        *self.atoms.entry(test).or_insert(next)
+    }
+
+    /// The field names by slot, for [`EvalScratch::bind`].
+    pub fn into_slots(self) -> Arc<[String]> {
+        self.slots.into()
+    }
 }
 
 impl EvalScratch {
@@ -296,10 +415,21 @@ impl EvalScratch {
         self.bound = false;
     }
 
+    /// Forgets every test's answer (the next event is a new one).
+    fn new_generation(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // Wrapped: stamps from four billion events ago must not look current.
+            self.atom_stamps.fill(0);
+            self.generation = 1;
+        }
+    }
+
     /// Starts a new event and finds, once, where each field the rule set reads
     /// (`slots`) is in it.
     pub fn bind(&mut self, event: &Event, slots: &Arc<[String]>) {
         self.used = 0;
+        self.new_generation();
         self.positions.clear();
         self.positions.resize(slots.len(), None);
         // The rows of a file share one schema, so which slot each of its names
@@ -325,19 +455,25 @@ impl EvalScratch {
         self.bound = true;
     }
 
-    fn normalised(&mut self, field: &str, value: &crate::event::Value) -> &[String] {
+    fn normalised(&mut self, field: &FieldRef, value: &crate::event::Value) -> &[String] {
+        // By slot when bound (no string compare), else by name.
+        let slot = field.slot.filter(|_| self.bound);
         if let Some(i) = self.normalised[..self.used]
             .iter()
-            .position(|(f, _)| f == field)
+            .position(|(s, f, _)| match slot {
+                Some(slot) => *s == Some(slot),
+                None => *f == field.name,
+            })
         {
-            return &self.normalised[i].1;
+            return &self.normalised[i].2;
         }
         if self.used == self.normalised.len() {
-            self.normalised.push((String::new(), Vec::new()));
+            self.normalised.push((None, String::new(), Vec::new()));
         }
-        let (name, terms) = &mut self.normalised[self.used];
+        let (entry_slot, name, terms) = &mut self.normalised[self.used];
+        *entry_slot = slot;
         name.clear();
-        name.push_str(field);
+        name.push_str(&field.name);
         let mut count = 0;
         for el in value.elements() {
             if terms.len() == count {
@@ -351,7 +487,7 @@ impl EvalScratch {
         }
         terms.truncate(count);
         self.used += 1;
-        &self.normalised[self.used - 1].1
+        &self.normalised[self.used - 1].2
     }
 }
 
@@ -1062,6 +1198,29 @@ mod tests {
         let mut scratch = EvalScratch::default();
         scratch.next_event();
         cond.matches(ev, &mut scratch)
+    }
+
+    #[test]
+    fn a_test_shared_by_rules_is_answered_once_per_event() {
+        let mut a = Condition::parse(r#"form == "tablet" and district == "Bolton""#, &lists())
+            .unwrap();
+        let mut b = Condition::parse(r#"form == "tablet""#, &lists()).unwrap();
+        let mut c = Condition::parse(r#"form == "TABLET""#, &lists()).unwrap();
+        let mut index = ConditionIndex::default();
+        a.index_into(&mut index);
+        b.index_into(&mut index);
+        c.index_into(&mut index);
+        assert_eq!(index.atoms.len(), 2, "`form == \"tablet\"` is one test, however written");
+        let slots = index.into_slots();
+        let tablet = event(&[("form", text("Tablet")), ("district", text("Bolton"))]);
+        let powder = event(&[("form", text("powder")), ("district", text("Bolton"))]);
+        let mut scratch = EvalScratch::default();
+        for (ev, want) in [(&tablet, true), (&powder, false), (&tablet, true)] {
+            scratch.bind(ev, &slots);
+            assert_eq!(a.matches(ev, &mut scratch), want);
+            assert_eq!(b.matches(ev, &mut scratch), want);
+            assert_eq!(c.matches(ev, &mut scratch), want);
+        }
     }
 
     fn text(s: &str) -> Value {

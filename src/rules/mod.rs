@@ -708,25 +708,19 @@ impl RuleSet {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
-        // One slot per distinct field name across all conditions.
-        let mut field_slots: Vec<String> = Vec::new();
-        let mut slot_index: HashMap<String, usize> = HashMap::new();
-        let mut slot_of = |name: &str| -> usize {
-            *slot_index.entry(name.to_string()).or_insert_with(|| {
-                field_slots.push(name.to_string());
-                field_slots.len() - 1
-            })
-        };
+        // One slot per distinct field name and one atom per distinct test
+        // across all conditions.
+        let mut index = condition::ConditionIndex::default();
         for rule in &mut rules {
-            rule.when.assign_slots(&mut slot_of);
+            rule.when.index_into(&mut index);
             if let RuleKind::Deadline { until_when, .. } = &mut rule.kind {
-                until_when.assign_slots(&mut slot_of);
+                until_when.index_into(&mut index);
             }
         }
         Ok(RuleSet {
             rules,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
-            field_slots: field_slots.into(),
+            field_slots: index.into_slots(),
         })
     }
 
