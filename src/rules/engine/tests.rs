@@ -284,15 +284,8 @@ fn threshold_counts_out_of_order_events_and_the_same_event_once() {
     );
 }
 
-#[test]
-fn threshold_state_survives_a_restart_through_its_changes() {
-    let mut e = engine(OVERDOSES);
-    let out = file(
-        &mut e,
-        &[overdose("a", "Bolton", 0), overdose("b", "Bolton", D)],
-        D,
-    );
-    // Rebuild the engine from what would have been stored.
+/// A new engine on `text`'s rules, with the state that `out`'s changes would have stored.
+fn restart(text: &str, out: &Outcome) -> Engine {
     let mut state = EngineState::default();
     for c in &out.changes {
         state
@@ -304,7 +297,18 @@ fn threshold_state_survives_a_restart_through_its_changes() {
             )
             .unwrap();
     }
-    let mut restarted = Engine::new(rules(OVERDOSES), state);
+    Engine::new(rules(text), state)
+}
+
+#[test]
+fn threshold_state_survives_a_restart_through_its_changes() {
+    let mut e = engine(OVERDOSES);
+    let out = file(
+        &mut e,
+        &[overdose("a", "Bolton", 0), overdose("b", "Bolton", D)],
+        D,
+    );
+    let mut restarted = restart(OVERDOSES, &out);
     assert_eq!(
         file(&mut restarted, &[overdose("c", "Bolton", 2 * D)], 2 * D)
             .alerts
@@ -336,18 +340,7 @@ fn windows_are_pruned_to_the_window_length() {
 fn a_record_counted_before_a_restart_is_not_counted_again() {
     let mut e = engine(OVERDOSES);
     let out = file(&mut e, &[overdose("a", "Bolton", 0)], 0);
-    let mut state = EngineState::default();
-    for c in &out.changes {
-        state
-            .load_row(
-                c.kind.as_str(),
-                c.key.rule_id.clone(),
-                c.key.group_key.clone(),
-                c.data.as_deref().unwrap(),
-            )
-            .unwrap();
-    }
-    let mut restarted = Engine::new(rules(OVERDOSES), state);
+    let mut restarted = restart(OVERDOSES, &out);
     file(&mut restarted, &[overdose("a", "Bolton", 60)], 60);
     let w = &restarted.state().windows[&GroupRef::new("overdose-cluster", "bolton")];
     assert_eq!(w.len(), 1, "the same record id counts once across a restart");
@@ -451,18 +444,7 @@ fn a_close_that_arrives_before_its_open_still_closes_it() {
 fn a_deadline_that_passed_while_down_fires_at_the_first_tick() {
     let mut e = engine(DISCHARGE);
     let out = file(&mut e, &[discharge(0, "GMP-4")], 0);
-    let mut state = EngineState::default();
-    for c in &out.changes {
-        state
-            .load_row(
-                c.kind.as_str(),
-                c.key.rule_id.clone(),
-                c.key.group_key.clone(),
-                c.data.as_deref().unwrap(),
-            )
-            .unwrap();
-    }
-    let mut restarted = Engine::new(rules(DISCHARGE), state);
+    let mut restarted = restart(DISCHARGE, &out);
     assert_eq!(restarted.tick(t(3 * D)).alerts.len(), 1);
 }
 
