@@ -470,7 +470,10 @@ fn event_map(
             (k.to_string(), v)
         })
         .collect();
-    map.insert("_feed".into(), serde_json::Value::String(e.feed.to_string()));
+    map.insert(
+        "_feed".into(),
+        serde_json::Value::String(e.feed.to_string()),
+    );
     map.insert("_time".into(), serde_json::Value::String(show_time(e.time)));
     map
 }

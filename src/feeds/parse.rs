@@ -157,7 +157,10 @@ fn parse_csv<R: Read>(
             .and_then(|f| names.iter().position(|n| &**n == f))
             .filter(|&i| separators[i].is_none())
     };
-    let (id_column, time_column) = (column_of(&shape.feed.id_field), column_of(&shape.feed.time_field));
+    let (id_column, time_column) = (
+        column_of(&shape.feed.id_field),
+        column_of(&shape.feed.time_field),
+    );
     let direct_id_and_time = (shape.feed.id_field.is_none() || id_column.is_some())
         && (shape.feed.time_field.is_none() || time_column.is_some());
 
@@ -337,10 +340,12 @@ fn parse_jsonl<R: Read>(
             })
         };
         match serde_json::from_str::<serde_json::Value>(trimmed) {
-            Ok(serde_json::Value::Object(map)) => match event_from_json_named(&map, shape, feed_name) {
-                Ok(e) => on_row(Row::Event(Box::new(e))),
-                Err(reason) => on_row(error(reason)),
-            },
+            Ok(serde_json::Value::Object(map)) => {
+                match event_from_json_named(&map, shape, feed_name) {
+                    Ok(e) => on_row(Row::Event(Box::new(e))),
+                    Err(reason) => on_row(error(reason)),
+                }
+            }
             Ok(other) => on_row(error(format!(
                 "expected a JSON object {{...}}, found {}",
                 json_kind(&other)
@@ -510,18 +515,19 @@ fn build_event<'a, 's>(
     let fields = Fields::from_schema(schema.clone(), fields);
     // The id and time as text: from the caller, or looked up (lists joined).
     let looked_up = |name: &str| {
-        fields
-            .get(name)
-            .filter(|v| !v.is_empty())
-            .map(|v| match v {
-                Value::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
-                other => std::borrow::Cow::Owned(other.to_string()),
-            })
+        fields.get(name).filter(|v| !v.is_empty()).map(|v| match v {
+            Value::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
+            other => std::borrow::Cow::Owned(other.to_string()),
+        })
     };
     let (given_id, given_time) = match id_and_time {
         Some((id, time)) => (
-            id.map(trim).filter(|s| !s.is_empty()).map(std::borrow::Cow::Borrowed),
-            time.map(trim).filter(|s| !s.is_empty()).map(std::borrow::Cow::Borrowed),
+            id.map(trim)
+                .filter(|s| !s.is_empty())
+                .map(std::borrow::Cow::Borrowed),
+            time.map(trim)
+                .filter(|s| !s.is_empty())
+                .map(std::borrow::Cow::Borrowed),
         ),
         None => (
             feed.id_field.as_deref().and_then(looked_up),

@@ -393,7 +393,8 @@ impl ConditionIndex {
             return slot;
         }
         self.slots.push(name.to_string());
-        self.slot_numbers.insert(name.to_string(), self.slots.len() - 1);
+        self.slot_numbers
+            .insert(name.to_string(), self.slots.len() - 1);
         self.slots.len() - 1
     }
 
@@ -1202,15 +1203,19 @@ mod tests {
 
     #[test]
     fn a_test_shared_by_rules_is_answered_once_per_event() {
-        let mut a = Condition::parse(r#"form == "tablet" and district == "Bolton""#, &lists())
-            .unwrap();
+        let mut a =
+            Condition::parse(r#"form == "tablet" and district == "Bolton""#, &lists()).unwrap();
         let mut b = Condition::parse(r#"form == "tablet""#, &lists()).unwrap();
         let mut c = Condition::parse(r#"form == "TABLET""#, &lists()).unwrap();
         let mut index = ConditionIndex::default();
         a.index_into(&mut index);
         b.index_into(&mut index);
         c.index_into(&mut index);
-        assert_eq!(index.atoms.len(), 2, "`form == \"tablet\"` is one test, however written");
+        assert_eq!(
+            index.atoms.len(),
+            2,
+            "`form == \"tablet\"` is one test, however written"
+        );
         let slots = index.into_slots();
         let tablet = event(&[("form", text("Tablet")), ("district", text("Bolton"))]);
         let powder = event(&[("form", text("powder")), ("district", text("Bolton"))]);

@@ -127,57 +127,26 @@ fn parse_kind(
         return None;
     }
     // Keys that belong to other kinds are mistakes worth pointing out.
-    let present: [(&str, Option<usize>, &[&str]); 10] = [
-        (
-            "count",
-            raw.count.as_ref().map(|v| v.span().start),
-            &["threshold"],
-        ),
+    fn at<T>(value: &Option<Spanned<T>>) -> Option<usize> {
+        value.as_ref().map(|v| v.span().start)
+    }
+    let present: [(&str, Option<usize>, &[&str]); 12] = [
+        ("count", at(&raw.count), &["threshold"]),
         (
             "within",
-            raw.within.as_ref().map(|v| v.span().start),
+            at(&raw.within),
             &["threshold", "deadline", "rate"],
         ),
-        (
-            "key",
-            raw.key.as_ref().map(|v| v.span().start),
-            &["deadline"],
-        ),
-        (
-            "until",
-            raw.until.as_ref().map(|v| v.span().start),
-            &["deadline"],
-        ),
-        (
-            "notify_on_open",
-            raw.notify_on_open.as_ref().map(|v| v.span().start),
-            &["deadline"],
-        ),
-        (
-            "notify_on_close",
-            raw.notify_on_close.as_ref().map(|v| v.span().start),
-            &["deadline"],
-        ),
-        (
-            "field",
-            raw.field.as_ref().map(|v| v.span().start),
-            &["first_seen"],
-        ),
-        (
-            "factor",
-            raw.factor.as_ref().map(|v| v.span().start),
-            &["rate"],
-        ),
-        (
-            "baseline",
-            raw.baseline.as_ref().map(|v| v.span().start),
-            &["rate"],
-        ),
-        (
-            "for",
-            raw.silent_for.as_ref().map(|v| v.span().start),
-            &["silence"],
-        ),
+        ("key", at(&raw.key), &["deadline"]),
+        ("until", at(&raw.until), &["deadline"]),
+        ("notify_on_open", at(&raw.notify_on_open), &["deadline"]),
+        ("notify_on_close", at(&raw.notify_on_close), &["deadline"]),
+        ("field", at(&raw.field), &["first_seen"]),
+        ("known", at(&raw.known), &["first_seen"]),
+        ("factor", at(&raw.factor), &["rate"]),
+        ("baseline", at(&raw.baseline), &["rate"]),
+        ("min_count", at(&raw.min_count), &["rate"]),
+        ("for", at(&raw.silent_for), &["silence"]),
     ];
     let mut ok = true;
     for (key, at, kinds) in present {
@@ -195,24 +164,6 @@ fn parse_kind(
             );
             ok = false;
         }
-    }
-    if let Some(k) = &raw.known
-        && kind_name != "first_seen"
-    {
-        report(
-            k.span().start,
-            format!("`known` is a key of first_seen rules, not of `{kind_name}` rules"),
-        );
-        ok = false;
-    }
-    if let Some(m) = &raw.min_count
-        && kind_name != "rate"
-    {
-        report(
-            m.span().start,
-            format!("`min_count` is a key of rate rules, not of `{kind_name}` rules"),
-        );
-        ok = false;
     }
     let mut duration =
         |value: &Option<Spanned<String>>, key: &str, example: &str| -> Option<Duration> {

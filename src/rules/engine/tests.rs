@@ -343,7 +343,11 @@ fn a_record_counted_before_a_restart_is_not_counted_again() {
     let mut restarted = restart(OVERDOSES, &out);
     file(&mut restarted, &[overdose("a", "Bolton", 60)], 60);
     let w = &restarted.state().windows[&GroupRef::new("overdose-cluster", "bolton")];
-    assert_eq!(w.len(), 1, "the same record id counts once across a restart");
+    assert_eq!(
+        w.len(),
+        1,
+        "the same record id counts once across a restart"
+    );
 }
 
 // ------------------------------------------------------------------ deadline
