@@ -122,7 +122,7 @@ fn parse_csv<R: Read>(
         .delimiter(delimiter)
         .flexible(true)
         .has_headers(true)
-        .from_reader(reader);
+        .from_reader(Tape::new(reader));
     let headers = match csv.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
@@ -147,29 +147,24 @@ fn parse_csv<R: Read>(
 
     let mut record = csv::StringRecord::new();
     let mut row = 0u64;
-    // A bad row's end is the next row's start, known only when that row is read.
+    // A bad row's end is known only when the next row is read: the csv reader
+    // leaves the LF of a CRLF to it.
     let mut open_error: Option<RowError> = None;
     loop {
         let result = csv.read_record(&mut record);
-        let position = csv.position().clone();
-        let start = record
-            .position()
-            .map(|p| p.byte())
-            .unwrap_or(position.byte());
-        let line = record
-            .position()
-            .map(|p| p.line())
-            .unwrap_or(position.line());
+        let end = csv.position().byte();
+        // Where the csv reader began this record: just past the previous one.
+        let after_previous = record.position().map_or(end, |p| p.byte());
+        let tape = csv.get_mut();
         if let Some(mut err) = open_error.take() {
-            let end = match &result {
-                Ok(true) => start,
-                _ => position.byte(),
-            };
             if let Some(span) = &mut err.span {
-                span.end = end.max(span.start);
+                span.end = tape.with_line_end(after_previous).max(span.start);
             }
             on_row(Row::Error(err));
         }
+        let start = tape.skip_line_ends(after_previous, end);
+        tape.release(start);
+        let line = tape.line;
         match result {
             Ok(false) => break,
             Ok(true) => {
@@ -223,6 +218,114 @@ fn parse_csv<R: Read>(
         }
     }
     Ok(())
+}
+
+/// Once this much released text has piled up in a [`Tape`] (and outweighs what is
+/// kept), it is dropped: each byte is moved at most about once.
+const TAPE_COMPACT: usize = 64 * 1024;
+
+/// The reader under the csv parser: it passes the text through unchanged and keeps
+/// what the parser has not yet returned as a record, so a record's true start and
+/// line can be read from its raw text. The csv reader's own positions will not do:
+/// a record's start includes the line ends the reader skipped before it (the LF of
+/// a CRLF, blank lines), and its line count sees only LF, not a lone CR.
+struct Tape<R> {
+    inner: R,
+    /// The text from offset `base` on, after `dead` bytes already released.
+    buf: Vec<u8>,
+    dead: usize,
+    base: u64,
+    /// The line `base` is on (1-based).
+    line: u64,
+    /// The byte before `base`, so a CRLF split by a release counts once.
+    before: u8,
+}
+
+impl<R: Read> Read for Tape<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.buf.extend_from_slice(&out[..n]);
+        Ok(n)
+    }
+}
+
+impl<R> Tape<R> {
+    fn new(inner: R) -> Self {
+        Tape {
+            inner,
+            buf: Vec::new(),
+            dead: 0,
+            base: 0,
+            line: 1,
+            before: 0,
+        }
+    }
+
+    /// The kept text between two offsets (clipped to what is kept).
+    fn text(&self, range: Range<u64>) -> &[u8] {
+        let kept = &self.buf[self.dead..];
+        let at = |offset: u64| (offset.saturating_sub(self.base) as usize).min(kept.len());
+        &kept[at(range.start)..at(range.end).max(at(range.start))]
+    }
+
+    fn byte(&self, offset: u64) -> Option<u8> {
+        self.text(offset..offset.saturating_add(1)).first().copied()
+    }
+
+    /// Where a record the csv reader began at `from` really starts: past the line
+    /// ends it skipped first (only line ends: it skips nothing else).
+    fn skip_line_ends(&self, from: u64, to: u64) -> u64 {
+        let skipped = self
+            .text(from..to)
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        from + skipped as u64
+    }
+
+    /// The end of a record the csv reader ended at `end`, with its whole line end:
+    /// the reader stops after the CR of a CRLF and takes the LF with the next record.
+    fn with_line_end(&self, end: u64) -> u64 {
+        let crlf = end
+            .checked_sub(1)
+            .is_some_and(|cr| self.byte(cr) == Some(b'\r'))
+            && self.byte(end) == Some(b'\n');
+        end + u64::from(crlf)
+    }
+
+    /// Forgets the text before `to`, counting its lines.
+    fn release(&mut self, to: u64) {
+        let n = (to.saturating_sub(self.base) as usize).min(self.buf.len() - self.dead);
+        let released = &self.buf[self.dead..self.dead + n];
+        let Some(&last) = released.last() else {
+            return;
+        };
+        self.line += count_line_ends(released, self.before);
+        self.before = last;
+        self.dead += n;
+        self.base += n as u64;
+        if self.dead >= TAPE_COMPACT && self.dead >= self.buf.len() - self.dead {
+            self.buf.drain(..self.dead);
+            self.dead = 0;
+        }
+    }
+}
+
+/// Line ends in `text` as the csv reader ends records: LF, CRLF (once), and CR
+/// alone (old Mac exports). `before` is the byte before `text`.
+fn count_line_ends(text: &[u8], before: u8) -> u64 {
+    let Some(&first) = text.first() else {
+        return 0;
+    };
+    // Every CR and LF, less the LF of each CRLF: whole-slice counts, which vectorise.
+    let ends = text.iter().filter(|&&b| b == b'\r' || b == b'\n').count();
+    let crlfs = text
+        .iter()
+        .zip(&text[1..])
+        .filter(|&(&a, &b)| a == b'\r' && b == b'\n')
+        .count()
+        + usize::from(before == b'\r' && first == b'\n');
+    (ends - crlfs) as u64
 }
 
 fn csv_error_reason(e: &csv::Error) -> String {
@@ -613,6 +716,58 @@ mod tests {
             "{}",
             errors[2].reason
         );
+    }
+
+    #[test]
+    fn bad_rows_have_their_true_line_and_span_whatever_the_line_ends() {
+        let feed = feed("csv", "");
+        let good = "S1,2025-11-04T11:30:00Z,x";
+        let bad = "S2,yesterday,x";
+        // (text, the bad row's line, its span's text)
+        let cases = [
+            // CRLF (Excel): the csv reader leaves each LF to the next record.
+            (
+                format!(
+                    "sample_id,tested_at,substances\r\n{good}\r\n{bad}\r\nS3,2025-11-04T11:30:00Z,y\r\n"
+                ),
+                3,
+                format!("{bad}\r\n"),
+            ),
+            // CR alone (old Mac exports).
+            (
+                format!(
+                    "sample_id,tested_at,substances\r{good}\r{bad}\rS3,2025-11-04T11:30:00Z,y\r"
+                ),
+                3,
+                format!("{bad}\r"),
+            ),
+            // Blank lines before the bad row are neither its line nor in its span.
+            (
+                format!("sample_id,tested_at,substances\n\n{good}\n\r\n\n{bad}\n\n"),
+                6,
+                format!("{bad}\n"),
+            ),
+            // A quoted newline counts as a line; the last row needs no line end.
+            (
+                format!(
+                    "sample_id,tested_at,substances\r\nS1,2025-11-04T11:30:00Z,\"a\r\nb\"\r\n{bad}"
+                ),
+                4,
+                bad.to_string(),
+            ),
+        ];
+        for (text, line, kept) in cases {
+            let (events, errors) = read(&text, &feed).unwrap();
+            assert_eq!(events.len(), text.matches("2025").count(), "{text:?}");
+            assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+            assert_eq!((errors[0].row, errors[0].line), (2, line), "{text:?}");
+            let span = errors[0].span.clone().unwrap();
+            assert_eq!(
+                &text[span.start as usize..span.end as usize],
+                kept,
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
