@@ -110,7 +110,7 @@ fn corpus() -> Vec<Input> {
             Processed {
                 rows: 3,
                 rejected: &[&[
-                    "row 2",
+                    "row 2 (line 3)",
                     "`tested_at` value `04/11/2025 09:12` is not a time",
                 ]],
                 alerts: &["CR-NZ1"],
@@ -987,10 +987,10 @@ fn crlf_files_report_true_line_numbers_and_keep_rows_verbatim() {
     stop_daemon(daemon);
 }
 
-/// CR-only files (old Mac exports): rows.csv holds the whole file as its "header", good rows
-/// included, and every row is reported on line 1.
+/// CR-only files (old Mac exports): rows.csv keeps the header and the bad row only, and
+/// errors.txt gives its line. Found here: rows.csv held the whole file as its "header" (good
+/// rows included), and every row was reported on line 1 (the csv reader counts only LF).
 #[test]
-#[ignore = "BUG: CR-only files: rows.csv holds the whole file, errors.txt says line 1 (write_rejected_rows, parse_csv)"]
 fn cr_only_files_quarantine_only_the_bad_row_with_its_line() {
     let (dir, daemon) = one_file("cr-only.csv");
     let feed = feed_dir(dir.path());

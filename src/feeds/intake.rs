@@ -461,10 +461,15 @@ fn write_rejected_rows(
 ) -> Result<String, IntakeError> {
     let dir = feed.rejected_dir();
     fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+    // The file's own line end (LF, CRLF, or CR alone from an old Mac), after its first line.
+    let (first_line_end, line_end) = match text.find(['\r', '\n']) {
+        Some(i) if text[i..].starts_with("\r\n") => (i + 2, "\r\n"),
+        Some(i) => (i + 1, &text[i..i + 1]),
+        None => (text.len(), "\n"),
+    };
     let mut rows = String::new();
     if format == FeedFormat::Csv {
-        let header_end = text.find('\n').map(|i| i + 1).unwrap_or(text.len());
-        rows.push_str(&text[..header_end]);
+        rows.push_str(&text[..first_line_end]);
     }
     let mut report = String::new();
     for e in errors {
@@ -473,8 +478,9 @@ fn write_rejected_rows(
                 .get(span.start as usize..span.end as usize)
                 .unwrap_or("");
             rows.push_str(slice);
-            if !slice.ends_with('\n') {
-                rows.push('\n');
+            // The last row of a file may have no line end; the next row must not join it.
+            if !slice.ends_with(['\r', '\n']) {
+                rows.push_str(line_end);
             }
         }
         if e.line > 0 {
