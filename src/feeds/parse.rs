@@ -132,6 +132,14 @@ fn parse_csv<R: Read>(
             )));
         }
     };
+    let header_end = csv.position().byte();
+    if csv.get_ref().ends_file(header_end)
+        && let Some((quote_line, _)) = csv.get_ref().unclosed_quote(header_end, delimiter)
+    {
+        return Err(FileError(format!(
+            "the header has an unclosed quote starting on line {quote_line}: its field runs to the end of the file, so the file has no rows; close the quote"
+        )));
+    }
     let header: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
     check_header(&header, shape.feed, delimiter)?;
     let names: Vec<FieldName> = header.iter().map(|h| FieldName::from(h.as_str())).collect();
@@ -172,7 +180,32 @@ fn parse_csv<R: Read>(
                 if record.iter().all(|f| trim(f).is_empty()) {
                     continue; // blank lines between rows are not records
                 }
-                let outcome = if record.len() != names.len() {
+                let unclosed = if tape.ends_file(end) {
+                    tape.unclosed_quote(end, delimiter)
+                } else {
+                    None
+                };
+                let outcome = if let Some((quote_line, last_line)) = unclosed {
+                    // The csv reader takes everything from an unclosed quote to the
+                    // end of the file as one field: the rows after it would vanish.
+                    let lines = if last_line > line {
+                        format!("lines {line} to {last_line} were")
+                    } else {
+                        format!("line {line} was")
+                    };
+                    let fields = if record.len() == names.len() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", which has {} fields but the header has {}",
+                            record.len(),
+                            names.len()
+                        )
+                    };
+                    Err(format!(
+                        "unclosed quote starting on line {quote_line}: its field runs to the end of the file, so {lines} read as one row{fields}; close the quote and drop these rows again"
+                    ))
+                } else if record.len() != names.len() {
                     Err(format!(
                         "this row has {} fields but the header has {}; check for a missing or extra {}",
                         record.len(),
@@ -226,9 +259,11 @@ const TAPE_COMPACT: usize = 64 * 1024;
 
 /// The reader under the csv parser: it passes the text through unchanged and keeps
 /// what the parser has not yet returned as a record, so a record's true start and
-/// line can be read from its raw text. The csv reader's own positions will not do:
-/// a record's start includes the line ends the reader skipped before it (the LF of
-/// a CRLF, blank lines), and its line count sees only LF, not a lone CR.
+/// line, and whether it ends inside a quoted field, can be read from its raw text.
+/// The csv reader's own positions will not do: a record's start includes the line
+/// ends the reader skipped before it (the LF of a CRLF, blank lines), and its line
+/// count sees only LF, not a lone CR. Nor does it say when the file ends inside
+/// quotes: it takes the rest of the file as the last field.
 struct Tape<R> {
     inner: R,
     /// The text from offset `base` on, after `dead` bytes already released.
@@ -239,11 +274,14 @@ struct Tape<R> {
     line: u64,
     /// The byte before `base`, so a CRLF split by a release counts once.
     before: u8,
+    /// The inner reader is exhausted: the text ends at [`Tape::end`].
+    eof: bool,
 }
 
 impl<R: Read> Read for Tape<R> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(out)?;
+        self.eof |= n == 0 && !out.is_empty();
         self.buf.extend_from_slice(&out[..n]);
         Ok(n)
     }
@@ -258,7 +296,36 @@ impl<R> Tape<R> {
             base: 0,
             line: 1,
             before: 0,
+            eof: false,
         }
+    }
+
+    /// The offset just past the text read so far.
+    fn end(&self) -> u64 {
+        self.base + (self.buf.len() - self.dead) as u64
+    }
+
+    /// Whether a record the csv reader ended at `end` ends the file: only such a
+    /// record can end inside a quoted field.
+    fn ends_file(&self, end: u64) -> bool {
+        self.eof && end == self.end()
+    }
+
+    /// If the record from the start of the kept text to `end` ends inside a quoted
+    /// field: the line the quote opens on and the last line with text, for a reason
+    /// a person can act on.
+    fn unclosed_quote(&self, end: u64, delimiter: u8) -> Option<(u64, u64)> {
+        let raw = self.text(self.base..end);
+        let quote = unclosed_quote(raw, delimiter)?;
+        let quote_line = self.line + count_line_ends(&raw[..quote], self.before);
+        let text_end = raw.len()
+            - raw
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+        let last_line = self.line + count_line_ends(&raw[..text_end], self.before);
+        Some((quote_line, last_line))
     }
 
     /// The kept text between two offsets (clipped to what is kept).
@@ -309,6 +376,35 @@ impl<R> Tape<R> {
             self.dead = 0;
         }
     }
+}
+
+/// Where a quoted field opens in `raw` (one record, read to the end of the file) and
+/// is never closed, by the csv reader's rules: a quote opens a field only at its
+/// start, and `""` inside one is a quote.
+fn unclosed_quote(raw: &[u8], delimiter: u8) -> Option<usize> {
+    let mut open = None;
+    let mut field_start = true;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if open.is_some() {
+            if b == b'"' {
+                if raw.get(i + 1) == Some(&b'"') {
+                    i += 1;
+                } else {
+                    open = None;
+                    field_start = false;
+                }
+            }
+        } else {
+            if b == b'"' && field_start {
+                open = Some(i);
+            }
+            field_start = b == delimiter || b == b'\r' || b == b'\n';
+        }
+        i += 1;
+    }
+    open
 }
 
 /// Line ends in `text` as the csv reader ends records: LF, CRLF (once), and CR
@@ -768,6 +864,75 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn rows_swallowed_by_an_unclosed_quote_are_one_bad_row_to_the_end() {
+        let feed = feed("csv", "");
+        let header = "sample_id,tested_at,substances,notes\n";
+        let good = "S1,2025-11-04T11:30:00Z,x,\"a\nb\"\n";
+        // In the last column every field count is right: only the quote tells.
+        let swallowed = "S2,2025-11-04T11:30:00Z,x,\"strong, then\nS3,2025-11-04T11:30:00Z,y,\nS4,2025-11-04T11:30:00Z,z,\n";
+        let text = format!("{header}{good}{swallowed}");
+        let (events, errors) = read(&text, &feed).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].row, errors[0].line), (2, 4));
+        assert!(
+            errors[0]
+                .reason
+                .starts_with("unclosed quote starting on line 4: its field runs to the end of the file, so lines 4 to 6 were read as one row; close the quote"),
+            "{}",
+            errors[0].reason
+        );
+        let span = errors[0].span.clone().unwrap();
+        assert_eq!(&text[span.start as usize..span.end as usize], swallowed);
+
+        // Elsewhere, the field count is wrong too: both are said.
+        let text =
+            format!("{header}S2,2025-11-04T11:30:00Z,\"x,no end\r\nS3,2025-11-04T11:30:00Z,y,");
+        let (events, errors) = read(&text, &feed).unwrap();
+        assert!(events.is_empty());
+        assert!(
+            errors[0].reason.contains("line 2: its field")
+                && errors[0].reason.contains(
+                    "lines 2 to 3 were read as one row, which has 3 fields but the header has 4"
+                ),
+            "{}",
+            errors[0].reason
+        );
+
+        // Closed quotes at the end of the file, and quotes that open nothing, are fine.
+        for last in [
+            "S2,2025-11-04T11:30:00Z,x,\"a\nb\"",
+            "S2,2025-11-04T11:30:00Z,x,\"he said \"\"hi\"\"\"",
+            "S2,2025-11-04T11:30:00Z,x,5\" tall",
+            "S2,2025-11-04T11:30:00Z,x,\"a\"b\"",
+        ] {
+            let (events, errors) = read(&format!("{header}{last}"), &feed).unwrap();
+            assert_eq!((events.len(), errors.len()), (1, 0), "{last}: {errors:?}");
+        }
+        let (_, errors) = read(
+            &format!("{header}S2,2025-11-04T11:30:00Z,x,\"he said \"\"hi\"\""),
+            &feed,
+        )
+        .unwrap();
+        assert!(
+            errors[0].reason.contains("line 2 was read as one row"),
+            "{errors:?}"
+        );
+
+        // In the header, nothing of the file is left.
+        let err = read(
+            "sample_id,tested_at,\"substances\nS1,2025-11-04T11:30:00Z,x\n",
+            &feed,
+        )
+        .unwrap_err();
+        assert!(
+            err.0
+                .starts_with("the header has an unclosed quote starting on line 1"),
+            "{err}"
+        );
     }
 
     #[test]
