@@ -26,7 +26,7 @@ pub struct FileError(pub String);
 pub struct RowError {
     /// 1-based record number (data rows for CSV, lines for JSON lines, elements for JSON).
     pub row: u64,
-    /// 1-based line where the record starts.
+    /// 1-based line where the record starts (0 if not known).
     pub line: u64,
     pub reason: String,
     /// Byte range of the record in the decoded text, for quarantining it verbatim.
@@ -532,44 +532,78 @@ fn parse_jsonl<R: Read>(
 }
 
 fn parse_json<R: Read>(
-    reader: BufReader<R>,
+    mut reader: BufReader<R>,
     shape: &RecordShape<'_>,
     on_row: &mut dyn FnMut(Row),
 ) -> Result<(), FileError> {
-    let doc: serde_json::Value = serde_json::from_reader(reader).map_err(|e| {
-        FileError(format!(
-            "invalid JSON at line {} column {}: {}",
-            e.line(),
-            e.column(),
-            json_reason(&e)
-        ))
-    })?;
-    let serde_json::Value::Array(items) = doc else {
-        return Err(FileError(format!(
-            "expected a JSON array of objects [{{...}}, {{...}}], found {}",
-            json_kind(&doc)
-        )));
+    let mut doc = String::new();
+    reader
+        .read_to_string(&mut doc)
+        .map_err(|e| FileError(format!("cannot read the file: {e}")))?;
+    // Each element as it is written, borrowed from `doc`: where it lies is its
+    // span, so a bad element can be quarantined verbatim.
+    let items: Vec<&serde_json::value::RawValue> = match serde_json::from_str(&doc) {
+        Ok(items) => items,
+        // Parsed again only to say what is wrong.
+        Err(e) => {
+            return Err(match serde_json::from_str::<serde_json::Value>(&doc) {
+                Ok(other) if !other.is_array() => FileError(format!(
+                    "expected a JSON array of objects [{{...}}, {{...}}], found {}",
+                    json_kind(&other)
+                )),
+                Ok(_) => invalid_json(&e),
+                Err(e) => invalid_json(&e),
+            });
+        }
     };
+    // Lines are counted only up to bad elements, from the last one counted.
+    let mut counted = (0usize, 1u64);
     for (i, item) in items.iter().enumerate() {
         let row = i as u64 + 1;
-        let outcome = match item {
-            serde_json::Value::Object(map) => event_from_json(map, shape),
-            other => Err(format!(
+        let outcome = match serde_json::from_str(item.get()) {
+            Ok(serde_json::Value::Object(map)) => event_from_json(&map, shape),
+            Ok(other) => Err(format!(
                 "element {row} of the array is {}, not an object",
-                json_kind(other)
+                json_kind(&other)
             )),
+            // Split out as JSON but not readable as a value: a number out of range.
+            Err(e) => Err(format!("element {row} of the array: {}", json_reason(&e))),
         };
         match outcome {
             Ok(e) => on_row(Row::Event(Box::new(e))),
-            Err(reason) => on_row(Row::Error(RowError {
-                row,
-                line: 0,
-                reason,
-                span: None,
-            })),
+            Err(reason) => {
+                let text = item.get();
+                // Where the element lies in `doc`, which it is borrowed from.
+                let span = (text.as_ptr() as usize)
+                    .checked_sub(doc.as_ptr() as usize)
+                    .map(|start| start..start + text.len())
+                    .filter(|span| span.end <= doc.len() && span.start >= counted.0);
+                let mut line = 0;
+                if let Some(span) = &span {
+                    let (from, from_line) = counted;
+                    let before = from.checked_sub(1).map_or(0, |b| doc.as_bytes()[b]);
+                    line = from_line + count_line_ends(&doc.as_bytes()[from..span.start], before);
+                    counted = (span.start, line);
+                }
+                on_row(Row::Error(RowError {
+                    row,
+                    line,
+                    reason,
+                    span: span.map(|s| s.start as u64..s.end as u64),
+                }));
+            }
         }
     }
     Ok(())
+}
+
+fn invalid_json(e: &serde_json::Error) -> FileError {
+    FileError(format!(
+        "invalid JSON at line {} column {}: {}",
+        e.line(),
+        e.column(),
+        json_reason(e)
+    ))
 }
 
 fn json_reason(e: &serde_json::Error) -> String {
@@ -989,13 +1023,35 @@ mod tests {
         assert_eq!(errors[1].line, 4);
 
         let feed = self::feed("json", "");
-        let (events, errors) = read(
-            "[{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\"}, 3]",
-            &feed,
-        )
-        .unwrap();
+        let text = "[{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\"}, 3,\r\n\n {\r\n  \"sample_id\": \"\"\r\n }\n, 1e400]";
+        let (events, errors) = read(text, &feed).unwrap();
         assert_eq!(events.len(), 1);
+        assert_eq!(errors.len(), 3);
         assert!(errors[0].reason.contains("element 2"));
+        // Bad elements are kept as written, with the line they start on.
+        let kept = |e: &RowError| {
+            let span = e.span.clone().unwrap();
+            &text[span.start as usize..span.end as usize]
+        };
+        assert_eq!(
+            (errors[0].row, errors[0].line, kept(&errors[0])),
+            (2, 1, "3")
+        );
+        assert_eq!(
+            (errors[1].row, errors[1].line, kept(&errors[1])),
+            (3, 3, "{\r\n  \"sample_id\": \"\"\r\n }")
+        );
+        assert_eq!(
+            (errors[2].row, errors[2].line, kept(&errors[2])),
+            (4, 6, "1e400")
+        );
+        assert!(
+            errors[2]
+                .reason
+                .starts_with("element 4 of the array: number out of range"),
+            "{}",
+            errors[2].reason
+        );
     }
 
     #[test]
