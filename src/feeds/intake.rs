@@ -450,7 +450,9 @@ fn reject_whole(
     Ok(Disposition::Rejected(reason.to_string()))
 }
 
-/// Writes `rejected/NAME.rows.csv` (the header and the bad rows, verbatim) and `NAME.errors.txt`.
+/// Writes `rejected/NAME.rows.csv` (the header and the bad rows, verbatim; for JSON lines the
+/// bad lines), or for a JSON array `NAME.rows.json` (an array of the bad elements, each as
+/// written), and `NAME.errors.txt`.
 fn write_rejected_rows(
     feed: &FeedConfig,
     name: &str,
@@ -461,27 +463,54 @@ fn write_rejected_rows(
 ) -> Result<String, IntakeError> {
     let dir = feed.rejected_dir();
     fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+    // The file's own line end (LF, CRLF, or CR alone from an old Mac), after its first line.
+    let (first_line_end, line_end) = match text.find(['\r', '\n']) {
+        Some(i) if text[i..].starts_with("\r\n") => (i + 2, "\r\n"),
+        Some(i) => (i + 1, &text[i..i + 1]),
+        None => (text.len(), "\n"),
+    };
     let mut rows = String::new();
-    if format == FeedFormat::Csv {
-        let header_end = text.find('\n').map(|i| i + 1).unwrap_or(text.len());
-        rows.push_str(&text[..header_end]);
+    match format {
+        FeedFormat::Csv => rows.push_str(&text[..first_line_end]),
+        // An array again, so that once fixed the file can be dropped as it is.
+        FeedFormat::Json => {
+            rows.push('[');
+            rows.push_str(line_end);
+        }
+        FeedFormat::Jsonl => {}
     }
+    let mut kept = 0;
     let mut report = String::new();
     for e in errors {
         if let Some(span) = &e.span {
             let slice = text
                 .get(span.start as usize..span.end as usize)
                 .unwrap_or("");
-            rows.push_str(slice);
-            if !slice.ends_with('\n') {
-                rows.push('\n');
+            if format == FeedFormat::Json {
+                if kept > 0 {
+                    rows.push(',');
+                    rows.push_str(line_end);
+                }
+                rows.push_str(slice);
+            } else {
+                rows.push_str(slice);
+                // The last row of a file may have no line end; the next row must not join it.
+                if !slice.ends_with(['\r', '\n']) {
+                    rows.push_str(line_end);
+                }
             }
+            kept += 1;
         }
         if e.line > 0 {
             report.push_str(&format!("row {} (line {}): {}\n", e.row, e.line, e.reason));
         } else {
             report.push_str(&format!("row {}: {}\n", e.row, e.reason));
         }
+    }
+    if format == FeedFormat::Json {
+        rows.push_str(line_end);
+        rows.push(']');
+        rows.push_str(line_end);
     }
     // Verbatim means in the file's own encoding, so the rows can be fixed and
     // dropped again with the tool that made them (Excel writes Windows-1252).
@@ -490,8 +519,12 @@ fn write_rejected_rows(
         _ => rows.into_bytes(),
     };
     let base = free_base_name(&dir, name);
-    if format != FeedFormat::Json {
-        write_atomically(&dir.join(format!("{base}.rows.csv")), &row_bytes)?;
+    if kept > 0 {
+        let rows_name = match format {
+            FeedFormat::Json => format!("{base}.rows.json"),
+            FeedFormat::Csv | FeedFormat::Jsonl => format!("{base}.rows.csv"),
+        };
+        write_atomically(&dir.join(rows_name), &row_bytes)?;
     }
     write_atomically(&dir.join(format!("{base}.errors.txt")), report.as_bytes())?;
     tracing::warn!(feed = %feed.name, file = %name, rows = errors.len(), "Rows rejected; see rejected/{}.errors.txt", base);
@@ -499,12 +532,13 @@ fn write_rejected_rows(
 }
 
 /// A name for `rejected/` that none of an earlier file's quarantine uses
-/// (`NAME`, `NAME.rows.csv`, `NAME.errors.txt`): `name`, else `name.1`, `name.2`…
+/// (`NAME`, `NAME.rows.csv`, `NAME.rows.json`, `NAME.errors.txt`): `name`, else `name.1`, `name.2`…
 fn free_base_name(dir: &Path, name: &str) -> String {
     let taken = |base: &str| {
         [
             base.to_string(),
             format!("{base}.rows.csv"),
+            format!("{base}.rows.json"),
             format!("{base}.errors.txt"),
         ]
         .iter()

@@ -26,7 +26,7 @@ pub struct FileError(pub String);
 pub struct RowError {
     /// 1-based record number (data rows for CSV, lines for JSON lines, elements for JSON).
     pub row: u64,
-    /// 1-based line where the record starts.
+    /// 1-based line where the record starts (0 if not known).
     pub line: u64,
     pub reason: String,
     /// Byte range of the record in the decoded text, for quarantining it verbatim.
@@ -125,7 +125,7 @@ fn parse_csv<R: Read>(
         .delimiter(delimiter)
         .flexible(true)
         .has_headers(true)
-        .from_reader(reader);
+        .from_reader(Tape::new(reader));
     let headers = match csv.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
@@ -135,6 +135,14 @@ fn parse_csv<R: Read>(
             )));
         }
     };
+    let header_end = csv.position().byte();
+    if csv.get_ref().ends_file(header_end)
+        && let Some((quote_line, _)) = csv.get_ref().unclosed_quote(header_end, delimiter)
+    {
+        return Err(FileError(format!(
+            "the header has an unclosed quote starting on line {quote_line}: its field runs to the end of the file, so the file has no rows; close the quote"
+        )));
+    }
     let header: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
     check_header(&header, shape.feed, delimiter)?;
     let names: Vec<FieldName> = header.iter().map(|h| FieldName::from(h.as_str())).collect();
@@ -166,29 +174,24 @@ fn parse_csv<R: Read>(
 
     let mut record = csv::StringRecord::new();
     let mut row = 0u64;
-    // A bad row's end is the next row's start, known only when that row is read.
+    // A bad row's end is known only when the next row is read: the csv reader
+    // leaves the LF of a CRLF to it.
     let mut open_error: Option<RowError> = None;
     loop {
         let result = csv.read_record(&mut record);
-        let position = csv.position().clone();
-        let start = record
-            .position()
-            .map(|p| p.byte())
-            .unwrap_or(position.byte());
-        let line = record
-            .position()
-            .map(|p| p.line())
-            .unwrap_or(position.line());
+        let end = csv.position().byte();
+        // Where the csv reader began this record: just past the previous one.
+        let after_previous = record.position().map_or(end, |p| p.byte());
+        let tape = csv.get_mut();
         if let Some(mut err) = open_error.take() {
-            let end = match &result {
-                Ok(true) => start,
-                _ => position.byte(),
-            };
             if let Some(span) = &mut err.span {
-                span.end = end.max(span.start);
+                span.end = tape.with_line_end(after_previous).max(span.start);
             }
             on_row(Row::Error(err));
         }
+        let start = tape.skip_line_ends(after_previous, end);
+        tape.release(start);
+        let line = tape.line;
         match result {
             Ok(false) => break,
             Ok(true) => {
@@ -196,7 +199,32 @@ fn parse_csv<R: Read>(
                 if record.iter().all(|f| trim(f).is_empty()) {
                     continue; // blank lines between rows are not records
                 }
-                let outcome = if record.len() != names.len() {
+                let unclosed = if tape.ends_file(end) {
+                    tape.unclosed_quote(end, delimiter)
+                } else {
+                    None
+                };
+                let outcome = if let Some((quote_line, last_line)) = unclosed {
+                    // The csv reader takes everything from an unclosed quote to the
+                    // end of the file as one field: the rows after it would vanish.
+                    let lines = if last_line > line {
+                        format!("lines {line} to {last_line} were")
+                    } else {
+                        format!("line {line} was")
+                    };
+                    let fields = if record.len() == names.len() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", which has {} fields but the header has {}",
+                            record.len(),
+                            names.len()
+                        )
+                    };
+                    Err(format!(
+                        "unclosed quote starting on line {quote_line}: its field runs to the end of the file, so {lines} read as one row{fields}; close the quote and drop these rows again"
+                    ))
+                } else if record.len() != names.len() {
                     Err(format!(
                         "this row has {} fields but the header has {}; check for a missing or extra {}",
                         record.len(),
@@ -248,6 +276,177 @@ fn parse_csv<R: Read>(
         }
     }
     Ok(())
+}
+
+/// Once this much released text has piled up in a [`Tape`] (and outweighs what is
+/// kept), it is dropped: each byte is moved at most about once.
+const TAPE_COMPACT: usize = 64 * 1024;
+
+/// The reader under the csv parser: it passes the text through unchanged and keeps
+/// what the parser has not yet returned as a record, so a record's true start and
+/// line, and whether it ends inside a quoted field, can be read from its raw text.
+/// The csv reader's own positions will not do: a record's start includes the line
+/// ends the reader skipped before it (the LF of a CRLF, blank lines), and its line
+/// count sees only LF, not a lone CR. Nor does it say when the file ends inside
+/// quotes: it takes the rest of the file as the last field.
+struct Tape<R> {
+    inner: R,
+    /// The text from offset `base` on, after `dead` bytes already released.
+    buf: Vec<u8>,
+    dead: usize,
+    base: u64,
+    /// The line `base` is on (1-based).
+    line: u64,
+    /// The byte before `base`, so a CRLF split by a release counts once.
+    before: u8,
+    /// The inner reader is exhausted: the text ends at [`Tape::end`].
+    eof: bool,
+}
+
+impl<R: Read> Read for Tape<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.eof |= n == 0 && !out.is_empty();
+        self.buf.extend_from_slice(&out[..n]);
+        Ok(n)
+    }
+}
+
+impl<R> Tape<R> {
+    fn new(inner: R) -> Self {
+        Tape {
+            inner,
+            buf: Vec::new(),
+            dead: 0,
+            base: 0,
+            line: 1,
+            before: 0,
+            eof: false,
+        }
+    }
+
+    /// The offset just past the text read so far.
+    fn end(&self) -> u64 {
+        self.base + (self.buf.len() - self.dead) as u64
+    }
+
+    /// Whether a record the csv reader ended at `end` ends the file: only such a
+    /// record can end inside a quoted field.
+    fn ends_file(&self, end: u64) -> bool {
+        self.eof && end == self.end()
+    }
+
+    /// If the record from the start of the kept text to `end` ends inside a quoted
+    /// field: the line the quote opens on and the last line with text, for a reason
+    /// a person can act on.
+    fn unclosed_quote(&self, end: u64, delimiter: u8) -> Option<(u64, u64)> {
+        let raw = self.text(self.base..end);
+        let quote = unclosed_quote(raw, delimiter)?;
+        let quote_line = self.line + count_line_ends(&raw[..quote], self.before);
+        let text_end = raw.len()
+            - raw
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+        let last_line = self.line + count_line_ends(&raw[..text_end], self.before);
+        Some((quote_line, last_line))
+    }
+
+    /// The kept text between two offsets (clipped to what is kept).
+    fn text(&self, range: Range<u64>) -> &[u8] {
+        let kept = &self.buf[self.dead..];
+        let at = |offset: u64| (offset.saturating_sub(self.base) as usize).min(kept.len());
+        &kept[at(range.start)..at(range.end).max(at(range.start))]
+    }
+
+    fn byte(&self, offset: u64) -> Option<u8> {
+        self.text(offset..offset.saturating_add(1)).first().copied()
+    }
+
+    /// Where a record the csv reader began at `from` really starts: past the line
+    /// ends it skipped first (only line ends: it skips nothing else).
+    fn skip_line_ends(&self, from: u64, to: u64) -> u64 {
+        let skipped = self
+            .text(from..to)
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        from + skipped as u64
+    }
+
+    /// The end of a record the csv reader ended at `end`, with its whole line end:
+    /// the reader stops after the CR of a CRLF and takes the LF with the next record.
+    fn with_line_end(&self, end: u64) -> u64 {
+        let crlf = end
+            .checked_sub(1)
+            .is_some_and(|cr| self.byte(cr) == Some(b'\r'))
+            && self.byte(end) == Some(b'\n');
+        end + u64::from(crlf)
+    }
+
+    /// Forgets the text before `to`, counting its lines.
+    fn release(&mut self, to: u64) {
+        let n = (to.saturating_sub(self.base) as usize).min(self.buf.len() - self.dead);
+        let released = &self.buf[self.dead..self.dead + n];
+        let Some(&last) = released.last() else {
+            return;
+        };
+        self.line += count_line_ends(released, self.before);
+        self.before = last;
+        self.dead += n;
+        self.base += n as u64;
+        if self.dead >= TAPE_COMPACT && self.dead >= self.buf.len() - self.dead {
+            self.buf.drain(..self.dead);
+            self.dead = 0;
+        }
+    }
+}
+
+/// Where a quoted field opens in `raw` (one record, read to the end of the file) and
+/// is never closed, by the csv reader's rules: a quote opens a field only at its
+/// start, and `""` inside one is a quote.
+fn unclosed_quote(raw: &[u8], delimiter: u8) -> Option<usize> {
+    let mut open = None;
+    let mut field_start = true;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if open.is_some() {
+            if b == b'"' {
+                if raw.get(i + 1) == Some(&b'"') {
+                    i += 1;
+                } else {
+                    open = None;
+                    field_start = false;
+                }
+            }
+        } else {
+            if b == b'"' && field_start {
+                open = Some(i);
+            }
+            field_start = b == delimiter || b == b'\r' || b == b'\n';
+        }
+        i += 1;
+    }
+    open
+}
+
+/// Line ends in `text` as the csv reader ends records: LF, CRLF (once), and CR
+/// alone (old Mac exports). `before` is the byte before `text`.
+fn count_line_ends(text: &[u8], before: u8) -> u64 {
+    let Some(&first) = text.first() else {
+        return 0;
+    };
+    // Every CR and LF, less the LF of each CRLF: whole-slice counts, which vectorise.
+    let ends = text.iter().filter(|&&b| b == b'\r' || b == b'\n').count();
+    let crlfs = text
+        .iter()
+        .zip(&text[1..])
+        .filter(|&(&a, &b)| a == b'\r' && b == b'\n')
+        .count()
+        + usize::from(before == b'\r' && first == b'\n');
+    (ends - crlfs) as u64
 }
 
 fn csv_error_reason(e: &csv::Error) -> String {
@@ -361,45 +560,79 @@ fn parse_jsonl<R: Read>(
 }
 
 fn parse_json<R: Read>(
-    reader: BufReader<R>,
+    mut reader: BufReader<R>,
     shape: &RecordShape<'_>,
     feed_name: &FeedName,
     on_row: &mut dyn FnMut(Row),
 ) -> Result<(), FileError> {
-    let doc: serde_json::Value = serde_json::from_reader(reader).map_err(|e| {
-        FileError(format!(
-            "invalid JSON at line {} column {}: {}",
-            e.line(),
-            e.column(),
-            json_reason(&e)
-        ))
-    })?;
-    let serde_json::Value::Array(items) = doc else {
-        return Err(FileError(format!(
-            "expected a JSON array of objects [{{...}}, {{...}}], found {}",
-            json_kind(&doc)
-        )));
+    let mut doc = String::new();
+    reader
+        .read_to_string(&mut doc)
+        .map_err(|e| FileError(format!("cannot read the file: {e}")))?;
+    // Each element as it is written, borrowed from `doc`: where it lies is its
+    // span, so a bad element can be quarantined verbatim.
+    let items: Vec<&serde_json::value::RawValue> = match serde_json::from_str(&doc) {
+        Ok(items) => items,
+        // Parsed again only to say what is wrong.
+        Err(e) => {
+            return Err(match serde_json::from_str::<serde_json::Value>(&doc) {
+                Ok(other) if !other.is_array() => FileError(format!(
+                    "expected a JSON array of objects [{{...}}, {{...}}], found {}",
+                    json_kind(&other)
+                )),
+                Ok(_) => invalid_json(&e),
+                Err(e) => invalid_json(&e),
+            });
+        }
     };
+    // Lines are counted only up to bad elements, from the last one counted.
+    let mut counted = (0usize, 1u64);
     for (i, item) in items.iter().enumerate() {
         let row = i as u64 + 1;
-        let outcome = match item {
-            serde_json::Value::Object(map) => event_from_json_named(map, shape, feed_name),
-            other => Err(format!(
+        let outcome = match serde_json::from_str(item.get()) {
+            Ok(serde_json::Value::Object(map)) => event_from_json_named(&map, shape, feed_name),
+            Ok(other) => Err(format!(
                 "element {row} of the array is {}, not an object",
-                json_kind(other)
+                json_kind(&other)
             )),
+            // Split out as JSON but not readable as a value: a number out of range.
+            Err(e) => Err(format!("element {row} of the array: {}", json_reason(&e))),
         };
         match outcome {
             Ok(e) => on_row(Row::Event(Box::new(e))),
-            Err(reason) => on_row(Row::Error(RowError {
-                row,
-                line: 0,
-                reason,
-                span: None,
-            })),
+            Err(reason) => {
+                let text = item.get();
+                // Where the element lies in `doc`, which it is borrowed from.
+                let span = (text.as_ptr() as usize)
+                    .checked_sub(doc.as_ptr() as usize)
+                    .map(|start| start..start + text.len())
+                    .filter(|span| span.end <= doc.len() && span.start >= counted.0);
+                let mut line = 0;
+                if let Some(span) = &span {
+                    let (from, from_line) = counted;
+                    let before = from.checked_sub(1).map_or(0, |b| doc.as_bytes()[b]);
+                    line = from_line + count_line_ends(&doc.as_bytes()[from..span.start], before);
+                    counted = (span.start, line);
+                }
+                on_row(Row::Error(RowError {
+                    row,
+                    line,
+                    reason,
+                    span: span.map(|s| s.start as u64..s.end as u64),
+                }));
+            }
         }
     }
     Ok(())
+}
+
+fn invalid_json(e: &serde_json::Error) -> FileError {
+    FileError(format!(
+        "invalid JSON at line {} column {}: {}",
+        e.line(),
+        e.column(),
+        json_reason(e)
+    ))
 }
 
 fn json_reason(e: &serde_json::Error) -> String {
@@ -684,6 +917,127 @@ mod tests {
     }
 
     #[test]
+    fn bad_rows_have_their_true_line_and_span_whatever_the_line_ends() {
+        let feed = feed("csv", "");
+        let good = "S1,2025-11-04T11:30:00Z,x";
+        let bad = "S2,yesterday,x";
+        // (text, the bad row's line, its span's text)
+        let cases = [
+            // CRLF (Excel): the csv reader leaves each LF to the next record.
+            (
+                format!(
+                    "sample_id,tested_at,substances\r\n{good}\r\n{bad}\r\nS3,2025-11-04T11:30:00Z,y\r\n"
+                ),
+                3,
+                format!("{bad}\r\n"),
+            ),
+            // CR alone (old Mac exports).
+            (
+                format!(
+                    "sample_id,tested_at,substances\r{good}\r{bad}\rS3,2025-11-04T11:30:00Z,y\r"
+                ),
+                3,
+                format!("{bad}\r"),
+            ),
+            // Blank lines before the bad row are neither its line nor in its span.
+            (
+                format!("sample_id,tested_at,substances\n\n{good}\n\r\n\n{bad}\n\n"),
+                6,
+                format!("{bad}\n"),
+            ),
+            // A quoted newline counts as a line; the last row needs no line end.
+            (
+                format!(
+                    "sample_id,tested_at,substances\r\nS1,2025-11-04T11:30:00Z,\"a\r\nb\"\r\n{bad}"
+                ),
+                4,
+                bad.to_string(),
+            ),
+        ];
+        for (text, line, kept) in cases {
+            let (events, errors) = read(&text, &feed).unwrap();
+            assert_eq!(events.len(), text.matches("2025").count(), "{text:?}");
+            assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+            assert_eq!((errors[0].row, errors[0].line), (2, line), "{text:?}");
+            let span = errors[0].span.clone().unwrap();
+            assert_eq!(
+                &text[span.start as usize..span.end as usize],
+                kept,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rows_swallowed_by_an_unclosed_quote_are_one_bad_row_to_the_end() {
+        let feed = feed("csv", "");
+        let header = "sample_id,tested_at,substances,notes\n";
+        let good = "S1,2025-11-04T11:30:00Z,x,\"a\nb\"\n";
+        // In the last column every field count is right: only the quote tells.
+        let swallowed = "S2,2025-11-04T11:30:00Z,x,\"strong, then\nS3,2025-11-04T11:30:00Z,y,\nS4,2025-11-04T11:30:00Z,z,\n";
+        let text = format!("{header}{good}{swallowed}");
+        let (events, errors) = read(&text, &feed).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].row, errors[0].line), (2, 4));
+        assert!(
+            errors[0]
+                .reason
+                .starts_with("unclosed quote starting on line 4: its field runs to the end of the file, so lines 4 to 6 were read as one row; close the quote"),
+            "{}",
+            errors[0].reason
+        );
+        let span = errors[0].span.clone().unwrap();
+        assert_eq!(&text[span.start as usize..span.end as usize], swallowed);
+
+        // Elsewhere, the field count is wrong too: both are said.
+        let text =
+            format!("{header}S2,2025-11-04T11:30:00Z,\"x,no end\r\nS3,2025-11-04T11:30:00Z,y,");
+        let (events, errors) = read(&text, &feed).unwrap();
+        assert!(events.is_empty());
+        assert!(
+            errors[0].reason.contains("line 2: its field")
+                && errors[0].reason.contains(
+                    "lines 2 to 3 were read as one row, which has 3 fields but the header has 4"
+                ),
+            "{}",
+            errors[0].reason
+        );
+
+        // Closed quotes at the end of the file, and quotes that open nothing, are fine.
+        for last in [
+            "S2,2025-11-04T11:30:00Z,x,\"a\nb\"",
+            "S2,2025-11-04T11:30:00Z,x,\"he said \"\"hi\"\"\"",
+            "S2,2025-11-04T11:30:00Z,x,5\" tall",
+            "S2,2025-11-04T11:30:00Z,x,\"a\"b\"",
+        ] {
+            let (events, errors) = read(&format!("{header}{last}"), &feed).unwrap();
+            assert_eq!((events.len(), errors.len()), (1, 0), "{last}: {errors:?}");
+        }
+        let (_, errors) = read(
+            &format!("{header}S2,2025-11-04T11:30:00Z,x,\"he said \"\"hi\"\""),
+            &feed,
+        )
+        .unwrap();
+        assert!(
+            errors[0].reason.contains("line 2 was read as one row"),
+            "{errors:?}"
+        );
+
+        // In the header, nothing of the file is left.
+        let err = read(
+            "sample_id,tested_at,\"substances\nS1,2025-11-04T11:30:00Z,x\n",
+            &feed,
+        )
+        .unwrap_err();
+        assert!(
+            err.0
+                .starts_with("the header has an unclosed quote starting on line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn semicolon_exports_are_sniffed() {
         let feed = feed("csv", "");
         let (events, errors) = read(
@@ -737,13 +1091,35 @@ mod tests {
         assert_eq!(errors[1].line, 4);
 
         let feed = self::feed("json", "");
-        let (events, errors) = read(
-            "[{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\"}, 3]",
-            &feed,
-        )
-        .unwrap();
+        let text = "[{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\"}, 3,\r\n\n {\r\n  \"sample_id\": \"\"\r\n }\n, 1e400]";
+        let (events, errors) = read(text, &feed).unwrap();
         assert_eq!(events.len(), 1);
+        assert_eq!(errors.len(), 3);
         assert!(errors[0].reason.contains("element 2"));
+        // Bad elements are kept as written, with the line they start on.
+        let kept = |e: &RowError| {
+            let span = e.span.clone().unwrap();
+            &text[span.start as usize..span.end as usize]
+        };
+        assert_eq!(
+            (errors[0].row, errors[0].line, kept(&errors[0])),
+            (2, 1, "3")
+        );
+        assert_eq!(
+            (errors[1].row, errors[1].line, kept(&errors[1])),
+            (3, 3, "{\r\n  \"sample_id\": \"\"\r\n }")
+        );
+        assert_eq!(
+            (errors[2].row, errors[2].line, kept(&errors[2])),
+            (4, 6, "1e400")
+        );
+        assert!(
+            errors[2]
+                .reason
+                .starts_with("element 4 of the array: number out of range"),
+            "{}",
+            errors[2].reason
+        );
     }
 
     #[test]
