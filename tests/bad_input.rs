@@ -10,8 +10,9 @@
 //! Sample ids say what should happen to a row: `X-NZn` is a good row with a nitazene (it must
 //! alert), `X-n` a good row without one, `X-BADn` a bad row (it must never alert).
 //!
-//! Tests marked `#[ignore = "BUG: ..."]` pin down product bugs found here: they fail until
-//! the bug is fixed. Run them with `cargo test --test bad_input -- --ignored`.
+//! A bug found here is first pinned by a test marked `#[ignore = "BUG: ..."]` (run them with
+//! `cargo test --test bad_input -- --ignored`), and the mark goes when it is fixed. None is
+//! open now.
 
 mod e2e_support;
 mod support;
@@ -456,14 +457,10 @@ fn check_outcome(dir: &Path, daemon: &mut Daemon, d: &Input) {
                         );
                     }
                 }
-                // A JSON array's bad elements are kept as an array.
-                let kept = if d.shown.ends_with(".json") {
-                    "rows.json"
-                } else {
-                    "rows.csv"
-                };
+                // SPEC §4: `NAME.rows.csv` whatever the format (a JSON array's
+                // bad elements are kept there as an array).
                 assert!(
-                    rejected_dir.join(format!("{}.{kept}", d.shown)).exists(),
+                    rejected_dir.join(format!("{}.rows.csv", d.shown)).exists(),
                     "{}: the bad rows are kept verbatim beside errors.txt",
                     d.shown
                 );
@@ -1102,7 +1099,8 @@ fn a_very_long_or_chain_does_not_abort() {
 
 /// A JSON array with elements that are not records: errors.txt names them, and like CSV and
 /// JSON lines `rejected/` keeps the bad elements themselves (SPEC §4: "the original rows,
-/// verbatim"), as an array in `NAME.rows.json`. Found here: nothing kept them, so a person had
+/// verbatim"), as an array in `NAME.rows.csv` (the name SPEC §4 gives, whatever the format).
+/// Found here: nothing kept them, so a person had
 /// to dig them out of `processed/`.
 #[test]
 fn bad_elements_of_a_json_array_are_kept_in_rejected() {
@@ -1121,7 +1119,7 @@ fn bad_elements_of_a_json_array_are_kept_in_rejected() {
         );
     }
     // Kept as an array of the bad elements only, so the file can be fixed and dropped again.
-    let rows = fs::read_to_string(rejected.join("mixed-array.json.rows.json")).unwrap();
+    let rows = fs::read_to_string(rejected.join("mixed-array.json.rows.csv")).unwrap();
     let array: serde_json::Value =
         serde_json::from_str(&rows).unwrap_or_else(|e| panic!("{e}: {rows}"));
     assert_eq!(

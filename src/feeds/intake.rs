@@ -451,8 +451,10 @@ fn reject_whole(
 }
 
 /// Writes `rejected/NAME.rows.csv` (the header and the bad rows, verbatim; for JSON lines the
-/// bad lines), or for a JSON array `NAME.rows.json` (an array of the bad elements, each as
-/// written), and `NAME.errors.txt`.
+/// bad lines; for a JSON array an array of the bad elements, each as written) and
+/// `NAME.errors.txt`. The rows file keeps the name SPEC §4 gives it whatever the format, so
+/// one name tells ops where bad rows are; its content is in the feed's own format, so once
+/// fixed it can be dropped again.
 fn write_rejected_rows(
     feed: &FeedConfig,
     name: &str,
@@ -520,11 +522,7 @@ fn write_rejected_rows(
     };
     let base = free_base_name(&dir, name);
     if kept > 0 {
-        let rows_name = match format {
-            FeedFormat::Json => format!("{base}.rows.json"),
-            FeedFormat::Csv | FeedFormat::Jsonl => format!("{base}.rows.csv"),
-        };
-        write_atomically(&dir.join(rows_name), &row_bytes)?;
+        write_atomically(&dir.join(format!("{base}.rows.csv")), &row_bytes)?;
     }
     write_atomically(&dir.join(format!("{base}.errors.txt")), report.as_bytes())?;
     tracing::warn!(feed = %feed.name, file = %name, rows = errors.len(), "Rows rejected; see rejected/{}.errors.txt", base);
@@ -532,13 +530,12 @@ fn write_rejected_rows(
 }
 
 /// A name for `rejected/` that none of an earlier file's quarantine uses
-/// (`NAME`, `NAME.rows.csv`, `NAME.rows.json`, `NAME.errors.txt`): `name`, else `name.1`, `name.2`…
+/// (`NAME`, `NAME.rows.csv`, `NAME.errors.txt`): `name`, else `name.1`, `name.2`…
 fn free_base_name(dir: &Path, name: &str) -> String {
     let taken = |base: &str| {
         [
             base.to_string(),
             format!("{base}.rows.csv"),
-            format!("{base}.rows.json"),
             format!("{base}.errors.txt"),
         ]
         .iter()
