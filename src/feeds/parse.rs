@@ -511,6 +511,7 @@ fn parse_jsonl<R: Read>(
     let mut offset = 0u64;
     let mut line_no = 0u64;
     let mut row = 0u64;
+    let mut last_schema = None;
     let mut reader = reader;
     let mut buf = Vec::new();
     loop {
@@ -540,7 +541,7 @@ fn parse_jsonl<R: Read>(
         };
         match serde_json::from_str::<serde_json::Value>(trimmed) {
             Ok(serde_json::Value::Object(map)) => {
-                match event_from_json_named(&map, shape, feed_name) {
+                match event_from_json_in(&map, shape, feed_name, &mut last_schema) {
                     Ok(e) => on_row(Row::Event(Box::new(e))),
                     Err(reason) => on_row(error(reason)),
                 }
@@ -565,6 +566,7 @@ fn parse_json<R: Read>(
     feed_name: &FeedName,
     on_row: &mut dyn FnMut(Row),
 ) -> Result<(), FileError> {
+    let mut last_schema = None;
     let mut doc = String::new();
     reader
         .read_to_string(&mut doc)
@@ -590,7 +592,9 @@ fn parse_json<R: Read>(
     for (i, item) in items.iter().enumerate() {
         let row = i as u64 + 1;
         let outcome = match serde_json::from_str(item.get()) {
-            Ok(serde_json::Value::Object(map)) => event_from_json_named(&map, shape, feed_name),
+            Ok(serde_json::Value::Object(map)) => {
+                event_from_json_in(&map, shape, feed_name, &mut last_schema)
+            }
             Ok(other) => Err(format!(
                 "element {row} of the array is {}, not an object",
                 json_kind(&other)
@@ -660,15 +664,38 @@ pub fn event_from_json(
     map: &serde_json::Map<String, serde_json::Value>,
     shape: &RecordShape<'_>,
 ) -> Result<Event, String> {
-    event_from_json_named(map, shape, &FeedName::from(shape.feed.name.as_str()))
+    let feed_name = FeedName::from(shape.feed.name.as_str());
+    event_from_json_in(map, shape, &feed_name, &mut None)
 }
 
-fn event_from_json_named(
+/// Builds an event from a JSON object. `last_schema` is the schema of the file's
+/// previous object: objects with the same keys (the usual case) share it, as the
+/// rows of a CSV file do, so the rules bind their fields once per file.
+fn event_from_json_in(
     map: &serde_json::Map<String, serde_json::Value>,
     shape: &RecordShape<'_>,
     feed_name: &FeedName,
+    last_schema: &mut Option<Schema>,
 ) -> Result<Event, String> {
-    let fields = map.iter().filter_map(|(k, v)| {
+    // Keys are unique; sorted here rather than trusting the map's order
+    // (which a `preserve_order` feature anywhere in the build would change).
+    let mut pairs: Vec<(&str, &serde_json::Value)> = map
+        .iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let schema = match last_schema {
+        Some(known) if known.iter().map(|n| &**n).eq(pairs.iter().map(|(k, _)| *k)) => {
+            known.clone()
+        }
+        _ => {
+            let schema: Schema = pairs.iter().map(|(k, _)| FieldName::from(*k)).collect();
+            *last_schema = Some(schema.clone());
+            schema
+        }
+    };
+    let raw = (0u32..).zip(pairs).filter_map(|(index, (k, v))| {
         let raw = match v {
             serde_json::Value::Null => return None,
             serde_json::Value::String(s) => RawValue::Text(s),
@@ -687,17 +714,9 @@ fn event_from_json_named(
             ),
             obj @ serde_json::Value::Object(_) => RawValue::Owned(obj.to_string()),
         };
-        let separator = shape.feed.list_fields.get(k.as_str()).map(String::as_str);
-        Some((k.as_str(), raw, separator))
+        let separator = shape.feed.list_fields.get(k).map(String::as_str);
+        Some((index, raw, separator))
     });
-    // Keys are unique; sorted here rather than trusting the map's order
-    // (which a `preserve_order` feature anywhere in the build would change).
-    let mut fields: Vec<_> = fields.filter(|(k, _, _)| !k.is_empty()).collect();
-    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let schema: Schema = fields.iter().map(|(k, _, _)| FieldName::from(*k)).collect();
-    let raw = (0u32..)
-        .zip(fields)
-        .map(|(index, (_, raw, separator))| (index, raw, separator));
     build_event(feed_name, &schema, raw, None, shape)
 }
 
@@ -1068,6 +1087,30 @@ mod tests {
                 .contains("expected a JSON array")
         );
         assert!(read("[1, ", &json).unwrap_err().0.contains("invalid JSON"));
+    }
+
+    #[test]
+    fn json_objects_with_the_same_keys_share_a_schema() {
+        let feed = feed("jsonl", "");
+        let text = concat!(
+            "{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\", \"notes\": \"x\"}\n",
+            "{\"tested_at\": \"2025-11-04T11:31:00Z\", \"notes\": null, \"sample_id\": \"S2\"}\n",
+            "{\"sample_id\": \"S3\", \"tested_at\": \"2025-11-04T11:32:00Z\"}\n",
+        );
+        let (events, errors) = read(text, &feed).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let schemas: Vec<_> = events.iter().map(|e| e.fields.schema().clone()).collect();
+        assert!(
+            std::sync::Arc::ptr_eq(&schemas[0], &schemas[1]),
+            "same keys, any order"
+        );
+        assert!(
+            !std::sync::Arc::ptr_eq(&schemas[1], &schemas[2]),
+            "other keys"
+        );
+        assert!(events[1].fields.get("notes").is_none(), "null is absent");
+        assert_eq!(events[1].record_id.as_deref(), Some("S2"));
+        assert_eq!(events[2].fields.len(), 2);
     }
 
     #[test]
