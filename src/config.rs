@@ -498,6 +498,16 @@ impl Config {
                     "time_format is a strftime pattern like \"%d/%m/%Y %H:%M\"".into(),
                 ));
             }
+            for (label, field) in [("id_field", &f.id_field), ("time_field", &f.time_field)] {
+                if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    errors.push(at(
+                        f.name.span(),
+                        format!(
+                            "feed `{name}`: {label} is empty; name a column, or leave the key out"
+                        ),
+                    ));
+                }
+            }
             let fields = f.fields.clone();
             if let Some(cols) = &fields {
                 for (label, field) in [("id_field", &f.id_field), ("time_field", &f.time_field)] {
@@ -840,6 +850,15 @@ districts = ["Bolton"]
             .to_string();
         assert!(shown.contains("unknown key `colour`"), "{shown}");
         assert!(shown.starts_with("c.toml:13:1:"), "{shown}");
+
+        let text = MINIMAL.replace("dir = \"in/drug\"", "dir = \"in/drug\"\nid_field = \"\"");
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.contains("feed `drug_testing`: id_field is empty"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -162,6 +162,7 @@ fn parse_csv<R: Read>(
     let column_of = |field: &Option<String>| {
         field
             .as_deref()
+            .filter(|f| !f.is_empty())
             .and_then(|f| names.iter().position(|n| &**n == f))
             .filter(|&i| separators[i].is_none())
     };

@@ -259,11 +259,13 @@ impl Condition {
             } => {
                 let mut terms: Vec<&str> = set.terms.iter().map(String::as_str).collect();
                 terms.sort_unstable();
-                format!(
-                    "in\u{1f}{}\u{1f}{negated}\u{1f}{}",
-                    field.name,
-                    terms.join("\u{1e}")
-                )
+                // Each term ends with a separator, so `{""}` and `{}` differ.
+                let mut key = format!("in\u{1f}{}\u{1f}{negated}\u{1f}", field.name);
+                for term in terms {
+                    key.push_str(term);
+                    key.push('\u{1e}');
+                }
+                key
             }
             _ => String::new(),
         }
