@@ -27,7 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e_support::*;
 use faults_support::*;
-use support::{Daemon, Received, SmtpMode, SmtpOptions, SmtpServer, earlywarn, write_atomically};
+use support::{
+    Daemon, Received, SmtpMode, SmtpOptions, SmtpServer, earlywarn, poll_until, write_atomically,
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -62,6 +64,27 @@ fn samples_in(m: &Received, pattern: &str) -> BTreeSet<String> {
     re.find_iter(&body)
         .map(|x| x.as_str().to_string())
         .collect()
+}
+
+/// How many messages name each sample matching `pattern`: a sample counted twice was sent twice.
+fn copies_per_sample(msgs: &[Received], pattern: &str) -> BTreeMap<String, usize> {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for m in msgs {
+        for s in samples_in(m, pattern) {
+            *count.entry(s).or_default() += 1;
+        }
+    }
+    count
+}
+
+/// Asserts that the outbox empties (nothing pending) within `timeout`.
+fn assert_outbox_drains(config: &Path, timeout: Duration, every: Duration) {
+    assert!(
+        poll_until(timeout, every, || status_json(config)["outbox_pending"]
+            == 0),
+        "outbox not empty: {:#}",
+        status_json(config)
+    );
 }
 
 /// Regular files waiting in a feed folder (not sub-folders, not dot-files).
@@ -329,13 +352,7 @@ fn crash_test_many_kills() {
         expected.len(),
         status_json(&config)
     );
-    assert!(
-        poll_until(Duration::from_secs(30), Duration::from_millis(250), || {
-            status_json(&config)["outbox_pending"] == 0
-        }),
-        "outbox not empty: {:#}",
-        status_json(&config)
-    );
+    assert_outbox_drains(&config, Duration::from_secs(30), Duration::from_millis(250));
     let drained_in = drain_from.elapsed();
     // A late duplicate would follow promptly.
     thread::sleep(Duration::from_millis(1500));
@@ -603,13 +620,7 @@ fn smtp_outage_loses_nothing_backs_off_1_2_4_4_and_drains_when_back() {
         "first attempt {:.2}s after the server came back; the delay is capped at 4s",
         first_connection - back_at
     );
-    assert!(
-        poll_until(WAIT, Duration::from_millis(100), || {
-            status_json(&config)["outbox_pending"] == 0
-        }),
-        "{:#}",
-        status_json(&config)
-    );
+    assert_outbox_drains(&config, WAIT, Duration::from_millis(100));
     thread::sleep(Duration::from_millis(1500));
     let msgs_after = server.messages();
     assert_eq!(msgs_after.len(), 3, "each alert delivered once");
@@ -742,21 +753,10 @@ fn tarpit_and_stall_after_data_are_abandoned_within_the_timeout_and_the_daemon_s
     // A working server: all three delivered, once each.
     server.restart_with(SmtpMode::Accept);
     server.wait_for(3, Duration::from_secs(15));
-    assert!(
-        poll_until(WAIT, Duration::from_millis(100), || {
-            status_json(&config)["outbox_pending"] == 0
-        }),
-        "{:#}",
-        status_json(&config)
-    );
+    assert_outbox_drains(&config, WAIT, Duration::from_millis(100));
     thread::sleep(Duration::from_millis(1500));
     let msgs = server.messages();
-    let mut count: BTreeMap<String, usize> = BTreeMap::new();
-    for m in &msgs {
-        for s in samples_in(m, r"TAR-[ABC]") {
-            *count.entry(s).or_default() += 1;
-        }
-    }
+    let count = copies_per_sample(&msgs, r"TAR-[ABC]");
     assert_eq!(
         count,
         BTreeMap::from([
@@ -949,13 +949,7 @@ fn full_disk_under_the_state_folder_acknowledges_nothing_and_recovers_without_re
     .is_empty()));
     // Its `sent` mark on disk too: an accepted email whose mark cannot be written is resent
     // (see the ignored test below), which is not what this test is about.
-    assert!(
-        poll_until(WAIT, Duration::from_millis(50), || {
-            status_json(&config)["outbox_pending"] == 0
-        }),
-        "{:#}",
-        status_json(&config)
-    );
+    assert_outbox_drains(&config, WAIT, Duration::from_millis(50));
 
     let filler = small.path().join("filler");
     let filled = fill_disk(&filler);
@@ -1028,21 +1022,10 @@ fn full_disk_under_the_state_folder_acknowledges_nothing_and_recovers_without_re
     );
     let recovered_in = freed_at.elapsed().as_secs_f64();
     server.wait_for(4, Duration::from_secs(15));
-    assert!(
-        poll_until(WAIT, Duration::from_millis(100), || {
-            status_json(&config)["outbox_pending"] == 0
-        }),
-        "{:#}",
-        status_json(&config)
-    );
+    assert_outbox_drains(&config, WAIT, Duration::from_millis(100));
     thread::sleep(Duration::from_millis(1500));
     let msgs = server.messages();
-    let mut count: BTreeMap<String, usize> = BTreeMap::new();
-    for m in &msgs {
-        for s in samples_in(m, r"DISK-\d") {
-            *count.entry(s).or_default() += 1;
-        }
-    }
+    let count = copies_per_sample(&msgs, r"DISK-\d");
     assert_eq!(
         count,
         (0..4).map(|i| (format!("DISK-{i}"), 1)).collect(),
@@ -1120,13 +1103,7 @@ fn full_disk_while_delivering_does_not_flood_the_partner_with_copies() {
     let copies_while_full = stored_count(server.maildir());
     let unrecorded = log_lines(&daemon, &["Cannot record the delivery outcome"]).len();
     fs::remove_file(&filler).unwrap();
-    assert!(
-        poll_until(WAIT, Duration::from_millis(100), || {
-            status_json(&config)["outbox_pending"] == 0
-        }),
-        "{:#}",
-        status_json(&config)
-    );
+    assert_outbox_drains(&config, WAIT, Duration::from_millis(100));
     thread::sleep(Duration::from_millis(1500));
     let copies = stored_count(server.maildir());
     eprintln!(

@@ -10,8 +10,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
 // Randomness and figures
@@ -48,25 +46,6 @@ pub fn env_number(name: &str, default: u64) -> u64 {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
         Err(_) => default,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Polling
-// ---------------------------------------------------------------------------------------------
-
-/// Like `support::wait_until`, polling every `every` (for conditions that are costly to check).
-#[must_use]
-pub fn poll_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(every);
     }
 }
 

@@ -822,7 +822,13 @@ pub fn write_atomically(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> P
 /// Poll `cond` every 20 ms until it is true (returns `true`) or `timeout` passes (returns
 /// `false`). Use as `assert!(wait_until(..), "what did not happen")`.
 #[must_use]
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_until(timeout, POLL, cond)
+}
+
+/// Like [`wait_until`], polling every `every` (for conditions that are costly to check).
+#[must_use]
+pub fn poll_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -831,6 +837,6 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        thread::sleep(POLL);
+        thread::sleep(every);
     }
 }
