@@ -68,6 +68,14 @@ impl<'a> Scalar<'a> {
             Scalar::Text(s) => parse_number(s),
         }
     }
+
+    /// Writes the element's normalised form (see [`normalise_term`]) into `out`.
+    pub fn normalise_into(self, out: &mut String) {
+        match self {
+            Scalar::Text(s) => normalise_into(s, out),
+            Scalar::Number(n) => normalise_into(&n.to_string(), out),
+        }
+    }
 }
 
 impl fmt::Display for Scalar<'_> {
@@ -386,12 +394,27 @@ impl Event {
 /// `N-Desethylisotonitazene` equals `N-desethyl isotonitazene`.
 pub fn normalise_term(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_alphanumeric() {
+    normalise_into(s, &mut out);
+    out
+}
+
+/// Writes the normalised form of `value` (see [`normalise_term`]) into `out`,
+/// reusing its allocation: this runs for every list element of every row.
+pub fn normalise_into(value: &str, out: &mut String) {
+    out.clear();
+    if value.is_ascii() {
+        // The common case, without Unicode case tables.
+        out.extend(
+            value
+                .bytes()
+                .filter(u8::is_ascii_alphanumeric)
+                .map(|b| b.to_ascii_lowercase() as char),
+        );
+    } else {
+        for c in value.chars().filter(|c| c.is_alphanumeric()) {
             out.extend(c.to_lowercase());
         }
     }
-    out
 }
 
 /// Like [`normalise_term`] but compares without allocating.

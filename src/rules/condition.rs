@@ -16,7 +16,9 @@
 //! at load time. Evaluation does no I/O and never allocates for the common
 //! operators.
 
-use crate::event::{Event, Scalar, Value, normalise_term, parse_number, terms_equal};
+use crate::event::{
+    Event, Scalar, Value, normalise_into, normalise_term, parse_number, terms_equal,
+};
 use jiff::Timestamp;
 use regex::Regex;
 use std::collections::BTreeMap;
@@ -291,7 +293,8 @@ impl Condition {
     }
 
     /// Evaluates the condition on an event. `scratch` must have been told of
-    /// this event with [`EvalScratch::next_event`].
+    /// this event: [`EvalScratch::bind`] (fields by slot, shared tests answered
+    /// once), or [`EvalScratch::next_event`] for a condition outside a rule set.
     pub fn matches(&self, event: &Event, scratch: &mut EvalScratch) -> bool {
         match self {
             Condition::Always => true,
@@ -356,7 +359,8 @@ impl Condition {
 ///
 /// Many rules test the same field with `in` (a drug-testing row meets a dozen
 /// substance lists); its elements are normalised once per event, not once per
-/// test. Call [`EvalScratch::next_event`] before evaluating a new event.
+/// test, and a test many rules share is answered once. Call
+/// [`EvalScratch::bind`] (or [`EvalScratch::next_event`]) before each new event.
 #[derive(Debug, Default)]
 pub struct EvalScratch {
     /// For the bound event: the position in its fields of each slot's field.
@@ -482,33 +486,12 @@ impl EvalScratch {
             if terms.len() == count {
                 terms.push(String::new());
             }
-            match el {
-                Scalar::Text(s) => normalise_into(s, &mut terms[count]),
-                Scalar::Number(n) => normalise_into(&n.to_string(), &mut terms[count]),
-            }
+            el.normalise_into(&mut terms[count]);
             count += 1;
         }
         terms.truncate(count);
         self.used += 1;
         &self.normalised[self.used - 1].2
-    }
-}
-
-/// Writes the normalised form of `value` (see [`normalise_term`]) into `out`.
-pub(crate) fn normalise_into(value: &str, out: &mut String) {
-    out.clear();
-    if value.is_ascii() {
-        // The common case, without Unicode case tables.
-        out.extend(
-            value
-                .bytes()
-                .filter(u8::is_ascii_alphanumeric)
-                .map(|b| b.to_ascii_lowercase() as char),
-        );
-    } else {
-        for c in value.chars().filter(|c| c.is_alphanumeric()) {
-            out.extend(c.to_lowercase());
-        }
     }
 }
 

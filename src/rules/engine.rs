@@ -16,8 +16,7 @@
 
 use super::{Rule, RuleKind, RuleSet};
 use crate::alerts::{Alert, AlertStatus, Trigger};
-use crate::event::{Event, Scalar};
-use crate::rules::condition::normalise_into;
+use crate::event::Event;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -537,10 +536,7 @@ impl Engine {
                     let probe = &mut self.seen_probe;
                     probe.rule_id.clear();
                     probe.rule_id.push_str(&rule.id);
-                    match element {
-                        Scalar::Text(s) => normalise_into(s, &mut probe.group_key),
-                        Scalar::Number(n) => normalise_into(&n.to_string(), &mut probe.group_key),
-                    }
+                    element.normalise_into(&mut probe.group_key);
                     let norm = probe.group_key.as_str();
                     if norm.is_empty() || known.contains(norm) {
                         continue;
