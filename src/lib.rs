@@ -14,6 +14,7 @@
 //! - [`review`]: approving or dismissing alerts held for review.
 //! - [`ruletest`]: `earlywarn test`, rule tests for the people who write rules.
 //! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
+//! - [`display`]: untrusted text escaped for logs and terminals.
 //!
 //! The core (`event`, `feeds::parse`, `feeds::decode`, `rules`, `alerts`) does
 //! no I/O and never reads the clock: callers pass `now`.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod diagnostic;
+pub mod display;
 pub mod event;
 pub mod feeds;
 pub mod metrics;
