@@ -15,10 +15,12 @@
 //! that keeps the process. READY=1 is sent to systemd only after the rules are
 //! loaded, the database is open and the first rescan is done.
 
-use crate::config::{Config, FeedConfig};
+use crate::config::{Config, FeedConfig, OnDone};
 use crate::delivery::{Mailer, OutboxContext, run_outbox};
 use crate::diagnostic::Diagnostics;
-use crate::feeds::intake::{Disposition, IntakeError, enqueue_alert, process_file};
+use crate::display::Escaped;
+use crate::feeds::folder::FeedFolders;
+use crate::feeds::intake::{Disposition, FileControl, IntakeError, enqueue_alert, process_file};
 use crate::feeds::watch::{FolderWatcher, Hint, Observed, Settler, scan};
 use crate::metrics::Metrics;
 use crate::ops::{OpsNotifier, ProblemKind};
@@ -28,8 +30,10 @@ use crate::store::Store;
 use jiff::Timestamp;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use sd_notify::NotifyState;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc};
@@ -80,16 +84,57 @@ fn notify_systemd(state: &[NotifyState]) {
     }
 }
 
+/// Makes each feed folder if it is missing (its `processed/` and `rejected/`
+/// are made, and checked, by [`FeedFolders::open`] at the first rescan), and
+/// warns about a folder that lets producers disturb each other.
 fn create_feed_dirs(config: &Config) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
     for feed in &config.feeds {
-        for dir in [feed.dir.clone(), feed.processed_dir(), feed.rejected_dir()] {
-            std::fs::create_dir_all(&dir).map_err(|source| DaemonError::FeedDir {
-                path: dir.clone(),
-                source,
-            })?;
+        std::fs::create_dir_all(&feed.dir).map_err(|source| DaemonError::FeedDir {
+            path: feed.dir.clone(),
+            source,
+        })?;
+        if let Ok(meta) = std::fs::metadata(&feed.dir) {
+            let mode = meta.permissions().mode();
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                tracing::warn!(feed = %feed.name, dir = %feed.dir.display(), mode = format!("{:o}", mode & 0o7777),
+                    "Feed folder is writable by a group or others without the sticky bit: a producer could rename or remove other producers' files; make it 3770 (see README, Install on a server)");
+            }
+        }
+        if let Ok(folders) = FeedFolders::open(&feed.dir, feed.on_done == OnDone::Move) {
+            crate::feeds::folder::remove_stale_temporaries(&folders);
         }
     }
     Ok(())
+}
+
+/// Signs of life from the intake loop, for the systemd watchdog: the loop beats
+/// at every turn and, while a large file is read, between reads. A separate
+/// task tells systemd only while the beats are recent, so a loop that really
+/// hangs is still restarted, and one busy with a big file is not.
+#[derive(Debug)]
+struct Liveness {
+    start: Instant,
+    last_beat_ms: AtomicU64,
+}
+
+impl Liveness {
+    fn new() -> Liveness {
+        Liveness {
+            start: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        self.last_beat_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn beat_within(&self, window: Duration) -> bool {
+        let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last) <= window
+    }
 }
 
 /// Runs the daemon until a shutdown signal. Returns when everything in progress has finished.
@@ -140,15 +185,40 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Signals are watched by their own task so that a shutdown is noticed between
     // two files even while the loop below works through a backlog.
     let stopping = CancellationToken::new();
+    let stop_requested: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     {
         let stopping = stopping.clone();
+        let stop_requested = stop_requested.clone();
         tokio::spawn(async move {
             let which = tokio::select! {
                 _ = sigterm.recv() => "SIGTERM",
                 _ = sigint.recv() => "SIGINT",
             };
             tracing::info!(signal = which, "Shutting down");
+            let _ = stop_requested.set(Instant::now());
             stopping.cancel();
+        });
+    }
+    let liveness = Arc::new(Liveness::new());
+    liveness.beat();
+    let watchdog = sd_notify::watchdog_enabled()
+        .map(|d| d / 3)
+        .unwrap_or(Duration::from_secs(10));
+    {
+        let liveness = liveness.clone();
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            let mut timer = tokio::time::interval(watchdog);
+            loop {
+                tokio::select! {
+                    _ = stopping.cancelled() => break,
+                    _ = timer.tick() => {
+                        if liveness.beat_within(watchdog * 3 / 2) {
+                            notify_systemd(&[NotifyState::Watchdog]);
+                        }
+                    }
+                }
+            }
         });
     }
 
@@ -164,6 +234,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         hint_tx,
         reload_tx,
         stopping: stopping.clone(),
+        stop_requested: stop_requested.clone(),
+        liveness: liveness.clone(),
+        paused: HashMap::new(),
         ticked: false,
     };
     // The first rescan happens before READY=1, so a file already waiting is
@@ -192,10 +265,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let mut rescan_timer = tokio::time::interval(config.daemon.rescan_interval);
     rescan_timer.tick().await; // the first tick is immediate; the rescan just happened
-    let watchdog = sd_notify::watchdog_enabled()
-        .map(|d| d / 3)
-        .unwrap_or(Duration::from_secs(10));
-    let mut watchdog_timer = tokio::time::interval(watchdog);
+    // The loop beats at least this often when idle, for the watchdog task.
+    let mut heartbeat_timer = tokio::time::interval(watchdog.min(Duration::from_secs(1)));
     // Deadlines and silence are checked against the wall clock every second.
     let mut clock_timer = tokio::time::interval(Duration::from_secs(1));
     clock_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -229,8 +300,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = rescan_timer.tick() => intake.rescan(),
             _ = clock_timer.tick() => intake.tick(),
             _ = ops_timer.tick() => intake.flush_ops(),
-            _ = watchdog_timer.tick() => notify_systemd(&[NotifyState::Watchdog]),
+            _ = heartbeat_timer.tick() => {}
         }
+        liveness.beat();
     }
 
     notify_systemd(&[NotifyState::Stopping]);
@@ -363,6 +435,12 @@ struct Intake<'a> {
     reload_tx: mpsc::UnboundedSender<()>,
     /// Cancelled on SIGTERM/SIGINT: no new file is started after that.
     stopping: CancellationToken,
+    /// When SIGTERM/SIGINT came: the file being read then gets half of
+    /// `shutdown_timeout` to finish, then it is abandoned (rolled back, read again at the next start).
+    stop_requested: Arc<OnceLock<Instant>>,
+    liveness: Arc<Liveness>,
+    /// Feeds whose folders cannot be trusted, and why: nothing of theirs is read until fixed.
+    paused: HashMap<String, String>,
     /// Whether the first clock tick (after start) has run.
     ticked: bool,
 }
@@ -425,9 +503,47 @@ impl Intake<'_> {
         }
     }
 
+    /// Pauses a feed whose folders cannot be trusted (said once per reason),
+    /// or resumes one that was paused.
+    fn set_paused(&mut self, feed: &FeedConfig, problem: Option<&str>) {
+        let key = format!("feed_paused.{}", feed.name);
+        match problem {
+            Some(reason) => {
+                if self.paused.get(&feed.name).map(String::as_str) == Some(reason) {
+                    return;
+                }
+                tracing::error!(feed = %feed.name, reason = %Escaped(reason), "Feed paused: its folders cannot be trusted; nothing of it is read until this is fixed");
+                self.ops.report(
+                    ProblemKind::FeedUnreadable,
+                    format!("{} is paused: {reason}", feed.name),
+                    Timestamp::now(),
+                );
+                self.paused.insert(feed.name.clone(), reason.to_string());
+                if let Err(e) = self.store.set_meta(&key, reason) {
+                    tracing::warn!(error = %e, "Cannot record the paused feed for status");
+                }
+            }
+            None => {
+                if self.paused.remove(&feed.name).is_some() {
+                    tracing::info!(feed = %feed.name, "Feed resumed: its folders are in order again");
+                    if let Err(e) = self.store.set_meta(&key, "") {
+                        tracing::warn!(error = %e, "Cannot record the resumed feed for status");
+                    }
+                }
+            }
+        }
+    }
+
     fn rescan(&mut self) {
         let feeds = self.config.feeds.clone();
         for feed in &feeds {
+            match FeedFolders::open(&feed.dir, feed.on_done == OnDone::Move) {
+                Ok(_) => self.set_paused(feed, None),
+                Err(problem) => {
+                    self.set_paused(feed, Some(&problem.0));
+                    continue;
+                }
+            }
             let files = match scan(&feed.dir) {
                 Ok(f) => f,
                 Err(e) => {
@@ -569,11 +685,20 @@ impl Intake<'_> {
         let Some(feed) = self.feed_of(path) else {
             return;
         };
+        if self.paused.contains_key(&feed.name) {
+            return;
+        }
         let started = Instant::now();
-        let file = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let file = crate::display::escaped_name(path);
+        let (liveness, stop_requested) = (self.liveness.clone(), self.stop_requested.clone());
+        let grace = self.config.daemon.shutdown_timeout / 2;
+        let interrupted = move || {
+            liveness.beat();
+            stop_requested.get().is_some_and(|at| at.elapsed() >= grace)
+        };
+        let control = FileControl {
+            interrupted: &interrupted,
+        };
         // SQLite and file moves block; keep the runtime's other workers (the outbox) running.
         let result = tokio::task::block_in_place(|| {
             process_file(
@@ -583,6 +708,7 @@ impl Intake<'_> {
                 &feed,
                 path,
                 Timestamp::now(),
+                &control,
             )
         });
         match result {
@@ -639,6 +765,10 @@ impl Intake<'_> {
                 );
             }
             Ok(Disposition::Skipped) => {}
+            Err(IntakeError::Folder(problem)) => self.set_paused(&feed, Some(&problem.0)),
+            Err(IntakeError::Interrupted) => {
+                tracing::info!(feed = %feed.name, file = %file, "Stopped reading the file at shutdown; it stays in the folder and is read again at the next start");
+            }
             Err(e) => {
                 if matches!(e, IntakeError::Store(_)) {
                     tracing::error!(feed = %feed.name, file = %file, error = %e, "Cannot record the file; it stays in the folder and will be retried");

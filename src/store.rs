@@ -114,6 +114,36 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 "#;
 
+/// Files whose processing has started and not yet ended: a file that was
+/// interrupted (the daemon crashed or was killed) this many times is set
+/// aside instead of being tried again forever.
+const SCHEMA_ATTEMPTS: &str = r#"
+CREATE TABLE IF NOT EXISTS file_attempts (
+    feed     TEXT NOT NULL,
+    sha256   TEXT NOT NULL,
+    tries    INTEGER NOT NULL,
+    PRIMARY KEY (feed, sha256)
+);
+"#;
+
+/// The database holds every incident location and note: only the daemon's
+/// user may read it (and its WAL, which SQLite creates with the database's
+/// mode), whatever the umask. Best effort: a folder or file we do not own
+/// (a shared test folder) is left as it is.
+fn restrict_to_owner(state_dir: &Path, db: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = rustix::process::geteuid().as_raw();
+    for (path, mode) in [(state_dir, 0o700), (db, 0o600)] {
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.uid() == me
+            && meta.mode() & 0o077 != 0
+            && !meta.file_type().is_symlink()
+        {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
 fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
@@ -146,6 +176,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SCHEMA_ATTEMPTS)?;
+        restrict_to_owner(state_dir, &path);
         Ok(Store { conn, path })
     }
 
@@ -645,6 +677,46 @@ impl FileTx<'_> {
     pub fn commit(self) -> Result<()> {
         self.tx.commit()?;
         Ok(())
+    }
+
+    /// Forgets a file's interrupted tries: its processing ended, in this transaction.
+    pub fn end_attempt(&self, feed: &str, sha256: &str) -> Result<()> {
+        self.tx.execute(
+            "DELETE FROM file_attempts WHERE feed = ?1 AND sha256 = ?2",
+            params![feed, sha256],
+        )?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Records, durably, that processing of a file's content starts now, and
+    /// returns how many earlier tries never ended (crashed or killed).
+    pub fn begin_attempt(&mut self, feed: &str, sha256: &str) -> Result<u32> {
+        let tx = self.begin()?;
+        let earlier: Option<u32> = tx
+            .tx
+            .query_row(
+                "SELECT tries FROM file_attempts WHERE feed = ?1 AND sha256 = ?2",
+                params![feed, sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.tx.execute(
+            "INSERT INTO file_attempts (feed, sha256, tries) VALUES (?1, ?2, 1)
+             ON CONFLICT (feed, sha256) DO UPDATE SET tries = tries + 1",
+            params![feed, sha256],
+        )?;
+        tx.commit()?;
+        Ok(earlier.unwrap_or(0))
+    }
+
+    /// Forgets a file's tries when its processing ended without a commit of
+    /// its own (a clean stop, a file that changed while read).
+    pub fn end_attempt(&mut self, feed: &str, sha256: &str) -> Result<()> {
+        let tx = self.begin()?;
+        tx.end_attempt(feed, sha256)?;
+        tx.commit()
     }
 }
 

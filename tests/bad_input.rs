@@ -69,10 +69,18 @@ enum Content {
 struct Input {
     /// The name on disk.
     disk_name: OsString,
-    /// The name the daemon logs and files it under (lossy UTF-8 of `disk_name`).
+    /// The name the daemon logs (lossy UTF-8 of `disk_name`); it files the
+    /// file under `disk_name` itself, bytes and all.
     shown: String,
     content: Content,
     want: Want,
+}
+
+/// The name the daemon files what it writes about `d` under: its own name and `suffix`.
+fn filed_as(d: &Input, suffix: &str) -> OsString {
+    let mut name = d.disk_name.clone();
+    name.push(suffix);
+    name
 }
 
 /// The committed corpus, each file with what must become of it.
@@ -327,7 +335,7 @@ fn runtime_inputs() -> Vec<Input> {
         want: Want::Rejected(&["over the feed's limit", "max_file_bytes", "split it"]),
     });
 
-    // A name in Latin-1 (from a Windows share), not UTF-8: read, and filed under a lossy name.
+    // A name in Latin-1 (from a Windows share), not UTF-8: read, logged under a lossy name, filed under its own.
     inputs.push(Input {
         disk_name: OsString::from_vec(b"r\xe9sultats.csv".to_vec()),
         shown: "r\u{FFFD}sultats.csv".into(),
@@ -398,7 +406,7 @@ fn check_outcome(dir: &Path, daemon: &mut Daemon, d: &Input) {
     let feed = feed_dir(dir);
     let line = wait_outcome(daemon, d);
     let rejected_dir = feed.join("rejected");
-    let errors_path = rejected_dir.join(format!("{}.errors.txt", d.shown));
+    let errors_path = rejected_dir.join(filed_as(d, ".errors.txt"));
     match &d.want {
         Want::Processed {
             rows,
@@ -427,7 +435,7 @@ fn check_outcome(dir: &Path, daemon: &mut Daemon, d: &Input) {
                 );
             }
             assert!(
-                wait_until(WAIT, || feed.join("processed").join(&d.shown).exists()),
+                wait_until(WAIT, || feed.join("processed").join(&d.disk_name).exists()),
                 "{} moved to processed/: {:?}",
                 d.shown,
                 names_in(&feed.join("processed"))
@@ -460,7 +468,7 @@ fn check_outcome(dir: &Path, daemon: &mut Daemon, d: &Input) {
                 // SPEC §4: `NAME.rows.csv` whatever the format (a JSON array's
                 // bad elements are kept there as an array).
                 assert!(
-                    rejected_dir.join(format!("{}.rows.csv", d.shown)).exists(),
+                    rejected_dir.join(filed_as(d, ".rows.csv")).exists(),
                     "{}: the bad rows are kept verbatim beside errors.txt",
                     d.shown
                 );
@@ -474,7 +482,7 @@ fn check_outcome(dir: &Path, daemon: &mut Daemon, d: &Input) {
                     d.shown
                 );
             }
-            let moved = rejected_dir.join(&d.shown);
+            let moved = rejected_dir.join(&d.disk_name);
             assert!(
                 wait_until(WAIT, || fs::symlink_metadata(&moved).is_ok()),
                 "{} moved whole to rejected/: {:?}",

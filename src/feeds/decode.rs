@@ -45,70 +45,106 @@ impl fmt::Display for TextEncoding {
 /// Detects the encoding of a seekable source and rewinds it.
 pub fn detect<R: Read + Seek>(source: &mut R) -> io::Result<TextEncoding> {
     source.seek(SeekFrom::Start(0))?;
-    let mut head = [0u8; 3];
-    let n = read_up_to(source, &mut head)?;
-    let head = &head[..n];
-    let encoding = if head.starts_with(&[0xEF, 0xBB, 0xBF]) {
-        TextEncoding::Utf8Bom
-    } else if head.starts_with(&[0xFF, 0xFE]) {
-        TextEncoding::Utf16Le
-    } else if head.starts_with(&[0xFE, 0xFF]) {
-        TextEncoding::Utf16Be
-    } else {
-        source.seek(SeekFrom::Start(0))?;
-        if is_utf8(source)? {
-            TextEncoding::Utf8
-        } else {
-            TextEncoding::Windows1252
+    let mut sniffer = EncodingSniffer::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = source.read(&mut buf)?;
+        if n == 0 || !sniffer.feed(&buf[..n]) {
+            break;
         }
-    };
+    }
     source.seek(SeekFrom::Start(0))?;
-    Ok(encoding)
+    Ok(sniffer.finish())
 }
 
-/// Whether everything `source` yields is valid UTF-8, checked in chunks.
-fn is_utf8<R: Read>(source: &mut R) -> io::Result<bool> {
-    let mut buf = vec![0u8; 64 * 1024];
-    // Bytes of a character split across two reads, carried to the next chunk.
-    let mut carry = 0usize;
-    loop {
-        let n = source.read(&mut buf[carry..])?;
-        if n == 0 {
-            return Ok(carry == 0);
+/// Works out a file's encoding from its bytes as they stream past, so the
+/// intake can detect it in the same pass that hashes the file.
+#[derive(Debug, Default)]
+pub struct EncodingSniffer {
+    /// The first bytes, for a byte-order mark.
+    head: [u8; 3],
+    head_len: usize,
+    /// Bytes of a character split across two chunks, carried to the next.
+    carry: [u8; 4],
+    carry_len: usize,
+    not_utf8: bool,
+}
+
+impl EncodingSniffer {
+    /// Takes the next chunk. Returns whether more bytes could still change
+    /// the answer (a file that is already not UTF-8 stays so).
+    pub fn feed(&mut self, mut chunk: &[u8]) -> bool {
+        while self.head_len < 3 && !chunk.is_empty() {
+            self.head[self.head_len] = chunk[0];
+            self.head_len += 1;
+            self.check_utf8(&chunk[..1]);
+            chunk = &chunk[1..];
         }
-        let filled = carry + n;
-        match std::str::from_utf8(&buf[..filled]) {
-            Ok(_) => carry = 0,
-            Err(e) => {
-                if e.error_len().is_some() {
-                    return Ok(false);
+        if self.bom().is_some() {
+            // A byte-order mark decides it, whatever follows.
+            return false;
+        }
+        self.check_utf8(chunk);
+        !self.not_utf8
+    }
+
+    fn bom(&self) -> Option<TextEncoding> {
+        let head = &self.head[..self.head_len];
+        if head.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            Some(TextEncoding::Utf8Bom)
+        } else if head.starts_with(&[0xFF, 0xFE]) {
+            Some(TextEncoding::Utf16Le)
+        } else if head.starts_with(&[0xFE, 0xFF]) {
+            Some(TextEncoding::Utf16Be)
+        } else {
+            None
+        }
+    }
+
+    fn check_utf8(&mut self, mut chunk: &[u8]) {
+        if self.not_utf8 {
+            return;
+        }
+        // Complete a character left over from the last chunk, byte by byte.
+        while self.carry_len > 0 && !chunk.is_empty() {
+            self.carry[self.carry_len] = chunk[0];
+            self.carry_len += 1;
+            chunk = &chunk[1..];
+            match std::str::from_utf8(&self.carry[..self.carry_len]) {
+                Ok(_) => self.carry_len = 0,
+                Err(e) if e.error_len().is_some() || self.carry_len == 4 => {
+                    self.not_utf8 = true;
+                    return;
                 }
-                // An incomplete sequence at the end: keep it for the next read.
-                let valid = e.valid_up_to();
-                buf.copy_within(valid..filled, 0);
-                carry = filled - valid;
+                Err(_) => {}
+            }
+        }
+        match std::str::from_utf8(chunk) {
+            Ok(_) => {}
+            Err(e) if e.error_len().is_some() => self.not_utf8 = true,
+            Err(e) => {
+                let rest = &chunk[e.valid_up_to()..];
+                self.carry[..rest.len()].copy_from_slice(rest);
+                self.carry_len = rest.len();
             }
         }
     }
-}
 
-fn read_up_to<R: Read>(source: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = source.read(&mut buf[filled..])?;
-        if n == 0 {
-            break;
+    /// The encoding of everything fed.
+    pub fn finish(&self) -> TextEncoding {
+        match self.bom() {
+            Some(bom) => bom,
+            None if self.not_utf8 || self.carry_len > 0 => TextEncoding::Windows1252,
+            None => TextEncoding::Utf8,
         }
-        filled += n;
     }
-    Ok(filled)
 }
 
 /// A reader that yields UTF-8 text from `source` in `encoding`, without any BOM.
-pub fn decoding_reader<R: Read + Send + 'static>(
+pub fn decoding_reader<'r, R: Read + Send + 'r>(
     source: R,
     encoding: TextEncoding,
-) -> Box<dyn Read + Send> {
+) -> Box<dyn Read + Send + 'r> {
     match encoding {
         // Valid UTF-8 needs no transcoding; only a BOM to strip.
         TextEncoding::Utf8 => Box::new(source),
@@ -171,6 +207,27 @@ mod tests {
         text.push('é');
         let mut cursor = io::Cursor::new(text.into_bytes());
         assert_eq!(detect(&mut cursor).unwrap(), TextEncoding::Utf8);
+    }
+
+    #[test]
+    fn the_sniffer_agrees_with_detection_however_the_bytes_are_split() {
+        let samples: [&[u8]; 6] = [
+            b"a,b\n",
+            "caf\u{e9},\u{20ac}\n".as_bytes(),
+            b"caf\xE9 \x96 \x80\n",
+            b"\xEF\xBB\xBFa\n",
+            b"\xFF\xFEa\x00",
+            b"x\xE2\x82",
+        ];
+        for bytes in samples {
+            let expected = detect(&mut io::Cursor::new(bytes)).unwrap();
+            for split in 0..=bytes.len() {
+                let mut sniffer = EncodingSniffer::default();
+                sniffer.feed(&bytes[..split]);
+                sniffer.feed(&bytes[split..]);
+                assert_eq!(sniffer.finish(), expected, "{bytes:?} split at {split}");
+            }
+        }
     }
 
     #[test]

@@ -1,31 +1,49 @@
 //! Taking one file from a feed folder through the pipeline (the shell around the core).
 //!
 //! Order of effects, so that nothing is lost and nothing is done twice:
-//! 1. check the file (regular, not a link, not too big) and read it once, whole;
-//! 2. if its content was processed before, it is a duplicate: record, move, done;
-//! 3. parse, deduplicate records, evaluate rules, route and render alerts;
-//! 4. write the rejected rows beside it (idempotent: same names each time);
-//! 5. commit the checkpoint, records, rule state, alerts and outbox rows in ONE transaction;
-//! 6. only then move (or delete) the file.
+//! 1. open the feed's folders as descriptors and check them ([`FeedFolders`]);
+//!    open the file without following links, and check it (a regular file with
+//!    one name, not too big);
+//! 2. read it once, streaming, for its content hash and encoding; if that
+//!    content was processed before, it is a duplicate: record, move, done;
+//! 3. note the attempt durably: a file whose processing was interrupted
+//!    [`MAX_INTERRUPTED_TRIES`] times (a crash, a kill) is set aside instead;
+//! 4. read it again, streaming: parse, deduplicate records, evaluate rules;
+//!    bad rows go to a [`Quarantine`] as they are found; check the content is
+//!    what was hashed;
+//! 5. route and render alerts; publish the quarantine;
+//! 6. commit the checkpoint, records, rule state, alerts, outbox rows and the
+//!    end of the attempt in ONE transaction;
+//! 7. only then move (or delete) the file.
 //!
-//! A crash before 5 leaves the file in place and the database untouched; a
-//! crash between 5 and 6 leaves a file whose content is already recorded, so
-//! the next scan moves it without alerting again.
+//! A crash before 6 leaves the file in place and the database as it was (but
+//! for the attempt count); a crash between 6 and 7 leaves a file whose content
+//! is already recorded, so the next scan moves it without alerting again.
+//! Memory does not grow with the file: nothing holds the whole file.
 
 use crate::alerts::render::{RenderedEmail, render};
 use crate::alerts::{Alert, first_audience, route};
 use crate::config::{Config, FeedConfig, FeedFormat, OnDone};
-use crate::feeds::decode::{TextEncoding, decode_bytes};
-use crate::feeds::parse::{RecordShape, Row, RowError, parse};
+use crate::display::Escaped;
+use crate::feeds::decode::{EncodingSniffer, TextEncoding, decoding_reader};
+use crate::feeds::folder::{FeedFolders, FolderProblem, safe_base_name, with_suffix};
+use crate::feeds::parse::{RecordShape, Row, parse};
+use crate::feeds::quarantine::Quarantine;
 use crate::feeds::record_fingerprint;
 use crate::rules::Rule;
 use crate::rules::engine::{Batch, Engine};
 use crate::store::{FileRecord, Store, StoreError};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
-use std::fs;
-use std::io::{self, Read, Write};
+use std::ffi::OsStr;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+/// Interrupted tries after which a file is set aside in `rejected/` (SPEC §4).
+pub const MAX_INTERRUPTED_TRIES: u32 = 3;
+
+/// How much of a file's decoded start is kept for the header of its rejected rows.
+const HEAD_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -38,6 +56,15 @@ pub enum IntakeError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The feed's folders cannot be trusted: nothing was done, the feed is paused.
+    #[error(transparent)]
+    Folder(#[from] FolderProblem),
+    /// Abandoned on request (shutdown): rolled back, the file stays and is read again.
+    #[error("stopped before the file was finished; it stays and is read again")]
+    Interrupted,
+    /// The file's content changed between the two reads: a writer is still at it.
+    #[error("the file changed while it was being read; it is read again once it settles")]
+    Changed,
 }
 
 fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> IntakeError + 'p {
@@ -48,6 +75,22 @@ fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) ->
     }
 }
 
+/// What the caller lets a file's processing do while it runs.
+pub struct FileControl<'a> {
+    /// Asked between reads of the file (every few hundred kilobytes): `true`
+    /// abandons the file. The daemon also uses it as a sign of life for the
+    /// systemd watchdog.
+    pub interrupted: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl FileControl<'_> {
+    /// Never interrupted.
+    pub fn uninterrupted() -> FileControl<'static> {
+        FileControl {
+            interrupted: &|| false,
+        }
+    }
+}
 /// What became of a file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
@@ -109,74 +152,84 @@ pub fn process_file(
     feed: &FeedConfig,
     path: &Path,
     now: Timestamp,
+    control: &FileControl<'_>,
 ) -> Result<Disposition, IntakeError> {
-    let name = match path.file_name().and_then(|n| n.to_str()) {
-        Some(n) => n.to_string(),
-        None => path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+    let Some(file_name) = path.file_name() else {
+        return Ok(Disposition::Skipped);
     };
+    // The name as text, for the database and messages (never for the filesystem).
+    let name = file_name.to_string_lossy().into_owned();
     if is_ignored_name(&name) {
         return Ok(Disposition::Skipped);
     }
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
+    let folders = FeedFolders::open(&feed.dir, feed.on_done == OnDone::Move)?;
+    let incoming = Incoming {
+        feed,
+        folders: &folders,
+        file_name,
+        name: &name,
+        path,
+        now,
+    };
+
+    let stat = match folders.inspect(file_name) {
+        Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Disposition::Skipped),
         Err(e) => return Err(io_err("cannot inspect", path)(e)),
     };
-    let file_type = meta.file_type();
-    if file_type.is_dir() {
-        return Ok(Disposition::Skipped);
+    if let Some(refusal) = refuse_by_type(
+        stat.st_mode,
+        stat.st_nlink as u64,
+        stat.st_size as u64,
+        feed,
+    ) {
+        return match refusal {
+            Refusal::Skip => Ok(Disposition::Skipped),
+            Refusal::Reject(reason) => incoming.reject_whole(store, &reason),
+        };
     }
-    if file_type.is_symlink() {
-        return reject_whole(
-            store,
-            feed,
-            path,
-            &name,
-            "it is a symbolic link; feeds read only regular files and never follow links",
-            now,
-        );
-    }
-    if !file_type.is_file() {
-        return reject_whole(
-            store,
-            feed,
-            path,
-            &name,
-            "it is not a regular file (a device, pipe or socket)",
-            now,
-        );
-    }
-    if meta.len() > feed.max_file_bytes {
-        let reason = format!(
-            "it is {} bytes, over the feed's limit of {} bytes (max_file_bytes); split it into smaller files",
-            meta.len(),
-            feed.max_file_bytes
-        );
-        return reject_whole(store, feed, path, &name, &reason, now);
-    }
-
-    let bytes = match read_regular_file(path, feed.max_file_bytes) {
-        Ok(b) => b,
+    let mut file = match folders.open_incoming(file_name) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Disposition::Skipped),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            return reject_whole(store, feed, path, &name, &e.to_string(), now);
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return incoming.reject_whole(store, SYMLINK_REASON);
         }
-        Err(e) => return Err(io_err("cannot read", path)(e)),
+        Err(e) => return Err(io_err("cannot open", path)(e)),
     };
-    let sha = hex::encode(Sha256::digest(&bytes));
+    // Checked again on the open file: the name may have been swapped since.
+    let meta = file.metadata().map_err(io_err("cannot inspect", path))?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(refusal) = refuse_by_type(meta.mode(), meta.nlink(), meta.len(), feed) {
+            return match refusal {
+                Refusal::Skip => Ok(Disposition::Skipped),
+                Refusal::Reject(reason) => incoming.reject_whole(store, &reason),
+            };
+        }
+    }
 
-    if store.file_seen(&feed.name, &sha)? {
+    let content = match survey(&mut file, feed.max_file_bytes, control) {
+        Ok(c) => c,
+        Err(SurveyError::TooBig) => {
+            let reason = format!(
+                "it grew past the feed's limit of {} bytes (max_file_bytes) while it was read; split it into smaller files",
+                feed.max_file_bytes
+            );
+            return incoming.reject_whole(store, &reason);
+        }
+        Err(SurveyError::Interrupted) => return Err(IntakeError::Interrupted),
+        Err(SurveyError::Io(e)) => return Err(io_err("cannot read", path)(e)),
+    };
+
+    if store.file_seen(&feed.name, &content.sha256)? {
         engine.note_activity(&feed.name, now);
         let tx = store.begin()?;
         tx.apply(&engine.take_changes())?;
         tx.record_file(&FileRecord {
             feed: feed.name.clone(),
             name: name.clone(),
-            sha256: sha,
-            bytes: bytes.len() as u64,
+            sha256: content.sha256,
+            bytes: content.bytes,
             encoding: None,
             outcome: "duplicate",
             reason: Some("same content as a file already processed".into()),
@@ -188,31 +241,223 @@ pub fn process_file(
             processed_at: now,
         })?;
         tx.commit()?;
-        finish_file(feed, path, &name)?;
+        incoming.finish()?;
         return Ok(Disposition::Duplicate);
     }
 
-    let (text, encoding) = decode_bytes(&bytes);
-    drop(bytes);
-    if encoding == TextEncoding::Windows1252 {
-        tracing::info!(feed = %feed.name, file = %name, "Not valid UTF-8; decoded as Windows-1252");
+    let earlier_tries = store.begin_attempt(&feed.name, &content.sha256)?;
+    if earlier_tries >= MAX_INTERRUPTED_TRIES {
+        let reason = format!(
+            "its processing was interrupted {earlier_tries} times (the daemon stopped, crashed or was killed while reading it), \
+             so it is set aside rather than tried again; check it (size, rows, a row that is far too long), split it if it is large, and drop it again"
+        );
+        let disposition = incoming.reject_whole(store, &reason)?;
+        store.end_attempt(&feed.name, &content.sha256)?;
+        return Ok(disposition);
     }
-    let mut shaped_feed;
-    let feed_for_parse = {
-        let format = format_for(path, feed);
-        if format == feed.format {
-            feed
-        } else {
-            shaped_feed = feed.clone();
-            shaped_feed.format = format;
-            &shaped_feed
+    let result = read_and_commit(
+        config, engine, store, &incoming, &mut file, &content, control,
+    );
+    if result.is_err() {
+        // Memory must not run ahead of the database: the file is read again.
+        match store.load_engine_state() {
+            Ok(state) => engine.restore(state),
+            Err(load) => {
+                tracing::error!(error = %load, "Cannot reload rule state after a failed commit")
+            }
         }
+    }
+    if let Err(IntakeError::Interrupted | IntakeError::Changed) = &result {
+        // Not a fault of the file: these tries do not count against it.
+        if let Err(e) = store.end_attempt(&feed.name, &content.sha256) {
+            tracing::warn!(error = %e, "Cannot forget an abandoned try of a file");
+        }
+    }
+    result
+}
+
+/// One file in a feed folder, as the intake found it.
+struct Incoming<'a> {
+    feed: &'a FeedConfig,
+    folders: &'a FeedFolders,
+    file_name: &'a OsStr,
+    /// The name as text (lossy), for records and messages.
+    name: &'a str,
+    path: &'a Path,
+    now: Timestamp,
+}
+
+const SYMLINK_REASON: &str =
+    "it is a symbolic link; feeds read only regular files and never follow links";
+
+enum Refusal {
+    Skip,
+    Reject(String),
+}
+
+/// What the intake does with a folder entry of this type, link count and size,
+/// if it does not read it.
+fn refuse_by_type(mode: u32, links: u64, len: u64, feed: &FeedConfig) -> Option<Refusal> {
+    let kind = mode & libc::S_IFMT;
+    if kind == libc::S_IFDIR {
+        return Some(Refusal::Skip);
+    }
+    if kind == libc::S_IFLNK {
+        return Some(Refusal::Reject(SYMLINK_REASON.into()));
+    }
+    if kind != libc::S_IFREG {
+        return Some(Refusal::Reject(
+            "it is not a regular file (a device, pipe or socket)".into(),
+        ));
+    }
+    if links > 1 {
+        return Some(Refusal::Reject(format!(
+            "it is a hard link (the same file has {links} names); feeds read only files written into the folder, not links to files elsewhere"
+        )));
+    }
+    if len > feed.max_file_bytes {
+        return Some(Refusal::Reject(format!(
+            "it is {len} bytes, over the feed's limit of {} bytes (max_file_bytes); split it into smaller files",
+            feed.max_file_bytes
+        )));
+    }
+    None
+}
+
+/// What the first read of a file finds.
+struct Content {
+    sha256: String,
+    bytes: u64,
+    encoding: TextEncoding,
+    /// The start of the decoded text, for the header of rejected rows.
+    head: Vec<u8>,
+}
+
+enum SurveyError {
+    TooBig,
+    Interrupted,
+    Io(io::Error),
+}
+
+/// Reads the file once: its content hash, size, encoding and first bytes.
+fn survey(
+    file: &mut std::fs::File,
+    max: u64,
+    control: &FileControl<'_>,
+) -> Result<Content, SurveyError> {
+    let mut reader = Metered::new(&mut *file, max, control);
+    let mut sniffer = EncodingSniffer::default();
+    let mut raw_head = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) if reader.stopped => return Err(SurveyError::Interrupted),
+            Err(_) if reader.too_big => return Err(SurveyError::TooBig),
+            Err(e) => return Err(SurveyError::Io(e)),
+        };
+        sniffer.feed(&buf[..n]);
+        if raw_head.len() < HEAD_BYTES {
+            let take = n.min(HEAD_BYTES - raw_head.len());
+            raw_head.extend_from_slice(&buf[..take]);
+        }
+    }
+    let encoding = sniffer.finish();
+    let mut head = Vec::new();
+    // Decoding a cut-off start is fine: only its first line is used.
+    let _ = decoding_reader(&raw_head[..], encoding).read_to_end(&mut head);
+    let (sha256, bytes) = reader.digest();
+    Ok(Content {
+        sha256,
+        bytes,
+        encoding,
+        head,
+    })
+}
+
+/// A reader that hashes and counts what passes, refuses to go past the feed's
+/// size limit, and asks the caller between reads whether to stop.
+struct Metered<'c, R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+    max: u64,
+    control: &'c FileControl<'c>,
+    stopped: bool,
+    too_big: bool,
+}
+
+impl<'c, R: Read> Metered<'c, R> {
+    fn new(inner: R, max: u64, control: &'c FileControl<'c>) -> Self {
+        Metered {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+            max,
+            control,
+            stopped: false,
+            too_big: false,
+        }
+    }
+
+    fn digest(self) -> (String, u64) {
+        (hex::encode(self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<R: Read> Read for Metered<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if (self.control.interrupted)() {
+            self.stopped = true;
+            return Err(io::Error::other("stopped"));
+        }
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        if self.bytes > self.max {
+            self.too_big = true;
+            return Err(io::Error::other("over max_file_bytes"));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Steps 4 to 7: the second read, the rules, the one transaction, the move.
+fn read_and_commit(
+    config: &Config,
+    engine: &mut Engine,
+    store: &mut Store,
+    incoming: &Incoming<'_>,
+    file: &mut std::fs::File,
+    content: &Content,
+    control: &FileControl<'_>,
+) -> Result<Disposition, IntakeError> {
+    let (feed, name, now) = (incoming.feed, incoming.name, incoming.now);
+    let encoding = content.encoding;
+    if encoding == TextEncoding::Windows1252 {
+        tracing::info!(feed = %feed.name, file = %Escaped(name), "Not valid UTF-8; decoded as Windows-1252");
+    }
+    let format = format_for(incoming.path, feed);
+    let shaped_feed;
+    let feed_for_parse = if format == feed.format {
+        feed
+    } else {
+        let mut f = feed.clone();
+        f.format = format;
+        shaped_feed = f;
+        &shaped_feed
     };
     let shape = RecordShape {
         feed: feed_for_parse,
         timezone: &config.daemon.timezone,
         default_time: now,
     };
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("cannot read", incoming.path))?;
+    let mut reader = Metered::new(&mut *file, feed.max_file_bytes, control);
+    let mut quarantine = Quarantine::new(incoming.folders, format, encoding, &content.head);
 
     let tx = store.begin()?;
     let mut batch = Batch::default();
@@ -220,12 +465,11 @@ pub fn process_file(
         encoding: Some(encoding.to_string()),
         ..FileSummary::default()
     };
-    let mut row_errors: Vec<RowError> = Vec::new();
     let mut db_error: Option<StoreError> = None;
-    let parsed = parse(text.as_bytes(), &shape, |row| {
+    let parsed = parse(decoding_reader(&mut reader, encoding), &shape, |row| {
         summary.rows += 1;
         match row {
-            Row::Error(e) => row_errors.push(e),
+            Row::Error(e) => quarantine.add(&e),
             Row::Event(event) => {
                 if db_error.is_some() {
                     return;
@@ -248,77 +492,81 @@ pub fn process_file(
             }
         }
     });
+    if reader.stopped {
+        return Err(IntakeError::Interrupted);
+    }
     if let Some(e) = db_error {
         return Err(e.into());
     }
+    if reader.too_big {
+        drop(tx);
+        let reason = format!(
+            "it grew past the feed's limit of {} bytes (max_file_bytes) while it was read; split it into smaller files",
+            feed.max_file_bytes
+        );
+        return incoming.reject_whole(store, &reason);
+    }
+    let (sha, bytes) = reader.digest();
+    if sha != content.sha256 {
+        return Err(IntakeError::Changed);
+    }
     if let Err(file_error) = parsed {
         drop(tx);
-        return reject_whole(store, feed, path, &name, &file_error.0, now);
+        drop(quarantine);
+        let disposition = incoming.reject_whole(store, &file_error.0)?;
+        store.end_attempt(&feed.name, &sha)?;
+        return Ok(disposition);
     }
-    summary.rejected_rows = row_errors.len() as u64;
+    summary.rejected_rows = quarantine.problems();
 
     engine.note_activity(&feed.name, now);
     let outcome = engine.finish(batch, now, &sha);
-    let mut rejected_as = None;
     let mut unrouted = Vec::new();
-    // From here the engine's state is ahead of the database until commit; on
-    // any failure put it back so the retried file sees the same state.
-    let persisted = (|| -> Result<(), IntakeError> {
-        for alert in &outcome.alerts {
-            if enqueue_alert(config, engine, &tx, alert, now)? == 0 {
-                unrouted.push(alert.id.clone());
-            }
+    for alert in &outcome.alerts {
+        if enqueue_alert(config, engine, &tx, alert, now)? == 0 {
+            unrouted.push(alert.id.clone());
         }
-        tx.apply(&outcome.changes)?;
-        tx.record_file(&FileRecord {
-            feed: feed.name.clone(),
-            name: name.clone(),
-            sha256: sha.clone(),
-            bytes: text.len() as u64,
-            encoding: Some(encoding.to_string()),
-            outcome: "processed",
-            reason: None,
-            rows: summary.rows,
-            events: summary.events,
-            duplicates: summary.duplicates,
-            rejected_rows: summary.rejected_rows,
-            alerts: outcome.alerts.len() as u64,
-            processed_at: now,
-        })?;
-        if !row_errors.is_empty() {
-            rejected_as = Some(write_rejected_rows(
-                feed,
-                &name,
-                &text,
-                feed_for_parse.format,
-                encoding,
-                &row_errors,
-            )?);
-        }
-        Ok(())
-    })();
-    let committed = persisted.and_then(|()| tx.commit().map_err(IntakeError::from));
-    if let Err(e) = committed {
-        match store.load_engine_state() {
-            Ok(state) => engine.restore(state),
-            Err(load) => {
-                tracing::error!(error = %load, "Cannot reload rule state after a failed commit")
-            }
-        }
-        return Err(e);
+    }
+    tx.apply(&outcome.changes)?;
+    tx.record_file(&FileRecord {
+        feed: feed.name.clone(),
+        name: name.to_string(),
+        sha256: sha.clone(),
+        bytes,
+        encoding: Some(encoding.to_string()),
+        outcome: "processed",
+        reason: None,
+        rows: summary.rows,
+        events: summary.events,
+        duplicates: summary.duplicates,
+        rejected_rows: summary.rejected_rows,
+        alerts: outcome.alerts.len() as u64,
+        processed_at: now,
+    })?;
+    tx.end_attempt(&feed.name, &sha)?;
+    // Published before the commit: a crash after it must not lose the bad rows.
+    let rejected_as = quarantine
+        .publish(&safe_base_name(incoming.file_name))
+        .map_err(io_err("cannot write rejected rows beside", incoming.path))?
+        .map(|base| base.to_string_lossy().into_owned());
+    tx.commit()?;
+
+    if let Some(base) = &rejected_as {
+        tracing::warn!(feed = %feed.name, file = %Escaped(name), rows = summary.rejected_rows,
+            "Rows rejected; see rejected/{}.errors.txt", Escaped(base));
     }
     for (rule, n) in &outcome.suppressed {
-        tracing::info!(feed = %feed.name, file = %name, rule = %rule, matches = n, "Matches held back by cooldown");
+        tracing::info!(feed = %feed.name, file = %Escaped(name), rule = %rule, matches = n, "Matches held back by cooldown");
     }
     for alert in &outcome.alerts {
-        tracing::info!(alert = %alert.id, rule = %alert.rule_id, district = alert.district.as_deref().unwrap_or("-"),
+        tracing::info!(alert = %alert.id, rule = %alert.rule_id, district = %Escaped(alert.district.as_deref().unwrap_or("-")),
             severity = %alert.severity, events = alert.event_count, review = alert.status.is_review(), "Alert raised");
     }
     summary.alerts = outcome.alerts.iter().map(|a| a.id.clone()).collect();
     summary.alert_rules = outcome.alerts.iter().map(|a| a.rule_id.clone()).collect();
     summary.rejected_as = rejected_as;
     summary.unrouted = unrouted;
-    finish_file(feed, path, &name)?;
+    incoming.finish()?;
     Ok(Disposition::Processed(summary))
 }
 
@@ -377,216 +625,55 @@ pub fn render_with_fallback(
     }
 }
 
-/// Reads a file that must still be a regular file once opened (it may have
-/// been swapped for a link or a pipe since it was inspected).
-fn read_regular_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "it is a symbolic link; feeds read only regular files and never follow links",
-                )
-            } else {
-                e
-            }
+impl Incoming<'_> {
+    /// Sets a file that cannot be read at all aside in `rejected/`, with the
+    /// reason beside it: reason written, then recorded, then moved, so the
+    /// file leaves the folder only once its fate is on record.
+    fn reject_whole(&self, store: &mut Store, reason: &str) -> Result<Disposition, IntakeError> {
+        let feed = self.feed;
+        tracing::warn!(feed = %feed.name, file = %Escaped(self.name), reason = %Escaped(reason), "Rejected file");
+        let base = self
+            .folders
+            .free_rejected_base(&safe_base_name(self.file_name));
+        self.folders
+            .write_rejected(
+                &with_suffix(&base, ".errors.txt"),
+                format!("{}: {reason}\n", crate::display::escape_controls(self.name)).as_bytes(),
+            )
+            .map_err(io_err("cannot write the reason beside", self.path))?;
+        store.record_rejected_file(&FileRecord {
+            feed: feed.name.clone(),
+            name: self.name.to_string(),
+            sha256: String::new(),
+            bytes: 0,
+            encoding: None,
+            outcome: "rejected",
+            reason: Some(reason.to_string()),
+            rows: 0,
+            events: 0,
+            duplicates: 0,
+            rejected_rows: 0,
+            alerts: 0,
+            processed_at: self.now,
         })?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "it is not a regular file",
-        ));
+        self.folders
+            .move_to_rejected(self.file_name, &base)
+            .map_err(io_err("cannot move to rejected/", self.path))?;
+        Ok(Disposition::Rejected(reason.to_string()))
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("it grew past the feed's limit of {max} bytes (max_file_bytes)"),
-        ));
-    }
-    Ok(bytes)
-}
 
-/// Moves a file the pipeline could not read at all to `rejected/`, with the reason beside it.
-fn reject_whole(
-    store: &mut Store,
-    feed: &FeedConfig,
-    path: &Path,
-    name: &str,
-    reason: &str,
-    now: Timestamp,
-) -> Result<Disposition, IntakeError> {
-    tracing::warn!(feed = %feed.name, file = %name, reason = %reason, "Rejected file");
-    let dir = feed.rejected_dir();
-    fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-    let target_name = free_base_name(&dir, name);
-    let target = dir.join(&target_name);
-    write_atomically(
-        &dir.join(format!("{target_name}.errors.txt")),
-        format!("{name}: {reason}\n").as_bytes(),
-    )?;
-    fs::rename(path, &target).map_err(io_err("cannot move to rejected/", path))?;
-    store.record_rejected_file(&FileRecord {
-        feed: feed.name.clone(),
-        name: name.to_string(),
-        sha256: String::new(),
-        bytes: 0,
-        encoding: None,
-        outcome: "rejected",
-        reason: Some(reason.to_string()),
-        rows: 0,
-        events: 0,
-        duplicates: 0,
-        rejected_rows: 0,
-        alerts: 0,
-        processed_at: now,
-    })?;
-    Ok(Disposition::Rejected(reason.to_string()))
-}
-
-/// Writes `rejected/NAME.rows.csv` (the header and the bad rows, verbatim; for JSON lines the
-/// bad lines; for a JSON array an array of the bad elements, each as written) and
-/// `NAME.errors.txt`. The rows file keeps the name SPEC §4 gives it whatever the format, so
-/// one name tells ops where bad rows are; its content is in the feed's own format, so once
-/// fixed it can be dropped again.
-fn write_rejected_rows(
-    feed: &FeedConfig,
-    name: &str,
-    text: &str,
-    format: FeedFormat,
-    encoding: TextEncoding,
-    errors: &[RowError],
-) -> Result<String, IntakeError> {
-    let dir = feed.rejected_dir();
-    fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-    // The file's own line end (LF, CRLF, or CR alone from an old Mac), after its first line.
-    let (first_line_end, line_end) = match text.find(['\r', '\n']) {
-        Some(i) if text[i..].starts_with("\r\n") => (i + 2, "\r\n"),
-        Some(i) => (i + 1, &text[i..i + 1]),
-        None => (text.len(), "\n"),
-    };
-    let mut rows = String::new();
-    match format {
-        FeedFormat::Csv => rows.push_str(&text[..first_line_end]),
-        // An array again, so that once fixed the file can be dropped as it is.
-        FeedFormat::Json => {
-            rows.push('[');
-            rows.push_str(line_end);
-        }
-        FeedFormat::Jsonl => {}
-    }
-    let mut kept = 0;
-    let mut report = String::new();
-    for e in errors {
-        if let Some(span) = &e.span {
-            let slice = text
-                .get(span.start as usize..span.end as usize)
-                .unwrap_or("");
-            if format == FeedFormat::Json {
-                if kept > 0 {
-                    rows.push(',');
-                    rows.push_str(line_end);
-                }
-                rows.push_str(slice);
-            } else {
-                rows.push_str(slice);
-                // The last row of a file may have no line end; the next row must not join it.
-                if !slice.ends_with(['\r', '\n']) {
-                    rows.push_str(line_end);
-                }
-            }
-            kept += 1;
-        }
-        if e.line > 0 {
-            report.push_str(&format!("row {} (line {}): {}\n", e.row, e.line, e.reason));
-        } else {
-            report.push_str(&format!("row {}: {}\n", e.row, e.reason));
+    /// Moves a committed file to `processed/` (or deletes it, per `on_done`).
+    fn finish(&self) -> Result<(), IntakeError> {
+        match self.feed.on_done {
+            OnDone::Delete => self
+                .folders
+                .remove_incoming(self.file_name)
+                .map_err(io_err("cannot delete", self.path)),
+            OnDone::Move => self
+                .folders
+                .move_to_processed(self.file_name, &safe_base_name(self.file_name))
+                .map(|_| ())
+                .map_err(io_err("cannot move to processed/", self.path)),
         }
     }
-    if format == FeedFormat::Json {
-        rows.push_str(line_end);
-        rows.push(']');
-        rows.push_str(line_end);
-    }
-    // Verbatim means in the file's own encoding, so the rows can be fixed and
-    // dropped again with the tool that made them (Excel writes Windows-1252).
-    let row_bytes = match encoding {
-        TextEncoding::Windows1252 => encoding_rs::WINDOWS_1252.encode(&rows).0.into_owned(),
-        _ => rows.into_bytes(),
-    };
-    let base = free_base_name(&dir, name);
-    if kept > 0 {
-        write_atomically(&dir.join(format!("{base}.rows.csv")), &row_bytes)?;
-    }
-    write_atomically(&dir.join(format!("{base}.errors.txt")), report.as_bytes())?;
-    tracing::warn!(feed = %feed.name, file = %name, rows = errors.len(), "Rows rejected; see rejected/{}.errors.txt", base);
-    Ok(base)
-}
-
-/// A name for `rejected/` that none of an earlier file's quarantine uses
-/// (`NAME`, `NAME.rows.csv`, `NAME.errors.txt`): `name`, else `name.1`, `name.2`…
-fn free_base_name(dir: &Path, name: &str) -> String {
-    let taken = |base: &str| {
-        [
-            base.to_string(),
-            format!("{base}.rows.csv"),
-            format!("{base}.errors.txt"),
-        ]
-        .iter()
-        .any(|n| fs::symlink_metadata(dir.join(n)).is_ok())
-    };
-    if !taken(name) {
-        return name.to_string();
-    }
-    (1..)
-        .map(|n| format!("{name}.{n}"))
-        .find(|b| !taken(b))
-        .unwrap_or_else(|| name.to_string())
-}
-
-/// Moves a committed file to `processed/` (or deletes it, per `on_done`).
-fn finish_file(feed: &FeedConfig, path: &Path, name: &str) -> Result<(), IntakeError> {
-    match feed.on_done {
-        OnDone::Delete => fs::remove_file(path).map_err(io_err("cannot delete", path)),
-        OnDone::Move => {
-            let dir = feed.processed_dir();
-            fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-            let target = unique_path(&dir, name);
-            fs::rename(path, &target).map_err(io_err("cannot move to processed/", path))
-        }
-    }
-}
-
-/// `dir/name`, or `dir/name.N` for the first free N when a file of that name is already there.
-fn unique_path(dir: &Path, name: &str) -> PathBuf {
-    let candidate = dir.join(name);
-    if fs::symlink_metadata(&candidate).is_err() {
-        return candidate;
-    }
-    (1..)
-        .map(|n| dir.join(format!("{name}.{n}")))
-        .find(|p| fs::symlink_metadata(p).is_err())
-        .unwrap_or(candidate)
-}
-
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), IntakeError> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(io_err("cannot write", path))
 }

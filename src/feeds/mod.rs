@@ -6,8 +6,10 @@
 //! periodic rescans into "this file may be ready" hints.
 
 pub mod decode;
+pub mod folder;
 pub mod intake;
 pub mod parse;
+pub mod quarantine;
 pub mod watch;
 
 use crate::event::Event;

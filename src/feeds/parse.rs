@@ -29,8 +29,11 @@ pub struct RowError {
     /// 1-based line where the record starts (0 if not known).
     pub line: u64,
     pub reason: String,
-    /// Byte range of the record in the decoded text, for quarantining it verbatim.
+    /// Byte range of the record in the decoded text.
     pub span: Option<Range<u64>>,
+    /// The record as written (decoded text), so the caller can quarantine it
+    /// verbatim as it is found, without keeping the file.
+    pub verbatim: Vec<u8>,
 }
 
 /// One record read from a file.
@@ -187,6 +190,7 @@ fn parse_csv<R: Read>(
         if let Some(mut err) = open_error.take() {
             if let Some(span) = &mut err.span {
                 span.end = tape.with_line_end(after_previous).max(span.start);
+                err.verbatim = tape.text(span.clone()).to_vec();
             }
             on_row(Row::Error(err));
         }
@@ -260,6 +264,7 @@ fn parse_csv<R: Read>(
                             line,
                             reason,
                             span: Some(start..start),
+                            verbatim: Vec::new(),
                         });
                     }
                 }
@@ -272,6 +277,7 @@ fn parse_csv<R: Read>(
                     line,
                     reason: csv_error_reason(&e),
                     span: Some(start..start),
+                    verbatim: Vec::new(),
                 });
             }
         }
@@ -539,6 +545,7 @@ fn parse_jsonl<R: Read>(
                 line: line_no,
                 reason,
                 span: Some(span.clone()),
+                verbatim: buf.clone(),
             })
         };
         match serde_json::from_str::<serde_json::Value>(trimmed) {
@@ -625,6 +632,7 @@ fn parse_json<R: Read>(
                     line,
                     reason,
                     span: span.map(|s| s.start as u64..s.end as u64),
+                    verbatim: text.as_bytes().to_vec(),
                 }));
             }
         }
