@@ -955,6 +955,60 @@ districts = ["Bolton"]
     }
 
     #[test]
+    fn field_names_compare_without_case_spacing_underscores_or_hyphens() {
+        for spelling in [
+            "Post_Code",
+            " post code ",
+            "POSTCODE",
+            "post-code",
+            "post\u{200b}code",
+            "Post\tCode",
+        ] {
+            assert_eq!(field_key(spelling), "postcode", "{spelling:?}");
+        }
+        assert_ne!(field_key("post.code"), "postcode");
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"",
+            "dir = \"in/drug\"\nsensitive = [\"Notes\", \"post code\"]\nfields = [\"Sample_ID\", \"district\"]",
+        );
+        let cfg = Config::parse(Path::new("c.toml"), &text).unwrap();
+        let feed = &cfg.feeds[0];
+        assert_eq!(feed.sensitive_name("notes "), Some("Notes"));
+        assert_eq!(feed.sensitive_name("POST_CODE"), Some("post code"));
+        assert!(!feed.is_sensitive("notes2"));
+        assert!(feed.is_listed("sample id") && feed.is_listed("DISTRICT"));
+        assert!(!feed.is_listed("notes"));
+    }
+
+    #[test]
+    fn a_sensitive_district_field_is_refused() {
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"",
+            "dir = \"in/drug\"\nsensitive = [\"location\"]\ndistrict_field = \"Location\"",
+        );
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            shown,
+            "c.toml:10:18: `Location` is sensitive in feed `drug_testing` (as `location`): the district goes into the subject and the email of every partner, including those without the ISA; route on a field that is not sensitive (a borough, not an address), or set `district_field` to one"
+        );
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"",
+            "dir = \"in/drug\"\nsensitive = [\"District\"]",
+        );
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.starts_with(
+                "c.toml:7:8: `district` is sensitive in feed `drug_testing` (as `District`)"
+            ),
+            "the default district field counts too: {shown}"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));

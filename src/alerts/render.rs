@@ -123,6 +123,13 @@ pub fn field_references(source: &str) -> Vec<FieldReference> {
     ];
     /// Roots whose attributes are the template's own, never a record's fields.
     const OWN_ROOTS: &[&str] = &["rule", "partner", "loop"];
+    /// The context's own variables (SPEC §5), named bare: never a field themselves.
+    /// Those that carry a field's value (`district`, `key`, `group`, a first-seen
+    /// value in `trigger`) are refused where the rule chooses that field.
+    const CONTEXT: &[&str] = &[
+        "rule", "alert_id", "group", "district", "events", "event", "count", "partner", "marking",
+        "draft", "due", "key", "headline", "summary", "trigger", "loop",
+    ];
     let bytes = source.as_bytes();
     let mut found = Vec::new();
     let mut i = 0;
@@ -180,7 +187,7 @@ pub fn field_references(source: &str) -> Vec<FieldReference> {
                 let attribute = prev.1 == ".";
                 let filter_or_test =
                     prev.1 == "|" || prev.1 == "is" || (prev.1 == "not" && prev.0 == "is");
-                let keyword = !attribute && KEYWORDS.contains(&name);
+                let keyword = !attribute && (KEYWORDS.contains(&name) || CONTEXT.contains(&name));
                 if !own_attribute && !filter_or_test && !keyword {
                     found.push(FieldReference {
                         offset: start,
@@ -1153,6 +1160,185 @@ emails = ["c@example.org"]
                 }
             }
         }
+    }
+
+    /// Asserts `secret` is nowhere in a rendered email: subject, Message-ID, both
+    /// bodies and the raw bytes (every header, encoded or not).
+    fn assert_nowhere(mail: &RenderedEmail, secret: &str, case: &str) {
+        let raw = String::from_utf8_lossy(&mail.bytes).to_string();
+        for (part, text) in [
+            ("subject", &mail.subject),
+            ("message id", &mail.message_id),
+            ("text", &mail.text),
+            ("html", &mail.html),
+            ("raw", &raw),
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{case}: the withheld value is in the {part}:\n{text}"
+            );
+        }
+    }
+
+    /// Each way a sensitive value can leave its field (SPEC §5.3), rendered for
+    /// the ISA panel (who sees it) and the charity (who must not, anywhere), with
+    /// templates that print everything they can reach.
+    #[test]
+    fn no_path_carries_a_withheld_value() {
+        const SECRET: &str = "ZZSECRET-12 Market St";
+        let dump = "subject = \"{{ headline }} {{ district }} {{ key }} {{ group | tojson }} {{ trigger | tojson }} {{ event | tojson }}\"\nbody = \"{{ summary }} {{ district }} {{ key }} {{ due }} {{ trigger | tojson }} {{ events | tojson }} {{ group | tojson }}\"";
+        let secret_event = |alert: &mut Alert| {
+            alert.events[0]
+                .fields
+                .insert("notes", FieldValue::Text(SECRET.into()));
+        };
+        let mut cases: Vec<(&str, Config, Rule, Alert)> = Vec::new();
+
+        let config = config();
+        let mut r = rule(&config, dump);
+        r.kind = crate::rules::RuleKind::FirstSeen {
+            field: "notes".into(),
+            known: Default::default(),
+        };
+        let mut a = alert("x", "Bolton");
+        secret_event(&mut a);
+        a.trigger = Trigger::FirstSeen {
+            field: "notes".into(),
+            value: SECRET.into(),
+        };
+        cases.push(("first_seen on a sensitive field", config.clone(), r, a));
+
+        let r = rule(&config, "");
+        for (label, closed) in [("deadline key", false), ("deadline key, closed", true)] {
+            let mut r = r.clone();
+            r.kind = crate::rules::RuleKind::Deadline {
+                key: "Notes".into(),
+                until_feed: "drug_testing".into(),
+                until_when: crate::rules::condition::Condition::Always,
+                within: Duration::from_secs(3600),
+                notify_on_open: r.notify.clone(),
+                notify_on_close: r.notify.clone(),
+            };
+            r.subject = None;
+            let mut a = alert("x", "Bolton");
+            secret_event(&mut a);
+            let due = "2025-11-04T12:30:00Z".parse().unwrap();
+            a.trigger = if closed {
+                Trigger::DeadlineClosed {
+                    key: SECRET.into(),
+                    due,
+                    late: true,
+                }
+            } else {
+                Trigger::DeadlineOpened {
+                    key: SECRET.into(),
+                    due,
+                    closed: false,
+                }
+            };
+            cases.push((label, config.clone(), r.clone(), a.clone()));
+            let mut dumped = rule(&config, dump);
+            dumped.kind = r.kind.clone();
+            cases.push((label, config.clone(), dumped, a));
+        }
+
+        let mut district_config = config.clone();
+        district_config.feeds[0].district_field = "notes".into();
+        let mut a = alert(SECRET, SECRET);
+        a.district = Some(SECRET.into());
+        a.events[0].fields.remove("district");
+        cases.push((
+            "a sensitive district_field",
+            district_config.clone(),
+            rule(&district_config, dump),
+            a.clone(),
+        ));
+        cases.push((
+            "a sensitive district_field, default templates",
+            district_config.clone(),
+            rule(&district_config, ""),
+            a,
+        ));
+
+        let mut a = alert("x", "Bolton");
+        secret_event(&mut a);
+        a.group = BTreeMap::from([("NOTES".to_string(), SECRET.to_string())]);
+        cases.push((
+            "group_by a sensitive field",
+            config.clone(),
+            rule(&config, &format!("group_by = [\"NOTES\"]\n{dump}")),
+            a,
+        ));
+
+        let mut a = alert("x", "Bolton");
+        for column in ["Notes ", "NO-TES", " notes"] {
+            a.events[0]
+                .fields
+                .insert(column, FieldValue::Text(SECRET.into()));
+        }
+        cases.push((
+            "columns spelled otherwise",
+            config.clone(),
+            rule(
+                &config,
+                "subject = \"{{ event['Notes '] }} {{ event['NO-TES'] }} {{ event | tojson }}\"",
+            ),
+            a,
+        ));
+
+        for (case, config, rule, alert) in cases {
+            let mails = emails(&config, &rule, &alert);
+            assert_eq!(mails.len(), 2, "{case}");
+            let (panel, charity) = (&mails[0], &mails[1]);
+            assert_eq!(charity.to, ["c@example.org"]);
+            assert!(
+                panel.text.contains(SECRET) || panel.subject.contains(SECRET),
+                "{case}: the ISA partner sees it:\n{}",
+                panel.text
+            );
+            assert_nowhere(charity, SECRET, case);
+            assert!(
+                charity.text.contains("Withheld: notes"),
+                "{case}: the email says what was withheld:\n{}",
+                charity.text
+            );
+            assert!(charity.html.contains("Withheld: notes"), "{case}");
+        }
+    }
+
+    #[test]
+    fn template_field_references_are_found_where_fields_can_be_read() {
+        let names =
+            |t: &str| -> Vec<String> { field_references(t).into_iter().map(|r| r.name).collect() };
+        assert_eq!(
+            names("{{ rule.name }} in {{ group.district }}"),
+            ["district"]
+        );
+        assert_eq!(
+            names("{{ event[\"Notes\"] }} {{ events[0].notes }} {{ event.get('post code') }}"),
+            ["Notes", "notes", "get", "post code"]
+        );
+        assert_eq!(
+            names("{% for e in events %}{{ e.notes | upper }}{% endfor %}"),
+            ["e", "e", "notes"]
+        );
+        assert_eq!(
+            names("{{ events | map(attribute=\"location\") | join(\", \") }}"),
+            ["attribute", "location", ", "]
+        );
+        assert_eq!(
+            names("notes outside tags {# {{ event.notes }} #} {{ x is defined }}"),
+            ["x"],
+            "text and comments are not read; test names are not fields"
+        );
+        assert_eq!(
+            names("{{ partner.notes }} {{ loop.index }}"),
+            Vec::<String>::new()
+        );
+        let t = "ab {{ event.Notes }}";
+        let r = field_references(t);
+        assert_eq!(&t[r[0].offset..r[0].offset + 5], "Notes");
+        assert_eq!(names("{{ 'caf\u{e9} \\' x' }}"), ["caf\u{e9} ' x"]);
     }
 
     #[test]

@@ -967,6 +967,63 @@ group_by = ["district"]
     }
 
     #[test]
+    fn sensitive_fields_are_refused_where_every_partner_would_see_them() {
+        let config = Config::parse(
+            Path::new("/x/earlywarn.toml"),
+            "[mail]\ntransport = \"file\"\n[[feed]]\nname = \"drug_testing\"\ndir = \"in\"\nsensitive = [\"notes\"]\n[[feed]]\nname = \"incidents\"\ndir = \"inc\"\nsensitive = [\"Location\", \"subject_key\"]\n[[partner]]\nid = \"p\"\nemails = [\"p@example.org\"]\n",
+        )
+        .unwrap();
+        let load = |rule: &str| {
+            RuleSet::from_sources(
+                &config,
+                &[(
+                    PathBuf::from("r.toml"),
+                    format!("[[rule]]\nid = \"x\"\nnotify = [\"p\"]\n{rule}"),
+                )],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let cases = [
+            (
+                "feed = \"drug_testing\"\ngroup_by = [\"district\", \"Notes\"]",
+                "r.toml:5:25: `Notes` is sensitive in feed `drug_testing`: a `group_by` value",
+            ),
+            (
+                "feed = \"drug_testing\"\nkind = \"first_seen\"\nfield = \"notes\"",
+                "r.toml:6:9: `notes` is sensitive in feed `drug_testing`: a first_seen rule",
+            ),
+            (
+                "feed = \"incidents\"\nkind = \"deadline\"\nkey = \"location\"\nuntil = { feed = \"incidents\" }\nwithin = \"1h\"",
+                "r.toml:6:7: `location` is sensitive in feed `incidents`: a deadline's key",
+            ),
+            (
+                "feed = \"drug_testing\"\nkind = \"deadline\"\nkey = \"subject_key\"\nuntil = { feed = \"incidents\" }\nwithin = \"1h\"",
+                "r.toml:6:7: `subject_key` is sensitive in feed `incidents`: a deadline's key",
+            ),
+            (
+                "feed = \"drug_testing\"\nsubject = \"{{ rule.name }}: {{ events[0]['NOTES'] }}\"",
+                "r.toml:5:43: `NOTES` is sensitive in feed `drug_testing`: a value in the subject",
+            ),
+            (
+                "feed = \"drug_testing\"\nsubject = '{% for e in events %}{{ e.no_tes }}{% endfor %}'",
+                "r.toml:5:38: `no_tes` is sensitive in feed `drug_testing`: a value in the subject",
+            ),
+        ];
+        for (rule, expected) in cases {
+            let err = load(rule).unwrap_err();
+            assert!(err.starts_with(expected), "{rule}:\n{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        for fine in [
+            "feed = \"drug_testing\"\nbody = \"{{ event.notes }}\"\nsubject = \"{{ rule.name }} in {{ district }}\"",
+            "feed = \"drug_testing\"\nsubject = \"{{ partner.notes }} {{ event.notes2 }}\"",
+        ] {
+            assert_eq!(load(fine), Ok(()), "{fine}");
+        }
+    }
+
+    #[test]
     fn one_bad_rule_refuses_the_whole_set() {
         let err = load(
             "[[rule]]\nid = \"good\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\n\n[[rule]]\nid = \"bad\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\nseverity = \"urgent\"\n",
