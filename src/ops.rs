@@ -5,6 +5,9 @@
 //! happen into an [`OpsNotifier`]. The daemon collects them at most once per
 //! `ops_interval` into one email through the same outbox as every alert, so a
 //! flood of bad files is one email, not hundreds. Building that email is pure.
+//!
+//! Ops partners are partners: text that may quote a file's contents
+//! ([`Problem::quoted`]) reaches only those with the ISA (SPEC §5.3).
 
 use crate::alerts::render::{RenderedEmail, render};
 use crate::alerts::{Alert, AlertStatus, Audience, Delivery, Trigger};
