@@ -119,10 +119,16 @@ pub struct FeedConfig {
     pub time_format: Option<String>,
     /// Field name → separator.
     pub list_fields: BTreeMap<String, String>,
+    /// Sensitive field names as written in the config (what "Withheld:" names).
     pub sensitive: Vec<String>,
+    /// `sensitive` as [`field_key`]s, in the same order: what redaction compares,
+    /// so `Notes` or `"notes "` in a file is the `notes` of the config.
+    pub sensitive_keys: Vec<String>,
     pub district_field: String,
     /// Declared columns, if any: rules naming other fields are refused.
     pub fields: Option<Vec<String>>,
+    /// `fields` as [`field_key`]s: a column whose key is not here is never put in an email.
+    pub field_keys: Option<HashSet<String>>,
     pub on_done: OnDone,
     pub max_file_bytes: u64,
     /// CSV field delimiter; `None` means sniff `,` `;` or tab from the header.
@@ -136,9 +142,47 @@ impl FeedConfig {
     pub fn rejected_dir(&self) -> PathBuf {
         self.dir.join("rejected")
     }
+    /// Whether a column (or a rule's field name) is one of the feed's sensitive fields,
+    /// whatever its case, spacing, `_` or `-`.
     pub fn is_sensitive(&self, field: &str) -> bool {
-        self.sensitive.iter().any(|s| s == field)
+        self.sensitive_name(field).is_some()
     }
+
+    /// The sensitive field, as the config names it, that `field` is a spelling of.
+    pub fn sensitive_name(&self, field: &str) -> Option<&str> {
+        let key = field_key(field);
+        self.sensitive_keys
+            .iter()
+            .position(|k| *k == key)
+            .map(|i| self.sensitive[i].as_str())
+    }
+
+    /// Whether a column may appear in an email: always, unless the feed lists its
+    /// `fields` and this column is not among them (SPEC §3).
+    pub fn is_listed(&self, field: &str) -> bool {
+        self.field_keys
+            .as_ref()
+            .is_none_or(|keys| keys.contains(&field_key(field)))
+    }
+}
+
+/// A field name as redaction compares it: lowercase, ignoring whitespace, `_`, `-`
+/// and invisible characters, so `Post_Code`, ` post code ` and `POSTCODE` are one name.
+///
+/// Invisible characters count as nothing because a name with a zero-width space
+/// looks like the sensitive name to the person who reads the file.
+pub fn field_key(name: &str) -> String {
+    name.chars()
+        .filter(|c| {
+            !(c.is_whitespace()
+                || c.is_control()
+                || matches!(
+                    c,
+                    '_' | '-' | '\u{00AD}' | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}'
+                ))
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 #[derive(
@@ -509,6 +553,31 @@ impl Config {
                 }
             }
             let fields = f.fields.clone();
+            let sensitive = f.sensitive.unwrap_or_default();
+            let district_field = f
+                .district_field
+                .as_ref()
+                .map(|d| d.get_ref().clone())
+                .unwrap_or_else(|| "district".into());
+            // The district is shown and routed on for every partner: it cannot be withheld.
+            if let Some(written) = sensitive
+                .iter()
+                .find(|s| field_key(s) == field_key(&district_field))
+            {
+                let span = f
+                    .district_field
+                    .as_ref()
+                    .map(|d| d.span())
+                    .unwrap_or(f.name.span());
+                let spelt = if *written == district_field {
+                    String::new()
+                } else {
+                    format!(" (as `{written}`)")
+                };
+                errors.push(at(span, format!(
+                    "`{district_field}` is sensitive in feed `{name}`{spelt}: the district goes into the subject and the email of every partner, including those without the ISA; route on a field that is not sensitive (a borough, not an address), or set `district_field` to one"
+                )));
+            }
             if let Some(cols) = &fields {
                 for (label, field) in [("id_field", &f.id_field), ("time_field", &f.time_field)] {
                     if let Some(v) = field
@@ -529,8 +598,12 @@ impl Config {
                 time_field: f.time_field,
                 time_format: f.time_format.map(|s| s.into_inner()),
                 list_fields: f.list_fields.unwrap_or_default(),
-                sensitive: f.sensitive.unwrap_or_default(),
-                district_field: f.district_field.unwrap_or_else(|| "district".into()),
+                sensitive_keys: sensitive.iter().map(|s| field_key(s)).collect(),
+                sensitive,
+                district_field,
+                field_keys: fields
+                    .as_ref()
+                    .map(|cols| cols.iter().map(|c| field_key(c)).collect()),
                 fields,
                 on_done,
                 max_file_bytes: f.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
@@ -765,7 +838,7 @@ struct RawFeed {
     time_format: Option<Spanned<String>>,
     list_fields: Option<BTreeMap<String, String>>,
     sensitive: Option<Vec<String>>,
-    district_field: Option<String>,
+    district_field: Option<Spanned<String>>,
     fields: Option<Vec<String>>,
     on_done: Option<Spanned<String>>,
     max_file_bytes: Option<u64>,
@@ -879,6 +952,60 @@ districts = ["Bolton"]
             .unwrap_err()
             .to_string();
         assert!(shown.contains("never written in the config"), "{shown}");
+    }
+
+    #[test]
+    fn field_names_compare_without_case_spacing_underscores_or_hyphens() {
+        for spelling in [
+            "Post_Code",
+            " post code ",
+            "POSTCODE",
+            "post-code",
+            "post\u{200b}code",
+            "Post\tCode",
+        ] {
+            assert_eq!(field_key(spelling), "postcode", "{spelling:?}");
+        }
+        assert_ne!(field_key("post.code"), "postcode");
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"",
+            "dir = \"in/drug\"\nsensitive = [\"Notes\", \"post code\"]\nfields = [\"Sample_ID\", \"district\"]",
+        );
+        let cfg = Config::parse(Path::new("c.toml"), &text).unwrap();
+        let feed = &cfg.feeds[0];
+        assert_eq!(feed.sensitive_name("notes "), Some("Notes"));
+        assert_eq!(feed.sensitive_name("POST_CODE"), Some("post code"));
+        assert!(!feed.is_sensitive("notes2"));
+        assert!(feed.is_listed("sample id") && feed.is_listed("DISTRICT"));
+        assert!(!feed.is_listed("notes"));
+    }
+
+    #[test]
+    fn a_sensitive_district_field_is_refused() {
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"",
+            "dir = \"in/drug\"\nsensitive = [\"location\"]\ndistrict_field = \"Location\"",
+        );
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            shown,
+            "c.toml:10:18: `Location` is sensitive in feed `drug_testing` (as `location`): the district goes into the subject and the email of every partner, including those without the ISA; route on a field that is not sensitive (a borough, not an address), or set `district_field` to one"
+        );
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"",
+            "dir = \"in/drug\"\nsensitive = [\"District\"]",
+        );
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.starts_with(
+                "c.toml:7:8: `district` is sensitive in feed `drug_testing` (as `District`)"
+            ),
+            "the default district field counts too: {shown}"
+        );
     }
 
     #[test]

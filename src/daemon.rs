@@ -758,9 +758,11 @@ impl Intake<'_> {
             }
             Ok(Disposition::Rejected(reason)) => {
                 self.metrics.file(&feed.name, "rejected", 0, 0);
-                self.ops.report(
+                // The reason may quote the file (its "header"): withheld from ops without the ISA.
+                self.ops.report_quoting(
                     ProblemKind::FileRejected,
-                    format!("{}/{file}: {reason}", feed.name),
+                    format!("{}/{file}", feed.name),
+                    reason,
                     Timestamp::now(),
                 );
             }

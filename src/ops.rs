@@ -5,6 +5,9 @@
 //! happen into an [`OpsNotifier`]. The daemon collects them at most once per
 //! `ops_interval` into one email through the same outbox as every alert, so a
 //! flood of bad files is one email, not hundreds. Building that email is pure.
+//!
+//! Ops partners are partners: text that may quote a file's contents
+//! ([`Problem::quoted`]) reaches only those with the ISA (SPEC §5.3).
 
 use crate::alerts::render::{RenderedEmail, render};
 use crate::alerts::{Alert, AlertStatus, Audience, Delivery, Trigger};
@@ -54,9 +57,17 @@ impl ProblemKind {
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub kind: ProblemKind,
+    /// What happened and where: the daemon's own words, file and feed names.
     pub detail: String,
+    /// Text that may quote a file's contents (a rejected file's reason can show its
+    /// header line, which in a file without one is its first record): withheld
+    /// from ops partners without the ISA, like any record's sensitive fields.
+    pub quoted: Option<String>,
     pub at: Timestamp,
 }
+
+/// The field of a self-alert record that holds [`Problem::quoted`].
+const QUOTED_FIELD: &str = "from the file";
 
 /// At most this many problems are listed in one email; the rest are counted.
 const MAX_LISTED: usize = 50;
@@ -77,11 +88,27 @@ pub struct OpsNotifier {
 
 impl OpsNotifier {
     pub fn report(&self, kind: ProblemKind, detail: impl Into<String>, at: Timestamp) {
+        self.push(kind, detail.into(), None, at);
+    }
+
+    /// Reports a problem whose `quoted` part may hold a file's contents (see [`Problem::quoted`]).
+    pub fn report_quoting(
+        &self,
+        kind: ProblemKind,
+        detail: impl Into<String>,
+        quoted: impl Into<String>,
+        at: Timestamp,
+    ) {
+        self.push(kind, detail.into(), Some(quoted.into()), at);
+    }
+
+    fn push(&self, kind: ProblemKind, detail: String, quoted: Option<String>, at: Timestamp) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.problems.len() < MAX_LISTED {
             s.problems.push(Problem {
                 kind,
-                detail: detail.into(),
+                detail,
+                quoted,
                 at,
             });
         } else {
@@ -148,10 +175,16 @@ pub fn build(
             feed: "earlywarn".into(),
             record_id: None,
             time: p.at,
-            fields: crate::event::Fields::from([
-                ("problem", Value::Text(p.kind.describe().into())),
-                ("detail", Value::Text(p.detail.as_str().into())),
-            ]),
+            fields: {
+                let mut fields = crate::event::Fields::from([
+                    ("problem", Value::Text(p.kind.describe().into())),
+                    ("detail", Value::Text(p.detail.as_str().into())),
+                ]);
+                if let Some(quoted) = &p.quoted {
+                    fields.insert(QUOTED_FIELD, Value::Text(quoted.as_str().into()));
+                }
+                fields
+            },
         })
         .collect();
     let mut h = Sha256::new();
@@ -181,14 +214,26 @@ pub fn build(
         let Some(partner) = config.partner(id) else {
             continue;
         };
-        // Operational detail, not partner data: every ops partner sees it all.
+        // The daemon's own words go to every ops partner; what a file said only
+        // to those with the ISA, as a record's sensitive fields would.
+        let mut withheld = std::collections::BTreeSet::new();
+        let mut events = events.clone();
+        if !partner.isa {
+            for e in &mut events {
+                if e.fields.remove(QUOTED_FIELD).is_some() {
+                    withheld.insert(QUOTED_FIELD.to_string());
+                }
+            }
+        }
         let delivery = Delivery {
             partner,
             audience: Audience::Notify,
-            events: events.clone(),
+            events,
             count: alert.event_count,
-            withheld: Default::default(),
+            withheld,
             group: BTreeMap::new(),
+            district: None,
+            trigger: Trigger::Match,
         };
         if let Ok(email) = render(&alert, &rule, &delivery, config) {
             emails.push((partner.id.clone(), email));
@@ -240,6 +285,7 @@ mod tests {
         let problems = [Problem {
             kind: ProblemKind::ReloadRefused,
             detail: "rules/x.toml:3:8: unknown feed".into(),
+            quoted: None,
             at: Timestamp::UNIX_EPOCH,
         }];
         let (alert, emails) = build(&config, &problems, 0, Timestamp::UNIX_EPOCH).unwrap();
@@ -251,5 +297,40 @@ mod tests {
         );
         assert!(emails[0].1.text.contains("rules/x.toml:3:8: unknown feed"));
         assert!(emails[0].1.subject.contains("earlywarn needs attention"));
+    }
+
+    /// A file without a header line: its first record is echoed as the "header"
+    /// in the rejection reason. Ops partners without the ISA must not get it.
+    #[test]
+    fn what_a_file_said_reaches_only_ops_partners_with_the_isa() {
+        let config = Config::parse(
+            Path::new("/x/c.toml"),
+            "[daemon]\nops = [\"ops\", \"it\"]\n[mail]\ntransport = \"file\"\n[[feed]]\nname = \"f\"\ndir = \"in\"\n[[partner]]\nid = \"ops\"\nemails = [\"ops@example.org\"]\nisa = true\n[[partner]]\nid = \"it\"\nemails = [\"it@example.org\"]\n",
+        )
+        .unwrap();
+        let problems = [Problem {
+            kind: ProblemKind::FileRejected,
+            detail: "f/headerless.csv".into(),
+            quoted: Some(
+                "the header has no `sample_id` column: S1 | Bolton | 12 Market St ZZSECRET".into(),
+            ),
+            at: Timestamp::UNIX_EPOCH,
+        }];
+        let (_, emails) = build(&config, &problems, 0, Timestamp::UNIX_EPOCH).unwrap();
+        let by_partner: BTreeMap<&str, &RenderedEmail> =
+            emails.iter().map(|(p, e)| (p.as_str(), e)).collect();
+        let ops = by_partner["ops"];
+        assert!(ops.text.contains("ZZSECRET"), "{}", ops.text);
+        let it = by_partner["it"];
+        let raw = String::from_utf8_lossy(&it.bytes);
+        for (part, text) in [
+            ("text", &it.text),
+            ("html", &it.html),
+            ("raw", &raw.to_string()),
+        ] {
+            assert!(!text.contains("ZZSECRET"), "{part}:\n{text}");
+        }
+        assert!(it.text.contains("f/headerless.csv"), "{}", it.text);
+        assert!(it.text.contains("Withheld: from the file"), "{}", it.text);
     }
 }

@@ -4,7 +4,11 @@
 //! an alert when its severity floor allows it and it covers the district of at
 //! least one of the alert's records; it then sees only the records of its
 //! districts, and, without the Information Sharing Agreement, none of the
-//! feed's sensitive fields. [`render`] turns one such delivery into an email.
+//! feed's sensitive fields (SPEC §5.3: matched whatever their case, spacing, `_`
+//! or `-`), nor any value taken from one: a group value, the district, a
+//! first-seen value or a deadline key. Columns a feed does not list in `fields`
+//! reach nobody. [`render`] turns one such delivery into an email and reads
+//! only the delivery, never the alert's own values.
 
 pub mod render;
 
@@ -143,7 +147,11 @@ pub enum Audience {
     Review,
 }
 
-/// One partner's view of an alert.
+/// One partner's view of an alert: everything its email is rendered from.
+///
+/// Redaction happens here, before rendering, so no template or fixed section can
+/// reach a value the partner may not see: the renderer reads `events`, `group`,
+/// `district` and `trigger` from this view, never from the [`Alert`].
 #[derive(Debug, Clone)]
 pub struct Delivery<'a> {
     pub partner: &'a Partner,
@@ -154,11 +162,15 @@ pub struct Delivery<'a> {
     pub count: u64,
     /// Names of the fields removed from this partner's view.
     pub withheld: BTreeSet<String>,
-    /// The alert's group values, with sensitive ones replaced.
+    /// The alert's group values, with withheld ones replaced by [`WITHHELD`].
     pub group: BTreeMap<String, String>,
+    /// The alert's district, or [`WITHHELD`] when it comes from a withheld field.
+    pub district: Option<String>,
+    /// What made the rule fire, with a withheld key or value replaced by [`WITHHELD`].
+    pub trigger: Trigger,
 }
 
-/// The text that replaces a withheld group value (e.g. a location in a subject).
+/// The text that replaces a withheld value (e.g. a location in a subject).
 pub const WITHHELD: &str = "[withheld]";
 
 /// The audience an alert goes to first: reviewers for a reviewed alert, else its partners.
@@ -199,9 +211,6 @@ pub fn route<'a>(
 ) -> Vec<Delivery<'a>> {
     let ids = audience_ids(alert, rule, audience);
     let feed = config.feed(&rule.feed);
-    let district_field = feed
-        .map(|f| f.district_field.as_str())
-        .unwrap_or("district");
     let mut deliveries = Vec::new();
     let mut seen = BTreeSet::new();
     for id in ids {
@@ -215,10 +224,19 @@ pub fn route<'a>(
         if audience == Audience::Notify && alert.severity < partner.min_severity {
             continue;
         }
+        // Each record is routed by its own feed's district field: a deadline's
+        // closing record may come from another feed.
         let visible: Vec<&Event> = alert
             .events
             .iter()
-            .filter(|e| partner.covers(e.get(district_field).map(|v| v.to_string()).as_deref()))
+            .filter(|e| {
+                let field = config
+                    .feed(&e.feed)
+                    .or(feed)
+                    .map(|f| f.district_field.as_str())
+                    .unwrap_or("district");
+                partner.covers(e.get(field).map(|v| v.to_string()).as_deref())
+            })
             .collect();
         // An alert about no record (a silent feed) goes to everyone listed;
         // one about records only to those who cover at least one of them.
@@ -230,22 +248,29 @@ pub fn route<'a>(
         } else {
             visible.len() as u64
         };
-        let (events, withheld) = redact(visible, feed, partner);
+        let mut withheld = BTreeSet::new();
+        let events = visible
+            .into_iter()
+            .map(|e| redact_event(e, config, partner, &mut withheld))
+            .collect();
+        let mut hide = |field: &str| hidden(feed, field, partner, &mut withheld);
         let group = alert
             .group
             .iter()
             .map(|(k, v)| {
-                let hidden = !partner.isa && feed.is_some_and(|f| f.is_sensitive(k));
-                (
-                    k.clone(),
-                    if hidden {
-                        WITHHELD.to_string()
-                    } else {
-                        v.clone()
-                    },
-                )
+                let v = if hide(k) {
+                    WITHHELD.to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
             })
             .collect();
+        let district = match (&alert.district, feed) {
+            (Some(_), Some(f)) if hide(&f.district_field) => Some(WITHHELD.to_string()),
+            (district, _) => district.clone(),
+        };
+        let trigger = redact_trigger(&alert.trigger, rule, config, partner, &mut withheld);
         deliveries.push(Delivery {
             partner,
             audience,
@@ -253,38 +278,112 @@ pub fn route<'a>(
             count,
             withheld,
             group,
+            district,
+            trigger,
         });
     }
     deliveries
 }
 
-/// Removes the feed's sensitive fields from events for a partner without the ISA.
-fn redact(
-    events: Vec<&Event>,
+/// Whether `field` of `feed` is kept from `partner`: a sensitive field without the
+/// ISA (recorded in `withheld`), or a column the feed does not list (kept from everyone).
+/// A feed no longer in the config is unknown ground: withheld from a partner without the ISA.
+fn hidden(
     feed: Option<&FeedConfig>,
+    field: &str,
     partner: &Partner,
-) -> (Vec<Event>, BTreeSet<String>) {
-    let mut withheld = BTreeSet::new();
-    let events = events
-        .into_iter()
-        .map(|e| {
-            let mut e = e.clone();
-            if !partner.isa
-                && let Some(feed) = feed
-            {
-                for field in &feed.sensitive {
-                    if e.fields
-                        .remove(field.as_str())
-                        .is_some_and(|v| !v.is_empty())
-                    {
-                        withheld.insert(field.clone());
-                    }
-                }
-            }
-            e
+    withheld: &mut BTreeSet<String>,
+) -> bool {
+    let Some(feed) = feed else {
+        if !partner.isa {
+            withheld.insert(field.to_string());
+        }
+        return !partner.isa;
+    };
+    if !partner.isa
+        && let Some(name) = feed.sensitive_name(field)
+    {
+        withheld.insert(name.to_string());
+        return true;
+    }
+    !feed.is_listed(field)
+}
+
+/// One record as `partner` may see it: without its feed's sensitive fields (for a
+/// partner without the ISA) and without columns the feed does not list.
+fn redact_event(
+    event: &Event,
+    config: &Config,
+    partner: &Partner,
+    withheld: &mut BTreeSet<String>,
+) -> Event {
+    let feed = config.feed(&event.feed);
+    let mut event = event.clone();
+    let mut found = BTreeSet::new();
+    let drop: Vec<String> = event
+        .fields
+        .iter()
+        .filter(|(name, value)| {
+            // Only a field that held something is reported as withheld.
+            let sink = if value.is_empty() {
+                &mut found
+            } else {
+                &mut *withheld
+            };
+            hidden(feed, name, partner, sink)
         })
+        .map(|(name, _)| name.to_string())
         .collect();
-    (events, withheld)
+    for name in drop {
+        event.fields.remove(&name);
+    }
+    event
+}
+
+/// The trigger as `partner` may see it: a first-seen value or a deadline key that
+/// comes from a withheld field is replaced by [`WITHHELD`].
+fn redact_trigger(
+    trigger: &Trigger,
+    rule: &Rule,
+    config: &Config,
+    partner: &Partner,
+    withheld: &mut BTreeSet<String>,
+) -> Trigger {
+    use crate::rules::RuleKind;
+    let feed = config.feed(&rule.feed);
+    let mut trigger = trigger.clone();
+    match &mut trigger {
+        Trigger::FirstSeen { field, value } => {
+            if hidden(feed, field, partner, withheld) {
+                *value = WITHHELD.to_string();
+            }
+        }
+        Trigger::DeadlineOpened { key, .. }
+        | Trigger::DeadlineOverdue { key, .. }
+        | Trigger::DeadlineClosed { key, .. } => {
+            // The key is one value in both feeds: hidden if either feed hides it.
+            let hide = match &rule.kind {
+                RuleKind::Deadline {
+                    key: key_field,
+                    until_feed,
+                    ..
+                } => {
+                    let in_rule_feed = hidden(feed, key_field, partner, withheld);
+                    hidden(config.feed(until_feed), key_field, partner, withheld) || in_rule_feed
+                }
+                // A deadline notice of a rule that is no longer a deadline: its key's field is unknown.
+                _ => !partner.isa,
+            };
+            if hide {
+                *key = WITHHELD.to_string();
+            }
+        }
+        Trigger::Match
+        | Trigger::Threshold { .. }
+        | Trigger::Rate { .. }
+        | Trigger::Silence { .. } => {}
+    }
+    trigger
 }
 
 /// The district all events share (compared without case), if any.
@@ -394,10 +493,186 @@ min_severity = "critical"
         assert!(!d[1].events[0].fields.contains_key("notes"));
         assert_eq!(
             d[1].withheld,
-            BTreeSet::from(["notes".to_string()]),
-            "empty fields are not reported as withheld"
+            BTreeSet::from(["location".to_string(), "notes".to_string()]),
+            "the location is withheld from the group; its empty field is not what says so"
         );
         assert_eq!(d[1].group["location"], WITHHELD);
+    }
+
+    fn with_fields(pairs: &[(&str, &str)], feed: &str) -> Event {
+        let mut fields = crate::event::Fields::default();
+        for (k, v) in pairs {
+            fields.insert(*k, Value::Text((*v).into()));
+        }
+        Event {
+            feed: feed.into(),
+            record_id: Some("S1".into()),
+            time: Timestamp::UNIX_EPOCH,
+            fields,
+        }
+    }
+
+    fn field_names(e: &Event) -> Vec<String> {
+        e.fields.iter().map(|(k, _)| k.to_string()).collect()
+    }
+
+    #[test]
+    fn sensitive_names_match_columns_whatever_their_spelling() {
+        let config = config();
+        let rule = rule(&config);
+        let e = with_fields(
+            &[
+                ("district", "Bolton"),
+                ("Notes", "a"),
+                ("notes ", "b"),
+                (" NOTES", "c"),
+                ("no-tes", "d"),
+                ("LOCA_TION", "e"),
+                ("no\u{200b}tes", "f"),
+                ("notes2", "kept"),
+            ],
+            "drug_testing",
+        );
+        let d = route(
+            &alert(vec![e], Severity::Warning),
+            &rule,
+            &config,
+            Audience::Notify,
+        );
+        let bolton = d.iter().find(|d| d.partner.id == "bolton").unwrap();
+        assert_eq!(field_names(&bolton.events[0]), ["district", "notes2"]);
+        assert_eq!(
+            bolton.withheld,
+            BTreeSet::from(["location".to_string(), "notes".to_string()]),
+            "named as the config names them"
+        );
+        let panel = d.iter().find(|d| d.partner.id == "panel").unwrap();
+        assert_eq!(panel.events[0].fields.len(), 8, "the ISA sees every column");
+        assert!(panel.withheld.is_empty());
+    }
+
+    #[test]
+    fn columns_a_feed_does_not_list_reach_nobody() {
+        let config = Config::parse(
+            Path::new("/x/c.toml"),
+            "[mail]\ntransport = \"file\"\n[[feed]]\nname = \"drug_testing\"\ndir = \"in\"\nfields = [\"district\", \"Sample_ID\"]\n[[partner]]\nid = \"panel\"\nemails = [\"p@example.org\"]\nisa = true\n",
+        )
+        .unwrap();
+        let rule = RuleSet::from_sources(
+            &config,
+            &[(
+                PathBuf::from("r.toml"),
+                "[[rule]]\nid = \"r\"\nfeed = \"drug_testing\"\nnotify = [\"panel\"]\n".into(),
+            )],
+        )
+        .unwrap()
+        .rules
+        .remove(0);
+        let e = with_fields(
+            &[("district", "Bolton"), ("sample id", "S1"), ("extra", "ZZ")],
+            "drug_testing",
+        );
+        let mut a = alert(vec![e], Severity::Warning);
+        a.group = BTreeMap::from([("extra".to_string(), "ZZ".to_string())]);
+        let d = route(&a, &rule, &config, Audience::Notify);
+        assert_eq!(field_names(&d[0].events[0]), ["district", "sample id"]);
+        assert_eq!(d[0].group["extra"], WITHHELD);
+        assert!(
+            d[0].withheld.is_empty(),
+            "not withheld for the ISA: never sent at all"
+        );
+    }
+
+    /// Values that come from a sensitive field outside the records themselves: the
+    /// district, a first-seen value, a deadline key (of either feed of the deadline).
+    #[test]
+    fn values_taken_from_sensitive_fields_are_withheld_too() {
+        let mut config = config();
+        config.feeds[0].district_field = "location".into();
+        let set = RuleSet::from_sources(
+            &config,
+            &[(
+                PathBuf::from("r.toml"),
+                "[[rule]]\nid = \"new\"\nfeed = \"drug_testing\"\nkind = \"first_seen\"\nfield = \"substance\"\nnotify = [\"panel\", \"bolton\"]\n\n[[rule]]\nid = \"due\"\nfeed = \"drug_testing\"\nkind = \"deadline\"\nkey = \"ref\"\nuntil = { feed = \"drug_testing\" }\nwithin = \"1h\"\nnotify = [\"panel\", \"bolton\"]\n".into(),
+            )],
+        )
+        .unwrap();
+        let (mut first_seen, mut deadline) = (set.rules[0].clone(), set.rules[1].clone());
+        // As if `check` had been bypassed: a sensitive field as the watched field and the key.
+        first_seen.kind = crate::rules::RuleKind::FirstSeen {
+            field: "NOTES".into(),
+            known: Default::default(),
+        };
+        if let crate::rules::RuleKind::Deadline { key, .. } = &mut deadline.kind {
+            *key = "notes".into();
+        }
+        let e = with_fields(&[("location", "Bolton"), ("notes", "ZZ")], "drug_testing");
+        let mut a = alert(vec![e], Severity::Warning);
+        a.district = Some("Bolton".into());
+        a.trigger = Trigger::FirstSeen {
+            field: "NOTES".into(),
+            value: "ZZ".into(),
+        };
+        let d = route(&a, &first_seen, &config, Audience::Notify);
+        let (panel, bolton) = (&d[0], &d[1]);
+        assert_eq!(panel.trigger, a.trigger);
+        assert_eq!(panel.district.as_deref(), Some("Bolton"));
+        assert_eq!(
+            bolton.trigger,
+            Trigger::FirstSeen {
+                field: "NOTES".into(),
+                value: WITHHELD.into()
+            }
+        );
+        assert_eq!(bolton.district.as_deref(), Some(WITHHELD));
+        assert!(bolton.withheld.contains("location") && bolton.withheld.contains("notes"));
+
+        a.trigger = Trigger::DeadlineOverdue {
+            key: "ZZ".into(),
+            due: Timestamp::UNIX_EPOCH,
+        };
+        let d = route(&a, &deadline, &config, Audience::Notify);
+        assert_eq!(d[0].trigger.deadline().unwrap().0, "ZZ");
+        assert_eq!(d[1].trigger.deadline().unwrap().0, WITHHELD);
+    }
+
+    #[test]
+    fn each_record_is_redacted_by_its_own_feed() {
+        let config = Config::parse(
+            Path::new("/x/c.toml"),
+            "[mail]\ntransport = \"file\"\n[[feed]]\nname = \"a\"\ndir = \"a\"\n[[feed]]\nname = \"b\"\ndir = \"b\"\nsensitive = [\"victim\"]\n[[partner]]\nid = \"charity\"\nemails = [\"c@example.org\"]\n",
+        )
+        .unwrap();
+        let rule = RuleSet::from_sources(
+            &config,
+            &[(
+                PathBuf::from("r.toml"),
+                "[[rule]]\nid = \"r\"\nfeed = \"a\"\nnotify = [\"charity\"]\n".into(),
+            )],
+        )
+        .unwrap()
+        .rules
+        .remove(0);
+        let opening = with_fields(&[("victim", "shown: not sensitive in a")], "a");
+        let closing = with_fields(&[("Victim", "ZZ")], "b");
+        let gone = with_fields(&[("anything", "ZZ")], "removed-from-config");
+        let d = route(
+            &alert(vec![opening, closing, gone], Severity::Warning),
+            &rule,
+            &config,
+            Audience::Notify,
+        );
+        let events = &d[0].events;
+        assert_eq!(field_names(&events[0]), ["victim"]);
+        assert!(events[1].fields.is_empty(), "{:?}", events[1]);
+        assert!(
+            events[2].fields.is_empty(),
+            "a feed no longer configured: nothing is known safe"
+        );
+        assert_eq!(
+            d[0].withheld,
+            BTreeSet::from(["anything".to_string(), "victim".to_string()])
+        );
     }
 
     #[test]

@@ -59,6 +59,155 @@ pub fn check_template(source: &str) -> Result<(), TemplateError> {
         })
 }
 
+/// A name in a template that may be a field: an identifier or a string literal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldReference {
+    /// Byte offset of the name in the template source.
+    pub offset: usize,
+    /// The name as written (a string literal without its quotes).
+    pub name: String,
+}
+
+/// Every name in a template's tags (`{{ }}`, `{% %}`) that could read a record's
+/// field: `event.notes`, `event["Notes"]`, `events[0].notes`, `e.notes` in a loop,
+/// `group.notes`, `map(attribute="notes")`. Names that cannot be fields are left
+/// out: attributes of `rule`, `partner` and `loop`, filter and test names, keywords.
+///
+/// A scan of the source, not minijinja's syntax tree (which it keeps private), so it
+/// errs towards reporting: `check` refuses a sensitive field named anywhere in a
+/// subject, and a false alarm costs a rule writer a rename, a miss costs a leak.
+pub fn field_references(source: &str) -> Vec<FieldReference> {
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "not",
+        "in",
+        "is",
+        "if",
+        "else",
+        "elif",
+        "endif",
+        "for",
+        "endfor",
+        "set",
+        "endset",
+        "true",
+        "false",
+        "none",
+        "True",
+        "False",
+        "None",
+        "with",
+        "endwith",
+        "macro",
+        "endmacro",
+        "call",
+        "endcall",
+        "filter",
+        "endfilter",
+        "raw",
+        "endraw",
+        "recursive",
+        "include",
+        "import",
+        "from",
+        "as",
+        "block",
+        "endblock",
+        "extends",
+        "autoescape",
+        "endautoescape",
+        "continue",
+        "break",
+        "do",
+    ];
+    /// Roots whose attributes are the template's own, never a record's fields.
+    const OWN_ROOTS: &[&str] = &["rule", "partner", "loop"];
+    /// The context's own variables (SPEC §5), named bare: never a field themselves.
+    /// Those that carry a field's value (`district`, `key`, `group`, a first-seen
+    /// value in `trigger`) are refused where the rule chooses that field.
+    const CONTEXT: &[&str] = &[
+        "rule", "alert_id", "group", "district", "events", "event", "count", "partner", "marking",
+        "draft", "due", "key", "headline", "summary", "trigger", "loop",
+    ];
+    let bytes = source.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        let open = &bytes[i..i + 2];
+        if open == b"{#" {
+            i = source[i + 2..]
+                .find("#}")
+                .map_or(bytes.len(), |e| i + 2 + e + 2);
+            continue;
+        }
+        let close: &[u8] = match open {
+            b"{{" => b"}}",
+            b"{%" => b"%}",
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        i += 2;
+        // The last two significant tokens, to tell `rule.name` and `x|title` from fields.
+        let mut prev: (String, String) = (String::new(), String::new());
+        let push = |tok: String, prev: &mut (String, String)| {
+            prev.0 = std::mem::take(&mut prev.1);
+            prev.1 = tok;
+        };
+        while i < bytes.len() && !bytes[i..].starts_with(close) {
+            let c = bytes[i];
+            if c == b'"' || c == b'\'' {
+                let start = i + 1;
+                let mut j = start;
+                let mut text = String::new();
+                while j < bytes.len() && bytes[j] != c {
+                    if bytes[j] == b'\\' && j + 1 < bytes.len() {
+                        j += 1;
+                    }
+                    // Whole characters, so a name with accents stays whole.
+                    let ch = source[j..].chars().next().unwrap_or(' ');
+                    text.push(ch);
+                    j += ch.len_utf8();
+                }
+                found.push(FieldReference {
+                    offset: start,
+                    name: text,
+                });
+                push("\"".into(), &mut prev);
+                i = j + 1;
+            } else if c.is_ascii_alphabetic() || c == b'_' {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                let name = &source[start..i];
+                let own_attribute = prev.1 == "." && OWN_ROOTS.contains(&prev.0.as_str());
+                let attribute = prev.1 == ".";
+                let filter_or_test =
+                    prev.1 == "|" || prev.1 == "is" || (prev.1 == "not" && prev.0 == "is");
+                let keyword = !attribute && (KEYWORDS.contains(&name) || CONTEXT.contains(&name));
+                if !own_attribute && !filter_or_test && !keyword {
+                    found.push(FieldReference {
+                        offset: start,
+                        name: name.to_string(),
+                    });
+                }
+                push(name.to_string(), &mut prev);
+            } else {
+                if !c.is_ascii_whitespace() {
+                    push((c as char).to_string(), &mut prev);
+                }
+                // Step over a whole character: the source may hold any text.
+                i += source[i..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        i += close.len();
+    }
+    found
+}
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // A missing variable renders as nothing rather than failing a life-safety email.
@@ -242,7 +391,7 @@ fn subject_and_context(
         .iter()
         .map(|e| event_map(e, &show_time))
         .collect();
-    let district = alert.district.as_deref();
+    let district = delivery.district.as_deref();
     let draft = delivery.audience == Audience::Review;
     let ctx = TemplateContext {
         rule: RuleView {
@@ -265,11 +414,23 @@ fn subject_and_context(
         },
         marking: &config.mail.marking,
         draft,
-        due: alert.trigger.deadline().map(|(_, due)| show_time(due)),
-        key: alert.trigger.deadline().map(|(key, _)| key.to_string()),
-        headline: headline(alert, rule, district, delivery.count, &show_time),
-        summary: summary(alert, rule, district, delivery.count, &show_time),
-        trigger: &alert.trigger,
+        due: delivery.trigger.deadline().map(|(_, due)| show_time(due)),
+        key: delivery.trigger.deadline().map(|(key, _)| key.to_string()),
+        headline: headline(
+            &delivery.trigger,
+            rule,
+            district,
+            delivery.count,
+            &show_time,
+        ),
+        summary: summary(
+            &delivery.trigger,
+            rule,
+            district,
+            delivery.count,
+            &show_time,
+        ),
+        trigger: &delivery.trigger,
     };
     let ctx = Value::from(minijinja::value::Serde(&ctx));
     let headline = one_line(&render_template(
@@ -291,7 +452,7 @@ fn subject_and_context(
 
 /// One line saying what made the rule fire: the default subject.
 fn headline(
-    alert: &Alert,
+    trigger: &Trigger,
     rule: &Rule,
     district: Option<&str>,
     count: u64,
@@ -299,7 +460,7 @@ fn headline(
 ) -> String {
     let name = &rule.name;
     let in_district = district.map(|d| format!(" in {d}")).unwrap_or_default();
-    match &alert.trigger {
+    match trigger {
         Trigger::Match => format!("{name}{in_district}"),
         Trigger::Threshold { within_secs, .. } => {
             format!(
@@ -347,7 +508,7 @@ fn headline(
 
 /// A sentence or two saying what happened: the default lead of the email.
 fn summary(
-    alert: &Alert,
+    trigger: &Trigger,
     rule: &Rule,
     district: Option<&str>,
     count: u64,
@@ -360,7 +521,7 @@ fn summary(
         format!("{count} matching records")
     };
     let in_district = district.map(|d| format!(" in {d}")).unwrap_or_default();
-    match &alert.trigger {
+    match trigger {
         Trigger::Match => format!("{name}: {records}{in_district}."),
         Trigger::Threshold {
             count: needed,
@@ -507,7 +668,7 @@ impl Sections {
         let district_field = feed
             .map(|f| f.district_field.as_str())
             .unwrap_or("district");
-        let district = alert.district.clone().unwrap_or_else(|| {
+        let district = delivery.district.clone().unwrap_or_else(|| {
             let mut ds: Vec<String> = delivery
                 .events
                 .iter()
@@ -607,7 +768,7 @@ impl Sections {
         });
         Sections {
             rule_line: format!("{} ({})", rule.name, rule.id),
-            due: alert
+            due: delivery
                 .trigger
                 .deadline()
                 .map(|(key, due)| format!("{} ({key})", show_time(due))),
@@ -809,7 +970,35 @@ emails = ["c@example.org"]
         .unwrap()
     }
 
+    /// A rule with `extra` keys; keys that `check` refuses (a sensitive field in the
+    /// subject or `group_by`) are set after loading, as if the check had been
+    /// bypassed: the renderer must hold on its own.
     fn rule(config: &Config, extra: &str) -> Rule {
+        let table: toml::Table = toml::from_str(extra).unwrap();
+        let checked: String = extra
+            .lines()
+            .filter(|l| {
+                !["subject", "body", "group_by"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut rule = checked_rule(config, &checked);
+        let text = |k: &str| table.get(k).and_then(|v| v.as_str()).map(String::from);
+        rule.subject = text("subject").or(rule.subject);
+        rule.body = text("body").or(rule.body);
+        if let Some(list) = table.get("group_by").and_then(|v| v.as_array()) {
+            rule.group_by = list
+                .iter()
+                .filter_map(|v| v.as_str())
+                .map(String::from)
+                .collect();
+        }
+        rule
+    }
+
+    fn checked_rule(config: &Config, extra: &str) -> Rule {
         RuleSet::from_sources(
             config,
             &[(
@@ -971,6 +1160,185 @@ emails = ["c@example.org"]
                 }
             }
         }
+    }
+
+    /// Asserts `secret` is nowhere in a rendered email: subject, Message-ID, both
+    /// bodies and the raw bytes (every header, encoded or not).
+    fn assert_nowhere(mail: &RenderedEmail, secret: &str, case: &str) {
+        let raw = String::from_utf8_lossy(&mail.bytes).to_string();
+        for (part, text) in [
+            ("subject", &mail.subject),
+            ("message id", &mail.message_id),
+            ("text", &mail.text),
+            ("html", &mail.html),
+            ("raw", &raw),
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{case}: the withheld value is in the {part}:\n{text}"
+            );
+        }
+    }
+
+    /// Each way a sensitive value can leave its field (SPEC §5.3), rendered for
+    /// the ISA panel (who sees it) and the charity (who must not, anywhere), with
+    /// templates that print everything they can reach.
+    #[test]
+    fn no_path_carries_a_withheld_value() {
+        const SECRET: &str = "ZZSECRET-12 Market St";
+        let dump = "subject = \"{{ headline }} {{ district }} {{ key }} {{ group | tojson }} {{ trigger | tojson }} {{ event | tojson }}\"\nbody = \"{{ summary }} {{ district }} {{ key }} {{ due }} {{ trigger | tojson }} {{ events | tojson }} {{ group | tojson }}\"";
+        let secret_event = |alert: &mut Alert| {
+            alert.events[0]
+                .fields
+                .insert("notes", FieldValue::Text(SECRET.into()));
+        };
+        let mut cases: Vec<(&str, Config, Rule, Alert)> = Vec::new();
+
+        let config = config();
+        let mut r = rule(&config, dump);
+        r.kind = crate::rules::RuleKind::FirstSeen {
+            field: "notes".into(),
+            known: Default::default(),
+        };
+        let mut a = alert("x", "Bolton");
+        secret_event(&mut a);
+        a.trigger = Trigger::FirstSeen {
+            field: "notes".into(),
+            value: SECRET.into(),
+        };
+        cases.push(("first_seen on a sensitive field", config.clone(), r, a));
+
+        let r = rule(&config, "");
+        for (label, closed) in [("deadline key", false), ("deadline key, closed", true)] {
+            let mut r = r.clone();
+            r.kind = crate::rules::RuleKind::Deadline {
+                key: "Notes".into(),
+                until_feed: "drug_testing".into(),
+                until_when: crate::rules::condition::Condition::Always,
+                within: Duration::from_secs(3600),
+                notify_on_open: r.notify.clone(),
+                notify_on_close: r.notify.clone(),
+            };
+            r.subject = None;
+            let mut a = alert("x", "Bolton");
+            secret_event(&mut a);
+            let due = "2025-11-04T12:30:00Z".parse().unwrap();
+            a.trigger = if closed {
+                Trigger::DeadlineClosed {
+                    key: SECRET.into(),
+                    due,
+                    late: true,
+                }
+            } else {
+                Trigger::DeadlineOpened {
+                    key: SECRET.into(),
+                    due,
+                    closed: false,
+                }
+            };
+            cases.push((label, config.clone(), r.clone(), a.clone()));
+            let mut dumped = rule(&config, dump);
+            dumped.kind = r.kind.clone();
+            cases.push((label, config.clone(), dumped, a));
+        }
+
+        let mut district_config = config.clone();
+        district_config.feeds[0].district_field = "notes".into();
+        let mut a = alert(SECRET, SECRET);
+        a.district = Some(SECRET.into());
+        a.events[0].fields.remove("district");
+        cases.push((
+            "a sensitive district_field",
+            district_config.clone(),
+            rule(&district_config, dump),
+            a.clone(),
+        ));
+        cases.push((
+            "a sensitive district_field, default templates",
+            district_config.clone(),
+            rule(&district_config, ""),
+            a,
+        ));
+
+        let mut a = alert("x", "Bolton");
+        secret_event(&mut a);
+        a.group = BTreeMap::from([("NOTES".to_string(), SECRET.to_string())]);
+        cases.push((
+            "group_by a sensitive field",
+            config.clone(),
+            rule(&config, &format!("group_by = [\"NOTES\"]\n{dump}")),
+            a,
+        ));
+
+        let mut a = alert("x", "Bolton");
+        for column in ["Notes ", "NO-TES", " notes"] {
+            a.events[0]
+                .fields
+                .insert(column, FieldValue::Text(SECRET.into()));
+        }
+        cases.push((
+            "columns spelled otherwise",
+            config.clone(),
+            rule(
+                &config,
+                "subject = \"{{ event['Notes '] }} {{ event['NO-TES'] }} {{ event | tojson }}\"",
+            ),
+            a,
+        ));
+
+        for (case, config, rule, alert) in cases {
+            let mails = emails(&config, &rule, &alert);
+            assert_eq!(mails.len(), 2, "{case}");
+            let (panel, charity) = (&mails[0], &mails[1]);
+            assert_eq!(charity.to, ["c@example.org"]);
+            assert!(
+                panel.text.contains(SECRET) || panel.subject.contains(SECRET),
+                "{case}: the ISA partner sees it:\n{}",
+                panel.text
+            );
+            assert_nowhere(charity, SECRET, case);
+            assert!(
+                charity.text.contains("Withheld: notes"),
+                "{case}: the email says what was withheld:\n{}",
+                charity.text
+            );
+            assert!(charity.html.contains("Withheld: notes"), "{case}");
+        }
+    }
+
+    #[test]
+    fn template_field_references_are_found_where_fields_can_be_read() {
+        let names =
+            |t: &str| -> Vec<String> { field_references(t).into_iter().map(|r| r.name).collect() };
+        assert_eq!(
+            names("{{ rule.name }} in {{ group.district }}"),
+            ["district"]
+        );
+        assert_eq!(
+            names("{{ event[\"Notes\"] }} {{ events[0].notes }} {{ event.get('post code') }}"),
+            ["Notes", "notes", "get", "post code"]
+        );
+        assert_eq!(
+            names("{% for e in events %}{{ e.notes | upper }}{% endfor %}"),
+            ["e", "e", "notes"]
+        );
+        assert_eq!(
+            names("{{ events | map(attribute=\"location\") | join(\", \") }}"),
+            ["attribute", "location", ", "]
+        );
+        assert_eq!(
+            names("notes outside tags {# {{ event.notes }} #} {{ x is defined }}"),
+            ["x"],
+            "text and comments are not read; test names are not fields"
+        );
+        assert_eq!(
+            names("{{ partner.notes }} {{ loop.index }}"),
+            Vec::<String>::new()
+        );
+        let t = "ab {{ event.Notes }}";
+        let r = field_references(t);
+        assert_eq!(&t[r[0].offset..r[0].offset + 5], "Notes");
+        assert_eq!(names("{{ 'caf\u{e9} \\' x' }}"), ["caf\u{e9} ' x"]);
     }
 
     #[test]

@@ -369,6 +369,79 @@ fn partner_list(
     }
 }
 
+/// Refuses a sensitive field where its value would reach every partner, with or
+/// without the ISA (SPEC §5.3): in `group_by`, as a deadline `key` (of either
+/// feed), as a `first_seen` `field`, or named in the `subject` template. The
+/// renderer withholds such values anyway; refusing them here tells the rule
+/// writer at once, rather than sending partners "[withheld]" where the point was.
+fn refuse_sensitive_uses(
+    raw: &RawRule,
+    feed: &crate::config::FeedConfig,
+    until_feed: Option<&crate::config::FeedConfig>,
+    text: &str,
+    report: &mut dyn FnMut(usize, String),
+) {
+    let sensitive_in = |name: &str| -> Option<&str> {
+        [Some(feed), until_feed]
+            .into_iter()
+            .flatten()
+            .find(|f| f.is_sensitive(name))
+            .map(|f| f.name.as_str())
+    };
+    for g in &raw.group_by {
+        if feed.is_sensitive(g.get_ref()) {
+            report(
+                g.span().start,
+                format!(
+                    "`{}` is sensitive in feed `{}`: a `group_by` value is shown in the subject and the email of every partner, including those without the ISA; group by a field that is not sensitive (a district, not a location)",
+                    g.get_ref(),
+                    feed.name
+                ),
+            );
+        }
+    }
+    if let Some(key) = &raw.key
+        && let Some(in_feed) = sensitive_in(key.get_ref())
+    {
+        report(
+            key.span().start,
+            format!(
+                "`{}` is sensitive in feed `{in_feed}`: a deadline's key is shown in the subject and the Due line of every partner's email, including those without the ISA; link the records by a reference that is not sensitive (like `incident_ref`)",
+                key.get_ref()
+            ),
+        );
+    }
+    if let Some(field) = &raw.field
+        && feed.is_sensitive(field.get_ref())
+    {
+        report(
+            field.span().start,
+            format!(
+                "`{}` is sensitive in feed `{}`: a first_seen rule puts each new value in the subject, which reaches every partner, including those without the ISA; watch a field that is not sensitive",
+                field.get_ref(),
+                feed.name
+            ),
+        );
+    }
+    if let Some(subject) = &raw.subject {
+        let base = string_content_offset(text, subject.span().start);
+        let mut reported = std::collections::HashSet::new();
+        for reference in crate::alerts::render::field_references(subject.get_ref()) {
+            if let Some(in_feed) = sensitive_in(&reference.name)
+                && reported.insert(crate::config::field_key(&reference.name))
+            {
+                report(
+                    base + reference.offset,
+                    format!(
+                        "`{}` is sensitive in feed `{in_feed}`: a value in the subject reaches every partner, including those without the ISA; take it out of the subject, or use it in the body, where it is withheld from partners without the ISA",
+                        reference.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// Every rule in force, in load order.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
@@ -620,6 +693,16 @@ impl RuleSet {
                             check(field, offset);
                         }
                     }
+                }
+
+                if let Some(fc) = feed_config {
+                    let until_feed = raw
+                        .until
+                        .as_ref()
+                        .and_then(|u| config.feed(u.get_ref().feed.get_ref()));
+                    refuse_sensitive_uses(&raw, fc, until_feed, text, &mut |offset, msg| {
+                        errors.push(at(offset, msg))
+                    });
                 }
 
                 for (label, template) in [("subject", &raw.subject), ("body", &raw.body)] {
@@ -881,6 +964,63 @@ group_by = ["district"]
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sensitive_fields_are_refused_where_every_partner_would_see_them() {
+        let config = Config::parse(
+            Path::new("/x/earlywarn.toml"),
+            "[mail]\ntransport = \"file\"\n[[feed]]\nname = \"drug_testing\"\ndir = \"in\"\nsensitive = [\"notes\"]\n[[feed]]\nname = \"incidents\"\ndir = \"inc\"\nsensitive = [\"Location\", \"subject_key\"]\n[[partner]]\nid = \"p\"\nemails = [\"p@example.org\"]\n",
+        )
+        .unwrap();
+        let load = |rule: &str| {
+            RuleSet::from_sources(
+                &config,
+                &[(
+                    PathBuf::from("r.toml"),
+                    format!("[[rule]]\nid = \"x\"\nnotify = [\"p\"]\n{rule}"),
+                )],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let cases = [
+            (
+                "feed = \"drug_testing\"\ngroup_by = [\"district\", \"Notes\"]",
+                "r.toml:5:25: `Notes` is sensitive in feed `drug_testing`: a `group_by` value",
+            ),
+            (
+                "feed = \"drug_testing\"\nkind = \"first_seen\"\nfield = \"notes\"",
+                "r.toml:6:9: `notes` is sensitive in feed `drug_testing`: a first_seen rule",
+            ),
+            (
+                "feed = \"incidents\"\nkind = \"deadline\"\nkey = \"location\"\nuntil = { feed = \"incidents\" }\nwithin = \"1h\"",
+                "r.toml:6:7: `location` is sensitive in feed `incidents`: a deadline's key",
+            ),
+            (
+                "feed = \"drug_testing\"\nkind = \"deadline\"\nkey = \"subject_key\"\nuntil = { feed = \"incidents\" }\nwithin = \"1h\"",
+                "r.toml:6:7: `subject_key` is sensitive in feed `incidents`: a deadline's key",
+            ),
+            (
+                "feed = \"drug_testing\"\nsubject = \"{{ rule.name }}: {{ events[0]['NOTES'] }}\"",
+                "r.toml:5:43: `NOTES` is sensitive in feed `drug_testing`: a value in the subject",
+            ),
+            (
+                "feed = \"drug_testing\"\nsubject = '{% for e in events %}{{ e.no_tes }}{% endfor %}'",
+                "r.toml:5:38: `no_tes` is sensitive in feed `drug_testing`: a value in the subject",
+            ),
+        ];
+        for (rule, expected) in cases {
+            let err = load(rule).unwrap_err();
+            assert!(err.starts_with(expected), "{rule}:\n{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        for fine in [
+            "feed = \"drug_testing\"\nbody = \"{{ event.notes }}\"\nsubject = \"{{ rule.name }} in {{ district }}\"",
+            "feed = \"drug_testing\"\nsubject = \"{{ partner.notes }} {{ event.notes2 }}\"",
+        ] {
+            assert_eq!(load(fine), Ok(()), "{fine}");
+        }
     }
 
     #[test]
