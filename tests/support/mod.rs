@@ -602,6 +602,21 @@ impl Daemon {
     /// With extra arguments after `run --config PATH` (e.g. `--log-format json`) and extra
     /// environment (e.g. `NOTIFY_SOCKET`).
     pub fn start_with(config_path: &Path, extra_args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(config_path, extra_args, envs, None)
+    }
+
+    /// As another Unix user (uid, gid; no supplementary groups): needs root.
+    #[allow(dead_code)]
+    pub fn start_as(config_path: &Path, uid: u32, gid: u32) -> Daemon {
+        Daemon::spawn(config_path, &[], &[], Some((uid, gid)))
+    }
+
+    fn spawn(
+        config_path: &Path,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+    ) -> Daemon {
         let dir = config_path
             .parent()
             .expect("the config path has a folder")
@@ -632,6 +647,11 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            // Run by root, std also drops the supplementary groups.
+            cmd.uid(uid).gid(gid);
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", env!("CARGO_BIN_EXE_earlywarn")));
