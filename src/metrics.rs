@@ -208,17 +208,17 @@ pub struct Gauges {
 }
 
 impl Gauges {
+    /// Reads only what the gauges need (not the whole `status`), each an index lookup.
     pub fn read(store: &Store, now: Timestamp) -> Gauges {
-        let Ok(report) = store.status(now) else {
-            return Gauges::default();
-        };
         let age = |t: Timestamp| now.duration_since(t).as_secs_f64().max(0.0);
+        let outbox = store.outbox_counts().unwrap_or_default();
         Gauges {
-            outbox_pending: report.outbox_pending,
-            outbox_failed: report.outbox_failed,
-            oldest_pending_secs: report.oldest_pending.map(age).unwrap_or(0.0),
-            feed_last_file_secs: report
-                .feeds
+            outbox_pending: outbox.pending,
+            outbox_failed: outbox.failed,
+            oldest_pending_secs: outbox.oldest_pending.map(age).unwrap_or(0.0),
+            feed_last_file_secs: store
+                .last_file_per_feed()
+                .unwrap_or_default()
                 .iter()
                 .map(|f| (f.feed.clone(), age(f.last_at)))
                 .collect(),
