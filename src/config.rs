@@ -640,13 +640,13 @@ impl Config {
 
         let metrics_listen = match &raw.metrics.listen {
             None => None,
-            Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
+            Some(l) => match parse_listen(l.get_ref()) {
+                Some(a) => Some(a),
+                None => {
                     errors.push(at(
                         l.span(),
                         format!(
-                            "`{}` is not an address and port like \"127.0.0.1:9464\"",
+                            "`{}` is not a port like \"9464\" (on loopback) or an address and port like \"127.0.0.1:9464\"",
                             l.get_ref()
                         ),
                     ));
@@ -857,6 +857,19 @@ struct RawPartner {
     min_severity: Option<Spanned<String>>,
 }
 
+/// `[metrics] listen`: a bare port binds to loopback (SPEC §8: nothing is
+/// exposed unless the operator names an address); `ADDRESS:PORT` as written.
+fn parse_listen(text: &str) -> Option<std::net::SocketAddr> {
+    let text = text.trim();
+    if let Ok(port) = text.parse::<u16>() {
+        return Some(std::net::SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            port,
+        )));
+    }
+    text.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -932,6 +945,28 @@ districts = ["Bolton"]
             shown.contains("feed `drug_testing`: id_field is empty"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback() {
+        let listen = |value: &str| {
+            let text = format!("[metrics]\nlisten = \"{value}\"\n{MINIMAL}");
+            Config::parse(Path::new("c.toml"), &text).map(|c| c.metrics_listen)
+        };
+        assert_eq!(
+            listen("9464").unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            listen("0.0.0.0:9464").unwrap(),
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        assert_eq!(
+            listen("[::1]:9464").unwrap(),
+            Some("[::1]:9464".parse().unwrap())
+        );
+        let shown = listen("metrics.example.org").unwrap_err().to_string();
+        assert!(shown.contains("is not a port like \"9464\""), "{shown}");
     }
 
     #[test]

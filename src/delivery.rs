@@ -36,6 +36,20 @@ pub enum MailerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the SMTP password file {path} is readable by {who} (mode {mode:04o}); make it readable by earlywarn's user only: chmod 600 {path}"
+    )]
+    PasswordFileOpen {
+        path: PathBuf,
+        mode: u32,
+        who: &'static str,
+    },
+    #[error(
+        "[mail] username = \"{username}\" but no password is available: name a file with `password_file`, or pass the systemd credential `smtp-password` (LoadCredential); earlywarn never sends AUTH with an empty password"
+    )]
+    NoPassword { username: String },
+    #[error("the SMTP password file {path} is empty")]
+    PasswordEmpty { path: PathBuf },
     #[error("cannot read the CA certificate {path}: {message}")]
     CaFile { path: PathBuf, message: String },
     #[error("SMTP TLS setup: {0}")]
@@ -73,9 +87,16 @@ impl Mailer {
         name_hint: &str,
     ) -> Result<(), SendError> {
         match self {
-            Mailer::File { dir } => write_eml(dir, name_hint, message).map_err(|e| {
-                SendError::Transient(format!("cannot write to {}: {e}", dir.display()))
-            }),
+            Mailer::File { dir } => {
+                // Off the async worker: a backlog of fsynced writes would otherwise
+                // never yield, and shutdown and the other tasks would wait on it.
+                let (dir, name, message) = (dir.clone(), name_hint.to_string(), message.to_vec());
+                let shown = dir.display().to_string();
+                tokio::task::spawn_blocking(move || write_eml(&dir, &name, &message))
+                    .await
+                    .map_err(|e| SendError::Transient(format!("cannot write to {shown}: {e}")))?
+                    .map_err(|e| SendError::Transient(format!("cannot write to {shown}: {e}")))
+            }
             Mailer::Smtp { transport, timeout } => {
                 let from: Address = from.parse().map_err(|e| {
                     SendError::Permanent(format!("bad sender address `{from}`: {e}"))
@@ -134,27 +155,69 @@ fn smtp_transport(
         });
     }
     if let Some(user) = &smtp.username {
-        let password = read_password(smtp.password_file.as_deref())?;
+        let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let password = read_password(
+            user,
+            smtp.password_file.as_deref(),
+            credentials_dir.as_deref(),
+        )?;
         builder = builder.credentials(Credentials::new(user.clone(), password));
     }
     Ok(builder.build())
 }
 
-/// The SMTP password: from `password_file`, else from systemd's credential
-/// `smtp-password` (LoadCredential), else empty.
-fn read_password(path: Option<&Path>) -> Result<String, MailerError> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) => Path::new(&dir).join("smtp-password"),
-            None => return Ok(String::new()),
-        },
+/// Where systemd puts service credentials. It alone controls who may read
+/// them (the unit's user, sometimes through an ACL that shows as group bits),
+/// so their mode bits say nothing about exposure.
+const SYSTEMD_CREDENTIALS: &str = "/run/credentials/";
+
+/// The SMTP password for `username`: from `password_file`, else from systemd's
+/// credential `smtp-password` (LoadCredential) in `credentials_dir`. Refused when
+/// there is none, when it is empty, or when a password file is readable by
+/// group or others (SPEC §7): a password others can read is already leaked.
+fn read_password(
+    username: &str,
+    path: Option<&Path>,
+    credentials_dir: Option<&Path>,
+) -> Result<String, MailerError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let path = match (path, credentials_dir) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(dir)) => dir.join("smtp-password"),
+        (None, None) => {
+            return Err(MailerError::NoPassword {
+                username: username.to_string(),
+            });
+        }
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| MailerError::Password {
+    let read_error = |source| MailerError::Password {
         path: path.clone(),
         source,
-    })?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let mut file = std::fs::File::open(&path).map_err(read_error)?;
+    // The mode of what was opened, not of whatever the name points to later.
+    let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o7777;
+    let systemd_managed = path.starts_with(SYSTEMD_CREDENTIALS)
+        || credentials_dir.is_some_and(|dir| path.starts_with(dir));
+    if !systemd_managed && mode & 0o077 != 0 {
+        return Err(MailerError::PasswordFileOpen {
+            path,
+            mode,
+            who: match (mode & 0o070 != 0, mode & 0o007 != 0) {
+                (true, true) => "its group and others",
+                (true, false) => "its group",
+                _ => "others",
+            },
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(MailerError::PasswordEmpty { path });
+    }
+    Ok(password.to_string())
 }
 
 /// Writes a message atomically as `dir/NAME.eml`.
@@ -339,6 +402,11 @@ pub async fn run_outbox(ctx: OutboxContext) {
         if !due.is_empty() {
             let mut sent_any = false;
             for item in due {
+                // Between emails, never mid-exchange: a backlog of thousands must
+                // not hold shutdown past `shutdown_timeout` (what is left stays pending).
+                if ctx.shutdown.is_cancelled() {
+                    return;
+                }
                 if unrecorded.iter().any(|w| w.id() == item.id) {
                     continue; // already attempted; only its record is missing
                 }
@@ -364,11 +432,10 @@ pub async fn run_outbox(ctx: OutboxContext) {
                         }
                     }
                 }
-                if ctx.shutdown.is_cancelled() {
-                    return;
-                }
             }
             if sent_any {
+                // Let the signal, watcher and metrics tasks run between batches.
+                tokio::task::yield_now().await;
                 continue;
             }
         }
@@ -396,6 +463,61 @@ pub async fn run_outbox(ctx: OutboxContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn password_file(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("smtp-password");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_password_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = password_file(dir.path(), "s3cret\n", 0o600);
+        assert_eq!(read_password("u", Some(&path), None).unwrap(), "s3cret");
+        for (mode, who) in [
+            (0o640, "its group"),
+            (0o604, "others"),
+            (0o644, "its group and others"),
+        ] {
+            let path = password_file(dir.path(), "s3cret\n", mode);
+            let shown = read_password("u", Some(&path), None)
+                .unwrap_err()
+                .to_string();
+            assert!(shown.contains(&format!("{}", path.display())), "{shown}");
+            assert!(
+                shown.contains(&format!("readable by {who} (mode 0{mode:o})")),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_username_needs_a_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let shown = read_password("earlywarn", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains("no password is available"), "{shown}");
+        let empty = password_file(dir.path(), "\n", 0o600);
+        assert!(matches!(
+            read_password("earlywarn", Some(&empty), None),
+            Err(MailerError::PasswordEmpty { .. })
+        ));
+    }
+
+    #[test]
+    fn systemd_credentials_are_read_whatever_their_mode_bits() {
+        // systemd may grant the unit's user access by ACL, which shows as group bits.
+        let dir = tempfile::tempdir().unwrap();
+        password_file(dir.path(), "from-systemd", 0o440);
+        assert_eq!(
+            read_password("u", None, Some(dir.path())).unwrap(),
+            "from-systemd"
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

@@ -22,6 +22,12 @@ fn needs_escape(c: char) -> bool {
         || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
+/// Whether `text` holds a character that [`escape_controls`] would escape,
+/// other than a backslash: for refusing such text where people type it.
+pub fn contains_controls(text: &str) -> bool {
+    text.chars().any(|c| c != '\\' && needs_escape(c))
+}
+
 /// `text` with every control character shown as a visible escape.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {

@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use earlywarn::config::Config;
 use earlywarn::delivery::Mailer;
 use earlywarn::diagnostic::Diagnostics;
+// Every value that came from a file (names, fields, reasons) or a mail server
+// goes through this before a terminal sees it: JSON output is escaped by serde.
+use earlywarn::display::escape_controls as esc;
 use earlywarn::rules::RuleSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,14 +106,14 @@ enum AlertsAction {
     /// Send a reviewed alert to its rule's `notify` partners.
     Approve {
         id: String,
-        /// Who approves [default: your login name].
+        /// A display name recorded beside your Unix account (which is always recorded, from your uid).
         #[arg(long)]
         by: Option<String>,
     },
     /// Close a reviewed alert without sending it further.
     Dismiss {
         id: String,
-        /// Who dismisses [default: your login name].
+        /// A display name recorded beside your Unix account (which is always recorded, from your uid).
         #[arg(long)]
         by: Option<String>,
     },
@@ -393,9 +396,9 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
             Some(f) => println!(
                 "  {:<16} last file {} at {} ({})",
                 feed.name,
-                f.last_file,
+                esc(&f.last_file),
                 show(f.last_at),
-                f.last_outcome
+                esc(&f.last_outcome)
             ),
             None => println!("  {:<16} no file yet", feed.name),
         }
@@ -412,8 +415,8 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
         };
         println!(
             "  {:<28} {:<20} due {}{overdue}",
-            d.rule_id,
-            d.key,
+            esc(&d.rule_id),
+            esc(&d.key),
             show(d.due)
         );
     }
@@ -434,10 +437,10 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
         println!(
             "  {} {} to {} after {} attempt(s): {}",
             if p.permanent { "FAILED" } else { "retrying" },
-            p.alert_id,
-            p.partner_id,
+            esc(&p.alert_id),
+            esc(&p.partner_id),
             p.attempts,
-            p.error
+            esc(&p.error)
         );
     }
     println!("Rejected in the last 7 days");
@@ -446,13 +449,19 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
     }
     for r in &report.rejected {
         if r.whole_file {
-            println!("  {} {}/{}: {}", show(r.at), r.feed, r.name, r.reason);
+            println!(
+                "  {} {}/{}: {}",
+                show(r.at),
+                esc(&r.feed),
+                esc(&r.name),
+                esc(&r.reason)
+            );
         } else {
             println!(
                 "  {} {}/{}: {} row(s) rejected",
                 show(r.at),
-                r.feed,
-                r.name,
+                esc(&r.feed),
+                esc(&r.name),
                 r.rejected_rows
             );
         }
@@ -464,13 +473,13 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
     for a in &report.recent_alerts {
         println!(
             "  {} {} {:<8} {} {} ({} records, {})",
-            a.id,
+            esc(&a.id),
             show(a.created_at),
-            a.severity,
-            a.rule_id,
-            a.district,
+            esc(&a.severity),
+            esc(&a.rule_id),
+            esc(&a.district),
             a.event_count,
-            a.status
+            esc(&a.status)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -478,7 +487,7 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
 
 fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitCode> {
     use earlywarn::alerts::AlertStatus;
-    use earlywarn::review::{ReviewError, approve, dismiss, reviewer_name};
+    use earlywarn::review::{ReviewError, approve, decider, dismiss};
     let config = load_config(config)?;
     let mut store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
     let tz = config.daemon.timezone.clone();
@@ -512,13 +521,13 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
                 for a in rows {
                     println!(
                         "{}  {}  {:<8} {:<32} {:<12} {} record(s)  {}",
-                        a.id,
+                        esc(&a.id),
                         show(a.created_at),
-                        a.severity,
-                        a.rule_id,
-                        a.district,
+                        esc(&a.severity),
+                        esc(&a.rule_id),
+                        esc(&a.district),
                         a.event_count,
-                        a.status.replace('_', " ")
+                        esc(&a.status.replace('_', " "))
                     );
                 }
             }
@@ -528,14 +537,19 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
                 return Err(user_error(ReviewError::NotFound(id)));
             };
             let a = &stored.alert;
-            println!("Alert     {}", a.id);
-            println!("Rule      {}", a.rule_id);
+            println!("Alert     {}", esc(&a.id));
+            println!("Rule      {}", esc(&a.rule_id));
             println!("Severity  {}", a.severity);
-            println!("District  {}", a.district.as_deref().unwrap_or("several"));
+            println!(
+                "District  {}",
+                esc(a.district.as_deref().unwrap_or("several"))
+            );
             println!("Raised    {}", show(a.created_at));
             println!("Status    {}", stored.status.as_str().replace('_', " "));
             if let (Some(by), Some(at)) = (&stored.reviewed_by, stored.reviewed_at) {
-                println!("Decided   by {by} at {}", show(at));
+                // `unix:ACCOUNT` is the account that ran the command (from its uid);
+                // a display name given with --by stands in front of it.
+                println!("Decided   by {} at {}", esc(by), show(at));
             }
             println!("Records   {}", a.event_count);
             for (i, e) in a.events.iter().enumerate() {
@@ -543,7 +557,7 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
                     .fields
                     .iter()
                     .filter(|(_, v)| !v.is_empty())
-                    .map(|(k, v)| format!("{k}={v}"))
+                    .map(|(k, v)| format!("{}={}", esc(k), esc(&v.to_string())))
                     .collect();
                 println!("  {}. {} {}", i + 1, show(e.time), fields.join("  "));
             }
@@ -551,17 +565,17 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
             for d in store.deliveries_of(&id)? {
                 println!(
                     "  {:<20} {:<6} {:<7} attempts={} {}",
-                    d.partner_id,
+                    esc(&d.partner_id),
                     d.audience,
                     d.status,
                     d.attempts,
-                    d.last_error.unwrap_or_default()
+                    esc(&d.last_error.unwrap_or_default())
                 );
             }
         }
         AlertsAction::Approve { id, by } => {
+            let by = decider(by.as_deref()).map_err(user_error)?;
             let rules = load_rules(&config)?;
-            let by = reviewer_name(by.as_deref());
             let approved = approve(
                 &config,
                 &rules,
@@ -572,7 +586,9 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
             )
             .map_err(user_error)?;
             println!(
-                "approved {id} by {by}: queued for {}",
+                "approved {} by {}: queued for {}",
+                esc(&id),
+                esc(&by),
                 if approved.partners.is_empty() {
                     "nobody (no notify partner covers it)".to_string()
                 } else {
@@ -581,9 +597,9 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
             );
         }
         AlertsAction::Dismiss { id, by } => {
-            let by = reviewer_name(by.as_deref());
+            let by = decider(by.as_deref()).map_err(user_error)?;
             dismiss(&mut store, &id, &by, jiff::Timestamp::now()).map_err(user_error)?;
-            println!("dismissed {id} by {by}");
+            println!("dismissed {} by {}", esc(&id), esc(&by));
         }
     }
     Ok(ExitCode::SUCCESS)

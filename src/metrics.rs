@@ -208,17 +208,17 @@ pub struct Gauges {
 }
 
 impl Gauges {
+    /// Reads only what the gauges need (not the whole `status`), each an index lookup.
     pub fn read(store: &Store, now: Timestamp) -> Gauges {
-        let Ok(report) = store.status(now) else {
-            return Gauges::default();
-        };
         let age = |t: Timestamp| now.duration_since(t).as_secs_f64().max(0.0);
+        let outbox = store.outbox_counts().unwrap_or_default();
         Gauges {
-            outbox_pending: report.outbox_pending,
-            outbox_failed: report.outbox_failed,
-            oldest_pending_secs: report.oldest_pending.map(age).unwrap_or(0.0),
-            feed_last_file_secs: report
-                .feeds
+            outbox_pending: outbox.pending,
+            outbox_failed: outbox.failed,
+            oldest_pending_secs: outbox.oldest_pending.map(age).unwrap_or(0.0),
+            feed_last_file_secs: store
+                .last_file_per_feed()
+                .unwrap_or_default()
                 .iter()
                 .map(|f| (f.feed.clone(), age(f.last_at)))
                 .collect(),
@@ -237,72 +237,153 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves GET /metrics on `addr` until `shutdown`.
+/// Connections served at once. A scraper needs one; the rest wait in the
+/// kernel's accept queue, where they cost the daemon no descriptor, so a flood
+/// of idle connections cannot take the descriptors that feeds and mail need.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// The longest one connection may take, request and answer together: an idle
+/// or slow client gives its place up after this.
+pub const CONNECTION_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// The largest request read: a scrape is one short GET.
+const MAX_REQUEST_BYTES: usize = 4096;
+
+/// Serves GET /metrics on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     metrics: std::sync::Arc<Metrics>,
     state_dir: PathBuf,
     shutdown: CancellationToken,
 ) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (mut socket, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Metrics endpoint: accept failed");
-                    continue;
-                }
+        // A slot first, then accept: while every slot is taken, new connections
+        // stay queued in the kernel instead of holding a descriptor here.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => return, // the semaphore is never closed
             },
             _ = shutdown.cancelled() => return,
+        };
+        let socket = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        let socket = match socket {
+            Ok((socket, _)) => {
+                backoff.succeeded();
+                socket
+            }
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS: accept() fails again at once until
+                // something closes, so wait instead of spinning, and say so
+                // once in a while rather than once per try.
+                let (pause, report) = backoff.failed(std::time::Instant::now());
+                if let Some(failures) = report {
+                    tracing::warn!(error = %e, failures, pause_ms = pause.as_millis() as u64,
+                        "Metrics endpoint: accept failed; slowing down");
+                }
+                drop(slot);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
         };
         let metrics = metrics.clone();
         let state_dir = state_dir.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // A scraper sends a short request; anything slow or huge is dropped.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while len < buf.len() {
-                    let n = socket.read(&mut buf[len..]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    len += n;
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let request = String::from_utf8_lossy(&buf[..len]);
-            let first = request.lines().next().unwrap_or("");
-            let response = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
-                let body = tokio::task::spawn_blocking(move || {
-                    let gauges = Store::open(&state_dir)
-                        .map(|s| Gauges::read(&s, Timestamp::now()))
-                        .unwrap_or_default();
-                    metrics.render(&gauges)
-                })
-                .await
-                .unwrap_or_default();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                let body = "earlywarn serves metrics at /metrics\n";
-                format!(
-                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            };
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
+            let _slot = slot;
+            // Dropping the future closes the socket: the slot is free again.
+            let _ = tokio::time::timeout(CONNECTION_TIME_LIMIT, answer(socket, metrics, state_dir))
+                .await;
         });
+    }
+}
+
+/// Reads one request and answers it.
+async fn answer(
+    mut socket: tokio::net::TcpStream,
+    metrics: std::sync::Arc<Metrics>,
+    state_dir: PathBuf,
+) {
+    let mut buf = vec![0u8; MAX_REQUEST_BYTES];
+    let mut len = 0;
+    while len < buf.len() {
+        match socket.read(&mut buf[len..]).await {
+            Ok(0) => return, // gone before asking anything
+            Ok(n) => len += n,
+            Err(_) => return,
+        }
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let request = String::from_utf8_lossy(&buf[..len]);
+    let first = request.lines().next().unwrap_or("");
+    let response = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
+        let body = tokio::task::spawn_blocking(move || {
+            let gauges = Store::open(&state_dir)
+                .map(|s| Gauges::read(&s, Timestamp::now()))
+                .unwrap_or_default();
+            metrics.render(&gauges)
+        })
+        .await
+        .unwrap_or_default();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        let body = "earlywarn serves metrics at /metrics\n";
+        format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let _ = socket.write_all(response.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
+/// How long to pause after failed accepts, and when to log them. Pure: the
+/// caller passes the time.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Failures in a row since the last successful accept.
+    failures: u32,
+    /// Failures not yet logged.
+    unreported: u64,
+    last_report: Option<std::time::Instant>,
+}
+
+/// The first pause after a failed accept; it doubles up to [`ACCEPT_PAUSE_MAX`].
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// At most one log line about failing accepts per this interval.
+const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl AcceptBackoff {
+    /// A failed accept at `now`: how long to pause, and, when it is time to
+    /// log, how many failures the log line covers.
+    fn failed(&mut self, now: std::time::Instant) -> (Duration, Option<u64>) {
+        self.failures = self.failures.saturating_add(1);
+        self.unreported += 1;
+        let pause = crate::delivery::backoff(self.failures, ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+        let due = self
+            .last_report
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_REPORT_EVERY);
+        if !due {
+            return (pause, None);
+        }
+        self.last_report = Some(now);
+        (pause, Some(std::mem::take(&mut self.unreported)))
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -340,5 +421,26 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
+    }
+
+    #[test]
+    fn failed_accepts_pause_longer_and_are_logged_now_and_then() {
+        let mut b = AcceptBackoff::default();
+        let t0 = std::time::Instant::now();
+        let (pause, report) = b.failed(t0);
+        assert_eq!((pause, report), (ACCEPT_PAUSE_MIN, Some(1)));
+        let mut pauses = Vec::new();
+        for i in 1..20u64 {
+            let (pause, report) = b.failed(t0 + Duration::from_millis(i));
+            assert_eq!(report, None, "logged again within the interval");
+            pauses.push(pause);
+        }
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), ACCEPT_PAUSE_MAX);
+        // The next line, once the interval is over, counts every failure since the last.
+        let (_, report) = b.failed(t0 + ACCEPT_REPORT_EVERY);
+        assert_eq!(report, Some(20));
+        b.succeeded();
+        assert_eq!(b.failed(t0 + ACCEPT_REPORT_EVERY).0, ACCEPT_PAUSE_MIN);
     }
 }

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_content ON files(feed, sha256);
 CREATE INDEX IF NOT EXISTS files_by_time ON files(processed_at);
+-- `status` and every scrape: the last file of each feed, found by walking the
+-- distinct feeds and taking each one's largest id, in O(feeds * log n).
+CREATE INDEX IF NOT EXISTS files_by_feed ON files(feed, id);
+-- `status`: recent rejected files without reading every accepted one.
+CREATE INDEX IF NOT EXISTS files_with_problems ON files(id)
+    WHERE outcome = 'rejected' OR rejected_rows > 0;
 
 CREATE TABLE IF NOT EXISTS seen_records (
     feed        TEXT NOT NULL,
@@ -87,6 +93,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     reviewed_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts(created_at);
+-- The review queue and its count, however many alerts a flood raised.
+CREATE INDEX IF NOT EXISTS alerts_by_status ON alerts(status, created_at);
 
 CREATE TABLE IF NOT EXISTS outbox (
     id              INTEGER PRIMARY KEY,
@@ -104,9 +112,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error      TEXT,
     created_at      INTEGER NOT NULL,
     sent_at         INTEGER,
+    priority        INTEGER NOT NULL DEFAULT 1,  -- 0 critical, 1 warning, 2 info: sent in that order
     UNIQUE (alert_id, partner_id, audience)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
+-- Counts and the oldest pending email, without reading sent ones.
+CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox(status, created_at);
+-- `status`: delivery problems, newest first, without reading sent emails.
+CREATE INDEX IF NOT EXISTS outbox_problems ON outbox(id)
+    WHERE status = 'failed' OR (status = 'pending' AND attempts > 0);
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -144,6 +158,47 @@ fn restrict_to_owner(state_dir: &Path, db: &Path) {
     }
 }
 
+/// SQL for an outbox row's send priority from its alert's severity (lower goes
+/// first; 1 if the alert row is missing), given the SQL naming the alert id.
+/// One expression, so that `enqueue` and the migration cannot disagree.
+macro_rules! priority_of_alert {
+    ($alert_id:literal) => {
+        concat!(
+            "COALESCE((SELECT CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END FROM alerts a WHERE a.id = ",
+            $alert_id,
+            "), 1)"
+        )
+    };
+}
+
+/// The send priorities, in sending order (see `outbox.priority`).
+const PRIORITIES: [i64; 3] = [0, 1, 2];
+
+/// Brings a database made by an older earlywarn up to this schema. Idempotent:
+/// every step checks before it changes anything, so it runs at every open.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_priority: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'priority'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_priority {
+        // One transaction: a crash half way must not leave the column without its values.
+        conn.execute_batch(concat!(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+             UPDATE outbox SET priority = ",
+            priority_of_alert!("outbox.alert_id"),
+            ";
+             COMMIT;"
+        ))?;
+    }
+    // After the column exists: `due` reads one priority at a time, oldest first.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox(status, priority, next_attempt_at, id);",
+    )
+}
+
 fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
@@ -177,6 +232,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(SCHEMA_ATTEMPTS)?;
+        migrate(&conn)?;
         restrict_to_owner(state_dir, &path);
         Ok(Store { conn, path })
     }
@@ -263,27 +319,42 @@ impl Store {
 
     // ------------------------------------------------------------ outbox
 
-    /// Pending outbox rows due at `now`, oldest first.
+    /// Pending outbox rows due at `now`: critical first, then warning, then
+    /// info (SPEC §7), each oldest first, so a flood of lesser alerts cannot
+    /// hold a critical one back.
     pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxItem>> {
+        // One indexed range per priority (status, priority, next_attempt_at):
+        // a single ORDER BY priority would have to step over every row of a
+        // higher priority that is waiting for its retry.
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, alert_id, partner_id, message_id, mail_from, recipients, message, attempts
-             FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
-             ORDER BY next_attempt_at, id LIMIT ?2",
+             FROM outbox WHERE status = 'pending' AND priority = ?1 AND next_attempt_at <= ?2
+             ORDER BY next_attempt_at, id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![ms(now), limit as i64], |r| {
-            let recipients: String = r.get(5)?;
-            Ok(OutboxItem {
-                id: r.get(0)?,
-                alert_id: r.get(1)?,
-                partner_id: r.get(2)?,
-                message_id: r.get(3)?,
-                mail_from: r.get(4)?,
-                recipients: serde_json::from_str(&recipients).unwrap_or_default(),
-                message: r.get(6)?,
-                attempts: r.get::<_, i64>(7)? as u32,
-            })
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        let mut out = Vec::new();
+        for priority in PRIORITIES {
+            if out.len() >= limit {
+                break;
+            }
+            let wanted = (limit - out.len()) as i64;
+            let rows = stmt.query_map(params![priority, ms(now), wanted], |r| {
+                let recipients: String = r.get(5)?;
+                Ok(OutboxItem {
+                    id: r.get(0)?,
+                    alert_id: r.get(1)?,
+                    partner_id: r.get(2)?,
+                    message_id: r.get(3)?,
+                    mail_from: r.get(4)?,
+                    recipients: serde_json::from_str(&recipients).unwrap_or_default(),
+                    message: r.get(6)?,
+                    attempts: r.get::<_, i64>(7)? as u32,
+                })
+            })?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        Ok(out)
     }
 
     /// When the next pending row becomes due, if any.
@@ -322,40 +393,17 @@ impl Store {
 
     // ------------------------------------------------------------ status
 
+    /// Everything `earlywarn status` shows. Every query here is an index range
+    /// or lookup (see the indexes in `SCHEMA`), so it stays fast with millions
+    /// of file, alert and outbox rows: a producer can make those in minutes.
     pub fn status(&self, now: Timestamp) -> Result<StatusReport> {
         let c = &self.conn;
-        let mut feeds = Vec::new();
-        {
-            let mut stmt = c.prepare(
-                "SELECT feed, name, processed_at, outcome FROM files f
-                 WHERE id = (SELECT MAX(id) FROM files g WHERE g.feed = f.feed)",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(FeedStatus {
-                    feed: r.get(0)?,
-                    last_file: r.get(1)?,
-                    last_at: from_ms(r.get(2)?),
-                    last_outcome: r.get(3)?,
-                })
-            })?;
-            for r in rows {
-                feeds.push(r?);
-            }
-        }
-        let (pending, failed): (i64, i64) = c.query_row(
-            "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'failed'), 0) FROM outbox",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let oldest_pending: Option<i64> = c.query_row(
-            "SELECT MIN(created_at) FROM outbox WHERE status = 'pending'",
-            [],
-            |r| r.get(0),
-        )?;
+        let feeds = self.last_file_per_feed()?;
+        let outbox = self.outbox_counts()?;
         let mut failures = Vec::new();
         {
             let mut stmt = c.prepare(
-                "SELECT alert_id, partner_id, attempts, COALESCE(last_error, ''), status FROM outbox
+                "SELECT alert_id, partner_id, attempts, COALESCE(last_error, ''), status FROM outbox INDEXED BY outbox_problems
                  WHERE status = 'failed' OR (status = 'pending' AND attempts > 0)
                  ORDER BY id DESC LIMIT 20",
             )?;
@@ -375,9 +423,15 @@ impl Store {
         let mut rejected = Vec::new();
         {
             let since = ms(now) - 7 * 86_400_000;
+            // The id bound stops the walk down files_with_problems at the 7-day
+            // line even when no problem is recent: it is the id of the first file
+            // inside the window (files_by_time), ids and times rising together.
             let mut stmt = c.prepare(
                 "SELECT feed, name, processed_at, outcome, COALESCE(reason, ''), rejected_rows FROM files
-                 WHERE processed_at >= ?1 AND (outcome = 'rejected' OR rejected_rows > 0)
+                 WHERE (outcome = 'rejected' OR rejected_rows > 0)
+                   AND id >= COALESCE((SELECT id FROM files INDEXED BY files_by_time WHERE processed_at >= ?1
+                                       ORDER BY processed_at LIMIT 1), 9223372036854775807)
+                   AND processed_at >= ?1
                  ORDER BY id DESC LIMIT 20",
             )?;
             let rows = stmt.query_map([since], |r| {
@@ -398,7 +452,7 @@ impl Store {
         let mut open_deadlines = Vec::new();
         {
             let mut stmt =
-                c.prepare("SELECT rule_id, data FROM rule_state WHERE kind = 'deadline'")?;
+                c.prepare("SELECT rule_id, data FROM rule_state INDEXED BY rule_state_by_kind WHERE kind = 'deadline'")?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
@@ -417,7 +471,7 @@ impl Store {
             open_deadlines.sort_by_key(|d| d.due);
         }
         let in_review: i64 = c.query_row(
-            "SELECT COUNT(*) FROM alerts WHERE status = 'in_review'",
+            "SELECT COUNT(*) FROM alerts INDEXED BY alerts_by_status WHERE status = 'in_review'",
             [],
             |r| r.get(0),
         )?;
@@ -431,12 +485,60 @@ impl Store {
             open_deadlines,
             in_review,
             feeds,
-            outbox_pending: pending,
-            outbox_failed: failed,
-            oldest_pending: oldest_pending.map(from_ms),
+            outbox_pending: outbox.pending,
+            outbox_failed: outbox.failed,
+            oldest_pending: outbox.oldest_pending,
             delivery_problems: failures,
             rejected,
             recent_alerts,
+        })
+    }
+
+    /// The newest file of each feed on record. The recursive walk visits each
+    /// distinct feed through `files_by_feed` (a skip-scan by hand), so the cost
+    /// grows with the number of feeds, not of files.
+    pub fn last_file_per_feed(&self) -> Result<Vec<FeedStatus>> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE feeds(feed) AS (
+                 SELECT MIN(feed) FROM files
+                 UNION ALL
+                 SELECT (SELECT MIN(feed) FROM files WHERE feed > feeds.feed) FROM feeds
+                 WHERE feeds.feed IS NOT NULL
+             )
+             SELECT f.feed, f.name, f.processed_at, f.outcome
+             FROM feeds JOIN files f ON f.id = (SELECT MAX(id) FROM files WHERE feed = feeds.feed)
+             ORDER BY f.feed",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FeedStatus {
+                feed: r.get(0)?,
+                last_file: r.get(1)?,
+                last_at: from_ms(r.get(2)?),
+                last_outcome: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Outbox depth and the oldest email still waiting, from `outbox_by_status`
+    /// (sent emails, however many, are not read).
+    pub fn outbox_counts(&self) -> Result<OutboxCounts> {
+        let count = |status: &str| -> Result<i64> {
+            Ok(self.conn.query_row(
+                "SELECT COUNT(*) FROM outbox INDEXED BY outbox_by_status WHERE status = ?1",
+                [status],
+                |r| r.get(0),
+            )?)
+        };
+        let oldest: Option<i64> = self.conn.query_row(
+            "SELECT MIN(created_at) FROM outbox INDEXED BY outbox_by_status WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(OutboxCounts {
+            pending: count("pending")?,
+            failed: count("failed")?,
+            oldest_pending: oldest.map(from_ms),
         })
     }
 
@@ -475,12 +577,10 @@ impl Store {
         statuses: &[AlertStatus],
         limit: usize,
     ) -> Result<Vec<AlertRow>> {
+        // Filtered in SQL: filtering a fixed number of newest rows afterwards
+        // would lose a draft behind a flood of newer alerts.
         let wanted: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
-        let mut stmt = self.conn.prepare(
-            "SELECT id, rule_id, COALESCE(district, ''), severity, status, created_at, event_count FROM alerts
-             ORDER BY created_at DESC, id LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit as i64 * 20], |r| {
+        let map = |r: &rusqlite::Row<'_>| {
             Ok(AlertRow {
                 id: r.get(0)?,
                 rule_id: r.get(1)?,
@@ -490,17 +590,33 @@ impl Store {
                 created_at: from_ms(r.get(5)?),
                 event_count: r.get(6)?,
             })
-        })?;
+        };
         let mut out = Vec::new();
-        for row in rows {
-            let row = row?;
-            if wanted.is_empty() || wanted.contains(&row.status.as_str()) {
-                out.push(row);
+        if wanted.is_empty() {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, rule_id, COALESCE(district, ''), severity, status, created_at, event_count FROM alerts
+                 ORDER BY created_at DESC, id LIMIT ?1",
+            )?;
+            for row in stmt.query_map([limit as i64], map)? {
+                out.push(row?);
             }
-            if out.len() == limit {
-                break;
+            return Ok(out);
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, rule_id, COALESCE(district, ''), severity, status, created_at, event_count FROM alerts
+             WHERE status = ?1 ORDER BY created_at DESC, id LIMIT ?2",
+        )?;
+        for status in wanted {
+            for row in stmt.query_map(params![status, limit as i64], map)? {
+                out.push(row?);
             }
         }
+        out.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        out.truncate(limit);
         Ok(out)
     }
 
@@ -629,25 +745,28 @@ impl FileTx<'_> {
     ) -> Result<()> {
         let recipients =
             serde_json::to_string(&email.to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.tx.execute(
-            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9)
-             ON CONFLICT (alert_id, partner_id, audience) DO NOTHING",
-            params![
-                alert_id,
-                partner_id,
-                match audience {
-                    Audience::Notify => "notify",
-                    Audience::Review => "review",
-                },
-                email.message_id,
-                email.from,
-                recipients,
-                email.subject,
-                email.bytes,
-                ms(now)
-            ],
-        )?;
+        // The priority comes from the alert's row, written earlier in this transaction.
+        let mut insert = self.tx.prepare_cached(concat!(
+            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at, priority)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9, ",
+            priority_of_alert!("?1"),
+            ")
+             ON CONFLICT (alert_id, partner_id, audience) DO NOTHING"
+        ))?;
+        insert.execute(params![
+            alert_id,
+            partner_id,
+            match audience {
+                Audience::Notify => "notify",
+                Audience::Review => "review",
+            },
+            email.message_id,
+            email.from,
+            recipients,
+            email.subject,
+            email.bytes,
+            ms(now)
+        ])?;
         Ok(())
     }
 
@@ -748,6 +867,14 @@ pub struct OutboxItem {
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
     pub attempts: u32,
+}
+
+/// What the metrics gauges and `status` say about the outbox.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub failed: i64,
+    pub oldest_pending: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -890,6 +1017,130 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    fn test_alert(id: &str, severity: crate::config::Severity, now: Timestamp) -> Alert {
+        Alert {
+            id: id.into(),
+            rule_id: "r".into(),
+            group: Default::default(),
+            district: Some("Bolton".into()),
+            severity,
+            created_at: now,
+            event_count: 1,
+            suppressed_before: 0,
+            events: Vec::new(),
+            status: AlertStatus::Sent,
+            trigger: Default::default(),
+        }
+    }
+
+    fn test_email(id: &str) -> RenderedEmail {
+        RenderedEmail {
+            subject: format!("subject {id}"),
+            text: String::new(),
+            html: String::new(),
+            message_id: format!("<{id}.p@example.org>"),
+            from: "e@example.org".into(),
+            to: vec!["p@example.org".into()],
+            bytes: b"message".to_vec(),
+        }
+    }
+
+    #[test]
+    fn critical_alerts_leave_the_outbox_first_then_oldest_first() {
+        use crate::config::Severity;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap();
+        // A flood of info and warning alerts, then a critical one, each a second later.
+        let order = [
+            ("EW-INFO1", Severity::Info),
+            ("EW-WARN1", Severity::Warning),
+            ("EW-INFO2", Severity::Info),
+            ("EW-CRIT1", Severity::Critical),
+            ("EW-WARN2", Severity::Warning),
+            ("EW-CRIT2", Severity::Critical),
+        ];
+        for (i, (id, severity)) in order.iter().enumerate() {
+            let at = t0
+                .checked_add(jiff::SignedDuration::from_secs(i as i64))
+                .unwrap();
+            store
+                .store_alert(
+                    &test_alert(id, *severity, at),
+                    &[("p".into(), test_email(id))],
+                    at,
+                )
+                .unwrap();
+        }
+        let now = t0.checked_add(jiff::SignedDuration::from_secs(60)).unwrap();
+        let ids =
+            |items: Vec<OutboxItem>| items.into_iter().map(|i| i.alert_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.due(now, 16).unwrap()),
+            [
+                "EW-CRIT1", "EW-CRIT2", "EW-WARN1", "EW-WARN2", "EW-INFO1", "EW-INFO2"
+            ]
+        );
+        assert_eq!(
+            ids(store.due(now, 3).unwrap()),
+            ["EW-CRIT1", "EW-CRIT2", "EW-WARN1"]
+        );
+        // A critical email waiting for its retry does not hold back what is due.
+        let first = store.due(now, 1).unwrap().remove(0);
+        let later = now
+            .checked_add(jiff::SignedDuration::from_secs(300))
+            .unwrap();
+        store.mark_retry(first.id, later, "451 try later").unwrap();
+        let due = store.due(now, 2).unwrap();
+        assert_eq!(ids(due.clone()), ["EW-CRIT2", "EW-WARN1"]);
+        store.mark_sent(due[0].id, now).unwrap();
+        assert_eq!(ids(store.due(later, 1).unwrap()), ["EW-CRIT1"]);
+    }
+
+    #[test]
+    fn an_older_outbox_gains_priorities_from_its_alerts_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The outbox as earlier versions made it: no priority column.
+            let conn = Connection::open(dir.path().join("earlywarn.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE alerts (id TEXT PRIMARY KEY, rule_id TEXT NOT NULL, district TEXT, severity TEXT NOT NULL,
+                    status TEXT NOT NULL, created_at INTEGER NOT NULL, event_count INTEGER NOT NULL, summary TEXT NOT NULL,
+                    reviewed_by TEXT, reviewed_at INTEGER);
+                 CREATE TABLE outbox (id INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, partner_id TEXT NOT NULL,
+                    audience TEXT NOT NULL, message_id TEXT NOT NULL, mail_from TEXT NOT NULL, recipients TEXT NOT NULL,
+                    subject TEXT NOT NULL, message BLOB NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                    next_attempt_at INTEGER NOT NULL, last_error TEXT, created_at INTEGER NOT NULL, sent_at INTEGER,
+                    UNIQUE (alert_id, partner_id, audience));
+                 INSERT INTO alerts VALUES ('EW-A', 'r', NULL, 'info', 'sent', 1, 1, '{}', NULL, NULL);
+                 INSERT INTO alerts VALUES ('EW-B', 'r', NULL, 'critical', 'sent', 2, 1, '{}', NULL, NULL);
+                 INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message,
+                    status, next_attempt_at, created_at)
+                    VALUES ('EW-A', 'p', 'notify', '<a>', 'e@x', '[\"p@x\"]', 's', x'00', 'pending', 1, 1),
+                           ('EW-B', 'p', 'notify', '<b>', 'e@x', '[\"p@x\"]', 's', x'00', 'pending', 2, 2),
+                           ('EW-GONE', 'p', 'notify', '<c>', 'e@x', '[\"p@x\"]', 's', x'00', 'pending', 3, 3);",
+            )
+            .unwrap();
+        }
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        for _ in 0..2 {
+            // Opened twice: the migration runs once and is a no-op the second time.
+            let store = Store::open(dir.path()).unwrap();
+            let ids: Vec<String> = store
+                .due(now, 10)
+                .unwrap()
+                .into_iter()
+                .map(|i| i.alert_id)
+                .collect();
+            assert_eq!(
+                ids,
+                ["EW-B", "EW-GONE", "EW-A"],
+                "critical, then unknown (as warning), then info"
+            );
+            assert_eq!(store.outbox_counts().unwrap().pending, 3);
+        }
     }
 
     #[test]

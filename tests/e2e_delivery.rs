@@ -677,6 +677,7 @@ fn implicit_tls_works_and_tls_is_never_given_up() {
     fs::create_dir_all(&secrets).unwrap();
     fs::copy(support::ca_pem_path(), secrets.join("ca.pem")).unwrap();
     fs::write(secrets.join("smtp-password"), PASSWORD).unwrap();
+    support::owner_only(&secrets.join("smtp-password"));
     let lines = format!(
         "transport = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nca_file = \"secrets/ca.pem\"\nusername = \"{USER}\"\npassword_file = \"secrets/smtp-password\"\n",
         plain.port()

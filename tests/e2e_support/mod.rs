@@ -160,6 +160,8 @@ pub fn smtp_mail_lines(server: &SmtpServer, dir: &Path) -> String {
     if let Some((user, password)) = &opts.auth {
         // A trailing newline, as `echo pw > file` leaves it: the daemon must not send it.
         fs::write(secrets.join("smtp-password"), format!("{password}\n")).unwrap();
+        // earlywarn refuses a password file its group or others can read.
+        support::owner_only(&secrets.join("smtp-password"));
         s += &format!("username = \"{user}\"\npassword_file = \"secrets/smtp-password\"\n");
     }
     s

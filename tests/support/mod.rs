@@ -385,6 +385,8 @@ impl SmtpServer {
         );
         if let Some((user, password)) = &self.opts.auth {
             let pw = write_atomically(dir, "smtp-password", password);
+            // earlywarn refuses a password file its group or others can read.
+            owner_only(&pw);
             s += &format!(
                 "username = \"{user}\"\npassword_file = \"{}\"\n",
                 pw.display()
@@ -859,4 +861,12 @@ pub fn poll_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
         }
         thread::sleep(every);
     }
+}
+
+/// Makes `path` readable and writable by its owner only (mode 0600), as a
+/// secret must be: earlywarn refuses an SMTP password file others can read.
+pub fn owner_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod 600 {}: {e}", path.display()));
 }
