@@ -303,6 +303,7 @@ fn replay(
         rules,
         feed,
         files,
+        jiff::Timestamp::now(),
         |alert| {
             use std::io::Write;
             let line = match format {

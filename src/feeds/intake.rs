@@ -212,6 +212,7 @@ pub fn process_file(
         feed: feed_for_parse,
         timezone: &config.daemon.timezone,
         default_time: now,
+        wall_clock: Some(now),
     };
 
     let tx = store.begin()?;
@@ -258,7 +259,7 @@ pub fn process_file(
     summary.rejected_rows = row_errors.len() as u64;
 
     engine.note_activity(&feed.name, now);
-    let outcome = engine.finish(batch, now, &sha);
+    let outcome = engine.finish(batch, now, &sha, &name);
     let mut rejected_as = None;
     let mut unrouted = Vec::new();
     // From here the engine's state is ahead of the database until commit; on
