@@ -18,6 +18,10 @@ use toml::Spanned;
 /// Default cap on a feed file's size (SPEC §4).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Default `max_future` of a feed (SPEC §3): a day covers clocks in another
+/// time zone and a lab that dates a sample by its expected result.
+pub const DEFAULT_MAX_FUTURE: Duration = Duration::from_secs(86_400);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The config file itself, for messages.
@@ -133,6 +137,9 @@ pub struct FeedConfig {
     pub max_file_bytes: u64,
     /// CSV field delimiter; `None` means sniff `,` `;` or tab from the header.
     pub delimiter: Option<u8>,
+    /// How far ahead of the wall clock a record's time may be before the
+    /// record is a bad row: one mistyped year must not steer the windows.
+    pub max_future: Duration,
 }
 
 impl FeedConfig {
@@ -552,6 +559,16 @@ impl Config {
                     ));
                 }
             }
+            let max_future = match &f.max_future {
+                None => DEFAULT_MAX_FUTURE,
+                Some(s) => match parse_duration(s.get_ref()) {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        errors.push(at(s.span(), format!("`max_future`: {msg}")));
+                        DEFAULT_MAX_FUTURE
+                    }
+                },
+            };
             let fields = f.fields.clone();
             let sensitive = f.sensitive.unwrap_or_default();
             let district_field = f
@@ -608,6 +625,7 @@ impl Config {
                 on_done,
                 max_file_bytes: f.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
                 delimiter,
+                max_future,
             });
         }
         if feeds.is_empty() {
@@ -843,6 +861,7 @@ struct RawFeed {
     on_done: Option<Spanned<String>>,
     max_file_bytes: Option<u64>,
     delimiter: Option<Spanned<String>>,
+    max_future: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -306,6 +306,7 @@ fn replay(
         rules,
         feed,
         files,
+        jiff::Timestamp::now(),
         |alert| {
             use std::io::Write;
             let line = match format {

@@ -150,6 +150,7 @@ pub fn ops_rule(config: &Config) -> Rule {
             "Look at `earlywarn status` and the daemon's log (journalctl -u earlywarn). Rejected files and their reasons are in each feed's rejected/ folder; fix and drop them again. A refused rule set: run `earlywarn check`.".into(),
         ),
         cooldown: None,
+        max_alerts: crate::rules::DEFAULT_MAX_ALERTS,
         group_by: Vec::new(),
         subject: None,
         body: None,

@@ -65,11 +65,16 @@ const CHUNK: usize = 1024;
 
 /// Replays `files` as if dropped into `feed`, calling `on_alert` for each alert
 /// and `on_problem` for each file or row that could not be read.
+///
+/// `wall_clock` is the real time now, not the simulated clock: a feed's
+/// `max_future` is measured from it, so a historical file replays whole and a
+/// record dated 2099 is a bad row here as it is in the daemon.
 pub fn replay(
     config: &Config,
     rules: Arc<RuleSet>,
     feed: &FeedConfig,
     files: &[PathBuf],
+    wall_clock: Timestamp,
     mut on_alert: impl FnMut(ReplayedAlert),
     mut on_problem: impl FnMut(&Path, Option<&RowError>, &str),
 ) -> Result<ReplaySummary, ReplayError> {
@@ -140,6 +145,7 @@ pub fn replay(
                     feed: shaped,
                     timezone: &config.daemon.timezone,
                     default_time: file_time,
+                    wall_clock: Some(wall_clock),
                 };
                 let mut chunk = Vec::with_capacity(CHUNK);
                 let mut duplicates = 0u64;
@@ -182,6 +188,7 @@ pub fn replay(
                                 keep_other_feeds_awake(&mut engine, latest);
                                 clock_alerts.extend(engine.tick(latest).alerts);
                             }
+                            engine.advance_clock(latest);
                             engine.observe(&mut batch, &event);
                         }
                     }
@@ -210,7 +217,7 @@ pub fn replay(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         engine.note_activity(&feed.name, clock);
-        let outcome = engine.finish(batch, clock, &path.to_string_lossy());
+        let outcome = engine.finish(batch, clock, &path.to_string_lossy(), &name);
         let after = if clock_rules {
             keep_other_feeds_awake(&mut engine, clock);
             engine.tick(clock).alerts

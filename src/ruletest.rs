@@ -283,6 +283,10 @@ fn evaluate(
             feed,
             timezone: &config.daemon.timezone,
             default_time: arrival.or(clock).unwrap_or(Timestamp::UNIX_EPOCH),
+            // The test's own clock, not the real one, so a test gives the same
+            // answer whenever it runs; an input with no arrival time and no
+            // earlier input is evaluated at its own latest record.
+            wall_clock: arrival.or(clock),
         };
         let mut events = Vec::new();
         for (i, row) in input.rows.iter().enumerate() {
@@ -329,7 +333,12 @@ fn evaluate(
             engine.observe(&mut batch, e);
         }
         engine.note_activity(&feed.name, now);
-        alerts.extend(engine.finish(batch, now, &format!("test-input-{n}")).alerts);
+        let input_name = format!("input {}", n + 1);
+        alerts.extend(
+            engine
+                .finish(batch, now, &format!("test-input-{n}"), &input_name)
+                .alerts,
+        );
         clock = Some(now);
     }
     if let Some(eval) = &test.eval_at {

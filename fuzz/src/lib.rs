@@ -109,6 +109,7 @@ pub fn parse_file(format: &str, data: &[u8]) -> ParseSummary {
         feed,
         timezone: &config.daemon.timezone,
         default_time: Timestamp::UNIX_EPOCH,
+        wall_clock: None,
     };
     // The daemon's way (`feeds::intake`): the whole file decoded in memory.
     let (text, encoding) = decode_bytes(bytes);
@@ -294,6 +295,7 @@ pub fn events() -> &'static [Event] {
             feed,
             timezone: &config.daemon.timezone,
             default_time: "2025-11-04T10:00:00Z".parse().unwrap(),
+            wall_clock: None,
         };
         records
             .as_array()
@@ -404,7 +406,7 @@ fn run_engine(config: &Config, set: Arc<RuleSet>) {
         engine.observe(&mut batch, event);
     }
     engine.note_activity("drug_testing", t0);
-    let outcome = engine.finish(batch, t0, "fuzz-file-1");
+    let outcome = engine.finish(batch, t0, "fuzz-file-1", "fuzz-file-1.csv");
     deliver(config, &engine, &outcome.alerts);
     persist(&mut stored, &outcome.changes);
 
@@ -417,6 +419,7 @@ fn run_engine(config: &Config, set: Arc<RuleSet>) {
         batch,
         t0 + jiff::SignedDuration::from_hours(24),
         "fuzz-file-2",
+        "fuzz-file-2.csv",
     );
     deliver(config, &engine, &outcome.alerts);
     persist(&mut stored, &outcome.changes);
@@ -494,6 +497,7 @@ I7,GMP-9,support_provided,2025-11-04T09:30:00Z,2025-11-04T09:35:00Z,Wigan,,,,,cl
                 feed,
                 timezone: &config.daemon.timezone,
                 default_time: "2025-11-04T10:00:00Z".parse().unwrap(),
+                wall_clock: None,
             };
             parse(text.as_bytes(), &shape, |row| {
                 if let Row::Event(e) = row {

@@ -78,6 +78,42 @@ pub enum Trigger {
         last: Timestamp,
         silent_secs: u64,
     },
+    /// One file's alerts of a rule beyond its `max_alerts`, folded into this
+    /// one summary: counts and a small sample of records, never all of them.
+    Folded {
+        /// How many alerts (groups, values or deadline keys) were folded.
+        alerts: u64,
+        /// How many matching records those alerts stood for.
+        matches: u64,
+        /// The feed and name of the file they came from (untrusted text).
+        feed: String,
+        file: String,
+        /// What the folded alerts were: decides the audience and the review.
+        of: FoldedOf,
+    },
+}
+
+/// What kind of alerts a summary folded (see [`Trigger::Folded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoldedOf {
+    /// Matches, thresholds, first-seen values, rates: reviewed like them, to `notify`.
+    Findings,
+    /// Deadline openings: to `notify_on_open`.
+    DeadlinesOpened,
+    /// Deadline closes: to `notify_on_close`.
+    DeadlinesClosed,
+}
+
+impl FoldedOf {
+    /// What an alert with `trigger` counts as when folded.
+    pub fn of(trigger: &Trigger) -> FoldedOf {
+        match trigger {
+            Trigger::DeadlineOpened { .. } => FoldedOf::DeadlinesOpened,
+            Trigger::DeadlineClosed { .. } => FoldedOf::DeadlinesClosed,
+            _ => FoldedOf::Findings,
+        }
+    }
 }
 
 impl Trigger {
@@ -90,6 +126,10 @@ impl Trigger {
                 | Trigger::Threshold { .. }
                 | Trigger::FirstSeen { .. }
                 | Trigger::Rate { .. }
+                | Trigger::Folded {
+                    of: FoldedOf::Findings,
+                    ..
+                }
         )
     }
 
@@ -189,11 +229,20 @@ fn audience_ids<'r>(alert: &Alert, rule: &'r Rule, audience: Audience) -> &'r [S
         return &rule.review;
     }
     match (&alert.trigger, &rule.kind) {
-        (Trigger::DeadlineOpened { .. }, RuleKind::Deadline { notify_on_open, .. }) => {
-            notify_on_open
-        }
+        (Trigger::DeadlineOpened { .. }, RuleKind::Deadline { notify_on_open, .. })
+        | (
+            Trigger::Folded {
+                of: FoldedOf::DeadlinesOpened,
+                ..
+            },
+            RuleKind::Deadline { notify_on_open, .. },
+        ) => notify_on_open,
         (
-            Trigger::DeadlineClosed { .. },
+            Trigger::DeadlineClosed { .. }
+            | Trigger::Folded {
+                of: FoldedOf::DeadlinesClosed,
+                ..
+            },
             RuleKind::Deadline {
                 notify_on_close, ..
             },
@@ -381,7 +430,9 @@ fn redact_trigger(
         Trigger::Match
         | Trigger::Threshold { .. }
         | Trigger::Rate { .. }
-        | Trigger::Silence { .. } => {}
+        | Trigger::Silence { .. }
+        // Counts and the file's name only: no record's values.
+        | Trigger::Folded { .. } => {}
     }
     trigger
 }

@@ -275,7 +275,7 @@ pub fn render(
     let show_time = time_shower(config);
     let (ctx, subject) = subject_and_context(alert, rule, delivery, config)?;
     let severity_tag = rule.severity.as_str().to_uppercase();
-    let lead = render_template(rule, rule.body.as_deref().unwrap_or(DEFAULT_LEAD), &ctx)?;
+    let lead = render_template(rule, own_template(alert, &rule.body, DEFAULT_LEAD), &ctx)?;
     let sections = Sections::build(alert, rule, delivery, feed, &show_time);
     let text = sections.text(&config.mail.marking, &lead, &severity_tag);
     let html = sections.html(&config.mail.marking, &lead, &severity_tag);
@@ -435,7 +435,7 @@ fn subject_and_context(
     let ctx = Value::from(minijinja::value::Serde(&ctx));
     let headline = one_line(&render_template(
         rule,
-        rule.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
+        own_template(alert, &rule.subject, DEFAULT_SUBJECT),
         &ctx,
     )?);
     let severity_tag = rule.severity.as_str().to_uppercase();
@@ -448,6 +448,16 @@ fn subject_and_context(
         format!("{} [{severity_tag}] {headline}", config.mail.marking)
     };
     Ok((ctx, subject))
+}
+
+/// The rule's own template, or the default. A summary of folded alerts always
+/// uses the default: a rule's template is written for one group's alert and
+/// would not say that this one stands for many.
+fn own_template<'r>(alert: &Alert, own: &'r Option<String>, default: &'r str) -> &'r str {
+    match (&alert.trigger, own) {
+        (Trigger::Folded { .. }, _) | (_, None) => default,
+        (_, Some(own)) => own,
+    }
 }
 
 /// One line saying what made the rule fire: the default subject.
@@ -503,6 +513,12 @@ fn headline(
                 human_duration(Duration::from_secs(*silent_secs))
             )
         }
+        Trigger::Folded {
+            alerts, feed, file, ..
+        } => format!(
+            "SUMMARY: {name}: {alerts} more alerts from {feed} file {}",
+            crate::display::escape_controls(file)
+        ),
     }
 }
 
@@ -578,6 +594,16 @@ fn summary(
             "{name}: the {feed} feed has delivered no file for {} (last at {}). Check the producer and the folder.",
             human_duration(Duration::from_secs(*silent_secs)),
             show_time(*last)
+        ),
+        Trigger::Folded {
+            alerts,
+            matches,
+            feed,
+            file,
+            ..
+        } => format!(
+            "{name}: the {feed} file {} raised more alerts than the rule's max_alerts allows. {alerts} further alerts ({matches} matching records) are folded into this summary; the records below are a sample. Replay the file (earlywarn replay) for every alert.",
+            crate::display::escape_controls(file)
         ),
     }
 }

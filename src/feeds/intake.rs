@@ -453,6 +453,7 @@ fn read_and_commit(
         feed: feed_for_parse,
         timezone: &config.daemon.timezone,
         default_time: now,
+        wall_clock: Some(now),
     };
     file.seek(SeekFrom::Start(0))
         .map_err(io_err("cannot read", incoming.path))?;
@@ -520,7 +521,7 @@ fn read_and_commit(
     summary.rejected_rows = quarantine.problems();
 
     engine.note_activity(&feed.name, now);
-    let outcome = engine.finish(batch, now, &sha);
+    let outcome = engine.finish(batch, now, &sha, name);
     let mut unrouted = Vec::new();
     for alert in &outcome.alerts {
         if enqueue_alert(config, engine, &tx, alert, now)? == 0 {

@@ -48,6 +48,10 @@ pub struct RecordShape<'a> {
     pub timezone: &'a TimeZone,
     /// Event time for feeds without a `time_field`: when the file was picked up.
     pub default_time: Timestamp,
+    /// The wall clock that the feed's `max_future` is measured from: a record
+    /// timed further ahead is a bad row. `None` only where there is no clock
+    /// to compare with (a rule test input without an arrival time).
+    pub wall_clock: Option<Timestamp>,
 }
 
 /// Reads records from `text` in the feed's format, calling `on_row` for each.
@@ -807,8 +811,14 @@ fn build_event<'a, 's>(
         None => shape.default_time,
         Some(f) => match given_time {
             None => return Err(format!("`{f}` (the event time) is empty")),
-            Some(v) => parse_time(&v, feed.time_format.as_deref(), shape.timezone)
-                .map_err(|hint| format!("`{f}` value `{v}` is not a time; {hint}"))?,
+            Some(v) => {
+                let time = parse_time(&v, feed.time_format.as_deref(), shape.timezone)
+                    .map_err(|hint| format!("`{f}` value `{v}` is not a time; {hint}"))?;
+                if let Some(reason) = too_far_ahead(time, shape.wall_clock, feed.max_future) {
+                    return Err(format!("`{f}` value `{v}` {reason}"));
+                }
+                time
+            }
         },
     };
     Ok(Event {
@@ -830,6 +840,39 @@ fn split_list(s: &str, separator: &str) -> Vec<Text> {
         (Some(c), None) => s.split(c).filter_map(pieces).collect(),
         _ => s.split(separator).filter_map(pieces).collect(),
     }
+}
+
+/// Why a record timed `time` is refused, if it is further ahead of
+/// `wall_clock` than `max_future`: a record dated 2099 would otherwise hold a
+/// window open, or push the real records of a cluster out of it.
+fn too_far_ahead(
+    time: Timestamp,
+    wall_clock: Option<Timestamp>,
+    max_future: std::time::Duration,
+) -> Option<String> {
+    let wall_clock = wall_clock?;
+    let ahead = time.duration_since(wall_clock);
+    let limit = jiff::SignedDuration::try_from(max_future).unwrap_or(jiff::SignedDuration::MAX);
+    if ahead <= limit {
+        return None;
+    }
+    Some(format!(
+        "is {} ahead of the clock ({}); records more than {} ahead are refused (the feed's `max_future`)",
+        roughly(ahead.as_secs().unsigned_abs()),
+        wall_clock.round(jiff::Unit::Second).unwrap_or(wall_clock),
+        roughly(max_future.as_secs()),
+    ))
+}
+
+/// A length of time in the largest unit that fits ("73 days", "26 hours").
+fn roughly(secs: u64) -> String {
+    let (n, unit) = match secs {
+        s if s >= 2 * 86_400 || s % 86_400 == 0 && s > 0 => (s / 86_400, "day"),
+        s if s >= 2 * 3600 || s % 3600 == 0 && s > 0 => (s / 3600, "hour"),
+        s if s >= 120 || s % 60 == 0 && s > 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Parses an event time. Times without an offset are local to `tz`.
@@ -880,6 +923,7 @@ mod tests {
             feed,
             timezone: &tz,
             default_time: Timestamp::UNIX_EPOCH,
+            wall_clock: None,
         };
         let mut events = Vec::new();
         let mut errors = Vec::new();
@@ -1191,5 +1235,39 @@ mod tests {
                 .to_string(),
             "2025-11-04T10:30:00Z"
         );
+    }
+
+    #[test]
+    fn a_record_timed_beyond_max_future_is_a_bad_row_with_the_time_the_limit_and_the_key() {
+        let feed = feed("csv", "max_future = \"2h\"");
+        let tz = TimeZone::get("Europe/London").unwrap();
+        let shape = RecordShape {
+            feed: &feed,
+            timezone: &tz,
+            default_time: Timestamp::UNIX_EPOCH,
+            wall_clock: Some("2025-11-04T12:00:00Z".parse().unwrap()),
+        };
+        let text = "sample_id,tested_at\nS1,2099-01-01T00:00:00Z\nS2,2025-11-04T13:59:00Z\nS3,2025-11-04T14:00:01Z\nS4,2020-01-01T00:00:00Z\n";
+        let mut events = Vec::new();
+        let mut errors = Vec::new();
+        parse(text.as_bytes(), &shape, |row| match row {
+            Row::Event(e) => events.push(e.record_id.clone().unwrap()),
+            Row::Error(e) => errors.push((e.row, e.reason)),
+        })
+        .unwrap();
+        assert_eq!(
+            events,
+            ["S2", "S4"],
+            "within the limit, and the past, are fine"
+        );
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0].0, 1);
+        assert_eq!(
+            errors[0].1,
+            "`tested_at` value `2099-01-01T00:00:00Z` is 26720 days ahead of the clock (2025-11-04T12:00:00Z); records more than 2 hours ahead are refused (the feed's `max_future`)"
+        );
+        assert!(errors[1].1.contains("is 2 hours ahead"), "{}", errors[1].1);
+        // The default limit is a day.
+        assert_eq!(self::feed("csv", "").max_future.as_secs(), 86_400);
     }
 }

@@ -15,7 +15,7 @@
 //! commit them it must call [`Engine::restore`] with the stored state.
 
 use super::{Rule, RuleKind, RuleSet};
-use crate::alerts::{Alert, AlertStatus, Trigger};
+use crate::alerts::{Alert, AlertStatus, FoldedOf, Trigger};
 use crate::event::Event;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -107,8 +107,9 @@ impl Window {
         true
     }
 
-    /// Drops entries older than `cutoff_ms`.
-    fn prune_before(&mut self, cutoff_ms: i64) {
+    /// Drops entries older than `cutoff_ms`; true if any went.
+    fn prune_before(&mut self, cutoff_ms: i64) -> bool {
+        let before = self.entries.len();
         while let Some(&(t, id)) = self.entries.front()
             && t < cutoff_ms
         {
@@ -126,12 +127,14 @@ impl Window {
         {
             self.events.pop_front();
         }
+        self.entries.len() != before
     }
 
     fn latest_ms(&self) -> Option<i64> {
         self.entries.back().map(|&(t, _)| t)
     }
 
+    #[cfg(test)]
     fn len(&self) -> u64 {
         self.entries.len() as u64
     }
@@ -143,10 +146,10 @@ impl Window {
         (hi - lo) as u64
     }
 
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.events.clear();
-        self.ids = None;
+    /// Entries with time in [from, to]: both ends count, as a window of
+    /// `within` includes an event exactly `within` before the newest.
+    fn count_from_to(&self, from_ms: i64, to_ms: i64) -> u64 {
+        self.count_between(from_ms.saturating_sub(1), to_ms)
     }
 }
 
@@ -385,6 +388,15 @@ pub struct Engine {
     wakeup: std::cell::Cell<Option<Option<Timestamp>>>,
     /// A reused key for looking up first-seen values (see `observe_match`).
     seen_probe: GroupRef,
+    /// The latest `now` the caller has given (`finish`, `tick`,
+    /// `advance_clock`): no later than the real wall clock, so windows
+    /// trimmed against it while a file is observed never lose a real event.
+    /// `None` until then: observing trims nothing.
+    clock: Option<Timestamp>,
+    /// When some window or cooldown may next have outlived its rule's need.
+    sweep_at: Option<Timestamp>,
+    /// When quiet state was last swept (sweeps are at least `SWEEP_GAP` apart).
+    last_sweep: Option<Timestamp>,
 }
 
 impl Engine {
@@ -418,7 +430,21 @@ impl Engine {
             dirty: BTreeSet::new(),
             wakeup: std::cell::Cell::new(None),
             seen_probe: GroupRef::new("", ""),
+            clock: None,
+            sweep_at: None,
+            last_sweep: None,
         }
+        .with_sweep_planned()
+    }
+
+    /// Loaded state may hold windows and cooldowns of groups gone quiet while
+    /// the daemon was down: the first `finish` or `tick` sweeps them.
+    fn with_sweep_planned(mut self) -> Engine {
+        let has_state = !self.state.windows.is_empty() || !self.state.cooldowns.is_empty();
+        self.sweep_at = has_state.then_some(Timestamp::MIN);
+        self.last_sweep = None;
+        self.wakeup.set(None);
+        self
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -433,6 +459,9 @@ impl Engine {
     pub fn restore(&mut self, state: EngineState) {
         self.state = state;
         self.dirty.clear();
+        let has_state = !self.state.windows.is_empty() || !self.state.cooldowns.is_empty();
+        self.sweep_at = has_state.then_some(Timestamp::MIN);
+        self.last_sweep = None;
         self.wakeup.set(None);
     }
 
@@ -513,10 +542,17 @@ impl Engine {
                 };
                 let key = group_key(rule, event);
                 let gref = GroupRef::new(&rule.id, &key);
+                let clock = self.clock;
                 let window = self.state.windows.entry(gref.clone()).or_default();
                 if window.insert(event) {
-                    let latest = window.latest_ms().unwrap_or(0);
-                    window.prune_before(latest - span.as_millis() as i64);
+                    // Keeps a long file's window bounded. Trimmed against the
+                    // newest event only up to the known clock: a record timed
+                    // in the future must not push real ones out (`finish`
+                    // trims against the wall clock in any case).
+                    if let (Some(latest), Some(clock)) = (window.latest_ms(), clock) {
+                        let reference = latest.min(clock.as_millisecond());
+                        window.prune_before(reference - span.as_millis() as i64);
+                    }
                     self.touch(StateKind::Window, &gref);
                     batch
                         .pending
@@ -690,133 +726,210 @@ impl Engine {
         }
     }
 
-    /// Turns a file's matches into alerts at `now`. `discriminator` (the
-    /// file's content hash) keeps alert ids unique.
-    pub fn finish(&mut self, batch: Batch, now: Timestamp, discriminator: &str) -> Outcome {
+    /// Turns a file's matches into alerts at `now` (the wall clock).
+    /// `discriminator` (the file's content hash) keeps alert ids unique;
+    /// `file` (its name) is named by a summary of folded alerts.
+    ///
+    /// Each rule raises at most its `max_alerts` alerts for the file,
+    /// counting the summary: see [`Engine::emit`].
+    pub fn finish(
+        &mut self,
+        batch: Batch,
+        now: Timestamp,
+        discriminator: &str,
+        file: &str,
+    ) -> Outcome {
+        self.advance_clock(now);
         let mut outcome = Outcome::default();
         let rules = self.rules.clone();
+        let source = Source {
+            now,
+            discriminator,
+            file,
+        };
+        // Pending matches are ordered by rule index, so one rule's alerts are
+        // decided together and then capped together.
+        let mut current: Option<usize> = None;
+        let mut raised: Vec<Raised> = Vec::new();
         for ((index, key), pending) in batch.pending {
-            let rule = &rules.rules[index];
-            match &rule.kind {
-                RuleKind::Match | RuleKind::FirstSeen { .. } => {
-                    self.raise_with_cooldown(&mut outcome, rule, &key, pending, now, discriminator);
-                }
-                RuleKind::Threshold { count, within } => {
-                    if !batch.windows_touched.contains(&(index, key.clone())) {
-                        continue;
-                    }
-                    let gref = GroupRef::new(&rule.id, &key);
-                    let Some(window) = self.state.windows.get(&gref) else {
-                        continue;
-                    };
-                    if window.len() < *count {
-                        continue;
-                    }
-                    let alert_pending = Pending {
-                        group: pending.group,
-                        events: window.events.iter().cloned().collect(),
-                        count: window.len(),
-                        trigger: Some(Trigger::Threshold {
-                            count: *count,
-                            within_secs: within.as_secs(),
-                        }),
-                    };
-                    if self.raise_with_cooldown(
+            if current != Some(index) {
+                if let Some(done) = current {
+                    emit(
+                        &rules.rules[done],
+                        std::mem::take(&mut raised),
+                        &source,
                         &mut outcome,
-                        rule,
-                        &key,
-                        alert_pending,
-                        now,
-                        discriminator,
-                    ) {
-                        // The events that made this alert do not count towards the next.
-                        if let Some(w) = self.state.windows.get_mut(&gref) {
-                            w.clear();
-                        }
-                        self.touch(StateKind::Window, &gref);
-                    }
-                }
-                RuleKind::Rate {
-                    within,
-                    factor,
-                    baseline,
-                    min_count,
-                } => {
-                    let gref = GroupRef::new(&rule.id, &key);
-                    let Some(window) = self.state.windows.get(&gref) else {
-                        continue;
-                    };
-                    let Some(latest) = window.latest_ms() else {
-                        continue;
-                    };
-                    let w_ms = within.as_millis() as i64;
-                    let current = window.count_between(latest - w_ms, latest);
-                    let base = window
-                        .count_between(latest - w_ms - baseline.as_millis() as i64, latest - w_ms);
-                    let average = base as f64 * within.as_secs_f64() / baseline.as_secs_f64();
-                    if current < *min_count || (current as f64) < factor * average {
-                        continue;
-                    }
-                    let events: Vec<Event> = window
-                        .events
-                        .iter()
-                        .filter(|e| e.time.as_millisecond() > latest - w_ms)
-                        .cloned()
-                        .collect();
-                    let alert_pending = Pending {
-                        group: pending.group,
-                        events,
-                        count: current,
-                        trigger: Some(Trigger::Rate {
-                            current,
-                            baseline_average: (average * 10.0).round() / 10.0,
-                            within_secs: within.as_secs(),
-                        }),
-                    };
-                    // A rise stays a rise for a while: without a cooldown, one alert per window.
-                    let mut rule_with_cooldown;
-                    let rule = if rule.cooldown.is_none() {
-                        rule_with_cooldown = rule.clone();
-                        rule_with_cooldown.cooldown = Some(*within);
-                        &rule_with_cooldown
-                    } else {
-                        rule
-                    };
-                    self.raise_with_cooldown(
-                        &mut outcome,
-                        rule,
-                        &key,
-                        alert_pending,
-                        now,
-                        discriminator,
                     );
                 }
-                RuleKind::Deadline { .. } => {
-                    // Open and close notices: not subject to cooldown.
-                    outcome
-                        .alerts
-                        .push(make_alert(rule, &key, pending, now, discriminator, 0));
-                }
-                RuleKind::Silence { .. } => {}
+                current = Some(index);
+            }
+            let rule = &rules.rules[index];
+            let touched = batch.windows_touched.contains(&(index, key.clone()));
+            if let Some(r) = self.decide(&mut outcome, rule, key, pending, now, touched) {
+                raised.push(r);
             }
         }
+        if let Some(done) = current {
+            emit(&rules.rules[done], raised, &source, &mut outcome);
+        }
+        self.sweep_if_due(now);
         outcome.changes = self.drain_changes();
         outcome
     }
 
-    /// Raises an alert unless the rule and group are in cooldown; true if raised.
-    fn raise_with_cooldown(
+    /// Whether one rule and group's matches in this file make an alert
+    /// (cooldowns applied), and with what.
+    fn decide(
         &mut self,
         outcome: &mut Outcome,
         rule: &Rule,
-        key: &str,
+        key: String,
         pending: Pending,
         now: Timestamp,
-        discriminator: &str,
-    ) -> bool {
-        let gref = GroupRef::new(&rule.id, key);
+        window_touched: bool,
+    ) -> Option<Raised> {
+        let now_ms = now.as_millisecond();
+        match &rule.kind {
+            RuleKind::Match | RuleKind::FirstSeen { .. } => {
+                self.through_cooldown(outcome, rule, key, pending, now, rule.cooldown)
+            }
+            RuleKind::Threshold { count, within } => {
+                if !window_touched {
+                    return None;
+                }
+                let gref = GroupRef::new(&rule.id, &key);
+                let w_ms = within.as_millis() as i64;
+                let (counted, from, to) = {
+                    let window = self.state.windows.get_mut(&gref)?;
+                    // The wall clock trims too: an event timed ahead of now
+                    // must not keep old events in, nor push real ones out.
+                    let trimmed = window.prune_before(now_ms - w_ms);
+                    let Some(latest) = window.latest_ms() else {
+                        self.drop_window(&gref);
+                        return None;
+                    };
+                    if trimmed {
+                        self.touch(StateKind::Window, &gref);
+                    }
+                    let window = &self.state.windows[&gref];
+                    // The window ending now and, if a record is timed ahead of
+                    // now (within the feed's max_future), the one ending at it.
+                    let mut best = (window.count_from_to(now_ms - w_ms, now_ms), now_ms);
+                    if latest > now_ms {
+                        let ahead = window.count_from_to(latest - w_ms, latest);
+                        if ahead > best.0 {
+                            best = (ahead, latest);
+                        }
+                    }
+                    (best.0, best.1 - w_ms, best.1)
+                };
+                self.note_expiry(rule, &gref, now);
+                if counted < *count {
+                    return None;
+                }
+                let window = &self.state.windows[&gref];
+                let alert_pending = Pending {
+                    group: pending.group,
+                    events: window
+                        .events
+                        .iter()
+                        .filter(|e| (from..=to).contains(&e.time.as_millisecond()))
+                        .cloned()
+                        .collect(),
+                    count: counted,
+                    trigger: Some(Trigger::Threshold {
+                        count: *count,
+                        within_secs: within.as_secs(),
+                    }),
+                };
+                let raised =
+                    self.through_cooldown(outcome, rule, key, alert_pending, now, rule.cooldown);
+                if raised.is_some() {
+                    // The events that made this alert do not count towards the next.
+                    self.drop_window(&gref);
+                }
+                raised
+            }
+            RuleKind::Rate {
+                within,
+                factor,
+                baseline,
+                min_count,
+            } => {
+                if !window_touched {
+                    return None;
+                }
+                let gref = GroupRef::new(&rule.id, &key);
+                let w_ms = within.as_millis() as i64;
+                let b_ms = baseline.as_millis() as i64;
+                let window = self.state.windows.get_mut(&gref)?;
+                let trimmed = window.prune_before(now_ms - w_ms - b_ms);
+                let Some(latest) = window.latest_ms() else {
+                    self.drop_window(&gref);
+                    return None;
+                };
+                if trimmed {
+                    self.touch(StateKind::Window, &gref);
+                }
+                self.note_expiry(rule, &gref, now);
+                let window = &self.state.windows[&gref];
+                // Measured at the newest record not ahead of now, and at a
+                // record timed ahead of now (within max_future) if there is one.
+                let anchors = [
+                    Some(latest.min(now_ms)),
+                    (latest > now_ms).then_some(latest),
+                ];
+                let rise = anchors.into_iter().flatten().find_map(|at| {
+                    let current = window.count_between(at - w_ms, at);
+                    let base = window.count_between(at - w_ms - b_ms, at - w_ms);
+                    let average = base as f64 * within.as_secs_f64() / baseline.as_secs_f64();
+                    (current >= *min_count && (current as f64) >= factor * average)
+                        .then_some((at, current, average))
+                });
+                let (at, current, average) = rise?;
+                let events: Vec<Event> = window
+                    .events
+                    .iter()
+                    .filter(|e| ((at - w_ms + 1)..=at).contains(&e.time.as_millisecond()))
+                    .cloned()
+                    .collect();
+                let alert_pending = Pending {
+                    group: pending.group,
+                    events,
+                    count: current,
+                    trigger: Some(Trigger::Rate {
+                        current,
+                        baseline_average: (average * 10.0).round() / 10.0,
+                        within_secs: within.as_secs(),
+                    }),
+                };
+                // A rise stays a rise for a while: without a cooldown, one alert per window.
+                let cooldown = rule.cooldown.or(Some(*within));
+                self.through_cooldown(outcome, rule, key, alert_pending, now, cooldown)
+            }
+            // Open and close notices: not subject to cooldown.
+            RuleKind::Deadline { .. } => Some(Raised {
+                key,
+                pending,
+                suppressed_before: 0,
+            }),
+            RuleKind::Silence { .. } => None,
+        }
+    }
+
+    /// The alert, unless the rule and group are in cooldown (then its matches are counted).
+    fn through_cooldown(
+        &mut self,
+        outcome: &mut Outcome,
+        rule: &Rule,
+        key: String,
+        pending: Pending,
+        now: Timestamp,
+        cooldown: Option<Duration>,
+    ) -> Option<Raised> {
+        let gref = GroupRef::new(&rule.id, &key);
         let previous = self.state.cooldowns.get(&gref).cloned();
-        if let (Some(cd), Some(prev)) = (rule.cooldown, &previous)
+        if let (Some(cd), Some(prev)) = (cooldown, &previous)
             && now < add(prev.last_alert_at, cd)
         {
             let mut next = prev.clone();
@@ -824,10 +937,11 @@ impl Engine {
             *outcome.suppressed.entry(rule.id.clone()).or_default() += pending.count;
             self.state.cooldowns.insert(gref.clone(), next);
             self.touch(StateKind::Cooldown, &gref);
-            return false;
+            self.note_expiry(rule, &gref, now);
+            return None;
         }
         let suppressed_before = previous.map(|p| p.suppressed).unwrap_or(0);
-        if rule.cooldown.is_some() {
+        if cooldown.is_some() {
             self.state.cooldowns.insert(
                 gref.clone(),
                 Cooldown {
@@ -836,20 +950,105 @@ impl Engine {
                 },
             );
             self.touch(StateKind::Cooldown, &gref);
+            self.note_expiry(rule, &gref, now);
+        } else if self.state.cooldowns.remove(&gref).is_some() {
+            // Left from before the rule lost its cooldown: reported now, so forgotten.
+            self.touch(StateKind::Cooldown, &gref);
         }
-        outcome.alerts.push(make_alert(
-            rule,
+        Some(Raised {
             key,
             pending,
-            now,
-            discriminator,
             suppressed_before,
-        ));
-        true
+        })
+    }
+
+    fn drop_window(&mut self, gref: &GroupRef) {
+        if self.state.windows.remove(gref).is_some() {
+            self.touch(StateKind::Window, gref);
+        }
+    }
+
+    /// Brings the next sweep forward to when `gref`'s window or cooldown can
+    /// go, but never to sooner than [`SWEEP_GAP`] after the last sweep.
+    fn note_expiry(&mut self, rule: &Rule, gref: &GroupRef, now: Timestamp) {
+        let expiry = [
+            self.state.windows.get(gref).map(|w| window_expiry(rule, w)),
+            self.state
+                .cooldowns
+                .get(gref)
+                .map(|c| cooldown_expiry(rule, c)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(expiry) = expiry else { return };
+        let earliest = self.last_sweep.map_or(now, |last| add(last, SWEEP_GAP));
+        let at = expiry.max(earliest);
+        if self.sweep_at.is_none_or(|known| at < known) {
+            self.sweep_at = Some(at);
+            self.wakeup.set(None);
+        }
+    }
+
+    /// The caller's clock has reached `now` (replay's simulated clock follows
+    /// the events): windows may be trimmed against it while a file is observed.
+    pub fn advance_clock(&mut self, now: Timestamp) {
+        if self.clock.is_none_or(|known| now > known) {
+            self.clock = Some(now);
+        }
+    }
+
+    /// Deletes the windows and cooldowns that have had no event for longer
+    /// than their rule needs, if such a time has come (SPEC §5.2: bounded state).
+    fn sweep_if_due(&mut self, now: Timestamp) {
+        if self.sweep_at.is_none_or(|at| at > now) {
+            return;
+        }
+        let rules = self.rules.clone();
+        let now_ms = now.as_millisecond();
+        let mut touched = Vec::new();
+        let mut earliest: Option<Timestamp> = None;
+        self.state.windows.retain(|gref, window| {
+            let span = rules.get(&gref.rule_id).and_then(window_span);
+            let Some(span) = span else {
+                touched.push((StateKind::Window, gref.clone()));
+                return false;
+            };
+            if window.prune_before(now_ms - span.as_millis() as i64) {
+                touched.push((StateKind::Window, gref.clone()));
+            }
+            if window.latest_ms().is_none() {
+                return false;
+            }
+            if let Some(rule) = rules.get(&gref.rule_id) {
+                let expiry = window_expiry(rule, window);
+                earliest = Some(earliest.map_or(expiry, |e| e.min(expiry)));
+            }
+            true
+        });
+        self.state.cooldowns.retain(|gref, cooldown| {
+            let expiry = match rules.get(&gref.rule_id) {
+                Some(rule) => cooldown_expiry(rule, cooldown),
+                None => Timestamp::MIN,
+            };
+            if expiry <= now {
+                touched.push((StateKind::Cooldown, gref.clone()));
+                return false;
+            }
+            earliest = Some(earliest.map_or(expiry, |e| e.min(expiry)));
+            true
+        });
+        for (kind, gref) in touched {
+            self.dirty.insert((kind, gref));
+        }
+        self.last_sweep = Some(now);
+        self.sweep_at = earliest.map(|e| e.max(add(now, SWEEP_GAP)));
+        self.wakeup.set(None);
     }
 
     /// Raises what the wall clock alone decides: overdue deadlines and silent feeds.
     pub fn tick(&mut self, now: Timestamp) -> Outcome {
+        self.advance_clock(now);
         let mut outcome = Outcome::default();
         let rules = self.rules.clone();
         // Deadlines, soonest first so alert order is stable.
@@ -960,6 +1159,7 @@ impl Engine {
                 .alerts
                 .push(make_alert(rule, &rule.feed, p, now, &last.to_string(), 0));
         }
+        self.sweep_if_due(now);
         outcome.changes = self.drain_changes();
         outcome
     }
@@ -972,7 +1172,8 @@ impl Engine {
             .any(|r| matches!(r.kind, RuleKind::Deadline { .. } | RuleKind::Silence { .. }))
     }
 
-    /// The earliest time `tick` could raise something, if any (so the daemon can sleep until then).
+    /// The earliest time `tick` could raise something or delete quiet state,
+    /// if any (so the daemon can sleep until then).
     pub fn next_wakeup(&self) -> Option<Timestamp> {
         if let Some(known) = self.wakeup.get() {
             return known;
@@ -1008,7 +1209,11 @@ impl Engine {
                 _ => None,
             })
             .min();
-        deadline.into_iter().chain(silence).min()
+        deadline
+            .into_iter()
+            .chain(silence)
+            .chain(self.sweep_at)
+            .min()
     }
 
     /// The state changes since the last `finish` or `tick` (e.g. after `note_activity` alone).
@@ -1026,6 +1231,193 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// How often at most quiet state is swept: deleting it up to this late is
+/// harmless, and sweeping every state row is not free.
+const SWEEP_GAP: Duration = Duration::from_secs(3600);
+
+/// Records a summary of folded alerts carries in full, besides one per district.
+const SUMMARY_SAMPLE: usize = 10;
+
+/// The file an outcome comes from, for alert ids and summaries.
+struct Source<'a> {
+    now: Timestamp,
+    discriminator: &'a str,
+    file: &'a str,
+}
+
+/// An alert decided on but not yet made: the cap may fold it into a summary.
+struct Raised {
+    key: String,
+    pending: Pending,
+    suppressed_before: u64,
+}
+
+/// Makes one rule's alerts for a file, at most `max_alerts` of them.
+///
+/// Beyond the cap, the alerts with the most matching records (then by group
+/// key: never by row order, so the daemon, replay and rule tests agree) go out
+/// as they are, and the rest are folded into one summary per audience (see
+/// [`FoldedOf`]), counted within the cap. A summary carries counts, the file's
+/// name and a sample of records: one per district among the folded alerts, so
+/// that routing reaches every partner covering one of them, topped up to
+/// [`SUMMARY_SAMPLE`]. When the folded alerts span more districts than an alert
+/// carries records, the summary carries none: `route` then sends it to every
+/// partner of the rule rather than leave one out. The folded alerts' state
+/// (cooldowns started, windows cleared) stands as if each had gone out: the
+/// summary told their partners.
+fn emit(rule: &Rule, mut raised: Vec<Raised>, source: &Source<'_>, outcome: &mut Outcome) {
+    let max = usize::try_from(rule.max_alerts.max(1)).unwrap_or(usize::MAX);
+    let make = |r: Raised| {
+        make_alert(
+            rule,
+            &r.key,
+            r.pending,
+            source.now,
+            source.discriminator,
+            r.suppressed_before,
+        )
+    };
+    if raised.len() <= max {
+        outcome.alerts.extend(raised.into_iter().map(make));
+        return;
+    }
+    raised.sort_by(|a, b| {
+        b.pending
+            .count
+            .cmp(&a.pending.count)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    let class = |r: &Raised| FoldedOf::of(r.pending.trigger.as_ref().unwrap_or(&Trigger::Match));
+    let classes = |rest: &[Raised]| {
+        let mut seen: Vec<FoldedOf> = Vec::new();
+        for r in rest {
+            let c = class(r);
+            if !seen.contains(&c) {
+                seen.push(c);
+            }
+        }
+        seen
+    };
+    // One summary per audience among the folded alerts, all within the cap.
+    let mut keep = max - 1;
+    while keep > 0 && keep + classes(&raised[keep..]).len() > max {
+        keep -= 1;
+    }
+    let folded = raised.split_off(keep);
+    outcome.alerts.extend(raised.into_iter().map(make));
+    let mut audiences = classes(&folded);
+    if audiences.len() > max {
+        // A cap of 1 on a deadline rule folding both openings and closes:
+        // one summary, to the audience of the alert with the most records.
+        audiences.truncate(1);
+    }
+    let mut groups: Vec<Vec<Raised>> = audiences.iter().map(|_| Vec::new()).collect();
+    for r in folded {
+        let at = audiences.iter().position(|&c| c == class(&r)).unwrap_or(0);
+        groups[at].push(r);
+    }
+    for (of, group) in audiences.into_iter().zip(groups) {
+        outcome.alerts.push(summary_alert(rule, of, group, source));
+    }
+}
+
+/// One summary alert standing for `folded` (see [`emit`]).
+fn summary_alert(rule: &Rule, of: FoldedOf, folded: Vec<Raised>, source: &Source<'_>) -> Alert {
+    let alerts = folded.len() as u64;
+    let matches: u64 = folded.iter().map(|r| r.pending.count).sum();
+    let suppressed_before = folded.iter().map(|r| r.suppressed_before).sum();
+    let mut districts: HashSet<String> = HashSet::new();
+    let mut sample: Vec<Event> = Vec::new();
+    let mut spare: Vec<Event> = Vec::new();
+    let mut too_many_districts = false;
+    for event in folded.iter().flat_map(|r| r.pending.events.iter()) {
+        let district = event
+            .get(&rule.district_field)
+            .map(|v| v.to_string().trim().to_lowercase())
+            .unwrap_or_default();
+        if districts.contains(&district) {
+            if spare.len() < SUMMARY_SAMPLE {
+                spare.push(event.clone());
+            }
+            continue;
+        }
+        if districts.len() == MAX_EVENTS_PER_ALERT {
+            too_many_districts = true;
+            break;
+        }
+        districts.insert(district);
+        sample.push(event.clone());
+    }
+    if too_many_districts {
+        sample.clear();
+    } else {
+        let room = SUMMARY_SAMPLE.saturating_sub(sample.len());
+        sample.extend(spare.into_iter().take(room));
+        sample.sort_by_key(|e| e.time);
+    }
+    let pending = Pending {
+        group: BTreeMap::new(),
+        events: sample,
+        count: matches,
+        trigger: Some(Trigger::Folded {
+            alerts,
+            matches,
+            feed: rule.feed.clone(),
+            file: source.file.to_string(),
+            of,
+        }),
+    };
+    let key = format!("\u{3}folded\u{1f}{of:?}");
+    make_alert(
+        rule,
+        &key,
+        pending,
+        source.now,
+        source.discriminator,
+        suppressed_before,
+    )
+}
+
+/// How long a threshold or rate window keeps an event (None for other kinds).
+fn window_span(rule: &Rule) -> Option<Duration> {
+    match &rule.kind {
+        RuleKind::Threshold { within, .. } => Some(*within),
+        RuleKind::Rate {
+            within, baseline, ..
+        } => Some(*within + *baseline),
+        _ => None,
+    }
+}
+
+/// When a window has had no event for longer than its rule needs: just after
+/// its newest event leaves the span (an empty window is needed by nobody).
+fn window_expiry(rule: &Rule, window: &Window) -> Timestamp {
+    match (window_span(rule), window.latest_ms()) {
+        (Some(span), Some(latest)) => {
+            let latest = Timestamp::from_millisecond(latest).unwrap_or(Timestamp::MAX);
+            add(add(latest, span), Duration::from_millis(1))
+        }
+        _ => Timestamp::MIN,
+    }
+}
+
+/// When a cooldown is no longer needed: when it ends, or, if it held matches
+/// back, one cooldown later, so that a group that matches again soon still
+/// reports them (after that its next alert is news in its own right).
+fn cooldown_expiry(rule: &Rule, cooldown: &Cooldown) -> Timestamp {
+    let length = match (&rule.kind, rule.cooldown) {
+        (_, Some(cd)) => cd,
+        (RuleKind::Rate { within, .. }, None) => *within,
+        _ => Duration::ZERO,
+    };
+    let kept = if cooldown.suppressed > 0 {
+        length * 2
+    } else {
+        length
+    };
+    add(cooldown.last_alert_at, kept)
 }
 
 fn deadline_within(rule: &Rule) -> Option<Duration> {

@@ -34,6 +34,9 @@ pub struct Rule {
     pub review: Vec<String>,
     pub advice: Option<String>,
     pub cooldown: Option<Duration>,
+    /// At most this many alerts from one file; further matches are folded
+    /// into one summary alert, counted among them (SPEC §5.2).
+    pub max_alerts: u64,
     pub group_by: Vec<String>,
     pub subject: Option<String>,
     pub body: Option<String>,
@@ -92,6 +95,9 @@ impl RuleKind {
         }
     }
 }
+
+/// `max_alerts` when a rule does not set it.
+pub const DEFAULT_MAX_ALERTS: u64 = 100;
 
 const KINDS: [&str; 6] = [
     "match",
@@ -622,6 +628,20 @@ impl RuleSet {
                     },
                 };
 
+                let max_alerts = match &raw.max_alerts {
+                    None => DEFAULT_MAX_ALERTS,
+                    Some(m) if *m.get_ref() < 1 => {
+                        errors.push(at(
+                            m.span().start,
+                            format!(
+                                "`max_alerts` must be a whole number of at least 1 (how many alerts one file may raise; default {DEFAULT_MAX_ALERTS})"
+                            ),
+                        ));
+                        DEFAULT_MAX_ALERTS
+                    }
+                    Some(m) => *m.get_ref() as u64,
+                };
+
                 // Fields must exist where the feed declares its columns.
                 if let (Some(fc), Some(cond)) = (feed_config, &when)
                     && let Some(columns) = &fc.fields
@@ -728,6 +748,7 @@ impl RuleSet {
                         review,
                         advice: raw.advice,
                         cooldown,
+                        max_alerts,
                         group_by: raw.group_by.into_iter().map(|g| g.into_inner()).collect(),
                         subject: raw.subject.map(|s| s.into_inner()),
                         body: raw.body.map(|s| s.into_inner()),
@@ -843,6 +864,7 @@ struct RawRule {
     review: Vec<Spanned<String>>,
     advice: Option<String>,
     cooldown: Option<Spanned<String>>,
+    max_alerts: Option<Spanned<i64>>,
     #[serde(default)]
     group_by: Vec<Spanned<String>>,
     subject: Option<Spanned<String>>,
@@ -1031,6 +1053,29 @@ group_by = ["district"]
         .unwrap_err();
         assert_eq!(err.0.len(), 1);
         assert_eq!(err.0[0].line, 10);
+    }
+
+    #[test]
+    fn max_alerts_defaults_to_100_and_must_be_a_positive_whole_number() {
+        let rule = "[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\n";
+        assert_eq!(load(rule).unwrap().rules[0].max_alerts, 100);
+        assert_eq!(
+            load(&format!("{rule}max_alerts = 5\n")).unwrap().rules[0].max_alerts,
+            5
+        );
+        let err = load(&format!("{rule}max_alerts = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "r.toml:5:14: `max_alerts` must be a whole number of at least 1 (how many alerts one file may raise; default 100)"
+        );
+        for bad in ["-3", "2.5", "\"10\""] {
+            let err = load(&format!("{rule}max_alerts = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("r.toml:5:"), "{bad}: {err}");
+        }
     }
 
     #[test]

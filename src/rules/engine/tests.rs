@@ -71,7 +71,7 @@ fn file(engine: &mut Engine, events: &[Event], now: i64) -> Outcome {
     for e in events {
         engine.observe(&mut batch, e);
     }
-    engine.finish(batch, t(now), "file")
+    engine.finish(batch, t(now), "file", "file.csv")
 }
 
 fn engine(text: &str) -> Engine {
@@ -286,15 +286,24 @@ fn threshold_counts_out_of_order_events_and_the_same_event_once() {
 
 /// A new engine on `text`'s rules, with the state that `out`'s changes would have stored.
 fn restart(text: &str, out: &Outcome) -> Engine {
+    restart_from(text, &[out])
+}
+
+/// A new engine on `text`'s rules with the state that `outcomes`' changes,
+/// applied in order as `Store::apply` does (a `None` deletes the row), leave.
+fn restart_from(text: &str, outcomes: &[&Outcome]) -> Engine {
+    let mut rows: BTreeMap<(StateKind, GroupRef), String> = BTreeMap::new();
+    for c in outcomes.iter().flat_map(|o| &o.changes) {
+        let row = (c.kind, c.key.clone());
+        match &c.data {
+            Some(data) => rows.insert(row, data.clone()),
+            None => rows.remove(&row),
+        };
+    }
     let mut state = EngineState::default();
-    for c in &out.changes {
+    for ((kind, key), data) in rows {
         state
-            .load_row(
-                c.kind.as_str(),
-                c.key.rule_id.clone(),
-                c.key.group_key.clone(),
-                c.data.as_deref().unwrap(),
-            )
+            .load_row(kind.as_str(), key.rule_id, key.group_key, &data)
             .unwrap();
     }
     Engine::new(rules(text), state)
