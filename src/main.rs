@@ -392,6 +392,13 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
             .to_string()
     };
     println!("Feeds");
+    for paused in &report.paused_feeds {
+        println!(
+            "  {:<16} PAUSED: {}",
+            esc(&paused.feed),
+            esc(&paused.reason)
+        );
+    }
     for feed in &config.feeds {
         match report.feeds.iter().find(|f| f.feed == feed.name) {
             Some(f) => println!(

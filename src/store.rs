@@ -480,8 +480,21 @@ impl Store {
             last_reload_at: self.meta("last_reload_at")?,
             last_reload_error: self.meta("last_reload_error")?.filter(|e| !e.is_empty()),
         };
+        let paused_feeds = {
+            let mut stmt = c.prepare(
+                "SELECT substr(key, 13), value FROM meta WHERE key LIKE 'feed_paused.%' AND value != '' ORDER BY key",
+            )?;
+            stmt.query_map([], |r| {
+                Ok(PausedFeed {
+                    feed: r.get(0)?,
+                    reason: r.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+        };
         Ok(StatusReport {
             rules,
+            paused_feeds,
             open_deadlines,
             in_review,
             feeds,
@@ -897,6 +910,9 @@ pub struct RulesStatus {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusReport {
     pub rules: RulesStatus,
+    /// Feeds whose folders cannot be trusted (a link or someone else's
+    /// `processed/` or `rejected/`): nothing of theirs is read until fixed.
+    pub paused_feeds: Vec<PausedFeed>,
     pub open_deadlines: Vec<DeadlineRow>,
     /// Alerts waiting for a reviewer.
     pub in_review: i64,
@@ -907,6 +923,12 @@ pub struct StatusReport {
     pub delivery_problems: Vec<DeliveryProblem>,
     pub rejected: Vec<RejectedFile>,
     pub recent_alerts: Vec<AlertRow>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PausedFeed {
+    pub feed: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -177,12 +177,7 @@ pub fn process_file(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Disposition::Skipped),
         Err(e) => return Err(io_err("cannot inspect", path)(e)),
     };
-    if let Some(refusal) = refuse_by_type(
-        stat.st_mode,
-        stat.st_nlink as u64,
-        stat.st_size as u64,
-        feed,
-    ) {
+    if let Some(refusal) = refuse_by_type(stat.st_mode, stat.st_nlink, stat.st_size as u64, feed) {
         return match refusal {
             Refusal::Skip => Ok(Disposition::Skipped),
             Refusal::Reject(reason) => incoming.reject_whole(store, &reason),
