@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     reviewed_by TEXT,
     reviewed_at INTEGER
 );
+CREATE INDEX IF NOT EXISTS rule_state_by_kind ON rule_state(kind);
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts(created_at);
 -- The review queue and its count, however many alerts a flood raised.
 CREATE INDEX IF NOT EXISTS alerts_by_status ON alerts(status, created_at);
