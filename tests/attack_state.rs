@@ -84,23 +84,43 @@ fn a_record_dated_2099_is_a_bad_row_and_four_real_overdoses_still_raise_the_clus
     let mut d = start_daemon(&config);
 
     // The attack: one overdose record dated 2099 in Bolton, beside an honest row.
-    let stray = sample("S-2099", "2099-01-01T00:00:00Z", "Bolton", "heroin", "non_fatal_overdose");
+    let stray = sample(
+        "S-2099",
+        "2099-01-01T00:00:00Z",
+        "Bolton",
+        "heroin",
+        "non_fatal_overdose",
+    );
     let honest = sample("S-0", &hours_ago(30), "Wigan", "heroin", "none");
     let line = drop_file(&mut d, dir, "stray.csv", &csv(&[stray, honest]));
     assert_eq!(field(&line, "rejected").as_deref(), Some("1"), "{line}");
     assert_eq!(field(&line, "events").as_deref(), Some("1"), "{line}");
     let errors = fs::read_to_string(feed_dir(dir).join("rejected/stray.csv.errors.txt"))
-        .unwrap_or_else(|e| panic!("no errors.txt ({e}); rejected/: {:?}", names_in(&feed_dir(dir).join("rejected"))));
+        .unwrap_or_else(|e| {
+            panic!(
+                "no errors.txt ({e}); rejected/: {:?}",
+                names_in(&feed_dir(dir).join("rejected"))
+            )
+        });
     assert!(
         errors.contains("`tested_at` value `2099-01-01T00:00:00Z` is ")
             && errors.contains("days ahead of the clock")
-            && errors.contains("records more than 1 day ahead are refused (the feed's `max_future`)"),
+            && errors
+                .contains("records more than 1 day ahead are refused (the feed's `max_future`)"),
         "the reason names the time, the limit and the key:\n{errors}"
     );
 
     // Four real overdoses in Bolton over the last day: the cluster alert goes out.
     let real: Vec<String> = (1..=4)
-        .map(|i| sample(&format!("S-{i}"), &hours_ago(5 * i), "Bolton", "heroin", "non_fatal_overdose"))
+        .map(|i| {
+            sample(
+                &format!("S-{i}"),
+                &hours_ago(5 * i),
+                "Bolton",
+                "heroin",
+                "non_fatal_overdose",
+            )
+        })
         .collect();
     let line = drop_file(&mut d, dir, "overdoses.csv", &csv(&real));
     assert_eq!(field(&line, "alerts").as_deref(), Some("1"), "{line}");
@@ -127,7 +147,13 @@ fn a_flood_of_5000_new_substances_raises_at_most_max_alerts_one_a_summary() {
     let flood: Vec<String> = (0..5000)
         .map(|i| {
             let district = ["Bolton", "Wigan", "Salford"][i % 3];
-            sample(&format!("F-{i}"), &at, district, &format!("novel-compound-{i:04}"), "none")
+            sample(
+                &format!("F-{i}"),
+                &at,
+                district,
+                &format!("novel-compound-{i:04}"),
+                "none",
+            )
         })
         .collect();
     let line = drop_file(&mut d, dir, "flood.csv", &csv(&flood));
@@ -147,7 +173,12 @@ fn a_flood_of_5000_new_substances_raises_at_most_max_alerts_one_a_summary() {
         .iter()
         .filter(|m| m.subject().unwrap_or_default().contains("SUMMARY"))
         .collect();
-    assert_eq!(summaries.len(), 1, "{:?}", mail.iter().map(|m| m.subject()).collect::<Vec<_>>());
+    assert_eq!(
+        summaries.len(),
+        1,
+        "{:?}",
+        mail.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
     let summary = summaries[0];
     let subject = summary.subject().unwrap_or_default();
     assert!(
