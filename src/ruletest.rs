@@ -283,12 +283,10 @@ fn evaluate(
             feed,
             timezone: &config.daemon.timezone,
             default_time: arrival.or(clock).unwrap_or(Timestamp::UNIX_EPOCH),
-            // The test's own clock, not the real one, so a test gives the same
-            // answer whenever it runs; an input with no arrival time and no
-            // earlier input is evaluated at its own latest record.
-            // Rule tests place records freely in time (a record timed after its arrival
-            // is how a late-dated export is tested): `max_future` is the daemon's and replay's check.
-            wall_clock: None,
+            // The test's own clock, not the real one, so that a test gives the
+            // same answer whenever it runs. An input without an arrival time
+            // arrives when its latest record is timed: nothing is ahead of it.
+            wall_clock: arrival,
         };
         let mut events = Vec::new();
         for (i, row) in input.rows.iter().enumerate() {

@@ -860,18 +860,33 @@ fn too_far_ahead(
         "is {} ahead of the clock ({}); records more than {} ahead are refused (the feed's `max_future`)",
         roughly(ahead.as_secs().unsigned_abs()),
         wall_clock.round(jiff::Unit::Second).unwrap_or(wall_clock),
-        roughly(max_future.as_secs()),
+        exactly(max_future.as_secs()),
     ))
 }
 
-/// A length of time in the largest unit that fits ("73 days", "26 hours").
+/// How far ahead a record is: whole days from two days on, else hours and
+/// minutes, so that "24h 5m" is not mistaken for a limit of one day.
 fn roughly(secs: u64) -> String {
-    let (n, unit) = match secs {
-        s if s >= 2 * 86_400 || s % 86_400 == 0 && s > 0 => (s / 86_400, "day"),
-        s if s >= 2 * 3600 || s % 3600 == 0 && s > 0 => (s / 3600, "hour"),
-        s if s >= 120 || s % 60 == 0 && s > 0 => (s / 60, "minute"),
-        s => (s, "second"),
-    };
+    match secs {
+        s if s >= 2 * 86_400 => plural(s / 86_400, "day"),
+        s if s >= 3600 && s % 3600 < 60 => plural(s / 3600, "hour"),
+        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => plural(s / 60, "minute"),
+        s => plural(s, "second"),
+    }
+}
+
+/// A configured length exactly, in the largest unit that divides it.
+fn exactly(secs: u64) -> String {
+    match secs {
+        s if s > 0 && s % 86_400 == 0 => plural(s / 86_400, "day"),
+        s if s > 0 && s % 3600 == 0 => plural(s / 3600, "hour"),
+        s if s > 0 && s % 60 == 0 => plural(s / 60, "minute"),
+        s => plural(s, "second"),
+    }
+}
+
+fn plural(n: u64, unit: &str) -> String {
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 

@@ -470,6 +470,7 @@ impl Engine {
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
         let state = std::mem::take(&mut self.state);
         let mut next = Engine::new(rules, state);
+        next.clock = self.clock;
         let keep = |id: &str| next.rules.get(id).is_some();
         let s = &mut next.state;
         s.cooldowns.retain(|k, _| keep(&k.rule_id));

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::Config;
+use crate::config::Severity;
 use crate::event::Value;
 use std::path::{Path, PathBuf};
 
@@ -615,4 +616,399 @@ fn next_wakeup_skips_a_quiet_spell_already_told() {
     );
     e.note_activity("drug_testing", t(7 * H));
     assert_eq!(e.next_wakeup(), Some(t(13 * H)));
+}
+
+// ------------------------------------------------------------------ max_alerts
+
+fn flood_rule(extra: &str) -> String {
+    format!(
+        r#"
+[[rule]]
+id = "new-substance"
+feed = "drug_testing"
+kind = "first_seen"
+field = "substances_major"
+notify = ["panel"]
+severity = "critical"
+{extra}
+"#
+    )
+}
+
+/// `n` samples, each with a substance never seen before, spread over three districts.
+fn flood(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let district = ["Bolton", "Wigan", "Salford"][i % 3];
+            drug(district, &format!("novel-{i:05}"), i as i64)
+        })
+        .collect()
+}
+
+#[test]
+fn a_flood_raises_at_most_max_alerts_per_file_the_last_a_summary_of_the_rest() {
+    let mut e = engine(&flood_rule(""));
+    let out = file(&mut e, &flood(1000), 2000);
+    assert_eq!(out.alerts.len(), 100, "the default cap, summary included");
+    let (summary, single): (Vec<&Alert>, Vec<&Alert>) = out
+        .alerts
+        .iter()
+        .partition(|a| matches!(a.trigger, Trigger::Folded { .. }));
+    assert_eq!(summary.len(), 1);
+    assert_eq!(single.len(), 99);
+    let summary = summary[0];
+    assert_eq!(
+        summary.trigger,
+        Trigger::Folded {
+            alerts: 901,
+            matches: 901,
+            feed: "drug_testing".into(),
+            file: "file.csv".into(),
+            of: FoldedOf::Findings,
+        }
+    );
+    assert_eq!(summary.event_count, 901);
+    assert_eq!(summary.severity, Severity::Critical, "the rule's severity");
+    assert_eq!(summary.district, None, "the folded alerts span districts");
+    // A sample, not the flood: one record of every folded district, so that
+    // routing reaches each partner covering one, topped up to a few.
+    assert!(summary.events.len() <= MAX_EVENTS_PER_ALERT);
+    let districts: BTreeSet<String> = summary
+        .events
+        .iter()
+        .map(|ev| ev.text("district").to_string())
+        .collect();
+    assert_eq!(
+        districts,
+        BTreeSet::from(["Bolton", "Salford", "Wigan"].map(String::from))
+    );
+    assert_eq!(summary.status, AlertStatus::Sent);
+    // Every value is remembered, folded or not: the next file raises nothing for them.
+    assert!(file(&mut e, &flood(1000), 3000).alerts.is_empty());
+}
+
+#[test]
+fn which_alerts_are_folded_does_not_depend_on_row_order() {
+    let ids = |events: Vec<Event>| {
+        let mut e = engine(&flood_rule("max_alerts = 5"));
+        let out = file(&mut e, &events, 2000);
+        assert_eq!(out.alerts.len(), 5);
+        out.alerts
+            .iter()
+            .map(|a| a.id.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    // A substance in two samples outranks the singletons.
+    let mut events = flood(50);
+    events.push(drug("Bury", "novel-00049", 60));
+    let forward = ids(events.clone());
+    events.reverse();
+    assert_eq!(forward, ids(events));
+    let mut e = engine(&flood_rule("max_alerts = 5"));
+    let mut events = flood(50);
+    events.push(drug("Bury", "novel-00049", 60));
+    let out = file(&mut e, &events, 2000);
+    assert!(
+        out.alerts
+            .iter()
+            .any(|a| a.group.get("substances_major").map(String::as_str) == Some("novel-00049")),
+        "the value with the most records goes out on its own"
+    );
+}
+
+#[test]
+fn exactly_max_alerts_needs_no_summary_and_one_more_makes_one() {
+    let mut e = engine(&flood_rule("max_alerts = 3"));
+    let out = file(&mut e, &flood(3), 100);
+    assert_eq!(out.alerts.len(), 3);
+    assert!(
+        out.alerts
+            .iter()
+            .all(|a| !matches!(a.trigger, Trigger::Folded { .. }))
+    );
+    let mut e = engine(&flood_rule("max_alerts = 3"));
+    let out = file(&mut e, &flood(4), 100);
+    assert_eq!(out.alerts.len(), 3);
+    assert!(matches!(
+        out.alerts[2].trigger,
+        Trigger::Folded {
+            alerts: 2,
+            matches: 2,
+            ..
+        }
+    ));
+    let mut e = engine(&flood_rule("max_alerts = 1"));
+    let out = file(&mut e, &flood(4), 100);
+    assert_eq!(out.alerts.len(), 1, "a cap of one is the summary alone");
+    assert!(matches!(
+        out.alerts[0].trigger,
+        Trigger::Folded { alerts: 4, .. }
+    ));
+}
+
+#[test]
+fn a_reviewed_rules_summary_is_a_draft_like_its_alerts() {
+    let mut e = engine(&flood_rule("review = [\"viable\"]\nmax_alerts = 2"));
+    let out = file(&mut e, &flood(10), 100);
+    assert_eq!(out.alerts.len(), 2);
+    assert!(out.alerts.iter().all(|a| a.status == AlertStatus::InReview));
+}
+
+#[test]
+fn a_summary_spanning_more_districts_than_an_alert_carries_carries_no_records() {
+    let mut e = engine(&flood_rule("max_alerts = 2"));
+    let events: Vec<Event> = (0..200)
+        .map(|i| drug(&format!("district-{i}"), &format!("novel-{i}"), i))
+        .collect();
+    let out = file(&mut e, &events, 1000);
+    let summary = &out.alerts[1];
+    assert!(matches!(
+        summary.trigger,
+        Trigger::Folded { alerts: 199, .. }
+    ));
+    assert!(
+        summary.events.is_empty(),
+        "no sample that would leave some district's partners out: `route` sends a record-less alert to all"
+    );
+}
+
+#[test]
+fn deadline_openings_beyond_the_cap_fold_into_a_summary_for_notify_on_open() {
+    let mut e = engine(&DISCHARGE.replace("severity", "max_alerts = 3\nseverity"));
+    let events: Vec<Event> = (0..20).map(|i| discharge(i, &format!("GMP-{i}"))).collect();
+    let out = file(&mut e, &events, 100);
+    assert_eq!(out.alerts.len(), 3);
+    assert!(matches!(
+        out.alerts[2].trigger,
+        Trigger::Folded {
+            alerts: 18,
+            of: FoldedOf::DeadlinesOpened,
+            ..
+        }
+    ));
+    assert_eq!(
+        out.alerts[2].status,
+        AlertStatus::Sent,
+        "notices are never drafts"
+    );
+    assert_eq!(
+        e.state().open_deadlines().len(),
+        20,
+        "every deadline is still open"
+    );
+}
+
+#[test]
+/// The daemon-scale figure (250,000 values) is measured with `replay`; this keeps the unit test quick.
+fn a_flood_of_50_000_new_values_folds_into_one_summary() {
+    let mut e = engine(&flood_rule(""));
+    let events: Vec<Event> = (0..50_000)
+        .map(|i| drug("Bolton", &format!("novel-{i:06}"), 0))
+        .collect();
+    let mut batch = Batch::default();
+    for ev in &events {
+        e.observe(&mut batch, ev);
+    }
+    let out = e.finish(batch, t(10), "hash", "flood.csv");
+    assert_eq!(out.alerts.len(), 100);
+    assert!(matches!(
+        out.alerts[99].trigger,
+        Trigger::Folded {
+            alerts: 49_901,
+            matches: 49_901,
+            ..
+        }
+    ));
+}
+
+// ------------------------------------------------------------------ wall clock
+
+#[test]
+fn a_record_dated_2099_does_not_silence_a_threshold_rule() {
+    let mut e = engine(OVERDOSES);
+    let far = Timestamp::from_second(4_070_908_800).unwrap(); // 2099-01-01
+    let mut stray = overdose("stray", "Bolton", 0);
+    stray.time = far;
+    assert!(file(&mut e, &[stray], 0).alerts.is_empty());
+    // Four real overdoses over the next days: the third makes the cluster.
+    assert!(
+        file(&mut e, &[overdose("r1", "Bolton", D)], D)
+            .alerts
+            .is_empty()
+    );
+    assert!(
+        file(&mut e, &[overdose("r2", "Bolton", 2 * D)], 2 * D)
+            .alerts
+            .is_empty()
+    );
+    let out = file(
+        &mut e,
+        &[
+            overdose("r3", "Bolton", 3 * D),
+            overdose("r4", "Bolton", 3 * D + 1),
+        ],
+        3 * D + 1,
+    );
+    assert_eq!(out.alerts.len(), 1);
+    assert_eq!(out.alerts[0].event_count, 4);
+    let ids: Vec<_> = out.alerts[0]
+        .events
+        .iter()
+        .map(|e| e.record_id.as_deref().unwrap())
+        .collect();
+    assert_eq!(ids, ["r1", "r2", "r3", "r4"], "the stray is not evidence");
+}
+
+#[test]
+fn a_record_a_little_ahead_neither_pushes_real_ones_out_nor_keeps_old_ones_in() {
+    let now = 10 * D;
+    let mut e = engine(OVERDOSES);
+    let first = [
+        overdose("a1", "Bolton", now - 6 * D - 12 * H),
+        overdose("a2", "Bolton", now - 6 * D - 12 * H),
+    ];
+    assert!(file(&mut e, &first, now - 6 * D).alerts.is_empty());
+    // Trimmed against a record 20 hours ahead, a1 and a2 would be gone.
+    let second = [
+        overdose("old", "Bolton", now - 8 * D),
+        overdose("ahead", "Bolton", now + 20 * H),
+        overdose("c", "Bolton", now),
+    ];
+    let out = file(&mut e, &second, now);
+    assert_eq!(out.alerts.len(), 1, "a1, a2 and c are within 7 days of now");
+    let ids: Vec<_> = out.alerts[0]
+        .events
+        .iter()
+        .map(|e| e.record_id.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["a1", "a2", "c"],
+        "8 days before now is out of the window, and the one ahead is not among the three"
+    );
+    // Old events alone do not linger because a later record is ahead of them.
+    let mut e = engine(OVERDOSES);
+    file(
+        &mut e,
+        &[overdose("x", "Wigan", 0), overdose("y", "Wigan", D)],
+        D,
+    );
+    let out = file(&mut e, &[overdose("z", "Wigan", 30 * D)], 30 * D);
+    assert!(
+        out.alerts.is_empty(),
+        "x and y are weeks old by the wall clock"
+    );
+    let w = &e.state().windows[&GroupRef::new("overdose-cluster", "wigan")];
+    assert_eq!(w.len(), 1);
+}
+
+// ------------------------------------------------------------------ bounded state
+
+#[test]
+fn a_quiet_window_is_deleted_after_its_rules_need_and_not_before() {
+    let mut e = engine(OVERDOSES);
+    file(&mut e, &[overdose("a", "Bolton", 0)], 0);
+    let gref = GroupRef::new("overdose-cluster", "bolton");
+    assert_eq!(
+        e.next_wakeup(),
+        Some(t(7 * D) + SignedDuration::from_millis(1)),
+        "the daemon wakes when the window can go"
+    );
+    let out = e.tick(t(7 * D));
+    assert!(out.changes.is_empty());
+    assert!(e.state().windows.contains_key(&gref), "still within 7 days");
+    let out = e.tick(t(7 * D + 1));
+    assert!(!e.state().windows.contains_key(&gref));
+    assert_eq!(
+        out.changes,
+        [StateChange {
+            kind: StateKind::Window,
+            key: gref,
+            data: None
+        }],
+        "the deletion is returned for the store"
+    );
+    assert_eq!(e.next_wakeup(), None, "nothing left to sweep");
+}
+
+#[test]
+fn a_quiet_rate_history_is_kept_for_within_and_baseline() {
+    let mut e = engine(RISE);
+    file(&mut e, &[overdose("a", "Bolton", 0)], 0);
+    e.tick(t(5 * D));
+    assert_eq!(e.state().windows.len(), 1, "1 day plus 4 days of baseline");
+    e.tick(t(5 * D + 1));
+    assert!(e.state().windows.is_empty());
+}
+
+#[test]
+fn a_cooldown_is_deleted_when_it_ends_or_one_cooldown_later_if_it_held_matches_back() {
+    let mut e = engine(NITAZENE);
+    let hit = |district: &str| [drug(district, "protonitazene", 0)];
+    file(&mut e, &hit("Bolton"), 0);
+    file(&mut e, &hit("Wigan"), 0);
+    file(&mut e, &hit("Wigan"), H); // held back
+    assert_eq!(e.state().cooldowns.len(), 2);
+    e.tick(t(6 * H - 1));
+    assert_eq!(e.state().cooldowns.len(), 2, "both still running");
+    let out = e.tick(t(6 * H));
+    assert_eq!(
+        e.state().cooldowns.len(),
+        1,
+        "Bolton's ended with nothing held back"
+    );
+    assert!(
+        out.changes
+            .iter()
+            .any(|c| c.key.group_key == "bolton" && c.data.is_none())
+    );
+    // Sweeps are at least an hour apart; Wigan's goes at 12h.
+    e.tick(t(12 * H - 1));
+    assert_eq!(e.state().cooldowns.len(), 1);
+    e.tick(t(12 * H));
+    assert!(e.state().cooldowns.is_empty());
+    // Within that time a new match would still have reported the one held back.
+    let mut e = engine(NITAZENE);
+    file(&mut e, &hit("Wigan"), 0);
+    file(&mut e, &hit("Wigan"), H);
+    e.tick(t(7 * H));
+    assert_eq!(
+        file(&mut e, &hit("Wigan"), 8 * H).alerts[0].suppressed_before,
+        1
+    );
+}
+
+#[test]
+fn state_deleted_before_a_restart_stays_deleted_and_stale_state_is_swept_at_start() {
+    let mut e = engine(OVERDOSES);
+    let first = file(
+        &mut e,
+        &[overdose("a", "Bolton", 0), overdose("w", "Wigan", 5 * D)],
+        5 * D,
+    );
+    let swept = e.tick(t(7 * D + 1));
+    assert!(swept.changes.iter().any(|c| c.data.is_none()));
+    let mut restarted = restart_from(OVERDOSES, &[&first, &swept]);
+    assert_eq!(
+        restarted.state().windows.len(),
+        1,
+        "only Wigan's was stored"
+    );
+    // Bolton starts again from nothing: two more are not a cluster of three.
+    let out = file(
+        &mut restarted,
+        &[
+            overdose("b", "Bolton", 8 * D),
+            overdose("c", "Bolton", 8 * D),
+        ],
+        8 * D,
+    );
+    assert!(out.alerts.is_empty());
+    // State stored before a long stop goes at the first tick after the start.
+    let mut stale = restart_from(OVERDOSES, &[&first]);
+    assert_eq!(stale.next_wakeup(), Some(Timestamp::MIN));
+    let out = stale.tick(t(30 * D));
+    assert_eq!(out.changes.len(), 2);
+    assert!(out.changes.iter().all(|c| c.data.is_none()));
+    assert!(stale.state().windows.is_empty());
 }
