@@ -79,6 +79,8 @@ CREATE TABLE IF NOT EXISTS rule_state (
     data      TEXT NOT NULL,
     PRIMARY KEY (rule_id, group_key, kind)
 ) WITHOUT ROWID;
+-- `status` lists open deadlines without reading every first-seen value and window.
+CREATE INDEX IF NOT EXISTS rule_state_by_kind ON rule_state(kind);
 
 CREATE TABLE IF NOT EXISTS alerts (
     id          TEXT PRIMARY KEY,
