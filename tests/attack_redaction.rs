@@ -282,7 +282,22 @@ fn planted_values_under_other_spellings_never_reach_partners_without_the_isa() {
                 && has_rule(m, "panel@example.org", "earlywarn-ops")
         },
     );
+    let daemon_log = log(&daemon);
     stop_daemon(daemon);
+    // The lead learns which columns were kept out, once per file, by name.
+    let unlisted_lines: Vec<&str> = daemon_log
+        .lines()
+        .filter(|l| l.contains("Columns not among the feed's `fields`"))
+        .collect();
+    assert_eq!(
+        unlisted_lines.len(),
+        2,
+        "one line per file with an unlisted column (results.csv, incidents.jsonl):\n{daemon_log}"
+    );
+    assert!(
+        unlisted_lines.iter().all(|l| l.contains("handler_name")),
+        "{unlisted_lines:?}"
+    );
 
     let charity = to_partner(&mails, "charity@example.org");
     let it_ops = to_partner(&mails, "it-ops@example.org");

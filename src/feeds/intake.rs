@@ -25,6 +25,7 @@ use crate::alerts::render::{RenderedEmail, render};
 use crate::alerts::{Alert, first_audience, route};
 use crate::config::{Config, FeedConfig, FeedFormat, OnDone};
 use crate::display::Escaped;
+use crate::event::{FieldName, Schema};
 use crate::feeds::decode::{EncodingSniffer, TextEncoding, decoding_reader};
 use crate::feeds::folder::{FeedFolders, FolderProblem, safe_base_name, with_suffix};
 use crate::feeds::parse::{RecordShape, Row, parse};
@@ -35,9 +36,11 @@ use crate::rules::engine::{Batch, Engine};
 use crate::store::{FileRecord, Store, StoreError};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Interrupted tries after which a file is set aside in `rejected/` (SPEC §4).
 pub const MAX_INTERRUPTED_TRIES: u32 = 3;
@@ -462,6 +465,7 @@ fn read_and_commit(
         ..FileSummary::default()
     };
     let mut db_error: Option<StoreError> = None;
+    let mut unlisted = UnlistedColumns::default();
     let parsed = parse(decoding_reader(&mut reader, encoding), &shape, |row| {
         summary.rows += 1;
         match row {
@@ -470,6 +474,7 @@ fn read_and_commit(
                 if db_error.is_some() {
                     return;
                 }
+                unlisted.note(feed, event.fields.schema());
                 if let Some(id) = &event.record_id {
                     match tx.record_is_new(&feed.name, id, &record_fingerprint(&event)) {
                         Ok(true) => {}
@@ -514,6 +519,7 @@ fn read_and_commit(
         return Ok(disposition);
     }
     summary.rejected_rows = quarantine.problems();
+    unlisted.log(feed, name);
 
     engine.note_activity(&feed.name, now);
     let outcome = engine.finish(batch, now, &sha, name);
@@ -670,6 +676,68 @@ impl Incoming<'_> {
                 .move_to_processed(self.file_name, &safe_base_name(self.file_name))
                 .map(|_| ())
                 .map_err(io_err("cannot move to processed/", self.path)),
+        }
+    }
+}
+
+/// The columns of a file that its feed's `fields` does not list: they are kept out
+/// of every email (SPEC §3), and said once per file so the lead can list them or
+/// ask the producer why they are there.
+#[derive(Default)]
+struct UnlistedColumns {
+    /// The last schema looked at: a CSV file's rows share one, so it is checked once.
+    last: Option<Schema>,
+    checked: HashSet<FieldName>,
+    unlisted: BTreeSet<FieldName>,
+    more: usize,
+}
+
+impl UnlistedColumns {
+    /// How many names are shown; a JSON file can invent a new key on every row.
+    const SHOWN: usize = 20;
+    /// Past this many distinct names a file's keys are not remembered any more.
+    const REMEMBERED: usize = 4096;
+
+    fn note(&mut self, feed: &FeedConfig, schema: &Schema) {
+        if feed.fields.is_none() || self.last.as_ref().is_some_and(|s| Arc::ptr_eq(s, schema)) {
+            return;
+        }
+        self.last = Some(schema.clone());
+        for name in schema.iter() {
+            if self.checked.len() >= Self::REMEMBERED || !self.checked.insert(name.clone()) {
+                continue;
+            }
+            if !feed.is_listed(name) {
+                if self.unlisted.len() < Self::SHOWN {
+                    self.unlisted.insert(name.clone());
+                } else {
+                    self.more += 1;
+                }
+            }
+        }
+    }
+
+    /// The names, as logged: sorted, at most [`Self::SHOWN`], then how many more.
+    fn shown(&self) -> Option<String> {
+        if self.unlisted.is_empty() {
+            return None;
+        }
+        let mut shown = self
+            .unlisted
+            .iter()
+            .map(|n| n.as_ref())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.more > 0 {
+            shown.push_str(&format!(" and {} more", self.more));
+        }
+        Some(shown)
+    }
+
+    fn log(&self, feed: &FeedConfig, file: &str) {
+        if let Some(shown) = self.shown() {
+            tracing::info!(feed = %feed.name, file = %Escaped(file), columns = %Escaped(&shown),
+                "Columns not among the feed's `fields`; they are never put in any email");
         }
     }
 }
