@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod folder;
 pub mod intake;
+pub mod json_array;
 pub mod parse;
 pub mod quarantine;
 pub mod watch;

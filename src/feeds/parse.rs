@@ -8,6 +8,7 @@
 
 use crate::config::{FeedConfig, FeedFormat};
 use crate::event::{Event, FeedName, FieldName, Fields, Schema, Text, Value, trim};
+use crate::feeds::json_array::ArrayElements;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use std::io::{BufRead, BufReader, Read};
@@ -574,37 +575,27 @@ fn parse_jsonl<R: Read>(
 }
 
 fn parse_json<R: Read>(
-    mut reader: BufReader<R>,
+    reader: BufReader<R>,
     shape: &RecordShape<'_>,
     feed_name: &FeedName,
     on_row: &mut dyn FnMut(Row),
 ) -> Result<(), FileError> {
     let mut last_schema = None;
-    let mut doc = String::new();
-    reader
-        .read_to_string(&mut doc)
-        .map_err(|e| FileError(format!("cannot read the file: {e}")))?;
-    // Each element as it is written, borrowed from `doc`: where it lies is its
-    // span, so a bad element can be quarantined verbatim.
-    let items: Vec<&serde_json::value::RawValue> = match serde_json::from_str(&doc) {
-        Ok(items) => items,
-        // Parsed again only to say what is wrong.
-        Err(e) => {
-            return Err(match serde_json::from_str::<serde_json::Value>(&doc) {
-                Ok(other) if !other.is_array() => FileError(format!(
-                    "expected a JSON array of objects [{{...}}, {{...}}], found {}",
-                    json_kind(&other)
-                )),
-                Ok(_) => invalid_json(&e),
-                Err(e) => invalid_json(&e),
-            });
-        }
-    };
-    // Lines are counted only up to bad elements, from the last one counted.
-    let mut counted = (0usize, 1u64);
-    for (i, item) in items.iter().enumerate() {
-        let row = i as u64 + 1;
-        let outcome = match serde_json::from_str(item.get()) {
+    let mut elements = ArrayElements::new(reader);
+    let mut row = 0u64;
+    loop {
+        let element = match elements.next_element() {
+            Ok(Some(element)) => element,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(FileError(format!(
+                    "invalid JSON at line {} column {}: {}",
+                    e.line, e.column, e.message
+                )));
+            }
+        };
+        row += 1;
+        let outcome = match serde_json::from_slice(&element.text) {
             Ok(serde_json::Value::Object(map)) => {
                 event_from_json_in(&map, shape, feed_name, &mut last_schema)
             }
@@ -612,36 +603,38 @@ fn parse_json<R: Read>(
                 "element {row} of the array is {}, not an object",
                 json_kind(&other)
             )),
-            // Split out as JSON but not readable as a value: a number out of range.
-            Err(e) => Err(format!("element {row} of the array: {}", json_reason(&e))),
+            Err(e) => {
+                // Well-formed JSON that is not a value serde_json can hold (a number
+                // out of range) is one bad element; anything else is a broken file.
+                if serde_json::from_slice::<&serde_json::value::RawValue>(&element.text).is_err() {
+                    let line = element.line + e.line().saturating_sub(1) as u64;
+                    let column = if e.line() <= 1 {
+                        element.column + (e.column() as u64).saturating_sub(1)
+                    } else {
+                        e.column() as u64
+                    };
+                    return Err(FileError(format!(
+                        "invalid JSON at line {line} column {column}: {}",
+                        json_reason(&e)
+                    )));
+                }
+                Err(format!("element {row} of the array: {}", json_reason(&e)))
+            }
         };
         match outcome {
             Ok(e) => on_row(Row::Event(Box::new(e))),
             Err(reason) => {
-                let text = item.get();
-                // Where the element lies in `doc`, which it is borrowed from.
-                let span = (text.as_ptr() as usize)
-                    .checked_sub(doc.as_ptr() as usize)
-                    .map(|start| start..start + text.len())
-                    .filter(|span| span.end <= doc.len() && span.start >= counted.0);
-                let mut line = 0;
-                if let Some(span) = &span {
-                    let (from, from_line) = counted;
-                    let before = from.checked_sub(1).map_or(0, |b| doc.as_bytes()[b]);
-                    line = from_line + count_line_ends(&doc.as_bytes()[from..span.start], before);
-                    counted = (span.start, line);
-                }
+                let span = element.start..element.start + element.text.len() as u64;
                 on_row(Row::Error(RowError {
                     row,
-                    line,
+                    line: element.line,
                     reason,
-                    span: span.map(|s| s.start as u64..s.end as u64),
-                    verbatim: text.as_bytes().to_vec(),
+                    span: Some(span),
+                    verbatim: element.text,
                 }));
             }
         }
     }
-    Ok(())
 }
 
 fn invalid_json(e: &serde_json::Error) -> FileError {
