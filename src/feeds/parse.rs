@@ -637,15 +637,6 @@ fn parse_json<R: Read>(
     }
 }
 
-fn invalid_json(e: &serde_json::Error) -> FileError {
-    FileError(format!(
-        "invalid JSON at line {} column {}: {}",
-        e.line(),
-        e.column(),
-        json_reason(e)
-    ))
-}
-
 fn json_reason(e: &serde_json::Error) -> String {
     let s = e.to_string();
     // serde_json appends " at line L column C"; the caller says where already.
