@@ -175,7 +175,7 @@ fn a_0_1_0_database_keeps_every_deadline_window_review_and_delivery() {
     assert_eq!(user_version(&db(dir.path())), SCHEMA_VERSION);
     let state = dir.path().join("state");
     let copy_name = format!("earlywarn.db.before-v{SCHEMA_VERSION}");
-    assert_eq!(copies_beside(&state), [copy_name.clone()]);
+    assert_eq!(copies_beside(&state), std::slice::from_ref(&copy_name));
     let copy = Connection::open(state.join(&copy_name)).unwrap();
     assert_eq!(user_version(&copy), 0, "the copy is the 0.1.0 database");
     assert_eq!(count(&copy, "SELECT COUNT(*) FROM outbox"), 3);
@@ -197,7 +197,11 @@ fn a_0_1_0_database_keeps_every_deadline_window_review_and_delivery() {
     // A second opener while the daemon runs: it finds the current version and does nothing.
     let again = status_json(&config);
     assert_eq!(again["in_review"], 1, "{again}");
-    assert_eq!(copies_beside(&state), [copy_name.clone()], "no second copy");
+    assert_eq!(
+        copies_beside(&state),
+        std::slice::from_ref(&copy_name),
+        "no second copy"
+    );
 
     // Every delivery 0.1.0 left pending goes out, and the short deadline escalates: at
     // once if it is overdue (the fixture is older than two minutes), else when it falls due.
