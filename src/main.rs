@@ -143,6 +143,13 @@ fn main() -> ExitCode {
             } else if let Some(diags) = e.downcast_ref::<Diagnostics>() {
                 eprintln!("{diags}");
                 ExitCode::from(1)
+            } else if let Some(store) = e
+                .downcast_ref::<earlywarn::store::StoreError>()
+                .filter(|s| s.is_user_error())
+            {
+                // A database newer than this binary: the operator's to fix.
+                eprintln!("earlywarn: {store}");
+                ExitCode::from(1)
             } else {
                 eprintln!("earlywarn: internal error: {e:#}");
                 ExitCode::from(2)

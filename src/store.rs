@@ -8,6 +8,10 @@
 //!   disk before the file leaves the incoming folder, even across power loss.
 //! - An outbox row is `pending` until the mail server accepted it (`sent`) or
 //!   refused it for good (`failed`). Nothing deletes a pending row.
+//! - The schema is versioned in `PRAGMA user_version` and changes only through
+//!   [`MIGRATIONS`]: every pending step runs at open in one `BEGIN IMMEDIATE`
+//!   transaction that also sets the version, after a copy of the old database
+//!   is kept beside it. A database newer than this binary is refused untouched.
 //!
 //! Times are stored as UTC milliseconds since the Unix epoch.
 
@@ -35,11 +39,58 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("database holds unreadable data: {0}")]
     Corrupt(String),
+    /// Written by a newer earlywarn: this binary does not know its schema, so
+    /// it must neither read nor change it.
+    #[error(
+        "the database at {path} was written by a newer earlywarn (schema version {found}; this earlywarn knows up to {known}). Install the newer earlywarn, or restore a backup."
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    /// Another process held the write lock for the whole busy timeout while
+    /// this one wanted to upgrade the schema.
+    #[error(
+        "the database at {path} (schema version {found}) needs upgrading to version {known}, but another process kept it locked; try again once the daemon has started (it upgrades the database at start)"
+    )]
+    UpgradeBusy {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error(
+        "cannot keep a copy of the database before upgrading it, at {path}: {reason}; the database was not changed"
+    )]
+    Backup { path: PathBuf, reason: String },
+    #[error(
+        "cannot upgrade the database at {path} to schema version {to} ({what}): {source}; it was left unchanged, at version {from}"
+    )]
+    Migration {
+        path: PathBuf,
+        from: u32,
+        to: u32,
+        what: &'static str,
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the operator has to fix this (exit 1), rather than a fault inside
+    /// earlywarn (exit 2): the wrong binary for this database.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, StoreError::TooNew { .. })
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-const SCHEMA: &str = r#"
+/// The schema of release 0.1.0, the last without a version: schema version 1.
+/// **Frozen**: databases exist with exactly this; change the schema by adding
+/// a step to [`MIGRATIONS`], never by editing this text (the unit test
+/// `version_1_is_the_schema_of_release_0_1_0` compares it with a database
+/// 0.1.0 made). `IF NOT EXISTS` lets the same text adopt a 0.1.0 database.
+const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS files (
     id            INTEGER PRIMARY KEY,
     feed          TEXT NOT NULL,
@@ -134,7 +185,8 @@ CREATE TABLE IF NOT EXISTS meta (
 /// Files whose processing has started and not yet ended: a file that was
 /// interrupted (the daemon crashed or was killed) this many times is set
 /// aside instead of being tried again forever.
-const SCHEMA_ATTEMPTS: &str = r#"
+/// Part of version 1 (frozen like [`SCHEMA_V1`]).
+const SCHEMA_V1_ATTEMPTS: &str = r#"
 CREATE TABLE IF NOT EXISTS file_attempts (
     feed     TEXT NOT NULL,
     sha256   TEXT NOT NULL,
@@ -177,29 +229,252 @@ macro_rules! priority_of_alert {
 /// The send priorities, in sending order (see `outbox.priority`).
 const PRIORITIES: [i64; 3] = [0, 1, 2];
 
-/// Brings a database made by an older earlywarn up to this schema. Idempotent:
-/// every step checks before it changes anything, so it runs at every open.
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// One schema change. Step `i` of [`MIGRATIONS`] takes a database from
+/// version `i` to `i + 1`; it runs inside the upgrade's transaction, so it
+/// must not `BEGIN` or `COMMIT` itself.
+pub(crate) struct Migration {
+    /// What it changes, for the log and errors ("outbox: per-address outcomes").
+    what: &'static str,
+    up: Up,
+}
+
+pub(crate) enum Up {
+    /// Plain SQL (one or more statements): most migrations. Only the tests
+    /// use it until the first migration after version 1 ships.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Sql(&'static str),
+    /// Code, for a step that must look before it changes anything.
+    Code(fn(&Connection) -> rusqlite::Result<()>),
+}
+
+/// Every schema version, oldest first; the schema version of a database this
+/// binary writes is `MIGRATIONS.len()`. To change the schema, append one line,
+/// e.g. `Migration { what: "outbox: when the email was handed off", up: Up::Sql("ALTER TABLE outbox ADD COLUMN handed_off_at INTEGER;") },`
+/// and never edit or reorder a step that has shipped.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    what: "the schema of release 0.1.0",
+    up: Up::Code(adopt_release_0_1_0),
+}];
+
+/// The schema version this binary reads and writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Version 1, from nothing or from a 0.1.0 database (which has no version):
+/// creates what is missing, then the `priority` column that databases from
+/// before it lack. Looks before it changes anything, so it suits both.
+fn adopt_release_0_1_0(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA_V1)?;
+    conn.execute_batch(SCHEMA_V1_ATTEMPTS)?;
     let has_priority: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'priority'",
         [],
         |r| r.get(0),
     )?;
     if !has_priority {
-        // One transaction: a crash half way must not leave the column without its values.
         conn.execute_batch(concat!(
-            "BEGIN IMMEDIATE;
-             ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+            "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
              UPDATE outbox SET priority = ",
             priority_of_alert!("outbox.alert_id"),
-            ";
-             COMMIT;"
+            ";"
         ))?;
     }
     // After the column exists: `due` reads one priority at a time, oldest first.
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox(status, priority, next_attempt_at, id);",
     )
+}
+
+/// How many copies of older databases (`earlywarn.db.before-vN`) are kept.
+const BACKUPS_KEPT: usize = 2;
+
+/// The schema version in a database file's header (bytes 60..64 of the
+/// SQLite header), read without opening it with SQLite: a database too new
+/// for this binary is then refused without a byte of it, or a `-wal` beside
+/// it, being written. `None` if there is no file or it is not SQLite.
+fn version_in_header(db: &Path) -> Option<u32> {
+    use std::io::Read;
+    let mut header = [0u8; 64];
+    std::fs::File::open(db).ok()?.read_exact(&mut header).ok()?;
+    if &header[..16] != b"SQLite format 3\0" {
+        return None;
+    }
+    Some(u32::from_be_bytes([
+        header[60], header[61], header[62], header[63],
+    ]))
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+}
+
+/// Brings the database at `path` to version `migrations.len()`: nothing if it
+/// is there already; otherwise, holding the write lock, keeps a copy of an
+/// existing database, then runs every pending step and sets `user_version`, in
+/// one transaction, so a failure or a crash half way leaves the old version.
+fn bring_up_to_date(conn: &mut Connection, path: &Path, migrations: &[Migration]) -> Result<()> {
+    let known = migrations.len() as u32;
+    let too_new = |found| StoreError::TooNew {
+        path: path.to_path_buf(),
+        found,
+        known,
+    };
+    let found = user_version(conn)?;
+    if found > known {
+        return Err(too_new(found));
+    }
+    if found == known {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| {
+            if is_busy(&e) {
+                StoreError::UpgradeBusy {
+                    path: path.to_path_buf(),
+                    found,
+                    known,
+                }
+            } else {
+                e.into()
+            }
+        })?;
+    // Read again under the lock: another process may have upgraded it (or a
+    // newer earlywarn written it) between the first read and the lock.
+    let found = user_version(&tx)?;
+    if found > known {
+        return Err(too_new(found));
+    }
+    if found == known {
+        return Ok(());
+    }
+    let existing = found > 0 || holds_tables(&tx)?;
+    let backup = if existing {
+        let backup = keep_copy(path, known)?;
+        tracing::info!(
+            database = %path.display(),
+            from = found,
+            to = known,
+            copy = %backup.display(),
+            "Upgrading the database schema; the database as it was is kept in the copy"
+        );
+        Some(backup)
+    } else {
+        None
+    };
+    for (step, migration) in migrations.iter().enumerate().skip(found as usize) {
+        let applied = match migration.up {
+            Up::Sql(sql) => tx.execute_batch(sql),
+            Up::Code(up) => up(&tx),
+        };
+        applied.map_err(|source| StoreError::Migration {
+            path: path.to_path_buf(),
+            from: found,
+            to: step as u32 + 1,
+            what: migration.what,
+            source,
+        })?;
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
+    if let Some(backup) = backup {
+        tracing::info!(database = %path.display(), version = known, copy = %backup.display(), "Database upgraded");
+        prune_copies(path);
+    }
+    Ok(())
+}
+
+/// Whether the database already holds tables (a 0.1.0 database has
+/// `user_version` 0 like an empty one).
+fn holds_tables(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// `earlywarn.db.before-vN` beside the database, for a database about to be
+/// upgraded to version `to`. Called with the write lock held, so the copy is
+/// exactly what the upgrade starts from, and no other process makes one at
+/// the same time. Written under a temporary name, owner-only (it holds the
+/// same data as the database), synced, then renamed into place.
+fn keep_copy(db: &Path, to: u32) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "earlywarn.db".into());
+    let backup = db.with_file_name(format!("{name}.before-v{to}"));
+    let partial = db.with_file_name(format!("{name}.before-v{to}.partial"));
+    let fail = |reason: String| StoreError::Backup {
+        path: backup.clone(),
+        reason,
+    };
+    // A leftover of a copy interrupted by a crash: ours to replace.
+    match std::fs::remove_file(&partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    // VACUUM INTO accepts an empty file, so the copy gets our mode, not the umask's.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| fail(e.to_string()))?;
+    // A second connection reads the last commit, which our lock keeps as it is.
+    let reader = Connection::open(db).map_err(|e| fail(e.to_string()))?;
+    reader
+        .execute("VACUUM INTO ?1", [partial.to_string_lossy()])
+        .map_err(|e| fail(e.to_string()))?;
+    drop(reader);
+    std::fs::File::open(&partial)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&partial, &backup))
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(dir) = db.parent() {
+        // The rename is durable once the folder is synced; a failure here
+        // loses at most the copy's name after a power cut, not the database.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(backup)
+}
+
+/// Deletes all but the newest [`BACKUPS_KEPT`] copies beside the database:
+/// each holds every record, so they must not pile up.
+fn prune_copies(db: &Path) {
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.before-v", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut copies: Vec<(u32, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name();
+            let version = file.to_str()?.strip_prefix(&prefix)?.parse().ok()?;
+            Some((version, e.path()))
+        })
+        .collect();
+    copies.sort();
+    let excess = copies.len().saturating_sub(BACKUPS_KEPT);
+    for (_, old) in copies.into_iter().take(excess) {
+        match std::fs::remove_file(&old) {
+            Ok(()) => {
+                tracing::info!(copy = %old.display(), "Deleted an older copy of the database")
+            }
+            Err(e) => {
+                tracing::warn!(copy = %old.display(), error = %e, "Cannot delete an older copy of the database")
+            }
+        }
+    }
 }
 
 fn ms(t: Timestamp) -> i64 {
@@ -217,25 +492,40 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database under `state_dir`.
+    /// Opens (creating if needed) the database under `state_dir`, upgrading
+    /// an older one to [`SCHEMA_VERSION`] and refusing a newer one.
     pub fn open(state_dir: &Path) -> Result<Store> {
+        Store::open_with(state_dir, MIGRATIONS)
+    }
+
+    fn open_with(state_dir: &Path, migrations: &[Migration]) -> Result<Store> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
             path: state_dir.to_path_buf(),
             source,
         })?;
         let path = state_dir.join("earlywarn.db");
-        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+        let known = migrations.len() as u32;
+        if let Some(found) = version_in_header(&path)
+            && found > known
+        {
+            return Err(StoreError::TooNew { path, found, known });
+        }
+        let mut conn = Connection::open(&path).map_err(|source| StoreError::Open {
             path: path.clone(),
             source,
         })?;
         conn.busy_timeout(Duration::from_secs(10))?;
+        // The header can lag behind a WAL not yet checkpointed: ask SQLite too,
+        // before anything (even the journal mode) is written.
+        let found = user_version(&conn)?;
+        if found > known {
+            return Err(StoreError::TooNew { path, found, known });
+        }
         // WAL lets the delivery worker read while a file commits; FULL makes a
         // commit durable before we acknowledge the file by moving it.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(SCHEMA_ATTEMPTS)?;
-        migrate(&conn)?;
+        bring_up_to_date(&mut conn, &path, migrations)?;
         restrict_to_owner(state_dir, &path);
         Ok(Store { conn, path })
     }
@@ -397,7 +687,7 @@ impl Store {
     // ------------------------------------------------------------ status
 
     /// Everything `earlywarn status` shows. Every query here is an index range
-    /// or lookup (see the indexes in `SCHEMA`), so it stays fast with millions
+    /// or lookup (see the indexes in `SCHEMA_V1`), so it stays fast with millions
     /// of file, alert and outbox rows: a producer can make those in minutes.
     pub fn status(&self, now: Timestamp) -> Result<StatusReport> {
         let c = &self.conn;
@@ -1166,6 +1456,283 @@ mod tests {
             );
             assert_eq!(store.outbox_counts().unwrap().pending, 3);
         }
+    }
+
+    /// A step for the tests: version `n + 1` given SQL.
+    const fn sql_step(sql: &'static str) -> Migration {
+        Migration {
+            what: "a test step",
+            up: Up::Sql(sql),
+        }
+    }
+
+    fn raw(dir: &Path) -> Connection {
+        Connection::open(dir.join("earlywarn.db")).unwrap()
+    }
+
+    fn schema_of(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut stmt = conn
+            .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    fn copies_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".before-v"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn version_1_is_the_schema_of_release_0_1_0() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/db-0.1.0/earlywarn.db");
+        let old = tempfile::tempdir().unwrap();
+        std::fs::copy(&fixture, old.path().join("earlywarn.db")).unwrap();
+        let made_by_0_1_0 = schema_of(&raw(old.path()));
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Store::open_with(fresh.path(), &MIGRATIONS[..1]).unwrap());
+        assert_eq!(schema_of(&raw(fresh.path())), made_by_0_1_0);
+    }
+
+    #[test]
+    fn a_fresh_database_is_made_at_the_latest_version_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        assert_eq!(user_version(&raw(dir.path())).unwrap(), SCHEMA_VERSION);
+        assert!(
+            copies_in(dir.path()).is_empty(),
+            "nothing to keep a copy of"
+        );
+    }
+
+    #[test]
+    fn a_version_2_step_runs_once_on_a_version_1_database_after_a_copy_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open_with(dir.path(), &MIGRATIONS[..1]).unwrap();
+            store.set_meta("kept", "yes").unwrap();
+        }
+        let v2 = [
+            Migration {
+                what: "the schema of release 0.1.0",
+                up: Up::Code(adopt_release_0_1_0),
+            },
+            sql_step("ALTER TABLE outbox ADD COLUMN handed_off_at INTEGER;"),
+        ];
+        for _ in 0..2 {
+            // The second open finds version 2: no step runs (the ALTER would fail).
+            let store = Store::open_with(dir.path(), &v2).unwrap();
+            assert_eq!(store.meta("kept").unwrap().as_deref(), Some("yes"));
+        }
+        let conn = raw(dir.path());
+        assert_eq!(user_version(&conn).unwrap(), 2);
+        let has_column: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'handed_off_at'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(has_column);
+        assert_eq!(copies_in(dir.path()), ["earlywarn.db.before-v2"]);
+        let copy = Connection::open(dir.path().join("earlywarn.db.before-v2")).unwrap();
+        assert_eq!(
+            user_version(&copy).unwrap(),
+            1,
+            "the copy is the old database"
+        );
+        let kept: String = copy
+            .query_row("SELECT value FROM meta WHERE key = 'kept'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, "yes");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("earlywarn.db.before-v2"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the copy holds the same data: owner only");
+    }
+
+    #[test]
+    fn a_failing_step_leaves_the_database_at_its_old_version_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open_with(dir.path(), &MIGRATIONS[..1]).unwrap());
+        let before = schema_of(&raw(dir.path()));
+        let broken = [
+            Migration {
+                what: "the schema of release 0.1.0",
+                up: Up::Code(adopt_release_0_1_0),
+            },
+            sql_step("CREATE TABLE half_done (x INTEGER);"),
+            // The third step fails after the second has changed the schema.
+            sql_step(
+                "ALTER TABLE outbox ADD COLUMN late INTEGER; INSERT INTO no_such_table VALUES (1);",
+            ),
+        ];
+        let err = Store::open_with(dir.path(), &broken).err().unwrap();
+        assert!(
+            matches!(err, StoreError::Migration { from: 1, to: 3, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("left unchanged, at version 1"),
+            "{err}"
+        );
+        let conn = raw(dir.path());
+        assert_eq!(user_version(&conn).unwrap(), 1);
+        assert_eq!(
+            schema_of(&conn),
+            before,
+            "no step of the failed upgrade remains"
+        );
+        drop(conn);
+        // And the version-1 binary still opens it.
+        drop(Store::open_with(dir.path(), &MIGRATIONS[..1]).unwrap());
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_and_left_byte_for_byte_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        raw(dir.path())
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 6)
+            .unwrap();
+        let db = dir.path().join("earlywarn.db");
+        let bytes = std::fs::read(&db).unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(err.is_user_error());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the database at {} was written by a newer earlywarn (schema version {}; this earlywarn knows up to {}). Install the newer earlywarn, or restore a backup.",
+                db.display(),
+                SCHEMA_VERSION + 6,
+                SCHEMA_VERSION
+            )
+        );
+        assert_eq!(std::fs::read(&db).unwrap(), bytes);
+        assert!(!dir.path().join("earlywarn.db-wal").exists());
+        assert!(copies_in(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_newer_version_still_in_the_wal_is_refused_too() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        // A newer daemon still running: its version is in the WAL, not yet in the header.
+        let newer = raw(dir.path());
+        newer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        newer
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert_eq!(
+            version_in_header(&dir.path().join("earlywarn.db")),
+            Some(SCHEMA_VERSION)
+        );
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn openers_at_the_same_time_upgrade_once() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open_with(dir.path(), &MIGRATIONS[..1]).unwrap());
+        static V2: [Migration; 2] = [
+            Migration {
+                what: "the schema of release 0.1.0",
+                up: Up::Code(adopt_release_0_1_0),
+            },
+            // Fails if run twice: CREATE without IF NOT EXISTS.
+            sql_step("CREATE TABLE upgraded (n INTEGER); INSERT INTO upgraded VALUES (1);"),
+        ];
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        Store::open_with(dir.path(), &V2).map(drop)
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().unwrap();
+            }
+        });
+        let conn = raw(dir.path());
+        assert_eq!(user_version(&conn).unwrap(), 2);
+        let runs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM upgraded", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(runs, 1);
+        assert_eq!(copies_in(dir.path()), ["earlywarn.db.before-v2"]);
+    }
+
+    #[test]
+    fn an_upgrade_waits_for_a_writer_that_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open_with(dir.path(), &MIGRATIONS[..1]).unwrap());
+        static V2: [Migration; 2] = [
+            Migration {
+                what: "the schema of release 0.1.0",
+                up: Up::Code(adopt_release_0_1_0),
+            },
+            sql_step("CREATE TABLE upgraded (n INTEGER);"),
+        ];
+        let mut writer = raw(dir.path());
+        let tx = writer
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        tx.execute("INSERT INTO meta (key, value) VALUES ('w', '1')", [])
+            .unwrap();
+        let path = dir.path().to_path_buf();
+        let opener = std::thread::spawn(move || Store::open_with(&path, &V2).map(drop));
+        std::thread::sleep(Duration::from_millis(300));
+        tx.commit().unwrap();
+        opener.join().unwrap().unwrap();
+        let conn = raw(dir.path());
+        assert_eq!(user_version(&conn).unwrap(), 2);
+        let w: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'w'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(w, "1", "the writer's commit is kept");
+        let copy = Connection::open(dir.path().join("earlywarn.db.before-v2")).unwrap();
+        let w: String = copy
+            .query_row("SELECT value FROM meta WHERE key = 'w'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(w, "1", "the copy was taken after the writer let go");
+    }
+
+    #[test]
+    fn only_the_newest_two_copies_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open_with(dir.path(), &MIGRATIONS[..1]).unwrap());
+        static STEPS: [Migration; 4] = [
+            Migration {
+                what: "the schema of release 0.1.0",
+                up: Up::Code(adopt_release_0_1_0),
+            },
+            sql_step("CREATE TABLE v2 (n INTEGER);"),
+            sql_step("CREATE TABLE v3 (n INTEGER);"),
+            sql_step("CREATE TABLE v4 (n INTEGER);"),
+        ];
+        for n in 2..=4 {
+            drop(Store::open_with(dir.path(), &STEPS[..n]).unwrap());
+        }
+        assert_eq!(
+            copies_in(dir.path()),
+            ["earlywarn.db.before-v3", "earlywarn.db.before-v4"]
+        );
     }
 
     #[test]
