@@ -116,6 +116,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at      INTEGER NOT NULL,
     sent_at         INTEGER,
     priority        INTEGER NOT NULL DEFAULT 1,  -- 0 critical, 1 warning, 2 info: sent in that order
+    thread          TEXT,            -- the conversation (render::thread_key): later emails reply to the partner's first
+    handed_off_at   INTEGER,         -- first handed to the transport: the email's Date, the same on every retry
     UNIQUE (alert_id, partner_id, audience)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
@@ -196,10 +198,42 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;"
         ))?;
     }
-    // After the column exists: `due` reads one priority at a time, oldest first.
+    let has_thread: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'thread'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_thread {
+        // One transaction, as above. Rows made earlier are each their alert's
+        // own conversation (render::thread_key), so a draft still awaiting
+        // review is found by its approval.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE outbox ADD COLUMN thread TEXT;
+             ALTER TABLE outbox ADD COLUMN handed_off_at INTEGER;
+             UPDATE outbox SET thread = 'alert' || char(31) || alert_id;
+             COMMIT;",
+        )?;
+    }
+    // After the columns exist: `due` reads one priority at a time, oldest
+    // first; an enqueue finds the partner's first email of a thread.
     conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox(status, priority, next_attempt_at, id);",
+        "CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox(status, priority, next_attempt_at, id);
+         CREATE INDEX IF NOT EXISTS outbox_by_thread ON outbox(thread, partner_id, id);",
     )
+}
+
+/// The Message-ID of the first email `partner_id` got (or will get) in `thread`.
+fn first_in_thread(
+    conn: &Connection,
+    thread: &str,
+    partner_id: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT message_id FROM outbox WHERE thread = ?1 AND partner_id = ?2 ORDER BY id LIMIT 1",
+    )?
+    .query_row(params![thread, partner_id], |r| r.get(0))
+    .optional()
 }
 
 fn ms(t: Timestamp) -> i64 {
@@ -368,6 +402,31 @@ impl Store {
             |r| r.get(0),
         )?;
         Ok(v.map(from_ms))
+    }
+
+    /// When row `id` was first handed to the transport: recorded as `now` on
+    /// the first call, and that first time returned on every later one, so
+    /// every retry of the email carries the same `Date` (SPEC §7).
+    pub fn hand_off_time(&self, id: i64, now: Timestamp) -> Result<Timestamp> {
+        self.conn.execute(
+            "UPDATE outbox SET handed_off_at = ?2 WHERE id = ?1 AND handed_off_at IS NULL",
+            params![id, ms(now)],
+        )?;
+        let at: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT handed_off_at FROM outbox WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(at.map_or(now, from_ms))
+    }
+
+    /// The Message-ID of the first email `partner_id` got in `thread`, to reply to.
+    pub fn first_in_thread(&self, thread: &str, partner_id: &str) -> Result<Option<String>> {
+        Ok(first_in_thread(&self.conn, thread, partner_id)?)
     }
 
     pub fn mark_sent(&self, id: i64, now: Timestamp) -> Result<()> {
@@ -750,6 +809,12 @@ impl FileTx<'_> {
         Ok(())
     }
 
+    /// The Message-ID of the first email `partner_id` got in `thread`,
+    /// including rows written earlier in this transaction.
+    pub fn first_in_thread(&self, thread: &str, partner_id: &str) -> Result<Option<String>> {
+        Ok(first_in_thread(&self.tx, thread, partner_id)?)
+    }
+
     /// Puts one rendered email in the outbox, due now.
     pub fn enqueue(
         &self,
@@ -763,8 +828,8 @@ impl FileTx<'_> {
             serde_json::to_string(&email.to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // The priority comes from the alert's row, written earlier in this transaction.
         let mut insert = self.tx.prepare_cached(concat!(
-            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at, priority)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9, ",
+            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at, thread, priority)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9, ?10, ",
             priority_of_alert!("?1"),
             ")
              ON CONFLICT (alert_id, partner_id, audience) DO NOTHING"
@@ -781,7 +846,8 @@ impl FileTx<'_> {
             recipients,
             email.subject,
             email.bytes,
-            ms(now)
+            ms(now),
+            email.thread
         ])?;
         Ok(())
     }
@@ -1066,6 +1132,7 @@ mod tests {
             text: String::new(),
             html: String::new(),
             message_id: format!("<{id}.p@example.org>"),
+            thread: format!("alert\u{1f}{id}"),
             from: "e@example.org".into(),
             to: vec!["p@example.org".into()],
             bytes: b"message".to_vec(),
@@ -1165,7 +1232,72 @@ mod tests {
                 "critical, then unknown (as warning), then info"
             );
             assert_eq!(store.outbox_counts().unwrap().pending, 3);
+            // Each earlier row is its alert's own thread, with no hand-off recorded yet.
+            assert_eq!(
+                store
+                    .first_in_thread("alert\u{1f}EW-B", "p")
+                    .unwrap()
+                    .as_deref(),
+                Some("<b>")
+            );
         }
+    }
+
+    #[test]
+    fn the_first_hand_off_is_kept_and_threads_find_the_partners_first_email() {
+        use crate::config::Severity;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut opening = test_email("EW-OPEN");
+        opening.thread = "deadline\u{1f}r\u{1f}k\u{1f}1".into();
+        store
+            .store_alert(
+                &test_alert("EW-OPEN", Severity::Critical, t0),
+                &[("p".into(), opening)],
+                t0,
+            )
+            .unwrap();
+        let thread = "deadline\u{1f}r\u{1f}k\u{1f}1";
+        assert_eq!(
+            store.first_in_thread(thread, "p").unwrap().as_deref(),
+            Some("<EW-OPEN.p@example.org>")
+        );
+        assert_eq!(
+            store.first_in_thread(thread, "q").unwrap(),
+            None,
+            "per partner"
+        );
+        let mut escalation = test_email("EW-LATE");
+        escalation.thread = thread.into();
+        store
+            .store_alert(
+                &test_alert("EW-LATE", Severity::Critical, t0),
+                &[("p".into(), escalation)],
+                t0,
+            )
+            .unwrap();
+        assert_eq!(
+            store.first_in_thread(thread, "p").unwrap().as_deref(),
+            Some("<EW-OPEN.p@example.org>"),
+            "the first, not the latest"
+        );
+
+        let id = store.due(t0, 1).unwrap()[0].id;
+        let later = t0.checked_add(jiff::SignedDuration::from_secs(90)).unwrap();
+        assert_eq!(store.hand_off_time(id, t0).unwrap(), t0);
+        assert_eq!(
+            store.hand_off_time(id, later).unwrap(),
+            t0,
+            "a retry keeps the first"
+        );
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.hand_off_time(id, later).unwrap(),
+            t0,
+            "across a restart"
+        );
     }
 
     #[test]
