@@ -204,16 +204,34 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         |r| r.get(0),
     )?;
     if !has_thread {
-        // One transaction, as above. Rows made earlier are each their alert's
-        // own conversation (render::thread_key), so a draft still awaiting
-        // review is found by its approval.
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             ALTER TABLE outbox ADD COLUMN thread TEXT;
+        // One transaction (rolled back if any step fails). Rows made earlier
+        // get the thread render::thread_key gives their alert, so a draft still
+        // awaiting review is found by its approval, and an escalation of a
+        // deadline opened before the upgrade replies to its opening notice.
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(
+            "ALTER TABLE outbox ADD COLUMN thread TEXT;
              ALTER TABLE outbox ADD COLUMN handed_off_at INTEGER;
-             UPDATE outbox SET thread = 'alert' || char(31) || alert_id;
-             COMMIT;",
+             UPDATE outbox SET thread = 'alert' || char(31) || alert_id;",
         )?;
+        let deadline_alerts: Vec<(String, String)> = tx
+            .prepare(
+                "SELECT id, summary FROM alerts WHERE json_valid(summary)
+                   AND json_extract(summary, '$.trigger.type') IN ('deadline_opened', 'deadline_overdue', 'deadline_closed')
+                   AND id IN (SELECT alert_id FROM outbox)",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, summary) in deadline_alerts {
+            // An alert the current code cannot read keeps its own thread.
+            if let Ok(alert) = serde_json::from_str::<Alert>(&summary) {
+                tx.execute(
+                    "UPDATE outbox SET thread = ?2 WHERE alert_id = ?1",
+                    params![id, crate::alerts::render::thread_key(&alert)],
+                )?;
+            }
+        }
+        tx.commit()?;
     }
     // After the columns exist: `due` reads one priority at a time, oldest
     // first; an enqueue finds the partner's first email of a thread.
@@ -1215,7 +1233,30 @@ mod tests {
                            ('EW-GONE', 'p', 'notify', '<c>', 'e@x', '[\"p@x\"]', 's', x'00', 'pending', 3, 3);",
             )
             .unwrap();
+            // A deadline's opening notice, already sent.
+            let mut opened = test_alert("EW-OPEN", crate::config::Severity::Info, from_ms(4));
+            opened.trigger = crate::alerts::Trigger::DeadlineOpened {
+                key: "GMP-A".into(),
+                due: from_ms(5),
+                closed: false,
+            };
+            conn.execute(
+                "INSERT INTO alerts VALUES ('EW-OPEN', 'r', NULL, 'info', 'sent', 4, 1, ?1, NULL, NULL)",
+                [serde_json::to_string(&opened).unwrap()],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message,
+                    status, next_attempt_at, created_at)
+                    VALUES ('EW-OPEN', 'p', 'notify', '<open>', 'e@x', '[\"p@x\"]', 's', x'00', 'sent', 4, 4);",
+            )
+            .unwrap();
         }
+        let mut overdue = test_alert("EW-LATE", crate::config::Severity::Info, from_ms(6));
+        overdue.trigger = crate::alerts::Trigger::DeadlineOverdue {
+            key: "gmp-a".into(),
+            due: from_ms(5),
+        };
         let now = Timestamp::from_second(1_700_000_000).unwrap();
         for _ in 0..2 {
             // Opened twice: the migration runs once and is a no-op the second time.
@@ -1239,6 +1280,12 @@ mod tests {
                     .unwrap()
                     .as_deref(),
                 Some("<b>")
+            );
+            let deadline = crate::alerts::render::thread_key(&overdue);
+            assert_eq!(
+                store.first_in_thread(&deadline, "p").unwrap().as_deref(),
+                Some("<open>"),
+                "a deadline opened before the upgrade is found by its escalation"
             );
         }
     }
