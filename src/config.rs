@@ -55,6 +55,8 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone)]
 pub struct MailConfig {
     pub from: String,
+    /// `Reply-To` of every email, where partners' replies should go (a mailbox like `from`).
+    pub reply_to: Option<String>,
     pub marking: String,
     pub transport: Transport,
     /// Bound on every SMTP exchange (connect, each command, the whole send).
@@ -648,6 +650,15 @@ impl Config {
                 "`{from}` is not a sender like \"GM Early Warning <earlywarn@example.org>\" ({e}); put a display name with punctuation in double quotes: \"\\\"GM Early Warning (test)\\\" <earlywarn@example.org>\""
             )));
         }
+        let reply_to = m.reply_to.as_ref().map(|r| r.get_ref().clone());
+        if let Some(r) = &m.reply_to
+            && let Err(e) = r.get_ref().parse::<lettre::message::Mailbox>()
+        {
+            errors.push(at(r.span(), format!(
+                "reply_to `{}` is not a mailbox like \"GM Drug Alert Panel <panel@example.org>\" ({e})",
+                r.get_ref()
+            )));
+        }
 
         let rules = d
             .rules
@@ -691,6 +702,7 @@ impl Config {
             },
             mail: MailConfig {
                 from,
+                reply_to,
                 marking: m.marking.unwrap_or_else(|| "OFFICIAL-SENSITIVE".into()),
                 transport,
                 timeout,
@@ -829,6 +841,7 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawMail {
     from: Option<Spanned<String>>,
+    reply_to: Option<Spanned<String>>,
     transport: Option<Spanned<String>>,
     file_dir: Option<String>,
     host: Option<Spanned<String>>,

@@ -220,18 +220,38 @@ fn read_password(
     Ok(password.to_string())
 }
 
-/// Writes a message atomically as `dir/NAME.eml`.
+/// Writes a message atomically as `dir/NAME.eml`, never over an existing
+/// file: the temporary file is created exclusively and moved into place with
+/// `RENAME_NOREPLACE`. A `NAME.eml` already there is this same email, written
+/// by an attempt whose outcome was not recorded (names are unique per outbox
+/// row), so it counts as delivered.
 fn write_eml(dir: &Path, name: &str, message: &[u8]) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{name}.eml.tmp"));
     let target = dir.join(format!("{name}.eml"));
+    if target.exists() {
+        return Ok(());
+    }
+    // Left by an attempt interrupted mid-write: only this row uses the name.
+    let _ = std::fs::remove_file(&tmp);
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(message)?;
         f.sync_all()?;
     }
-    std::fs::rename(tmp, target)
+    match renameat_with(CWD, &tmp, CWD, &target, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => std::fs::remove_file(&tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e.into())
+        }
+    }
 }
 
 /// The delay before retry number `attempt` (1 = the first retry): doubling from `initial`, capped at `max`.
@@ -257,9 +277,9 @@ pub async fn attempt(
     mail: &MailConfig,
     item: &OutboxItem,
 ) -> (Attempt, Option<OutcomeWrite>) {
-    let name = format!("{}-{}", item.alert_id, item.partner_id);
+    let (name, message) = (eml_name(item), hand_off(store, item));
     let result = mailer
-        .send(&item.mail_from, &item.recipients, &item.message, &name)
+        .send(&item.mail_from, &item.recipients, &message, &name)
         .await;
     let now = Timestamp::now();
     let attempts = item.attempts + 1;
@@ -308,6 +328,47 @@ pub async fn attempt(
         }
     };
     (outcome, unrecorded)
+}
+
+/// The row's bytes as handed to the transport: `Date` is the first hand-off
+/// (SPEC §7), recorded on the row before the first send so that every retry
+/// carries the same one. If the database cannot record it now, this attempt
+/// says now and a later one records its own time: better than not sending.
+fn hand_off(store: &Mutex<Store>, item: &OutboxItem) -> Vec<u8> {
+    let now = Timestamp::now();
+    let at = {
+        // Poisoned: see `OutcomeWrite::apply`.
+        let store = store.lock().unwrap_or_else(|p| p.into_inner());
+        store.hand_off_time(item.id, now)
+    };
+    let at = at.unwrap_or_else(|e| {
+        tracing::warn!(alert = %item.alert_id, error = %e, "Cannot record the hand-off time; dating the email now");
+        now
+    });
+    crate::alerts::render::with_date(&item.message, at)
+}
+
+/// The file transport's name for a row: one file per outbox row (the row id),
+/// named by its Message-ID (alert, partner, purpose) so people can tell them apart.
+fn eml_name(item: &OutboxItem) -> String {
+    let left = item
+        .message_id
+        .trim_start_matches('<')
+        .split('@')
+        .next()
+        .unwrap_or_default();
+    let safe: String = left
+        .chars()
+        .take(120)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}-{}", safe.trim_start_matches('.'), item.id)
 }
 
 /// The database write that records an attempt's outcome.

@@ -621,6 +621,8 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
 }
 
 fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode> {
+    use lettre::message::SinglePart;
+    use lettre::message::header::{HeaderName, HeaderValue};
     let config = load_config(config)?;
     let to_mailbox: lettre::message::Mailbox = to
         .parse()
@@ -630,17 +632,64 @@ fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode
         .from
         .parse()
         .map_err(|e| UserError(format!("[mail] from: {e}")))?;
-    let subject = format!("{} [TEST] earlywarn test email", config.mail.marking);
-    let message = lettre::Message::builder()
+    let reply_to = earlywarn::alerts::render::reply_to_mailbox(&config)
+        .map_err(|e| UserError(e.to_string()))?;
+    let now = jiff::Timestamp::now();
+    // The machine's name as lettre would send it in EHLO: which host sent this.
+    let host = lettre::transport::smtp::extension::ClientId::default().to_string();
+    let sender = earlywarn::review::decider(None).unwrap_or_else(|_| "unknown".into());
+    let shown_now = now
+        .to_zoned_datetime(config.daemon.timezone.clone())
+        .strftime("%a %-d %b %Y %H:%M:%S %Z")
+        .to_string();
+    let transport = transport_name(&config);
+    let subject = format!(
+        "{} [TEST] earlywarn test email from {host}",
+        config.mail.marking
+    );
+    let mut body = format!(
+        "{marking}\n\n\
+         TEST EMAIL: no action is needed. This is not an alert.\n\n\
+         It was sent with `earlywarn send-test-email` to check that alerts can reach this address.\n\n\
+         Host:       {host}\n\
+         earlywarn:  {version}\n\
+         Config:     {config_path}\n\
+         Transport:  {transport}\n\
+         From:       {from}\n",
+        marking = config.mail.marking,
+        version = env!("CARGO_PKG_VERSION"),
+        config_path = config.path.display(),
+        from = from,
+    );
+    if let Some(r) = &reply_to {
+        body.push_str(&format!("Reply-To:   {r}\n"));
+    }
+    body.push_str(&format!(
+        "Sent by:    {sender}\nSent at:    {shown_now}\n\n{}\n",
+        config.mail.marking
+    ));
+    // The process id as well as the time: two test emails in one millisecond
+    // still get their own Message-ID (and their own .eml file).
+    let local = format!("test.{}.{}", now.as_millisecond(), std::process::id());
+    let mut builder = lettre::Message::builder()
         .from(from.clone())
         .to(to_mailbox.clone())
         .subject(subject)
-        .message_id(Some(format!("<test.{}@{}>", jiff::Timestamp::now().as_millisecond(), from.email.domain())))
-        .body(format!(
-            "{}\n\nThis is a test email from earlywarn ({}), sent with `earlywarn send-test-email`.\nIf you can read it, alerts can reach this address.\n",
-            config.mail.marking,
-            config.path.display()
+        .message_id(Some(format!("<{local}@{}>", from.email.domain())))
+        .date(std::time::SystemTime::try_from(now).unwrap_or_else(|_| std::time::SystemTime::now()))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".to_string(),
         ))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("X-Earlywarn-Test"),
+            "yes".to_string(),
+        ));
+    if let Some(r) = reply_to {
+        builder = builder.reply_to(r);
+    }
+    let message = builder
+        .singlepart(SinglePart::plain(body))
         .context("cannot build the test email")?;
     let mailer = Mailer::new(&config.mail).map_err(|e| UserError(format!("[mail]: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -650,11 +699,11 @@ fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode
         from.email.as_ref(),
         &[to_mailbox.email.to_string()],
         &message.formatted(),
-        "test-email",
+        &local,
     ));
     match result {
         Ok(()) => {
-            println!("sent a test email to {to} via {}", transport_name(&config));
+            println!("sent a test email to {to} via {transport}");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Err(UserError(format!("could not send the test email to {to}: {e}")).into()),

@@ -57,8 +57,14 @@ pub fn approve(
             rule: alert.rule_id.clone(),
         })?;
     let mut emails = Vec::new();
+    let thread = crate::alerts::render::thread_key(&alert);
     for delivery in route(&alert, rule, config, Audience::Notify) {
-        if let Some(email) = render_with_fallback(&alert, rule, &delivery, config) {
+        // A reviewer who is also on `notify` gets the approved alert as a reply
+        // to its draft: one conversation, draft then decision.
+        let parent = store.first_in_thread(&thread, &delivery.partner.id)?;
+        if let Some(email) =
+            render_with_fallback(&alert, rule, &delivery, config, parent.as_deref())
+        {
             emails.push((delivery.partner.id.clone(), email));
         }
     }

@@ -353,7 +353,7 @@ fn evaluate(
             let deliveries = route(alert, rule, config, audience);
             let email = deliveries
                 .first()
-                .and_then(|d| render_with_fallback(alert, rule, d, config));
+                .and_then(|d| render_with_fallback(alert, rule, d, config, None));
             Some(Raised {
                 rule: alert.rule_id.clone(),
                 group: alert.group.clone(),

@@ -251,10 +251,16 @@ pub(crate) enum Up {
 /// binary writes is `MIGRATIONS.len()`. To change the schema, append one line,
 /// e.g. `Migration { what: "outbox: when the email was handed off", up: Up::Sql("ALTER TABLE outbox ADD COLUMN handed_off_at INTEGER;") },`
 /// and never edit or reorder a step that has shipped.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    what: "the schema of release 0.1.0",
-    up: Up::Code(adopt_release_0_1_0),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        what: "the schema of release 0.1.0",
+        up: Up::Code(adopt_release_0_1_0),
+    },
+    Migration {
+        what: "outbox: threads and the first hand-off time",
+        up: Up::Code(add_threads_and_hand_off),
+    },
+];
 
 /// The schema version this binary reads and writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -282,6 +288,38 @@ fn adopt_release_0_1_0(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox(status, priority, next_attempt_at, id);",
     )
+}
+
+/// Version 2: each outbox row's conversation (`thread`, render::thread_key:
+/// later emails reply to the partner's first) and when it was first handed to
+/// the transport (`handed_off_at`: the email's Date, the same on every retry).
+/// Rows made earlier get the thread their alert has, so a draft still awaiting
+/// review is found by its approval, and an escalation of a deadline opened
+/// before the upgrade replies to its opening notice.
+fn add_threads_and_hand_off(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE outbox ADD COLUMN thread TEXT;
+         ALTER TABLE outbox ADD COLUMN handed_off_at INTEGER;
+         UPDATE outbox SET thread = 'alert' || char(31) || alert_id;",
+    )?;
+    let deadline_alerts: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT id, summary FROM alerts WHERE json_valid(summary)
+               AND json_extract(summary, '$.trigger.type') IN ('deadline_opened', 'deadline_overdue', 'deadline_closed')
+               AND id IN (SELECT alert_id FROM outbox)",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, summary) in deadline_alerts {
+        // An alert the current code cannot read keeps its own thread.
+        if let Ok(alert) = serde_json::from_str::<Alert>(&summary) {
+            conn.execute(
+                "UPDATE outbox SET thread = ?2 WHERE alert_id = ?1",
+                params![id, crate::alerts::render::thread_key(&alert)],
+            )?;
+        }
+    }
+    conn.execute_batch("CREATE INDEX outbox_by_thread ON outbox(thread, partner_id, id);")
 }
 
 /// How many copies of older databases (`earlywarn.db.before-vN`) are kept.
@@ -477,6 +515,19 @@ fn prune_copies(db: &Path) {
     }
 }
 
+/// The Message-ID of the first email `partner_id` got (or will get) in `thread`.
+fn first_in_thread(
+    conn: &Connection,
+    thread: &str,
+    partner_id: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT message_id FROM outbox WHERE thread = ?1 AND partner_id = ?2 ORDER BY id LIMIT 1",
+    )?
+    .query_row(params![thread, partner_id], |r| r.get(0))
+    .optional()
+}
+
 fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
@@ -658,6 +709,31 @@ impl Store {
             |r| r.get(0),
         )?;
         Ok(v.map(from_ms))
+    }
+
+    /// When row `id` was first handed to the transport: recorded as `now` on
+    /// the first call, and that first time returned on every later one, so
+    /// every retry of the email carries the same `Date` (SPEC §7).
+    pub fn hand_off_time(&self, id: i64, now: Timestamp) -> Result<Timestamp> {
+        self.conn.execute(
+            "UPDATE outbox SET handed_off_at = ?2 WHERE id = ?1 AND handed_off_at IS NULL",
+            params![id, ms(now)],
+        )?;
+        let at: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT handed_off_at FROM outbox WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(at.map_or(now, from_ms))
+    }
+
+    /// The Message-ID of the first email `partner_id` got in `thread`, to reply to.
+    pub fn first_in_thread(&self, thread: &str, partner_id: &str) -> Result<Option<String>> {
+        Ok(first_in_thread(&self.conn, thread, partner_id)?)
     }
 
     pub fn mark_sent(&self, id: i64, now: Timestamp) -> Result<()> {
@@ -1040,6 +1116,12 @@ impl FileTx<'_> {
         Ok(())
     }
 
+    /// The Message-ID of the first email `partner_id` got in `thread`,
+    /// including rows written earlier in this transaction.
+    pub fn first_in_thread(&self, thread: &str, partner_id: &str) -> Result<Option<String>> {
+        Ok(first_in_thread(&self.tx, thread, partner_id)?)
+    }
+
     /// Puts one rendered email in the outbox, due now.
     pub fn enqueue(
         &self,
@@ -1053,8 +1135,8 @@ impl FileTx<'_> {
             serde_json::to_string(&email.to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // The priority comes from the alert's row, written earlier in this transaction.
         let mut insert = self.tx.prepare_cached(concat!(
-            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at, priority)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9, ",
+            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at, thread, priority)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9, ?10, ",
             priority_of_alert!("?1"),
             ")
              ON CONFLICT (alert_id, partner_id, audience) DO NOTHING"
@@ -1071,7 +1153,8 @@ impl FileTx<'_> {
             recipients,
             email.subject,
             email.bytes,
-            ms(now)
+            ms(now),
+            email.thread
         ])?;
         Ok(())
     }
@@ -1356,6 +1439,7 @@ mod tests {
             text: String::new(),
             html: String::new(),
             message_id: format!("<{id}.p@example.org>"),
+            thread: format!("alert\u{1f}{id}"),
             from: "e@example.org".into(),
             to: vec!["p@example.org".into()],
             bytes: b"message".to_vec(),
@@ -1438,7 +1522,30 @@ mod tests {
                            ('EW-GONE', 'p', 'notify', '<c>', 'e@x', '[\"p@x\"]', 's', x'00', 'pending', 3, 3);",
             )
             .unwrap();
+            // A deadline's opening notice, already sent.
+            let mut opened = test_alert("EW-OPEN", crate::config::Severity::Info, from_ms(4));
+            opened.trigger = crate::alerts::Trigger::DeadlineOpened {
+                key: "GMP-A".into(),
+                due: from_ms(5),
+                closed: false,
+            };
+            conn.execute(
+                "INSERT INTO alerts VALUES ('EW-OPEN', 'r', NULL, 'info', 'sent', 4, 1, ?1, NULL, NULL)",
+                [serde_json::to_string(&opened).unwrap()],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message,
+                    status, next_attempt_at, created_at)
+                    VALUES ('EW-OPEN', 'p', 'notify', '<open>', 'e@x', '[\"p@x\"]', 's', x'00', 'sent', 4, 4);",
+            )
+            .unwrap();
         }
+        let mut overdue = test_alert("EW-LATE", crate::config::Severity::Info, from_ms(6));
+        overdue.trigger = crate::alerts::Trigger::DeadlineOverdue {
+            key: "gmp-a".into(),
+            due: from_ms(5),
+        };
         let now = Timestamp::from_second(1_700_000_000).unwrap();
         for _ in 0..2 {
             // Opened twice: the migration runs once and is a no-op the second time.
@@ -1455,6 +1562,20 @@ mod tests {
                 "critical, then unknown (as warning), then info"
             );
             assert_eq!(store.outbox_counts().unwrap().pending, 3);
+            // Each earlier row is its alert's own thread, with no hand-off recorded yet.
+            assert_eq!(
+                store
+                    .first_in_thread("alert\u{1f}EW-B", "p")
+                    .unwrap()
+                    .as_deref(),
+                Some("<b>")
+            );
+            let deadline = crate::alerts::render::thread_key(&overdue);
+            assert_eq!(
+                store.first_in_thread(&deadline, "p").unwrap().as_deref(),
+                Some("<open>"),
+                "a deadline opened before the upgrade is found by its escalation"
+            );
         }
     }
 
@@ -1732,6 +1853,63 @@ mod tests {
         assert_eq!(
             copies_in(dir.path()),
             ["earlywarn.db.before-v3", "earlywarn.db.before-v4"]
+        );
+    }
+
+    #[test]
+    fn the_first_hand_off_is_kept_and_threads_find_the_partners_first_email() {
+        use crate::config::Severity;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut opening = test_email("EW-OPEN");
+        opening.thread = "deadline\u{1f}r\u{1f}k\u{1f}1".into();
+        store
+            .store_alert(
+                &test_alert("EW-OPEN", Severity::Critical, t0),
+                &[("p".into(), opening)],
+                t0,
+            )
+            .unwrap();
+        let thread = "deadline\u{1f}r\u{1f}k\u{1f}1";
+        assert_eq!(
+            store.first_in_thread(thread, "p").unwrap().as_deref(),
+            Some("<EW-OPEN.p@example.org>")
+        );
+        assert_eq!(
+            store.first_in_thread(thread, "q").unwrap(),
+            None,
+            "per partner"
+        );
+        let mut escalation = test_email("EW-LATE");
+        escalation.thread = thread.into();
+        store
+            .store_alert(
+                &test_alert("EW-LATE", Severity::Critical, t0),
+                &[("p".into(), escalation)],
+                t0,
+            )
+            .unwrap();
+        assert_eq!(
+            store.first_in_thread(thread, "p").unwrap().as_deref(),
+            Some("<EW-OPEN.p@example.org>"),
+            "the first, not the latest"
+        );
+
+        let id = store.due(t0, 1).unwrap()[0].id;
+        let later = t0.checked_add(jiff::SignedDuration::from_secs(90)).unwrap();
+        assert_eq!(store.hand_off_time(id, t0).unwrap(), t0);
+        assert_eq!(
+            store.hand_off_time(id, later).unwrap(),
+            t0,
+            "a retry keeps the first"
+        );
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.hand_off_time(id, later).unwrap(),
+            t0,
+            "across a restart"
         );
     }
 

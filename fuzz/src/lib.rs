@@ -460,7 +460,7 @@ fn deliver(config: &Config, engine: &Engine, alerts: &[Alert]) {
         let _ = serde_json::to_string(alert);
         for delivery in route(alert, rule, config, first_audience(alert)) {
             assert!(
-                render_with_fallback(alert, rule, &delivery, config).is_some(),
+                render_with_fallback(alert, rule, &delivery, config, None).is_some(),
                 "alert {} of rule {} cannot be rendered even with the default template",
                 alert.id,
                 rule.id

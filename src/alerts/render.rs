@@ -6,6 +6,13 @@
 //! (marking, severity, evidence, advice, reference, why this partner got it,
 //! withheld-fields notice) are always present. HTML escapes every value; header
 //! values are single-line and encoded by lettre, so data cannot add headers.
+//!
+//! Headers (SPEC §7): a `Message-ID` per alert, partner and [`Purpose`], so a
+//! draft and the approved alert never share one; `In-Reply-To`/`References`
+//! to the first email the partner got in the alert's [`thread_key`] (looked up
+//! by the caller, which owns the outbox); `Auto-Submitted`; `Reply-To` when
+//! configured. `Date` is only a placeholder here: delivery replaces it with
+//! the time of the first hand-off to the transport ([`with_date`]).
 
 use super::{Alert, Audience, Delivery, Trigger};
 use crate::config::{Config, FeedConfig};
@@ -27,10 +34,102 @@ pub struct RenderedEmail {
     pub text: String,
     pub html: String,
     pub message_id: String,
+    /// The conversation this email belongs to (see [`thread_key`]): stored
+    /// with the outbox row so later emails can find the partner's first one.
+    pub thread: String,
     pub from: String,
     pub to: Vec<String>,
-    /// The whole message as sent.
+    /// The whole message as stored; `Date` is set again at hand-off ([`with_date`]).
     pub bytes: Vec<u8>,
+}
+
+/// Why an email about an alert is sent. Each purpose has its own `Message-ID`
+/// (SPEC §7), so mail stores that drop duplicate ids keep every one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The alert itself (to `notify`, a deadline notice, an ops notice).
+    Alert,
+    /// The draft for assessment sent to `review`.
+    Draft,
+    /// Update number N of an alert (SPEC §10).
+    Update(u32),
+    /// Reminder number N to a partner that has not acknowledged (SPEC §10).
+    Reminder(u32),
+    /// The withdrawal of an alert (SPEC §10).
+    Withdrawn,
+}
+
+impl Purpose {
+    /// The purpose of an email to `audience`.
+    pub fn of(audience: Audience) -> Purpose {
+        match audience {
+            Audience::Notify => Purpose::Alert,
+            Audience::Review => Purpose::Draft,
+        }
+    }
+
+    /// What follows `ALERT.PARTNER` in the Message-ID's left part.
+    fn suffix(self) -> String {
+        match self {
+            Purpose::Alert => String::new(),
+            Purpose::Draft => ".draft".into(),
+            Purpose::Update(n) => format!(".update-{n}"),
+            Purpose::Reminder(n) => format!(".reminder-{n}"),
+            Purpose::Withdrawn => ".withdrawn".into(),
+        }
+    }
+}
+
+/// The `Message-ID` of one email: `<ALERT.PARTNER[.PURPOSE]@DOMAIN>`, a pure
+/// function of what it is about, so every retry of a row carries the same one.
+/// The parts are reduced to characters that are safe in a msg-id, so no
+/// partner id or domain can break the header.
+pub fn message_id(alert_id: &str, partner_id: &str, purpose: Purpose, domain: &str) -> String {
+    format!(
+        "<{}.{}{}@{}>",
+        sanitize_id(alert_id),
+        sanitize_id(partner_id),
+        purpose.suffix(),
+        sanitize_domain(domain)
+    )
+}
+
+/// The conversation an alert's emails belong to. A deadline's opening notice,
+/// escalation and closed notice are three alerts; they share the deadline
+/// (rule, key, due time), so each partner's later notices thread under the
+/// first one it got. Any other alert is its own conversation: its draft and
+/// its approved copy (and later updates, reminders, a withdrawal) share it.
+pub fn thread_key(alert: &Alert) -> String {
+    match &alert.trigger {
+        Trigger::DeadlineOpened { key, due, .. }
+        | Trigger::DeadlineOverdue { key, due }
+        | Trigger::DeadlineClosed { key, due, .. } => format!(
+            "deadline\u{1f}{}\u{1f}{}\u{1f}{}",
+            alert.rule_id,
+            // The engine keys deadlines case-folded: so must the thread.
+            key.to_lowercase(),
+            due.as_millisecond()
+        ),
+        _ => format!("alert\u{1f}{}", alert.id),
+    }
+}
+
+/// Whether `id` is a msg-id as [`message_id`] makes them: `<left@right>` of
+/// safe characters only. Anything else is never put in a header.
+fn is_safe_message_id(id: &str) -> bool {
+    let Some(inner) = id.strip_prefix('<').and_then(|s| s.strip_suffix('>')) else {
+        return false;
+    };
+    let Some((left, right)) = inner.split_once('@') else {
+        return false;
+    };
+    let safe = |s: &str, extra: &[char]| {
+        !s.is_empty()
+            && s.len() <= 200
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || extra.contains(&c))
+    };
+    safe(left, &[]) && safe(right, &['[', ']', ':'])
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,12 +363,26 @@ struct PartnerView<'a> {
     isa: bool,
 }
 
-/// Renders the email for one delivery of an alert.
+/// Renders the email for one delivery of an alert, the first in its thread.
 pub fn render(
     alert: &Alert,
     rule: &Rule,
     delivery: &Delivery<'_>,
     config: &Config,
+) -> Result<RenderedEmail, RenderError> {
+    render_in_thread(alert, rule, delivery, config, None)
+}
+
+/// Renders the email for one delivery of an alert. `first_in_thread` is the
+/// `Message-ID` of the first email this partner got in the alert's
+/// [`thread_key`], if any: the email then replies to it (`In-Reply-To`,
+/// `References`), so the partner's mail client shows one conversation.
+pub fn render_in_thread(
+    alert: &Alert,
+    rule: &Rule,
+    delivery: &Delivery<'_>,
+    config: &Config,
+    first_in_thread: Option<&str>,
 ) -> Result<RenderedEmail, RenderError> {
     let feed = config.feed(&rule.feed);
     let show_time = time_shower(config);
@@ -286,23 +399,34 @@ pub fn render(
         .parse()
         .map_err(|e| RenderError::Build(format!("[mail] from: {e}")))?;
     let domain = from.email.domain().to_string();
-    let message_id = format!(
-        "<{}.{}@{}>",
-        alert.id,
-        sanitize_id(&delivery.partner.id),
-        domain
+    let mut message_id = message_id(
+        &alert.id,
+        &delivery.partner.id,
+        Purpose::of(delivery.audience),
+        &domain,
     );
+    let parent = first_in_thread.filter(|p| is_safe_message_id(p));
+    if parent == Some(message_id.as_str()) {
+        // A draft queued by a release that gave drafts no suffix has the
+        // approved copy's id: the approval must not repeat it.
+        message_id = message_id.replacen('@', ".approved@", 1);
+    }
     let mut builder = Message::builder()
         .from(from.clone())
         .subject(subject.clone())
         .message_id(Some(message_id.clone()))
+        // A placeholder: delivery writes the time of the first hand-off (SPEC §7).
         .date(
             std::time::SystemTime::try_from(alert.created_at)
                 .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
         )
         .raw_header(HeaderValue::new(
+            header_name("Auto-Submitted"),
+            "auto-generated".to_string(),
+        ))
+        .raw_header(HeaderValue::new(
             header_name("X-Earlywarn-Alert"),
-            alert.id.clone(),
+            one_line(&alert.id),
         ))
         .raw_header(HeaderValue::new(
             header_name("X-Earlywarn-Rule"),
@@ -312,6 +436,14 @@ pub fn render(
             header_name("X-Earlywarn-Severity"),
             rule.severity.as_str().to_string(),
         ));
+    if let Some(reply_to) = reply_to_mailbox(config)? {
+        builder = builder.reply_to(reply_to);
+    }
+    if let Some(parent) = parent {
+        builder = builder
+            .in_reply_to(parent.to_string())
+            .references(parent.to_string());
+    }
     let mut to = Vec::new();
     for address in &delivery.partner.emails {
         let mailbox: Mailbox = address.parse().map_err(|e| {
@@ -343,10 +475,71 @@ pub fn render(
         text,
         html,
         message_id,
+        thread: thread_key(alert),
         from: from.email.to_string(),
         to,
         bytes: message.formatted(),
     })
+}
+
+/// `[mail] reply_to` as a mailbox (validated by `check`; parsed again here
+/// because the config keeps it as written).
+pub fn reply_to_mailbox(config: &Config) -> Result<Option<Mailbox>, RenderError> {
+    config
+        .mail
+        .reply_to
+        .as_deref()
+        .map(|r| {
+            r.parse::<Mailbox>()
+                .map_err(|e| RenderError::Build(format!("[mail] reply_to: {e}")))
+        })
+        .transpose()
+}
+
+/// The message with its top-level `Date` header set to `at` (SPEC §7: when
+/// the email was first handed to the transport). Only the header block is
+/// touched: the first `Date` field there (with any folded continuation lines)
+/// is replaced, or one is added at the top; every byte from the blank line
+/// that ends the headers on is copied as it was.
+pub fn with_date(message: &[u8], at: Timestamp) -> Vec<u8> {
+    let date = jiff::fmt::rfc2822::to_string(&at.to_zoned_datetime(jiff::tz::TimeZone::UTC))
+        // Only a year beyond 9999 cannot be printed; the wall clock never gets there.
+        .unwrap_or_else(|_| "Thu, 1 Jan 1970 00:00:00 +0000".to_string());
+    let line = format!("Date: {date}\r\n");
+    // Through the CRLF of the last header line; the blank line and body follow.
+    let header_end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);
+    let headers = &message[..header_end];
+    let mut line_starts = vec![0];
+    line_starts.extend(
+        memchr::memmem::find_iter(headers, b"\r\n")
+            .map(|i| i + 2)
+            .filter(|&i| i < header_end),
+    );
+    let is_date = |at: &usize| {
+        headers[*at..]
+            .get(..5)
+            .is_some_and(|h| h.eq_ignore_ascii_case(b"date:"))
+    };
+    let mut out = Vec::with_capacity(message.len() + line.len());
+    match line_starts.iter().position(is_date) {
+        Some(i) => {
+            let start = line_starts[i];
+            // The field goes on over folded lines (starting with a space or tab).
+            let end = line_starts[i + 1..]
+                .iter()
+                .copied()
+                .find(|&s| !matches!(headers.get(s), Some(b' ' | b'\t')))
+                .unwrap_or(header_end);
+            out.extend_from_slice(&message[..start]);
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(&message[end..]);
+        }
+        None => {
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(message);
+        }
+    }
+    out
 }
 
 /// How times are shown in emails: in the daemon's time zone, like "Tue 4 Nov 2025 11:30 GMT".
@@ -623,6 +816,20 @@ fn one_line(s: &str) -> String {
         out = out.replace("  ", " ");
     }
     out.trim().to_string()
+}
+
+/// A msg-id's right part: the sender's domain, already checked as an
+/// address by `check`; anything outside a domain's characters becomes `_`.
+fn sanitize_domain(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.[]:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn sanitize_id(s: &str) -> String {
@@ -1395,6 +1602,272 @@ emails = ["c@example.org"]
         assert!(!panel.subject.contains('\n'));
         assert!(!panel.html.contains("<script>"));
         assert!(panel.html.contains("&lt;script&gt;"));
+    }
+
+    /// The header block of a rendered message, unfolded lines.
+    fn header_lines(bytes: &[u8]) -> Vec<String> {
+        let raw = String::from_utf8_lossy(bytes).to_string();
+        let block = raw.split("\r\n\r\n").next().unwrap().to_string();
+        block.split("\r\n").map(str::to_string).collect()
+    }
+
+    fn header<'a>(lines: &'a [String], name: &str) -> Option<&'a str> {
+        let prefix = format!("{}: ", name.to_ascii_lowercase());
+        lines
+            .iter()
+            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| &l[prefix.len()..])
+    }
+
+    #[test]
+    fn each_purpose_has_its_own_stable_message_id() {
+        let ids: Vec<String> = [
+            Purpose::Alert,
+            Purpose::Draft,
+            Purpose::Update(1),
+            Purpose::Update(2),
+            Purpose::Reminder(1),
+            Purpose::Withdrawn,
+        ]
+        .into_iter()
+        .map(|p| message_id("EW-0123456789", "dews-panel", p, "example.org"))
+        .collect();
+        assert_eq!(
+            ids,
+            [
+                "<EW-0123456789.dews-panel@example.org>",
+                "<EW-0123456789.dews-panel.draft@example.org>",
+                "<EW-0123456789.dews-panel.update-1@example.org>",
+                "<EW-0123456789.dews-panel.update-2@example.org>",
+                "<EW-0123456789.dews-panel.reminder-1@example.org>",
+                "<EW-0123456789.dews-panel.withdrawn@example.org>",
+            ]
+        );
+        assert_eq!(
+            message_id("EW-1", "a>b\r\nBcc: x", Purpose::Alert, "ex ample.org>"),
+            "<EW-1.a_b__Bcc__x@ex_ample.org_>"
+        );
+        assert!(ids.iter().all(|id| is_safe_message_id(id)));
+    }
+
+    #[test]
+    fn the_draft_and_the_approved_copy_differ_and_the_approval_replies_to_the_draft() {
+        let config = config();
+        let rule = rule(&config, "");
+        let a = alert("x", "Bolton");
+        let draft_delivery = &route(&a, &rule, &config, Audience::Review);
+        // The test rule has no `review`: make the panel its reviewer.
+        let mut reviewed = rule.clone();
+        reviewed.review = vec!["panel".into()];
+        let review = route(&a, &reviewed, &config, Audience::Review);
+        assert!(draft_delivery.is_empty() && !review.is_empty());
+        let draft = render(&a, &reviewed, &review[0], &config).unwrap();
+        let notify = route(&a, &reviewed, &config, Audience::Notify);
+        let approved =
+            render_in_thread(&a, &reviewed, &notify[0], &config, Some(&draft.message_id)).unwrap();
+        assert_eq!(draft.message_id, "<EW-0123456789.panel.draft@example.org>");
+        assert_eq!(approved.message_id, "<EW-0123456789.panel@example.org>");
+        assert_eq!(draft.thread, approved.thread);
+        let lines = header_lines(&approved.bytes);
+        assert_eq!(
+            header(&lines, "In-Reply-To"),
+            Some(draft.message_id.as_str())
+        );
+        assert_eq!(
+            header(&lines, "References"),
+            Some(draft.message_id.as_str())
+        );
+        assert_eq!(header(&header_lines(&draft.bytes), "In-Reply-To"), None);
+        // A draft queued before drafts had their own suffix shares the plain id:
+        // the approval then takes another rather than repeat it.
+        let legacy = render_in_thread(
+            &a,
+            &reviewed,
+            &notify[0],
+            &config,
+            Some("<EW-0123456789.panel@example.org>"),
+        )
+        .unwrap();
+        assert_eq!(
+            legacy.message_id,
+            "<EW-0123456789.panel.approved@example.org>"
+        );
+    }
+
+    #[test]
+    fn every_email_is_auto_submitted_and_keeps_its_earlywarn_headers() {
+        let config = config();
+        let rule = rule(&config, "");
+        for mail in emails(&config, &rule, &alert("x", "Bolton")) {
+            let lines = header_lines(&mail.bytes);
+            assert_eq!(header(&lines, "Auto-Submitted"), Some("auto-generated"));
+            assert_eq!(header(&lines, "X-Earlywarn-Alert"), Some("EW-0123456789"));
+            assert_eq!(header(&lines, "X-Earlywarn-Rule"), Some("nitazene"));
+            assert_eq!(header(&lines, "Reply-To"), None, "not configured");
+        }
+    }
+
+    #[test]
+    fn reply_to_is_set_when_configured_and_cannot_carry_a_header() {
+        let mut config = config();
+        config.mail.reply_to = Some("GM Drug Alert Panel <panel-replies@example.org>".into());
+        let rule = rule(&config, "");
+        for mail in emails(&config, &rule, &alert("x", "Bolton")) {
+            let lines = header_lines(&mail.bytes);
+            let reply_to = header(&lines, "Reply-To").unwrap();
+            assert!(
+                reply_to.contains("<panel-replies@example.org>"),
+                "{reply_to}"
+            );
+        }
+        // `check` refuses a reply_to that is not one mailbox.
+        for bad in [
+            "x@example.org\r\nBcc: evil@example.com",
+            "not an address",
+            "a@b, c@d",
+        ] {
+            let text = format!(
+                "[mail]\ntransport = \"file\"\nreply_to = {}\n[[feed]]\nname = \"f\"\ndir = \"in\"\n",
+                toml::Value::String(bad.into())
+            );
+            let e = Config::parse(Path::new("/x/c.toml"), &text).unwrap_err();
+            assert!(e.to_string().contains("reply_to"), "{bad:?}: {e}");
+        }
+        // And one that slipped past `check` still cannot add a header.
+        config.mail.reply_to = Some("x@example.org\r\nBcc: evil@example.com".into());
+        let delivery = &route(&alert("x", "Bolton"), &rule, &config, Audience::Notify)[0];
+        if let Ok(mail) = render(&alert("x", "Bolton"), &rule, delivery, &config) {
+            assert!(
+                !header_lines(&mail.bytes)
+                    .iter()
+                    .any(|l| l.starts_with("Bcc:"))
+            );
+        }
+    }
+
+    #[test]
+    fn a_thread_parent_that_is_not_a_message_id_is_left_out() {
+        let config = config();
+        let rule = rule(&config, "");
+        let a = alert("x", "Bolton");
+        let delivery = &route(&a, &rule, &config, Audience::Notify)[0];
+        for hostile in [
+            "<a@b>\r\nBcc: evil@example.com",
+            "<a@b> <c@d>",
+            "a@b",
+            "<a b@c>",
+            "<@b>",
+            "<a@b>\n",
+        ] {
+            let mail = render_in_thread(&a, &rule, delivery, &config, Some(hostile)).unwrap();
+            let lines = header_lines(&mail.bytes);
+            assert_eq!(header(&lines, "In-Reply-To"), None, "{hostile:?}");
+            assert_eq!(header(&lines, "References"), None, "{hostile:?}");
+            assert!(!lines.iter().any(|l| l.starts_with("Bcc:")), "{hostile:?}");
+        }
+    }
+
+    #[test]
+    fn the_notices_of_one_deadline_share_a_thread() {
+        let due: Timestamp = "2025-11-04T12:30:00Z".parse().unwrap();
+        let with = |trigger: Trigger, id: &str| {
+            let mut a = alert("x", "Bolton");
+            a.id = id.into();
+            a.trigger = trigger;
+            thread_key(&a)
+        };
+        let opened = with(
+            Trigger::DeadlineOpened {
+                key: "GMP-A".into(),
+                due,
+                closed: false,
+            },
+            "EW-1",
+        );
+        let overdue = with(
+            Trigger::DeadlineOverdue {
+                key: "gmp-a".into(),
+                due,
+            },
+            "EW-2",
+        );
+        let closed = with(
+            Trigger::DeadlineClosed {
+                key: "GMP-A".into(),
+                due,
+                late: true,
+            },
+            "EW-3",
+        );
+        assert_eq!(opened, overdue);
+        assert_eq!(opened, closed);
+        let reopened = with(
+            Trigger::DeadlineOpened {
+                key: "GMP-A".into(),
+                due: "2025-11-05T12:30:00Z".parse().unwrap(),
+                closed: false,
+            },
+            "EW-4",
+        );
+        assert_ne!(
+            opened, reopened,
+            "a later deadline of the same key is another thread"
+        );
+        assert_ne!(with(Trigger::Match, "EW-5"), with(Trigger::Match, "EW-6"));
+    }
+
+    #[test]
+    fn the_date_is_set_at_hand_off_and_the_body_is_untouched() {
+        let config = config();
+        let rule = rule(&config, "body = \"Date: not a header {{ rule.name }}\"");
+        let mail = &emails(&config, &rule, &alert("x", "Bolton"))[0];
+        let split = |m: &[u8]| {
+            let at = memchr::memmem::find(m, b"\r\n\r\n").unwrap();
+            (m[..at].to_vec(), m[at..].to_vec())
+        };
+        let at: Timestamp = "2025-11-05T08:09:10.750Z".parse().unwrap();
+        let dated = with_date(&mail.bytes, at);
+        let (head, body) = split(&dated);
+        assert_eq!(
+            body,
+            split(&mail.bytes).1,
+            "the body is byte for byte the same"
+        );
+        let lines = header_lines(&head);
+        let dates: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with("date:"))
+            .collect();
+        assert_eq!(dates, ["Date: Wed, 5 Nov 2025 08:09:10 +0000"]);
+        // Every other header line is kept, in order.
+        let others = |ls: &[String]| -> Vec<String> {
+            ls.iter()
+                .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(others(&lines), others(&header_lines(&mail.bytes)));
+        assert_eq!(
+            with_date(&dated, at),
+            dated,
+            "the same time gives the same bytes"
+        );
+        let later = with_date(&dated, "2025-11-06T00:00:00Z".parse().unwrap());
+        assert!(
+            String::from_utf8_lossy(&later).contains("Date: Thu, 6 Nov 2025 00:00:00 +0000\r\n")
+        );
+        assert_eq!(split(&later).1, body);
+
+        // A folded Date is replaced whole; a message without one gains one.
+        let folded = b"Subject: x\r\nDate: Tue, 4 Nov 2025\r\n 11:30:00 +0000\r\nTo: a@b\r\n\r\nDate: body\r\n";
+        assert_eq!(
+            with_date(folded, at),
+            b"Subject: x\r\nDate: Wed, 5 Nov 2025 08:09:10 +0000\r\nTo: a@b\r\n\r\nDate: body\r\n"
+        );
+        assert_eq!(
+            with_date(b"Subject: x\r\n\r\nDate: body\r\n", at),
+            b"Date: Wed, 5 Nov 2025 08:09:10 +0000\r\nSubject: x\r\n\r\nDate: body\r\n"
+        );
     }
 
     #[test]

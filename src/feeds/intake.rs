@@ -21,7 +21,7 @@
 //! is already recorded, so the next scan moves it without alerting again.
 //! Memory does not grow with the file: nothing holds the whole file.
 
-use crate::alerts::render::{RenderedEmail, render};
+use crate::alerts::render::{RenderedEmail, render_in_thread};
 use crate::alerts::{Alert, first_audience, route};
 use crate::config::{Config, FeedConfig, FeedFormat, OnDone};
 use crate::display::Escaped;
@@ -586,9 +586,12 @@ pub fn enqueue_alert(
     let summary = serde_json::to_string(alert).unwrap_or_default();
     tx.insert_alert(alert, &summary)?;
     let audience = first_audience(alert);
+    let thread = crate::alerts::render::thread_key(alert);
     let mut queued = 0;
     for delivery in route(alert, rule, config, audience) {
-        let email = render_with_fallback(alert, rule, &delivery, config);
+        // In this transaction: a deadline opened and closed by one file finds its opening notice.
+        let parent = tx.first_in_thread(&thread, &delivery.partner.id)?;
+        let email = render_with_fallback(alert, rule, &delivery, config, parent.as_deref());
         match email {
             Some(email) => {
                 tx.enqueue(&alert.id, &delivery.partner.id, audience, &email, now)?;
@@ -608,21 +611,23 @@ pub fn enqueue_alert(
 }
 
 /// Renders with the rule's templates, or, if they fail at run time, with the defaults:
-/// a broken template must not stop an alert.
+/// a broken template must not stop an alert. `first_in_thread`: the Message-ID
+/// the email replies to (see [`render_in_thread`]).
 pub fn render_with_fallback(
     alert: &Alert,
     rule: &Rule,
     delivery: &crate::alerts::Delivery<'_>,
     config: &Config,
+    first_in_thread: Option<&str>,
 ) -> Option<RenderedEmail> {
-    match render(alert, rule, delivery, config) {
+    match render_in_thread(alert, rule, delivery, config, first_in_thread) {
         Ok(email) => Some(email),
         Err(e) => {
             tracing::error!(alert = %alert.id, rule = %rule.id, error = %e, "Template failed; using the default template");
             let mut plain = rule.clone();
             plain.subject = None;
             plain.body = None;
-            render(alert, &plain, delivery, config).ok()
+            render_in_thread(alert, &plain, delivery, config, first_in_thread).ok()
         }
     }
 }
