@@ -471,6 +471,152 @@ fn watchdog_pings_keep_coming_at_a_third_of_watchdog_usec() {
 // 3. Reloads
 // ---------------------------------------------------------------------------------------------
 
+/// A file of `rows` samples that no rule matches: every row is an event the
+/// daemon has to read, check for duplicates and show to the rules.
+fn big_quiet_file(tag: &str, rows: usize) -> String {
+    let mut text = String::with_capacity(rows * 120 + HEADER.len() + 1);
+    text.push_str(HEADER);
+    text.push('\n');
+    for i in 0..rows {
+        text.push_str(&row(
+            &format!("{tag}-{i:07}"),
+            "Bolton",
+            "caffeine",
+            "",
+            "routine",
+        ));
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn a_big_file_neither_starves_the_watchdog_nor_holds_up_sigterm() {
+    // A few seconds of work for a debug build: longer than shutdown_timeout.
+    const ROWS: usize = 60_000;
+    let dir = tempdir();
+    let config = Cfg::default().write(dir.path());
+    let text = fs::read_to_string(&config).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("shutdown_timeout") {
+                "shutdown_timeout = \"2s\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("shutdown_timeout = \"2s\""), "{text}");
+    fs::write(&config, text).unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let mut daemon = Daemon::start_with(
+        &config,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", notify.path()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    notify
+        .wait_for("READY=1", 0, Duration::from_secs(20))
+        .unwrap_or_else(|| {
+            panic!(
+                "no READY=1; datagrams:\n{}\nlog:\n{}",
+                notify.dump(),
+                log(&daemon)
+            )
+        });
+
+    // 1. A big file is read while the watchdog keeps being fed.
+    let dropped = Instant::now();
+    write_atomically(
+        &feed_dir(dir.path()),
+        "big-1.csv",
+        big_quiet_file("A", ROWS),
+    );
+    assert!(
+        wait_until(Duration::from_secs(180), || processed_count(dir.path())
+            == 1),
+        "big-1.csv not processed within 180 s; log:\n{}",
+        log(&daemon)
+    );
+    let took = dropped.elapsed();
+    let mut pings: Vec<Instant> = notify
+        .notes()
+        .iter()
+        .filter(|n| n.has("WATCHDOG=1") && n.at >= dropped)
+        .map(|n| n.at)
+        .collect();
+    pings.insert(0, dropped);
+    pings.push(Instant::now());
+    let longest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest < Duration::from_millis(1000),
+        "a {longest:?} gap between watchdog pings while a {ROWS}-row file took {took:?} (WATCHDOG_USEC=1000000)"
+    );
+
+    // 2. SIGTERM in the middle of another one: honoured within shutdown_timeout,
+    //    and the file stays where it was, to be read whole at the next start.
+    write_atomically(
+        &feed_dir(dir.path()),
+        "big-2.csv",
+        big_quiet_file("B", ROWS),
+    );
+    // Renamed in: the watcher picks it up at once, and it takes seconds to read.
+    thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    let stopped_in = signalled.elapsed();
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "exit after SIGTERM: {status:?}; log:\n{}",
+        log(&daemon)
+    );
+    assert!(
+        stopped_in < Duration::from_millis(2000 + 1500),
+        "SIGTERM took {stopped_in:?} with shutdown_timeout = 2s; log:\n{}",
+        log(&daemon)
+    );
+    let first_log = log(&daemon);
+    assert!(
+        first_log.contains(&format!(
+            "file=big-1.csv rows={ROWS} events={ROWS} duplicates=0"
+        )),
+        "{first_log}"
+    );
+    assert!(
+        first_log.contains("Stopped reading the file at shutdown")
+            && first_log.contains("big-2.csv"),
+        "big-2.csv was abandoned at shutdown, not finished; log:\n{first_log}"
+    );
+    assert_eq!(
+        waiting_files(dir.path()),
+        ["big-2.csv"],
+        "an abandoned file stays in the feed folder"
+    );
+    assert_eq!(processed_count(dir.path()), 1);
+    drop(daemon);
+
+    let daemon = start_daemon(&config);
+    assert!(
+        wait_until(Duration::from_secs(180), || processed_count(dir.path())
+            == 2),
+        "big-2.csv not processed after the restart; log:\n{}",
+        log(&daemon)
+    );
+    let whole = format!("file=big-2.csv rows={ROWS} events={ROWS} duplicates=0");
+    assert_eq!(
+        log_lines(&daemon, &["File processed", &whole]).len(),
+        1,
+        "big-2.csv read whole, once, after the restart; log:\n{}",
+        log(&daemon)
+    );
+    stop_daemon(daemon);
+}
+
 #[test]
 fn sighup_refuses_a_broken_rule_set_whole_then_applies_a_good_one() {
     let dir = tempdir();
