@@ -4,7 +4,7 @@
 //! test, bad input), 2 an internal failure.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use earlywarn::config::Config;
 use earlywarn::delivery::Mailer;
 use earlywarn::diagnostic::Diagnostics;
@@ -12,7 +12,7 @@ use earlywarn::diagnostic::Diagnostics;
 // goes through this before a terminal sees it: JSON output is escaped by serde.
 use earlywarn::display::escape_controls as esc;
 use earlywarn::rules::RuleSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -131,8 +131,35 @@ impl std::fmt::Display for UserError {
 
 impl std::error::Error for UserError {}
 
+/// The hidden `earlywarn generate-docs DIR`: writes the man pages and the shell
+/// completions the Debian package ships (`scripts/package`), from the very
+/// definitions the parser uses, so they cannot drift from the real options. It is
+/// added to the parser here rather than to `Command` so that it never appears in
+/// `--help`, in the man pages or in the completions it writes.
+const GENERATE_DOCS: &str = "generate-docs";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command()
+        .subcommand(
+            clap::Command::new(GENERATE_DOCS).hide(true).arg(
+                clap::Arg::new("dir")
+                    .required(true)
+                    .value_parser(clap::value_parser!(PathBuf)),
+            ),
+        )
+        .get_matches();
+    if let Some((GENERATE_DOCS, sub)) = matches.subcommand() {
+        // `required(true)` above: clap has refused the command line without it.
+        let dir = sub.get_one::<PathBuf>("dir").cloned().unwrap_or_default();
+        return match generate_docs(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("earlywarn: cannot write the docs: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(cli.log_format);
     match dispatch(cli.config, cli.command) {
         Ok(code) => code,
@@ -156,6 +183,27 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `DIR/man/*.1` (one page per command and subcommand) and
+/// `DIR/completions/{earlywarn.bash,_earlywarn,earlywarn.fish}`.
+fn generate_docs(dir: &Path) -> anyhow::Result<()> {
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for folder in [&man, &completions] {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create {}", esc(&folder.display().to_string())))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man).context("cannot write the man pages")?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "earlywarn", &completions)
+            .with_context(|| format!("cannot write the {shell} completions"))?;
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
