@@ -6,7 +6,7 @@
 //! diagnostics with `file:line:col`. Nothing here touches the network or the
 //! feed folders.
 
-use crate::diagnostic::{Diagnostic, Diagnostics, suggest};
+use crate::diagnostic::{Diagnostic, Diagnostics, choice, choice_ignoring_case, suggest};
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -205,14 +205,22 @@ pub enum Severity {
 }
 
 impl Severity {
+    const CHOICES: &[(&str, Severity)] = &[
+        ("info", Severity::Info),
+        ("warning", Severity::Warning),
+        ("critical", Severity::Critical),
+    ];
+
+    /// A severity as a config or rule writes it, in any case.
     pub fn parse(s: &str) -> Option<Severity> {
-        match s.to_ascii_lowercase().as_str() {
-            "info" => Some(Severity::Info),
-            "warning" => Some(Severity::Warning),
-            "critical" => Some(Severity::Critical),
-            _ => None,
-        }
+        Severity::choose(s).ok()
     }
+
+    /// [`Severity::parse`], or the message for a severity that is none of them.
+    pub fn choose(s: &str) -> Result<Severity, String> {
+        choice_ignoring_case(s, Severity::CHOICES, "severity")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
@@ -260,455 +268,29 @@ impl Config {
     }
 
     /// Parses config text; `path` locates relative paths and names the file in errors.
+    ///
+    /// Each section is read by its own method of [`Sections`], which returns its
+    /// part and notes every problem, so one run reports them all.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Diagnostics> {
-        let raw: RawConfig =
+        let mut raw: RawConfig =
             toml::from_str(text).map_err(|e| Diagnostic::from_toml(path, text, &e))?;
-        let base = path
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Path::new("."));
-        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-        let mut errors = Vec::new();
-        let at =
-            |span: std::ops::Range<usize>, msg: String| Diagnostic::at(path, text, span.start, msg);
-
-        let resolve = |p: &str| -> PathBuf {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
-
-        let mut duration = |value: &Option<Spanned<String>>, default: Duration| -> Duration {
-            match value {
-                None => default,
-                Some(s) => match parse_duration(s.get_ref()) {
-                    // Zero would make a timer spin or a retry hammer the server.
-                    Ok(d) if d.is_zero() && default != Duration::ZERO => {
-                        errors.push(at(
-                            s.span(),
-                            format!("`{}` must be longer than zero", s.get_ref()),
-                        ));
-                        default
-                    }
-                    Ok(d) => d,
-                    Err(msg) => {
-                        errors.push(at(s.span(), msg));
-                        default
-                    }
-                },
-            }
-        };
-
-        // [daemon]
-        let d = raw.daemon;
-        let rescan_interval = duration(&d.rescan_interval, Duration::from_secs(30));
-        let settle = duration(&d.settle, Duration::from_secs(2));
-        let shutdown_timeout = duration(&d.shutdown_timeout, Duration::from_secs(20));
-        let ops_interval = duration(&d.ops_interval, Duration::from_secs(600));
-        // [mail]
-        let m = raw.mail;
-        let timeout = duration(&m.timeout, Duration::from_secs(30));
-        let retry_initial = duration(&m.retry_initial, Duration::from_secs(30));
-        let retry_max = duration(&m.retry_max, Duration::from_secs(3600));
-
-        let timezone_name = d
-            .timezone
-            .as_ref()
-            .map(|s| s.get_ref().clone())
-            .unwrap_or_else(|| "Europe/London".to_string());
-        let timezone = match TimeZone::get(&timezone_name) {
-            Ok(tz) => tz,
-            Err(e) => {
-                let span = d.timezone.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                errors.push(at(
-                    span,
-                    format!("unknown time zone `{timezone_name}`: {e}"),
-                ));
-                TimeZone::UTC
-            }
-        };
-
-        let transport = match m
-            .transport
-            .as_ref()
-            .map(|s| s.get_ref().as_str())
-            .unwrap_or("smtp")
-        {
-            "file" => Transport::File {
-                dir: resolve(m.file_dir.as_deref().unwrap_or("var/mail")),
-            },
-            "smtp" => {
-                let tls = match m
-                    .tls
-                    .as_ref()
-                    .map(|s| s.get_ref().as_str())
-                    .unwrap_or("starttls")
-                {
-                    "starttls" => TlsMode::Starttls,
-                    "tls" => TlsMode::Tls,
-                    "none" => TlsMode::None,
-                    other => {
-                        let span = m.tls.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                        errors.push(at(
-                            span,
-                            format!("unknown tls `{other}`; use \"starttls\", \"tls\" or \"none\""),
-                        ));
-                        TlsMode::Starttls
-                    }
-                };
-                let host = match &m.host {
-                    Some(h) => h.get_ref().clone(),
-                    None => {
-                        errors.push(Diagnostic::at(
-                            path,
-                            text,
-                            0,
-                            "[mail] transport = \"smtp\" needs `host`",
-                        ));
-                        String::new()
-                    }
-                };
-                if tls == TlsMode::None && !host.is_empty() && !is_loopback_host(&host) {
-                    let span = m.tls.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                    errors.push(at(span, format!(
-                        "tls = \"none\" is refused for `{host}`: mail would cross the network unencrypted; it is allowed only for a loopback host (127.0.0.1, ::1, localhost)"
-                    )));
-                }
-                if m.password.is_some() {
-                    errors.push(at(m.password.as_ref().map(|s| s.span()).unwrap_or(0..0),
-                        "the SMTP password is never written in the config: put it in a file and name it with `password_file` (or use systemd's LoadCredential)".into()));
-                }
-                let port = m.port.unwrap_or(match tls {
-                    TlsMode::Tls => 465,
-                    TlsMode::Starttls => 587,
-                    TlsMode::None => 25,
-                });
-                Transport::Smtp(SmtpConfig {
-                    host,
-                    port,
-                    tls,
-                    username: m.username.clone(),
-                    password_file: m.password_file.as_deref().map(resolve),
-                    ca_file: m.ca_file.as_deref().map(resolve),
-                })
-            }
-            other => {
-                let span = m.transport.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                errors.push(at(
-                    span,
-                    format!("unknown transport `{other}`; use \"smtp\" or \"file\""),
-                ));
-                Transport::File {
-                    dir: resolve("var/mail"),
-                }
-            }
-        };
-
-        // [[partner]]
-        let mut partners = Vec::new();
-        let mut partner_ids = HashSet::new();
-        for p in raw.partner {
-            let id = p.id.get_ref().clone();
-            if !partner_ids.insert(id.clone()) {
-                errors.push(at(p.id.span(), format!("partner `{id}` is defined twice")));
-            }
-            if p.emails.is_empty() {
-                errors.push(at(p.id.span(), format!("partner `{id}` has no `emails`")));
-            }
-            for e in &p.emails {
-                if e.get_ref().parse::<lettre::Address>().is_err() {
-                    errors.push(at(
-                        e.span(),
-                        format!("`{}` is not an email address", e.get_ref()),
-                    ));
-                }
-            }
-            let min_severity = match &p.min_severity {
-                None => Severity::Info,
-                Some(s) => Severity::parse(s.get_ref()).unwrap_or_else(|| {
-                    errors.push(at(
-                        s.span(),
-                        format!(
-                            "unknown severity `{}`; use info, warning or critical",
-                            s.get_ref()
-                        ),
-                    ));
-                    Severity::Info
-                }),
-            };
-            let districts = match p.districts {
-                None => None,
-                Some(list) if list.iter().any(|d| d.trim() == "*") => None,
-                Some(list) => Some(list),
-            };
-            partners.push(Partner {
-                name: p.name.unwrap_or_else(|| id.clone()),
-                id,
-                emails: p.emails.into_iter().map(|e| e.into_inner()).collect(),
-                isa: p.isa.unwrap_or(false),
-                districts,
-                min_severity,
-            });
-        }
-
-        // [daemon] ops must name partners
-        let mut ops = Vec::new();
-        for o in d.ops.unwrap_or_default() {
-            if !partner_ids.contains(o.get_ref()) {
-                errors.push(at(
-                    o.span(),
-                    unknown_partner_message(o.get_ref(), &partners),
-                ));
-            }
-            ops.push(o.into_inner());
-        }
-
-        // [[feed]]
-        let mut feeds = Vec::new();
-        let mut feed_names = HashSet::new();
-        let mut feed_dirs = HashSet::new();
-        for f in raw.feed {
-            let name = f.name.get_ref().clone();
-            if !feed_names.insert(name.clone()) {
-                errors.push(at(f.name.span(), format!("feed `{name}` is defined twice")));
-            }
-            let dir = resolve(&f.dir);
-            if !feed_dirs.insert(dir.clone()) {
-                errors.push(at(
-                    f.name.span(),
-                    format!("feed `{name}` shares its dir with another feed"),
-                ));
-            }
-            let format = match f
-                .format
-                .as_ref()
-                .map(|s| s.get_ref().as_str())
-                .unwrap_or("csv")
-            {
-                "csv" => FeedFormat::Csv,
-                "jsonl" | "ndjson" => FeedFormat::Jsonl,
-                "json" => FeedFormat::Json,
-                other => {
-                    let span = f.format.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                    errors.push(at(
-                        span,
-                        format!("unknown format `{other}`; use csv, jsonl or json"),
-                    ));
-                    FeedFormat::Csv
-                }
-            };
-            let on_done = match f
-                .on_done
-                .as_ref()
-                .map(|s| s.get_ref().as_str())
-                .unwrap_or("move")
-            {
-                "move" => OnDone::Move,
-                "delete" => OnDone::Delete,
-                other => {
-                    let span = f.on_done.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                    errors.push(at(
-                        span,
-                        format!("unknown on_done `{other}`; use \"move\" or \"delete\""),
-                    ));
-                    OnDone::Move
-                }
-            };
-            let delimiter = match &f.delimiter {
-                None => None,
-                Some(s) => {
-                    let v = s.get_ref();
-                    let b = if v == "\\t" || v == "tab" {
-                        Some(b'\t')
-                    } else if v.len() == 1 {
-                        Some(v.as_bytes()[0])
-                    } else {
-                        None
-                    };
-                    if b.is_none() {
-                        errors.push(at(
-                            s.span(),
-                            "delimiter must be one character, or \"tab\"".into(),
-                        ));
-                    }
-                    b
-                }
-            };
-            if let Some(tf) = &f.time_format
-                && !tf.get_ref().contains('%')
-            {
-                errors.push(at(
-                    tf.span(),
-                    "time_format is a strftime pattern like \"%d/%m/%Y %H:%M\"".into(),
-                ));
-            }
-            for (label, field) in [("id_field", &f.id_field), ("time_field", &f.time_field)] {
-                if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                    errors.push(at(
-                        f.name.span(),
-                        format!(
-                            "feed `{name}`: {label} is empty; name a column, or leave the key out"
-                        ),
-                    ));
-                }
-            }
-            let max_future = match &f.max_future {
-                None => DEFAULT_MAX_FUTURE,
-                Some(s) => match parse_duration(s.get_ref()) {
-                    Ok(d) => d,
-                    Err(msg) => {
-                        errors.push(at(s.span(), format!("`max_future`: {msg}")));
-                        DEFAULT_MAX_FUTURE
-                    }
-                },
-            };
-            let fields = f.fields.clone();
-            let sensitive = f.sensitive.unwrap_or_default();
-            let district_field = f
-                .district_field
-                .as_ref()
-                .map(|d| d.get_ref().clone())
-                .unwrap_or_else(|| "district".into());
-            // The district is shown and routed on for every partner: it cannot be withheld.
-            if let Some(written) = sensitive
-                .iter()
-                .find(|s| field_key(s) == field_key(&district_field))
-            {
-                let span = f
-                    .district_field
-                    .as_ref()
-                    .map(|d| d.span())
-                    .unwrap_or(f.name.span());
-                let spelt = if *written == district_field {
-                    String::new()
-                } else {
-                    format!(" (as `{written}`)")
-                };
-                errors.push(at(span, format!(
-                    "`{district_field}` is sensitive in feed `{name}`{spelt}: the district goes into the subject and the email of every partner, including those without the ISA; route on a field that is not sensitive (a borough, not an address), or set `district_field` to one"
-                )));
-            }
-            if let Some(cols) = &fields {
-                for (label, field) in [("id_field", &f.id_field), ("time_field", &f.time_field)] {
-                    if let Some(v) = field
-                        && !cols.contains(v)
-                    {
-                        errors.push(at(
-                            f.name.span(),
-                            format!("feed `{name}`: {label} `{v}` is not among its `fields`"),
-                        ));
-                    }
-                }
-            }
-            feeds.push(FeedConfig {
-                name,
-                dir,
-                format,
-                id_field: f.id_field,
-                time_field: f.time_field,
-                time_format: f.time_format.map(|s| s.into_inner()),
-                list_fields: f.list_fields.unwrap_or_default(),
-                sensitive_keys: sensitive.iter().map(|s| field_key(s)).collect(),
-                sensitive,
-                district_field,
-                field_keys: fields
-                    .as_ref()
-                    .map(|cols| cols.iter().map(|c| field_key(c)).collect()),
-                fields,
-                on_done,
-                max_file_bytes: f.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
-                delimiter,
-                max_future,
-            });
-        }
-        if feeds.is_empty() {
-            errors.push(Diagnostic::at(
-                path,
-                text,
-                0,
-                "the config has no [[feed]]: earlywarn needs at least one folder to watch",
-            ));
-        }
-
-        let from = m
-            .from
-            .as_ref()
-            .map(|f| f.get_ref().clone())
-            .unwrap_or_else(|| "earlywarn <earlywarn@localhost>".into());
-        if let Err(e) = from.parse::<lettre::message::Mailbox>() {
-            let at_from = m.from.as_ref().map(|f| f.span().start).unwrap_or(0);
-            errors.push(Diagnostic::at(path, text, at_from, format!(
-                "`{from}` is not a sender like \"GM Early Warning <earlywarn@example.org>\" ({e}); put a display name with punctuation in double quotes: \"\\\"GM Early Warning (test)\\\" <earlywarn@example.org>\""
-            )));
-        }
-        let reply_to = m.reply_to.as_ref().map(|r| r.get_ref().clone());
-        if let Some(r) = &m.reply_to
-            && let Err(e) = r.get_ref().parse::<lettre::message::Mailbox>()
-        {
-            errors.push(at(r.span(), format!(
-                "reply_to `{}` is not a mailbox like \"GM Drug Alert Panel <panel@example.org>\" ({e})",
-                r.get_ref()
-            )));
-        }
-
-        let rules = d
-            .rules
-            .unwrap_or_else(|| vec!["rules/*.toml".to_string()])
-            .iter()
-            .map(|g| resolve(g).to_string_lossy().into_owned())
-            .collect();
-
-        let metrics_listen = match &raw.metrics.listen {
-            None => None,
-            Some(l) => match parse_listen(l.get_ref()) {
-                Some(a) => Some(a),
-                None => {
-                    errors.push(at(
-                        l.span(),
-                        format!(
-                            "`{}` is not a port like \"9464\" (on loopback) or an address and port like \"127.0.0.1:9464\"",
-                            l.get_ref()
-                        ),
-                    ));
-                    None
-                }
-            },
-        };
-        if !errors.is_empty() {
-            return Err(Diagnostics(errors));
+        let mut sections = Sections::new(path, text);
+        // `ops` names partners, so it is checked once they are read.
+        let raw_ops = raw.daemon.ops.take().unwrap_or_default();
+        let mut daemon = sections.daemon(raw.daemon);
+        let mail = sections.mail(raw.mail);
+        let partners = sections.partners(raw.partner);
+        daemon.ops = sections.ops(raw_ops, &partners);
+        let feeds = sections.feeds(raw.feed);
+        let metrics_listen = sections.metrics(&raw.metrics);
+        if !sections.errors.is_empty() {
+            return Err(Diagnostics(sections.errors));
         }
         Ok(Config {
             path: path.to_path_buf(),
             metrics_listen,
-            daemon: DaemonConfig {
-                state_dir: resolve(d.state_dir.as_deref().unwrap_or("var/state")),
-                rules,
-                timezone,
-                timezone_name,
-                ops,
-                rescan_interval,
-                settle,
-                shutdown_timeout,
-                ops_interval,
-            },
-            mail: MailConfig {
-                from,
-                reply_to,
-                marking: m.marking.unwrap_or_else(|| "OFFICIAL-SENSITIVE".into()),
-                transport,
-                timeout,
-                retry_initial,
-                retry_max,
-            },
+            daemon,
+            mail,
             feeds,
             partners,
         })
@@ -725,6 +307,466 @@ impl Config {
     pub fn database_path(&self) -> PathBuf {
         self.daemon.state_dir.join("earlywarn.db")
     }
+}
+
+/// The reader of one config file's sections: where relative paths start, and
+/// the problems found so far, each placed at its `file:line:col`.
+struct Sections<'a> {
+    path: &'a Path,
+    text: &'a str,
+    /// The config file's folder, absolute: what relative paths are relative to.
+    base: PathBuf,
+    errors: Vec<Diagnostic>,
+}
+
+const TRANSPORTS: &[(&str, TransportKind)] =
+    &[("smtp", TransportKind::Smtp), ("file", TransportKind::File)];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransportKind {
+    Smtp,
+    File,
+}
+
+const TLS_MODES: &[(&str, TlsMode)] = &[
+    ("starttls", TlsMode::Starttls),
+    ("tls", TlsMode::Tls),
+    ("none", TlsMode::None),
+];
+
+const FORMATS: &[(&str, FeedFormat)] = &[
+    ("csv", FeedFormat::Csv),
+    ("jsonl", FeedFormat::Jsonl),
+    ("ndjson", FeedFormat::Jsonl),
+    ("json", FeedFormat::Json),
+];
+
+const ON_DONE: &[(&str, OnDone)] = &[("move", OnDone::Move), ("delete", OnDone::Delete)];
+
+impl<'a> Sections<'a> {
+    fn new(path: &'a Path, text: &'a str) -> Sections<'a> {
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        Sections {
+            path,
+            text,
+            base,
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::at(self.path, self.text, span.start, message));
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// A duration key, or `default` when it is absent or wrong.
+    fn duration(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {
+        let Some(s) = value else { return default };
+        match parse_duration(s.get_ref()) {
+            // Zero would make a timer spin or a retry hammer the server.
+            Ok(d) if d.is_zero() && default != Duration::ZERO => {
+                self.error(
+                    s.span(),
+                    format!("`{}` must be longer than zero", s.get_ref()),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(msg) => {
+                self.error(s.span(), msg);
+                default
+            }
+        }
+    }
+
+    /// A key that names one of `choices`: `default` when it is absent, `None`
+    /// (and noted) when it names none of them.
+    fn choice<T: Copy + PartialEq>(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        choices: &[(&str, T)],
+        what: &str,
+        default: T,
+    ) -> Option<T> {
+        let Some(v) = value else {
+            return Some(default);
+        };
+        match choice(v.get_ref(), choices, what) {
+            Ok(found) => Some(found),
+            Err(msg) => {
+                self.error(v.span(), msg);
+                None
+            }
+        }
+    }
+
+    /// `[daemon]`, all but `ops` (see [`Sections::ops`]).
+    fn daemon(&mut self, d: RawDaemon) -> DaemonConfig {
+        let rescan_interval = self.duration(&d.rescan_interval, Duration::from_secs(30));
+        let settle = self.duration(&d.settle, Duration::from_secs(2));
+        let shutdown_timeout = self.duration(&d.shutdown_timeout, Duration::from_secs(20));
+        let ops_interval = self.duration(&d.ops_interval, Duration::from_secs(600));
+        let timezone_name = d
+            .timezone
+            .as_ref()
+            .map(|s| s.get_ref().clone())
+            .unwrap_or_else(|| "Europe/London".to_string());
+        let timezone = TimeZone::get(&timezone_name).unwrap_or_else(|e| {
+            self.error(
+                span_of(&d.timezone),
+                format!("unknown time zone `{timezone_name}`: {e}"),
+            );
+            TimeZone::UTC
+        });
+        let rules = d
+            .rules
+            .unwrap_or_else(|| vec!["rules/*.toml".to_string()])
+            .iter()
+            .map(|g| self.resolve(g).to_string_lossy().into_owned())
+            .collect();
+        DaemonConfig {
+            state_dir: self.resolve(d.state_dir.as_deref().unwrap_or("var/state")),
+            rules,
+            timezone,
+            timezone_name,
+            ops: Vec::new(),
+            rescan_interval,
+            settle,
+            shutdown_timeout,
+            ops_interval,
+        }
+    }
+
+    /// `[daemon] ops`: the partners that get the self-alerts.
+    fn ops(&mut self, ops: Vec<Spanned<String>>, partners: &[Partner]) -> Vec<String> {
+        for o in &ops {
+            if !partners.iter().any(|p| p.id == *o.get_ref()) {
+                self.error(o.span(), unknown_partner_message(o.get_ref(), partners));
+            }
+        }
+        ops.into_iter().map(Spanned::into_inner).collect()
+    }
+
+    /// `[mail]`.
+    fn mail(&mut self, m: RawMail) -> MailConfig {
+        let timeout = self.duration(&m.timeout, Duration::from_secs(30));
+        let retry_initial = self.duration(&m.retry_initial, Duration::from_secs(30));
+        let retry_max = self.duration(&m.retry_max, Duration::from_secs(3600));
+        let transport =
+            match self.choice(&m.transport, TRANSPORTS, "transport", TransportKind::Smtp) {
+                Some(TransportKind::Smtp) => Transport::Smtp(self.smtp(&m)),
+                Some(TransportKind::File) => Transport::File {
+                    dir: self.resolve(m.file_dir.as_deref().unwrap_or("var/mail")),
+                },
+                // Already reported, so the config is refused: any transport will do.
+                None => Transport::File {
+                    dir: self.resolve("var/mail"),
+                },
+            };
+        let from = m
+            .from
+            .as_ref()
+            .map(|f| f.get_ref().clone())
+            .unwrap_or_else(|| "earlywarn <earlywarn@localhost>".into());
+        if let Err(e) = from.parse::<lettre::message::Mailbox>() {
+            self.error(span_of(&m.from), format!(
+                "`{from}` is not a sender like \"GM Early Warning <earlywarn@example.org>\" ({e}); put a display name with punctuation in double quotes: \"\\\"GM Early Warning (test)\\\" <earlywarn@example.org>\""
+            ));
+        }
+        if let Some(r) = &m.reply_to
+            && let Err(e) = r.get_ref().parse::<lettre::message::Mailbox>()
+        {
+            self.error(r.span(), format!(
+                "reply_to `{}` is not a mailbox like \"GM Drug Alert Panel <panel@example.org>\" ({e})",
+                r.get_ref()
+            ));
+        }
+        MailConfig {
+            from,
+            reply_to: m.reply_to.map(Spanned::into_inner),
+            marking: m.marking.unwrap_or_else(|| "OFFICIAL-SENSITIVE".into()),
+            transport,
+            timeout,
+            retry_initial,
+            retry_max,
+        }
+    }
+
+    /// `[mail]` with `transport = "smtp"`: encrypted unless the relay is on
+    /// loopback, and the password never in the config itself.
+    fn smtp(&mut self, m: &RawMail) -> SmtpConfig {
+        let tls = self
+            .choice(&m.tls, TLS_MODES, "tls", TlsMode::Starttls)
+            .unwrap_or(TlsMode::Starttls);
+        let host = match &m.host {
+            Some(h) => h.get_ref().clone(),
+            None => {
+                self.error(0..0, "[mail] transport = \"smtp\" needs `host`");
+                String::new()
+            }
+        };
+        if tls == TlsMode::None && !host.is_empty() && !is_loopback_host(&host) {
+            self.error(span_of(&m.tls), format!(
+                "tls = \"none\" is refused for `{host}`: mail would cross the network unencrypted; it is allowed only for a loopback host (127.0.0.1, ::1, localhost)"
+            ));
+        }
+        if let Some(password) = &m.password {
+            self.error(password.span(), "the SMTP password is never written in the config: put it in a file and name it with `password_file` (or use systemd's LoadCredential)");
+        }
+        let port = m.port.unwrap_or(match tls {
+            TlsMode::Tls => 465,
+            TlsMode::Starttls => 587,
+            TlsMode::None => 25,
+        });
+        SmtpConfig {
+            host,
+            port,
+            tls,
+            username: m.username.clone(),
+            password_file: m.password_file.as_deref().map(|p| self.resolve(p)),
+            ca_file: m.ca_file.as_deref().map(|p| self.resolve(p)),
+        }
+    }
+
+    /// Every `[[partner]]`.
+    fn partners(&mut self, raw: Vec<RawPartner>) -> Vec<Partner> {
+        let mut ids = HashSet::new();
+        let mut partners = Vec::new();
+        for p in raw {
+            if !ids.insert(p.id.get_ref().clone()) {
+                self.error(
+                    p.id.span(),
+                    format!("partner `{}` is defined twice", p.id.get_ref()),
+                );
+            }
+            partners.push(self.partner(p));
+        }
+        partners
+    }
+
+    /// One `[[partner]]`.
+    fn partner(&mut self, p: RawPartner) -> Partner {
+        let id = p.id.get_ref().clone();
+        if p.emails.is_empty() {
+            self.error(p.id.span(), format!("partner `{id}` has no `emails`"));
+        }
+        for e in &p.emails {
+            if e.get_ref().parse::<lettre::Address>().is_err() {
+                self.error(
+                    e.span(),
+                    format!("`{}` is not an email address", e.get_ref()),
+                );
+            }
+        }
+        let min_severity = match &p.min_severity {
+            None => Severity::Info,
+            Some(s) => Severity::choose(s.get_ref()).unwrap_or_else(|msg| {
+                self.error(s.span(), msg);
+                Severity::Info
+            }),
+        };
+        let districts = match p.districts {
+            Some(list) if !list.iter().any(|d| d.trim() == "*") => Some(list),
+            _ => None,
+        };
+        Partner {
+            name: p.name.unwrap_or_else(|| id.clone()),
+            id,
+            emails: p.emails.into_iter().map(Spanned::into_inner).collect(),
+            isa: p.isa.unwrap_or(false),
+            districts,
+            min_severity,
+        }
+    }
+
+    /// Every `[[feed]]`: at least one, each with its own name and folder.
+    fn feeds(&mut self, raw: Vec<RawFeed>) -> Vec<FeedConfig> {
+        let mut names = HashSet::new();
+        let mut dirs = HashSet::new();
+        let mut feeds = Vec::new();
+        for f in raw {
+            let name = f.name.get_ref();
+            if !names.insert(name.clone()) {
+                self.error(f.name.span(), format!("feed `{name}` is defined twice"));
+            }
+            let dir = self.resolve(&f.dir);
+            if !dirs.insert(dir.clone()) {
+                self.error(
+                    f.name.span(),
+                    format!("feed `{name}` shares its dir with another feed"),
+                );
+            }
+            feeds.push(self.feed(f, dir));
+        }
+        if feeds.is_empty() {
+            self.error(
+                0..0,
+                "the config has no [[feed]]: earlywarn needs at least one folder to watch",
+            );
+        }
+        feeds
+    }
+
+    /// One `[[feed]]`, its folder already resolved.
+    fn feed(&mut self, mut f: RawFeed, dir: PathBuf) -> FeedConfig {
+        let name = f.name.get_ref().clone();
+        let format = self
+            .choice(&f.format, FORMATS, "format", FeedFormat::Csv)
+            .unwrap_or(FeedFormat::Csv);
+        let on_done = self
+            .choice(&f.on_done, ON_DONE, "on_done", OnDone::Move)
+            .unwrap_or(OnDone::Move);
+        let delimiter = f.delimiter.as_ref().and_then(|d| self.delimiter(d));
+        if let Some(tf) = &f.time_format
+            && !tf.get_ref().contains('%')
+        {
+            self.error(
+                tf.span(),
+                "time_format is a strftime pattern like \"%d/%m/%Y %H:%M\"",
+            );
+        }
+        for (label, field) in [("id_field", &f.id_field), ("time_field", &f.time_field)] {
+            if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                self.error(
+                    f.name.span(),
+                    format!("feed `{name}`: {label} is empty; name a column, or leave the key out"),
+                );
+            }
+        }
+        let max_future = match &f.max_future {
+            None => DEFAULT_MAX_FUTURE,
+            Some(s) => parse_duration(s.get_ref()).unwrap_or_else(|msg| {
+                self.error(s.span(), format!("`max_future`: {msg}"));
+                DEFAULT_MAX_FUTURE
+            }),
+        };
+        let sensitive = f.sensitive.take().unwrap_or_default();
+        let district_field = f
+            .district_field
+            .as_ref()
+            .map(|d| d.get_ref().clone())
+            .unwrap_or_else(|| "district".into());
+        self.refuse_sensitive_district(&f, &sensitive, &district_field);
+        self.check_declared_columns(&f);
+        let fields = f.fields;
+        FeedConfig {
+            name,
+            dir,
+            format,
+            id_field: f.id_field,
+            time_field: f.time_field,
+            time_format: f.time_format.map(Spanned::into_inner),
+            list_fields: f.list_fields.unwrap_or_default(),
+            sensitive_keys: sensitive.iter().map(|s| field_key(s)).collect(),
+            sensitive,
+            district_field,
+            field_keys: fields
+                .as_ref()
+                .map(|cols| cols.iter().map(|c| field_key(c)).collect()),
+            fields,
+            on_done,
+            max_file_bytes: f.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            delimiter,
+            max_future,
+        }
+    }
+
+    /// A feed's `delimiter`: one character, or `tab` (also written `\t`).
+    fn delimiter(&mut self, value: &Spanned<String>) -> Option<u8> {
+        let v = value.get_ref();
+        let byte = if v == "\\t" || v == "tab" {
+            Some(b'\t')
+        } else if v.len() == 1 {
+            Some(v.as_bytes()[0])
+        } else {
+            None
+        };
+        if byte.is_none() {
+            self.error(value.span(), "delimiter must be one character, or \"tab\"");
+        }
+        byte
+    }
+
+    /// The district is shown and routed on for every partner: it cannot be withheld.
+    fn refuse_sensitive_district(
+        &mut self,
+        f: &RawFeed,
+        sensitive: &[String],
+        district_field: &str,
+    ) {
+        let Some(written) = sensitive
+            .iter()
+            .find(|s| field_key(s) == field_key(district_field))
+        else {
+            return;
+        };
+        let span = f
+            .district_field
+            .as_ref()
+            .map(|d| d.span())
+            .unwrap_or(f.name.span());
+        let spelt = if written == district_field {
+            String::new()
+        } else {
+            format!(" (as `{written}`)")
+        };
+        self.error(span, format!(
+            "`{district_field}` is sensitive in feed `{}`{spelt}: the district goes into the subject and the email of every partner, including those without the ISA; route on a field that is not sensitive (a borough, not an address), or set `district_field` to one",
+            f.name.get_ref()
+        ));
+    }
+
+    /// A feed that lists its `fields` must list its id and time fields among them.
+    fn check_declared_columns(&mut self, f: &RawFeed) {
+        let Some(columns) = &f.fields else { return };
+        for (label, field) in [("id_field", &f.id_field), ("time_field", &f.time_field)] {
+            if let Some(v) = field
+                && !columns.contains(v)
+            {
+                self.error(
+                    f.name.span(),
+                    format!(
+                        "feed `{}`: {label} `{v}` is not among its `fields`",
+                        f.name.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `[metrics] listen`.
+    fn metrics(&mut self, m: &RawMetrics) -> Option<std::net::SocketAddr> {
+        let listen = m.listen.as_ref()?;
+        let addr = parse_listen(listen.get_ref());
+        if addr.is_none() {
+            self.error(
+                listen.span(),
+                format!(
+                    "`{}` is not a port like \"9464\" (on loopback) or an address and port like \"127.0.0.1:9464\"",
+                    listen.get_ref()
+                ),
+            );
+        }
+        addr
+    }
+}
+
+/// Where a problem with an optional key is reported: the value, or the file's start.
+fn span_of<T>(value: &Option<Spanned<T>>) -> std::ops::Range<usize> {
+    value.as_ref().map(|v| v.span()).unwrap_or(0..0)
 }
 
 /// The message for a reference to a partner id that does not exist.
@@ -1073,6 +1115,45 @@ districts = ["Bolton"]
             ),
             "the default district field counts too: {shown}"
         );
+    }
+
+    #[test]
+    fn unknown_choices_suggest_the_closest_or_list_them() {
+        let shown = |from: &str, to: &str| {
+            Config::parse(Path::new("c.toml"), &MINIMAL.replace(from, to))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            shown("dir = \"in/drug\"", "dir = \"in/drug\"\nformat = \"jsnl\""),
+            "c.toml:9:10: unknown format `jsnl`; did you mean `jsonl`?"
+        );
+        assert_eq!(
+            shown("dir = \"in/drug\"", "dir = \"in/drug\"\nformat = \"xml\""),
+            "c.toml:9:10: unknown format `xml`; use csv, jsonl or json"
+        );
+        assert_eq!(
+            shown("dir = \"in/drug\"", "dir = \"in/drug\"\non_done = \"keep\""),
+            "c.toml:9:11: unknown on_done `keep`; use move or delete"
+        );
+        assert_eq!(
+            shown("transport = \"file\"", "transport = \"smtpp\""),
+            "c.toml:5:13: unknown transport `smtpp`; did you mean `smtp`?"
+        );
+        assert_eq!(
+            shown(
+                "transport = \"file\"",
+                "transport = \"smtp\"\nhost = \"localhost\"\ntls = \"starttsl\""
+            ),
+            "c.toml:7:7: unknown tls `starttsl`; did you mean `starttls`?"
+        );
+        assert!(
+            shown("isa = true", "isa = true\nmin_severity = \"urgent\"")
+                .ends_with("unknown severity `urgent`; use info, warning or critical")
+        );
+        let text = MINIMAL.replace("isa = true", "isa = true\nmin_severity = \"Critical\"");
+        let cfg = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(cfg.partners[0].min_severity, Severity::Critical);
     }
 
     #[test]

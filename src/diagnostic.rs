@@ -156,6 +156,62 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// A word that must be one of a fixed set (a format, a kind, a severity): its
+/// value, or the message for a typo, "unknown WHAT `VALUE`; did you mean `X`?",
+/// or, when nothing is close, "unknown WHAT `VALUE`; use A, B or C".
+///
+/// A name whose value an earlier name already has is an alias (`ndjson` for
+/// `jsonl`): accepted, but neither listed nor suggested, so a message names
+/// each choice once.
+pub fn choice<T: Copy + PartialEq>(
+    value: &str,
+    choices: &[(&str, T)],
+    what: &str,
+) -> Result<T, String> {
+    pick(value, choices, what, |name| name == value)
+}
+
+/// [`choice`] where `Critical` and `critical` are the same word.
+pub fn choice_ignoring_case<T: Copy + PartialEq>(
+    value: &str,
+    choices: &[(&str, T)],
+    what: &str,
+) -> Result<T, String> {
+    pick(value, choices, what, |name| {
+        name.eq_ignore_ascii_case(value)
+    })
+}
+
+fn pick<T: Copy + PartialEq>(
+    value: &str,
+    choices: &[(&str, T)],
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Result<T, String> {
+    if let Some((_, found)) = choices.iter().find(|(name, _)| matches(name)) {
+        return Ok(*found);
+    }
+    let offered: Vec<&str> = choices
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, v))| !choices[..*i].iter().any(|(_, earlier)| earlier == v))
+        .map(|(_, (name, _))| *name)
+        .collect();
+    Err(match suggest(value, offered.iter().copied()) {
+        Some(s) => format!("unknown {what} `{value}`; did you mean `{s}`?"),
+        None => format!("unknown {what} `{value}`; use {}", one_of(&offered)),
+    })
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
@@ -183,6 +239,46 @@ mod tests {
         assert_eq!(line_col(text, 3), (2, 1));
         assert_eq!(line_col(text, 7), (2, 4));
         assert_eq!(line_col(text, 999), (3, 2));
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Format {
+        Csv,
+        Jsonl,
+        Json,
+    }
+    const FORMATS: &[(&str, Format)] = &[
+        ("csv", Format::Csv),
+        ("jsonl", Format::Jsonl),
+        ("ndjson", Format::Jsonl),
+        ("json", Format::Json),
+    ];
+
+    #[test]
+    fn a_choice_is_one_of_its_names_or_a_message_naming_them() {
+        assert_eq!(choice("csv", FORMATS, "format"), Ok(Format::Csv));
+        assert_eq!(choice("ndjson", FORMATS, "format"), Ok(Format::Jsonl));
+        assert_eq!(
+            choice("CSV", FORMATS, "format"),
+            Err("unknown format `CSV`; did you mean `csv`?".into())
+        );
+        assert_eq!(
+            choice_ignoring_case("CSV", FORMATS, "format"),
+            Ok(Format::Csv)
+        );
+        assert_eq!(
+            choice("jsnl", FORMATS, "format"),
+            Err("unknown format `jsnl`; did you mean `jsonl`?".into())
+        );
+        assert_eq!(
+            choice("xml", FORMATS, "format"),
+            Err("unknown format `xml`; use csv, jsonl or json".into()),
+            "an alias is accepted but not listed"
+        );
+        assert_eq!(
+            choice("x", &[("move", 1), ("delete", 2)], "on_done"),
+            Err("unknown on_done `x`; use move or delete".into())
+        );
     }
 
     #[test]
