@@ -9,8 +9,8 @@
 pub mod condition;
 pub mod engine;
 
-use crate::config::{Config, Severity, parse_duration, unknown_partner_message};
-use crate::diagnostic::{Diagnostic, Diagnostics, suggest};
+use crate::config::{Config, FeedConfig, Severity, parse_duration, unknown_partner_message};
+use crate::diagnostic::{Diagnostic, Diagnostics, choice, suggest};
 use condition::Condition;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -99,44 +99,32 @@ impl RuleKind {
 /// `max_alerts` when a rule does not set it.
 pub const DEFAULT_MAX_ALERTS: u64 = 100;
 
-const KINDS: [&str; 6] = [
-    "match",
-    "threshold",
-    "deadline",
-    "first_seen",
-    "rate",
-    "silence",
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Match,
+    Threshold,
+    Deadline,
+    FirstSeen,
+    Rate,
+    Silence,
+}
+
+const KINDS: &[(&str, Kind)] = &[
+    ("match", Kind::Match),
+    ("threshold", Kind::Threshold),
+    ("deadline", Kind::Deadline),
+    ("first_seen", Kind::FirstSeen),
+    ("rate", Kind::Rate),
+    ("silence", Kind::Silence),
 ];
 
-/// Reads the kind and its keys, reporting missing or misplaced keys.
-fn parse_kind(
-    raw: &RawRule,
-    config: &Config,
-    lists: &BTreeMap<String, Vec<String>>,
-    report: &mut dyn FnMut(usize, String),
-    text: &str,
-) -> Option<RuleKind> {
-    let id_at = raw.id.span().start;
-    let kind_name = raw
-        .kind
-        .as_ref()
-        .map(|k| k.get_ref().as_str())
-        .unwrap_or("match");
-    let kind_at = raw.kind.as_ref().map(|k| k.span().start).unwrap_or(id_at);
-    if !KINDS.contains(&kind_name) {
-        let hint = suggest(kind_name, KINDS)
-            .map(|s| format!("did you mean `{s}`?"))
-            .unwrap_or_else(|| {
-                "use match, threshold, deadline, first_seen, rate or silence".into()
-            });
-        report(kind_at, format!("unknown kind `{kind_name}`; {hint}"));
-        return None;
-    }
-    // Keys that belong to other kinds are mistakes worth pointing out.
+/// Keys that belong to some kinds only, with those kinds: elsewhere they are
+/// mistakes worth pointing out.
+fn kind_keys(raw: &RawRule) -> [(&'static str, Option<usize>, &'static [&'static str]); 12] {
     fn at<T>(value: &Option<Spanned<T>>) -> Option<usize> {
         value.as_ref().map(|v| v.span().start)
     }
-    let present: [(&str, Option<usize>, &[&str]); 12] = [
+    [
         ("count", at(&raw.count), &["threshold"]),
         (
             "within",
@@ -153,200 +141,258 @@ fn parse_kind(
         ("baseline", at(&raw.baseline), &["rate"]),
         ("min_count", at(&raw.min_count), &["rate"]),
         ("for", at(&raw.silent_for), &["silence"]),
-    ];
-    let mut ok = true;
-    for (key, at, kinds) in present {
+    ]
+}
+
+/// Reads the kind and its keys, reporting missing or misplaced keys.
+fn parse_kind(
+    raw: &RawRule,
+    config: &Config,
+    lists: &BTreeMap<String, Vec<String>>,
+    report: &mut Report,
+) -> Option<RuleKind> {
+    let name = raw
+        .kind
+        .as_ref()
+        .map(|k| k.get_ref().as_str())
+        .unwrap_or("match");
+    let kind = match choice(name, KINDS, "kind") {
+        Ok(kind) => kind,
+        Err(message) => {
+            let at = raw.kind.as_ref().map(|k| k.span().start);
+            report.at(at.unwrap_or(raw.id.span().start), message);
+            return None;
+        }
+    };
+    let mut keys_fit = true;
+    for (key, at, kinds) in kind_keys(raw) {
         if let Some(at) = at
-            && !kinds.contains(&kind_name)
+            && !kinds.contains(&name)
         {
             let owners = match kinds {
                 [one] => one.to_string(),
                 [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
                 [] => String::new(),
             };
-            report(
+            report.at(
                 at,
-                format!("`{key}` is a key of {owners} rules, not of `{kind_name}` rules"),
+                format!("`{key}` is a key of {owners} rules, not of `{name}` rules"),
             );
-            ok = false;
+            keys_fit = false;
         }
     }
-    let mut duration =
-        |value: &Option<Spanned<String>>, key: &str, example: &str| -> Option<Duration> {
-            match value {
-                None => {
-                    report(
-                        id_at,
-                        format!("a {kind_name} rule needs `{key}` (a duration like \"{example}\")"),
-                    );
-                    None
-                }
-                Some(v) => match parse_duration(v.get_ref()) {
-                    Ok(d) if d.is_zero() => {
-                        report(v.span().start, format!("`{key}` must be longer than zero"));
-                        None
-                    }
-                    Ok(d) => Some(d),
-                    Err(msg) => {
-                        report(v.span().start, msg);
-                        None
-                    }
-                },
+    let mut keys = KindKeys { raw, name, report };
+    let parsed = match kind {
+        Kind::Match => Some(RuleKind::Match),
+        Kind::Threshold => keys.threshold(),
+        Kind::Deadline => keys.deadline(config, lists),
+        Kind::FirstSeen => keys.first_seen(),
+        Kind::Rate => keys.rate(),
+        Kind::Silence => keys
+            .duration(&raw.silent_for, "for", "6h")
+            .map(|silent_for| RuleKind::Silence { silent_for }),
+    };
+    if keys_fit { parsed } else { None }
+}
+
+/// The keys of one kind of rule, read with every problem reported.
+struct KindKeys<'r, 'a> {
+    raw: &'r RawRule,
+    /// The kind as written, for messages.
+    name: &'r str,
+    report: &'r mut Report<'a>,
+}
+
+impl KindKeys<'_, '_> {
+    /// A key the kind needs is absent: reported at the rule's id.
+    fn missing(&mut self, message: String) {
+        let at = self.raw.id.span().start;
+        self.report.at(at, message);
+    }
+
+    /// A duration the kind needs, longer than zero.
+    fn duration(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        example: &str,
+    ) -> Option<Duration> {
+        let Some(v) = value else {
+            let kind = self.name;
+            self.missing(format!(
+                "a {kind} rule needs `{key}` (a duration like \"{example}\")"
+            ));
+            return None;
+        };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.report
+                    .at(v.span().start, format!("`{key}` must be longer than zero"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(message) => {
+                self.report.at(v.span().start, message);
+                None
+            }
+        }
+    }
+
+    fn threshold(&mut self) -> Option<RuleKind> {
+        let raw = self.raw;
+        let within = self.duration(&raw.within, "within", "7d");
+        let count = match &raw.count {
+            None => {
+                self.missing(
+                    "a threshold rule needs `count` (how many events make an alert, like 3)".into(),
+                );
+                None
+            }
+            Some(c) if *c.get_ref() < 1 => {
+                self.report.at(c.span().start, "`count` must be at least 1");
+                None
+            }
+            Some(c) => Some(*c.get_ref() as u64),
+        };
+        Some(RuleKind::Threshold {
+            count: count?,
+            within: within?,
+        })
+    }
+
+    fn deadline(
+        &mut self,
+        config: &Config,
+        lists: &BTreeMap<String, Vec<String>>,
+    ) -> Option<RuleKind> {
+        let raw = self.raw;
+        let within = self.duration(&raw.within, "within", "24h");
+        let key = match &raw.key {
+            Some(k) => Some(k.get_ref().clone()),
+            None => {
+                self.missing("a deadline rule needs `key` (the field that links the closing record, like \"incident_ref\")".into());
+                None
             }
         };
-    let kind = match kind_name {
-        "match" => Some(RuleKind::Match),
-        "threshold" => {
-            let within = duration(&raw.within, "within", "7d");
-            let count = match &raw.count {
-                None => {
-                    report(
-                        id_at,
-                        "a threshold rule needs `count` (how many events make an alert, like 3)"
-                            .into(),
-                    );
-                    None
-                }
-                Some(c) if *c.get_ref() < 1 => {
-                    report(c.span().start, "`count` must be at least 1".into());
-                    None
-                }
-                Some(c) => Some(*c.get_ref() as u64),
-            };
-            Some(RuleKind::Threshold {
-                count: count?,
-                within: within?,
-            })
+        let until = self.until(config, lists);
+        let on_open = partner_list(&raw.notify_on_open, raw, config, self.report);
+        let on_close = partner_list(&raw.notify_on_close, raw, config, self.report);
+        let (until_feed, until_when) = until?;
+        Some(RuleKind::Deadline {
+            key: key?,
+            until_feed,
+            until_when,
+            within: within?,
+            notify_on_open: on_open?,
+            notify_on_close: on_close?,
+        })
+    }
+
+    /// A deadline's `until`: the feed and condition of the record that closes it.
+    fn until(
+        &mut self,
+        config: &Config,
+        lists: &BTreeMap<String, Vec<String>>,
+    ) -> Option<(String, Condition)> {
+        let Some(u) = &self.raw.until else {
+            self.missing("a deadline rule needs `until = { feed = \"...\", when = '...' }` (the record that closes it)".into());
+            return None;
+        };
+        let u = u.get_ref();
+        let feed_ok = config.feed(u.feed.get_ref()).is_some();
+        if !feed_ok {
+            let hint = suggest(
+                u.feed.get_ref(),
+                config.feeds.iter().map(|f| f.name.as_str()),
+            )
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+            self.report.at(
+                u.feed.span().start,
+                format!("unknown feed `{}` in `until`{hint}", u.feed.get_ref()),
+            );
         }
-        "deadline" => {
-            let within = duration(&raw.within, "within", "24h");
-            let key = match &raw.key {
-                Some(k) => Some(k.get_ref().clone()),
-                None => {
-                    report(id_at, "a deadline rule needs `key` (the field that links the closing record, like \"incident_ref\")".into());
-                    None
-                }
-            };
-            let until = match &raw.until {
-                None => {
-                    report(id_at, "a deadline rule needs `until = { feed = \"...\", when = '...' }` (the record that closes it)".into());
-                    None
-                }
-                Some(u) => {
-                    let u = u.get_ref();
-                    let feed_ok = config.feed(u.feed.get_ref()).is_some();
-                    if !feed_ok {
-                        let hint = suggest(
-                            u.feed.get_ref(),
-                            config.feeds.iter().map(|f| f.name.as_str()),
-                        )
-                        .map(|s| format!("; did you mean `{s}`?"))
-                        .unwrap_or_default();
-                        report(
-                            u.feed.span().start,
-                            format!("unknown feed `{}` in `until`{hint}", u.feed.get_ref()),
-                        );
-                    }
-                    let cond = match &u.when {
-                        None => Some(Condition::Always),
-                        Some(w) => match Condition::parse(w.get_ref(), lists) {
-                            Ok(c) => Some(c),
-                            Err(e) => {
-                                report(
-                                    string_content_offset(text, w.span().start) + e.offset,
-                                    e.message,
-                                );
-                                None
-                            }
-                        },
-                    };
-                    if feed_ok {
-                        cond.map(|c| (u.feed.get_ref().clone(), c))
-                    } else {
-                        None
-                    }
-                }
-            };
-            let on_open = partner_list(&raw.notify_on_open, raw, config, report);
-            let on_close = partner_list(&raw.notify_on_close, raw, config, report);
-            let (until_feed, until_when) = until?;
-            Some(RuleKind::Deadline {
-                key: key?,
-                until_feed,
-                until_when,
-                within: within?,
-                notify_on_open: on_open?,
-                notify_on_close: on_close?,
-            })
+        let when = condition(&u.when, lists, self.report);
+        if feed_ok {
+            when.map(|c| (u.feed.get_ref().clone(), c))
+        } else {
+            None
         }
-        "first_seen" => {
-            let field = match &raw.field {
-                Some(f) => Some(f.get_ref().clone()),
-                None => {
-                    report(id_at, "a first_seen rule needs `field` (the field whose values are watched, like \"substances_major\")".into());
-                    None
-                }
-            };
-            let known = raw
-                .known
-                .as_ref()
-                .map(|k| {
-                    k.get_ref()
-                        .iter()
-                        .map(|v| crate::event::normalise_term(v))
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some(RuleKind::FirstSeen {
-                field: field?,
-                known,
+    }
+
+    fn first_seen(&mut self) -> Option<RuleKind> {
+        let raw = self.raw;
+        let Some(field) = &raw.field else {
+            self.missing("a first_seen rule needs `field` (the field whose values are watched, like \"substances_major\")".into());
+            return None;
+        };
+        let known = raw
+            .known
+            .as_ref()
+            .map(|k| {
+                k.get_ref()
+                    .iter()
+                    .map(|v| crate::event::normalise_term(v))
+                    .collect()
             })
-        }
-        "rate" => {
-            let within = duration(&raw.within, "within", "7d");
-            let baseline = duration(&raw.baseline, "baseline", "28d");
-            let factor = match &raw.factor {
-                None => {
-                    report(
-                        id_at,
-                        "a rate rule needs `factor` (how many times the usual rate, like 2.0)"
-                            .into(),
-                    );
-                    None
-                }
-                Some(f) if f.get_ref().is_nan() || *f.get_ref() <= 0.0 => {
-                    report(f.span().start, "`factor` must be more than 0".into());
-                    None
-                }
-                Some(f) => Some(*f.get_ref()),
-            };
-            let min_count = raw
-                .min_count
-                .as_ref()
-                .map(|m| *m.get_ref() as u64)
-                .unwrap_or(1);
-            if let (Some(w), Some(b)) = (within, baseline)
-                && b < w
-            {
-                report(raw.baseline.as_ref().map(|v| v.span().start).unwrap_or(id_at), "`baseline` must be at least as long as `within`: it is the history the current window is compared with".into());
-                ok = false;
+            .unwrap_or_default();
+        Some(RuleKind::FirstSeen {
+            field: field.get_ref().clone(),
+            known,
+        })
+    }
+
+    fn rate(&mut self) -> Option<RuleKind> {
+        let raw = self.raw;
+        let within = self.duration(&raw.within, "within", "7d");
+        let baseline = self.duration(&raw.baseline, "baseline", "28d");
+        let factor = match &raw.factor {
+            None => {
+                self.missing(
+                    "a rate rule needs `factor` (how many times the usual rate, like 2.0)".into(),
+                );
+                None
             }
-            Some(RuleKind::Rate {
-                within: within?,
-                factor: factor?,
-                baseline: baseline?,
-                min_count,
-            })
+            Some(f) if f.get_ref().is_nan() || *f.get_ref() <= 0.0 => {
+                self.report
+                    .at(f.span().start, "`factor` must be more than 0");
+                None
+            }
+            Some(f) => Some(*f.get_ref()),
+        };
+        let min_count = raw
+            .min_count
+            .as_ref()
+            .map(|m| *m.get_ref() as u64)
+            .unwrap_or(1);
+        if let (Some(w), Some(b)) = (within, baseline)
+            && b < w
+        {
+            let at = raw.baseline.as_ref().map(|v| v.span().start);
+            self.report.at(at.unwrap_or(raw.id.span().start), "`baseline` must be at least as long as `within`: it is the history the current window is compared with");
+            return None;
         }
-        "silence" => {
-            let silent_for = duration(&raw.silent_for, "for", "6h");
-            Some(RuleKind::Silence {
-                silent_for: silent_for?,
-            })
-        }
-        _ => None,
+        Some(RuleKind::Rate {
+            within: within?,
+            factor: factor?,
+            baseline: baseline?,
+            min_count,
+        })
+    }
+}
+
+/// A `when` condition (of a rule or its `until`): `Always` when absent.
+fn condition(
+    value: &Option<Spanned<String>>,
+    lists: &BTreeMap<String, Vec<String>>,
+    report: &mut Report,
+) -> Option<Condition> {
+    let Some(w) = value else {
+        return Some(Condition::Always);
     };
-    if ok { kind } else { None }
+    Condition::parse(w.get_ref(), lists)
+        .map_err(|e| report.at(report.string_at(w.span().start) + e.offset, e.message))
+        .ok()
 }
 
 /// `notify_on_open` / `notify_on_close`: `true` (the rule's notify list), `false`, or partner ids.
@@ -354,7 +400,7 @@ fn partner_list(
     value: &Option<Spanned<BoolOrList>>,
     raw: &RawRule,
     config: &Config,
-    report: &mut dyn FnMut(usize, String),
+    report: &mut Report,
 ) -> Option<Vec<String>> {
     match value.as_ref().map(|v| v.get_ref()) {
         None | Some(BoolOrList::Bool(false)) => Some(Vec::new()),
@@ -366,7 +412,7 @@ fn partner_list(
             let mut ok = true;
             for p in ids {
                 if config.partner(p).is_none() {
-                    report(at, unknown_partner_message(p, &config.partners));
+                    report.at(at, unknown_partner_message(p, &config.partners));
                     ok = false;
                 }
             }
@@ -384,8 +430,7 @@ fn refuse_sensitive_uses(
     raw: &RawRule,
     feed: &crate::config::FeedConfig,
     until_feed: Option<&crate::config::FeedConfig>,
-    text: &str,
-    report: &mut dyn FnMut(usize, String),
+    report: &mut Report,
 ) {
     let sensitive_in = |name: &str| -> Option<&str> {
         [Some(feed), until_feed]
@@ -396,7 +441,7 @@ fn refuse_sensitive_uses(
     };
     for g in &raw.group_by {
         if feed.is_sensitive(g.get_ref()) {
-            report(
+            report.at(
                 g.span().start,
                 format!(
                     "`{}` is sensitive in feed `{}`: a `group_by` value is shown in the subject and the email of every partner, including those without the ISA; group by a field that is not sensitive (a district, not a location)",
@@ -409,7 +454,7 @@ fn refuse_sensitive_uses(
     if let Some(key) = &raw.key
         && let Some(in_feed) = sensitive_in(key.get_ref())
     {
-        report(
+        report.at(
             key.span().start,
             format!(
                 "`{}` is sensitive in feed `{in_feed}`: a deadline's key is shown in the subject and the Due line of every partner's email, including those without the ISA; link the records by a reference that is not sensitive (like `incident_ref`)",
@@ -420,7 +465,7 @@ fn refuse_sensitive_uses(
     if let Some(field) = &raw.field
         && feed.is_sensitive(field.get_ref())
     {
-        report(
+        report.at(
             field.span().start,
             format!(
                 "`{}` is sensitive in feed `{}`: a first_seen rule puts each new value in the subject, which reaches every partner, including those without the ISA; watch a field that is not sensitive",
@@ -430,13 +475,13 @@ fn refuse_sensitive_uses(
         );
     }
     if let Some(subject) = &raw.subject {
-        let base = string_content_offset(text, subject.span().start);
+        let base = report.string_at(subject.span().start);
         let mut reported = std::collections::HashSet::new();
         for reference in crate::alerts::render::field_references(subject.get_ref()) {
             if let Some(in_feed) = sensitive_in(&reference.name)
                 && reported.insert(crate::config::field_key(&reference.name))
             {
-                report(
+                report.at(
                     base + reference.offset,
                     format!(
                         "`{}` is sensitive in feed `{in_feed}`: a value in the subject reaches every partner, including those without the ISA; take it out of the subject, or use it in the body, where it is withheld from partners without the ISA",
@@ -477,287 +522,18 @@ impl RuleSet {
         sources: &[(PathBuf, String)],
     ) -> Result<RuleSet, Diagnostics> {
         let mut errors = Vec::new();
-        let mut parsed = Vec::new();
-        // Lists are shared by every file of the set, so a list may live in its own file.
-        let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut list_origin: HashMap<String, PathBuf> = HashMap::new();
-        for (path, text) in sources {
-            match toml::from_str::<RawRuleFile>(text) {
-                Ok(file) => {
-                    for (name, items) in &file.lists {
-                        if let Some(first) = list_origin.get(name.get_ref()) {
-                            errors.push(Diagnostic::at(
-                                path,
-                                text,
-                                name.span().start,
-                                format!(
-                                    "list `{}` is already defined in {}",
-                                    name.get_ref(),
-                                    first.display()
-                                ),
-                            ));
-                            continue;
-                        }
-                        list_origin.insert(name.get_ref().clone(), path.clone());
-                        lists.insert(name.get_ref().clone(), items.clone());
-                    }
-                    if file.rule.is_empty() && file.lists.is_empty() {
-                        errors.push(Diagnostic::file(
-                            path,
-                            "this file has no [[rule]] and no [lists]; is it a rule file?",
-                        ));
-                    }
-                    parsed.push((path, text, file));
-                }
-                Err(e) => errors.push(Diagnostic::from_toml(path, text, &e)),
-            }
-        }
-
+        let ParsedFiles { lists, files } = parse_files(sources, &mut errors);
         let mut rules = Vec::new();
         let mut ids: HashMap<String, PathBuf> = HashMap::new();
-        for (path, text, file) in parsed {
+        for (path, text, file) in files {
+            let mut report = Report {
+                path,
+                text,
+                errors: &mut errors,
+            };
             for raw in file.rule {
-                let at = |offset: usize, msg: String| Diagnostic::at(path, text, offset, msg);
-                let id_span = raw.id.span();
-                let id = raw.id.get_ref().trim().to_string();
-                if id.is_empty() {
-                    errors.push(at(id_span.start, "a rule needs an `id`".into()));
-                }
-                if let Some(other) = ids.insert(id.clone(), path.clone()) {
-                    let place = if other == *path {
-                        "earlier in this file".to_string()
-                    } else {
-                        format!("also in {}", other.display())
-                    };
-                    errors.push(at(
-                        id_span.start,
-                        format!(
-                            "rule id `{id}` is used twice ({place}); each rule needs its own id"
-                        ),
-                    ));
-                }
-
-                let feed = raw.feed.get_ref().clone();
-                let feed_config = config.feed(&feed);
-                if feed_config.is_none() {
-                    let hint = match suggest(&feed, config.feeds.iter().map(|f| f.name.as_str())) {
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None => format!(
-                            "the feeds are: {}",
-                            config
-                                .feeds
-                                .iter()
-                                .map(|f| f.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    };
-                    errors.push(at(
-                        raw.feed.span().start,
-                        format!("unknown feed `{feed}`; {hint}"),
-                    ));
-                }
-
-                let kind = parse_kind(
-                    &raw,
-                    config,
-                    &lists,
-                    &mut |offset, msg| errors.push(at(offset, msg)),
-                    text,
-                );
-
-                let when = match &raw.when {
-                    None => Some(Condition::Always),
-                    Some(w) => match Condition::parse(w.get_ref(), &lists) {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            let offset = string_content_offset(text, w.span().start) + e.offset;
-                            errors.push(at(offset, e.message));
-                            None
-                        }
-                    },
-                };
-
-                let severity = match &raw.severity {
-                    None => Severity::Warning,
-                    Some(s) => Severity::parse(s.get_ref()).unwrap_or_else(|| {
-                        errors.push(at(
-                            s.span().start,
-                            format!(
-                                "unknown severity `{}`; use info, warning or critical",
-                                s.get_ref()
-                            ),
-                        ));
-                        Severity::Warning
-                    }),
-                };
-
-                let check_partners =
-                    |list: &[Spanned<String>], errors: &mut Vec<Diagnostic>| -> Vec<String> {
-                        list.iter()
-                            .map(|p| {
-                                if config.partner(p.get_ref()).is_none() {
-                                    errors.push(at(
-                                        p.span().start,
-                                        unknown_partner_message(p.get_ref(), &config.partners),
-                                    ));
-                                }
-                                p.get_ref().clone()
-                            })
-                            .collect()
-                    };
-                let notify = check_partners(&raw.notify, &mut errors);
-                let review = check_partners(&raw.review, &mut errors);
-                if notify.is_empty() && review.is_empty() {
-                    errors.push(at(
-                        id_span.start,
-                        format!(
-                            "rule `{id}` has nobody to tell: add `notify = [\"partner-id\", ...]`"
-                        ),
-                    ));
-                }
-
-                let cooldown = match &raw.cooldown {
-                    None => None,
-                    Some(c) => match parse_duration(c.get_ref()) {
-                        Ok(d) => Some(d),
-                        Err(msg) => {
-                            errors.push(at(c.span().start, msg));
-                            None
-                        }
-                    },
-                };
-
-                let max_alerts = match &raw.max_alerts {
-                    None => DEFAULT_MAX_ALERTS,
-                    Some(m) if *m.get_ref() < 1 => {
-                        errors.push(at(
-                            m.span().start,
-                            format!(
-                                "`max_alerts` must be a whole number of at least 1 (how many alerts one file may raise; default {DEFAULT_MAX_ALERTS})"
-                            ),
-                        ));
-                        DEFAULT_MAX_ALERTS
-                    }
-                    Some(m) => *m.get_ref() as u64,
-                };
-
-                // Fields must exist where the feed declares its columns.
-                if let (Some(fc), Some(cond)) = (feed_config, &when)
-                    && let Some(columns) = &fc.fields
-                {
-                    let unknown = |name: &str, offset: usize, errors: &mut Vec<Diagnostic>| {
-                        if !columns.iter().any(|c| c == name) {
-                            let hint = suggest(name, columns.iter().map(String::as_str))
-                                .map(|s| format!("; did you mean `{s}`?"))
-                                .unwrap_or_default();
-                            errors.push(at(
-                                offset,
-                                format!("feed `{}` has no field `{name}`{hint}", fc.name),
-                            ));
-                        }
-                    };
-                    if let Some(w) = &raw.when {
-                        let base = string_content_offset(text, w.span().start);
-                        let mut seen = std::collections::HashSet::new();
-                        for field in cond.fields() {
-                            if !seen.insert(field) {
-                                continue;
-                            }
-                            let offset = condition::field_offset(w.get_ref(), field)
-                                .map(|i| base + i)
-                                .unwrap_or(base);
-                            unknown(field, offset, &mut errors);
-                        }
-                    }
-                    for g in &raw.group_by {
-                        unknown(g.get_ref(), g.span().start, &mut errors);
-                    }
-                    for f in [&raw.key, &raw.field].into_iter().flatten() {
-                        unknown(f.get_ref(), f.span().start, &mut errors);
-                    }
-                }
-                // A deadline's closing records come from `until.feed`: its key and condition must fit that feed.
-                if let (
-                    Some(RuleKind::Deadline {
-                        key,
-                        until_feed,
-                        until_when,
-                        ..
-                    }),
-                    Some(u),
-                ) = (&kind, &raw.until)
-                    && let Some(columns) = config.feed(until_feed).and_then(|f| f.fields.as_ref())
-                {
-                    let u = u.get_ref();
-                    let mut check = |name: &str, offset: usize| {
-                        if !columns.iter().any(|c| c == name) {
-                            let hint = suggest(name, columns.iter().map(String::as_str))
-                                .map(|s| format!("; did you mean `{s}`?"))
-                                .unwrap_or_default();
-                            errors.push(at(
-                                offset,
-                                format!(
-                                    "feed `{until_feed}` (of `until`) has no field `{name}`{hint}"
-                                ),
-                            ));
-                        }
-                    };
-                    check(key, u.feed.span().start);
-                    if let Some(w) = &u.when {
-                        let base = string_content_offset(text, w.span().start);
-                        for field in until_when.fields() {
-                            let offset = condition::field_offset(w.get_ref(), field)
-                                .map(|i| base + i)
-                                .unwrap_or(base);
-                            check(field, offset);
-                        }
-                    }
-                }
-
-                if let Some(fc) = feed_config {
-                    let until_feed = raw
-                        .until
-                        .as_ref()
-                        .and_then(|u| config.feed(u.get_ref().feed.get_ref()));
-                    refuse_sensitive_uses(&raw, fc, until_feed, text, &mut |offset, msg| {
-                        errors.push(at(offset, msg))
-                    });
-                }
-
-                for (label, template) in [("subject", &raw.subject), ("body", &raw.body)] {
-                    if let Some(t) = template
-                        && let Err(e) = crate::alerts::render::check_template(t.get_ref())
-                    {
-                        let offset = string_content_offset(text, t.span().start) + e.offset;
-                        errors.push(at(offset, format!("in `{label}`: {}", e.message)));
-                    }
-                }
-
-                if let (Some(kind), Some(when)) = (kind, when) {
-                    rules.push(Rule {
-                        name: raw.name.unwrap_or_else(|| id.clone()),
-                        id,
-                        description: raw.description,
-                        feed,
-                        kind,
-                        when,
-                        when_source: raw.when.map(|w| w.into_inner()),
-                        severity,
-                        notify,
-                        review,
-                        advice: raw.advice,
-                        cooldown,
-                        max_alerts,
-                        group_by: raw.group_by.into_iter().map(|g| g.into_inner()).collect(),
-                        subject: raw.subject.map(|s| s.into_inner()),
-                        body: raw.body.map(|s| s.into_inner()),
-                        district_field: feed_config
-                            .map(|f| f.district_field.clone())
-                            .unwrap_or_else(|| "district".into()),
-                        source: path.clone(),
-                    });
-                }
+                check_id(&raw, &mut ids, &mut report);
+                rules.extend(load_rule(raw, config, &lists, &mut report));
             }
         }
         if !errors.is_empty() {
@@ -781,6 +557,304 @@ impl RuleSet {
 
     pub fn get(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
+    }
+}
+
+/// Where one rule file's problems go, each placed at its `file:line:col`.
+struct Report<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: &'a mut Vec<Diagnostic>,
+}
+
+impl Report<'_> {
+    fn at(&mut self, offset: usize, message: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::at(self.path, self.text, offset, message));
+    }
+
+    /// Where a TOML string's content starts, given the offset of its opening quote.
+    fn string_at(&self, quote_at: usize) -> usize {
+        string_content_offset(self.text, quote_at)
+    }
+}
+
+/// Every rule file parsed, and the `[lists]` of all of them, which every file shares.
+struct ParsedFiles<'s> {
+    lists: BTreeMap<String, Vec<String>>,
+    files: Vec<(&'s Path, &'s str, RawRuleFile)>,
+}
+
+/// Parses every file and gathers its lists: a list may live in its own file,
+/// but each name is defined once.
+fn parse_files<'s>(
+    sources: &'s [(PathBuf, String)],
+    errors: &mut Vec<Diagnostic>,
+) -> ParsedFiles<'s> {
+    let mut lists = BTreeMap::new();
+    let mut list_origin: HashMap<String, &Path> = HashMap::new();
+    let mut files = Vec::new();
+    for (path, text) in sources {
+        let file = match toml::from_str::<RawRuleFile>(text) {
+            Ok(file) => file,
+            Err(e) => {
+                errors.push(Diagnostic::from_toml(path, text, &e));
+                continue;
+            }
+        };
+        for (name, items) in &file.lists {
+            if let Some(first) = list_origin.get(name.get_ref()) {
+                errors.push(Diagnostic::at(
+                    path,
+                    text,
+                    name.span().start,
+                    format!(
+                        "list `{}` is already defined in {}",
+                        name.get_ref(),
+                        first.display()
+                    ),
+                ));
+                continue;
+            }
+            list_origin.insert(name.get_ref().clone(), path);
+            lists.insert(name.get_ref().clone(), items.clone());
+        }
+        if file.rule.is_empty() && file.lists.is_empty() {
+            errors.push(Diagnostic::file(
+                path,
+                "this file has no [[rule]] and no [lists]; is it a rule file?",
+            ));
+        }
+        files.push((path.as_path(), text.as_str(), file));
+    }
+    ParsedFiles { lists, files }
+}
+
+/// Checks one `[[rule]]` whole and builds it, or `None` when anything is wrong
+/// (every problem reported).
+fn load_rule(
+    raw: RawRule,
+    config: &Config,
+    lists: &BTreeMap<String, Vec<String>>,
+    report: &mut Report,
+) -> Option<Rule> {
+    let id = raw.id.get_ref().trim().to_string();
+    let feed_config = rule_feed(&raw, config, report);
+    let kind = parse_kind(&raw, config, lists, report);
+    let when = condition(&raw.when, lists, report);
+    let severity = match &raw.severity {
+        None => Severity::Warning,
+        Some(s) => Severity::choose(s.get_ref()).unwrap_or_else(|message| {
+            report.at(s.span().start, message);
+            Severity::Warning
+        }),
+    };
+    let notify = known_partners(&raw.notify, config, report);
+    let review = known_partners(&raw.review, config, report);
+    if notify.is_empty() && review.is_empty() {
+        report.at(
+            raw.id.span().start,
+            format!("rule `{id}` has nobody to tell: add `notify = [\"partner-id\", ...]`"),
+        );
+    }
+    let cooldown = raw.cooldown.as_ref().and_then(|c| {
+        parse_duration(c.get_ref())
+            .map_err(|message| report.at(c.span().start, message))
+            .ok()
+    });
+    let max_alerts = max_alerts(&raw, report);
+    if let (Some(fc), Some(when)) = (feed_config, &when) {
+        check_rule_fields(&raw, fc, when, report);
+    }
+    if let Some(kind) = &kind {
+        check_until_fields(&raw, kind, config, report);
+    }
+    if let Some(fc) = feed_config {
+        let until_feed = raw
+            .until
+            .as_ref()
+            .and_then(|u| config.feed(u.get_ref().feed.get_ref()));
+        refuse_sensitive_uses(&raw, fc, until_feed, report);
+    }
+    check_templates(&raw, report);
+    let (kind, when) = (kind?, when?);
+    Some(Rule {
+        name: raw.name.unwrap_or_else(|| id.clone()),
+        id,
+        description: raw.description,
+        feed: raw.feed.into_inner(),
+        kind,
+        when,
+        when_source: raw.when.map(|w| w.into_inner()),
+        severity,
+        notify,
+        review,
+        advice: raw.advice,
+        cooldown,
+        max_alerts,
+        group_by: raw.group_by.into_iter().map(|g| g.into_inner()).collect(),
+        subject: raw.subject.map(|s| s.into_inner()),
+        body: raw.body.map(|s| s.into_inner()),
+        district_field: feed_config
+            .map(|f| f.district_field.clone())
+            .unwrap_or_else(|| "district".into()),
+        source: report.path.to_path_buf(),
+    })
+}
+
+/// A rule's id is there and used once in the whole set (`ids`: each id's file).
+fn check_id(raw: &RawRule, ids: &mut HashMap<String, PathBuf>, report: &mut Report) {
+    let at = raw.id.span().start;
+    let id = raw.id.get_ref().trim().to_string();
+    if id.is_empty() {
+        report.at(at, "a rule needs an `id`");
+    }
+    if let Some(other) = ids.insert(id.clone(), report.path.to_path_buf()) {
+        let place = if other == report.path {
+            "earlier in this file".to_string()
+        } else {
+            format!("also in {}", other.display())
+        };
+        report.at(
+            at,
+            format!("rule id `{id}` is used twice ({place}); each rule needs its own id"),
+        );
+    }
+}
+
+/// The config of the rule's feed, if the config has that feed.
+fn rule_feed<'c>(raw: &RawRule, config: &'c Config, report: &mut Report) -> Option<&'c FeedConfig> {
+    let feed = raw.feed.get_ref();
+    let found = config.feed(feed);
+    if found.is_none() {
+        let names = config.feeds.iter().map(|f| f.name.as_str());
+        let hint = match suggest(feed, names.clone()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("the feeds are: {}", names.collect::<Vec<_>>().join(", ")),
+        };
+        report.at(
+            raw.feed.span().start,
+            format!("unknown feed `{feed}`; {hint}"),
+        );
+    }
+    found
+}
+
+/// `notify` or `review`: partner ids, each one the config defines.
+fn known_partners(list: &[Spanned<String>], config: &Config, report: &mut Report) -> Vec<String> {
+    for p in list {
+        if config.partner(p.get_ref()).is_none() {
+            report.at(
+                p.span().start,
+                unknown_partner_message(p.get_ref(), &config.partners),
+            );
+        }
+    }
+    list.iter().map(|p| p.get_ref().clone()).collect()
+}
+
+fn max_alerts(raw: &RawRule, report: &mut Report) -> u64 {
+    match &raw.max_alerts {
+        None => DEFAULT_MAX_ALERTS,
+        Some(m) if *m.get_ref() < 1 => {
+            report.at(
+                m.span().start,
+                format!(
+                    "`max_alerts` must be a whole number of at least 1 (how many alerts one file may raise; default {DEFAULT_MAX_ALERTS})"
+                ),
+            );
+            DEFAULT_MAX_ALERTS
+        }
+        Some(m) => *m.get_ref() as u64,
+    }
+}
+
+/// The message for a field a feed that declares its columns does not have.
+fn no_such_field(name: &str, columns: &[String], feed: &str) -> Option<String> {
+    if columns.iter().any(|c| c == name) {
+        return None;
+    }
+    let hint = suggest(name, columns.iter().map(String::as_str))
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    Some(format!("feed {feed} has no field `{name}`{hint}"))
+}
+
+/// Where the rule's feed declares its columns, every field the rule reads must be one.
+fn check_rule_fields(raw: &RawRule, feed: &FeedConfig, when: &Condition, report: &mut Report) {
+    let Some(columns) = &feed.fields else { return };
+    let feed_name = format!("`{}`", feed.name);
+    let check = |name: &str, offset: usize, report: &mut Report| {
+        if let Some(message) = no_such_field(name, columns, &feed_name) {
+            report.at(offset, message);
+        }
+    };
+    if let Some(w) = &raw.when {
+        let base = report.string_at(w.span().start);
+        let mut seen = std::collections::HashSet::new();
+        for field in when.fields() {
+            if !seen.insert(field) {
+                continue;
+            }
+            let offset = condition::field_offset(w.get_ref(), field)
+                .map(|i| base + i)
+                .unwrap_or(base);
+            check(field, offset, report);
+        }
+    }
+    for g in &raw.group_by {
+        check(g.get_ref(), g.span().start, report);
+    }
+    for f in [&raw.key, &raw.field].into_iter().flatten() {
+        check(f.get_ref(), f.span().start, report);
+    }
+}
+
+/// A deadline's closing records come from `until.feed`: its key and condition must fit that feed.
+fn check_until_fields(raw: &RawRule, kind: &RuleKind, config: &Config, report: &mut Report) {
+    let (
+        RuleKind::Deadline {
+            key,
+            until_feed,
+            until_when,
+            ..
+        },
+        Some(u),
+    ) = (kind, &raw.until)
+    else {
+        return;
+    };
+    let Some(columns) = config.feed(until_feed).and_then(|f| f.fields.as_ref()) else {
+        return;
+    };
+    let u = u.get_ref();
+    let feed_name = format!("`{until_feed}` (of `until`)");
+    let check = |name: &str, offset: usize, report: &mut Report| {
+        if let Some(message) = no_such_field(name, columns, &feed_name) {
+            report.at(offset, message);
+        }
+    };
+    check(key, u.feed.span().start, report);
+    if let Some(w) = &u.when {
+        let base = report.string_at(w.span().start);
+        for field in until_when.fields() {
+            let offset = condition::field_offset(w.get_ref(), field)
+                .map(|i| base + i)
+                .unwrap_or(base);
+            check(field, offset, report);
+        }
+    }
+}
+
+/// `subject` and `body` are valid templates.
+fn check_templates(raw: &RawRule, report: &mut Report) {
+    for (label, template) in [("subject", &raw.subject), ("body", &raw.body)] {
+        if let Some(t) = template
+            && let Err(e) = crate::alerts::render::check_template(t.get_ref())
+        {
+            let offset = report.string_at(t.span().start) + e.offset;
+            report.at(offset, format!("in `{label}`: {}", e.message));
+        }
     }
 }
 
