@@ -11,6 +11,7 @@
 //! - [`daemon`]: the long-running process that ties these together.
 //! - [`ops`]: self-alerts to the ops partners; [`metrics`]: the Prometheus endpoint.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
+//! - [`report`]: what the command line prints (status, alerts, replay, check and test results).
 //! - [`review`]: approving or dismissing alerts held for review.
 //! - [`ruletest`]: `earlywarn test`, rule tests for the people who write rules.
 //! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
@@ -30,6 +31,7 @@ pub mod feeds;
 pub mod metrics;
 pub mod ops;
 pub mod replay;
+pub mod report;
 pub mod review;
 pub mod rules;
 pub mod ruletest;

@@ -11,6 +11,7 @@ use earlywarn::diagnostic::Diagnostics;
 // Every value that came from a file (names, fields, reasons) or a mail server
 // goes through this before a terminal sees it: JSON output is escaped by serde.
 use earlywarn::display::escape_controls as esc;
+use earlywarn::report::{self, OutputFormat};
 use earlywarn::rules::RuleSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,12 +42,6 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum OutputFormat {
     Text,
     Json,
 }
@@ -274,23 +269,10 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     for feed in &config.feeds {
         if !feed.dir.is_dir() {
-            eprintln!(
-                "note: feed `{}` folder {} does not exist yet; `earlywarn run` creates it",
-                feed.name,
-                feed.dir.display()
-            );
+            eprintln!("{}", report::check::missing_folder(feed));
         }
     }
-    let reviewed = rules.rules.iter().filter(|r| !r.review.is_empty()).count();
-    println!(
-        "{}: ok: {} feed(s), {} partner(s); {} rule(s) in {} file(s), {} reviewed before sending",
-        config.path.display(),
-        config.feeds.len(),
-        config.partners.len(),
-        rules.rules.len(),
-        rules.files.len(),
-        reviewed
-    );
+    println!("{}", report::check::verdict(&config, &rules));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -301,34 +283,14 @@ fn rule_tests(
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let results = earlywarn::ruletest::run_files(&config, files, filter)?;
-    let mut current: Option<&std::path::Path> = None;
-    for r in &results {
-        if current != Some(r.file.as_path()) {
-            println!("{}", r.file.display());
-            current = Some(r.file.as_path());
-        }
-        if r.passed() {
-            println!("  ok    {}", r.name);
+    report::check::write_test_results(&mut std::io::stdout().lock(), &results)?;
+    Ok(
+        if !results.is_empty() && results.iter().all(|r| r.passed()) {
+            ExitCode::SUCCESS
         } else {
-            println!("  FAIL  {}", r.name);
-            for f in &r.failures {
-                for line in f.lines() {
-                    println!("        {line}");
-                }
-            }
-        }
-    }
-    let failed = results.iter().filter(|r| !r.passed()).count();
-    if results.is_empty() {
-        println!("no tests matched");
-        return Ok(ExitCode::from(1));
-    }
-    println!("{} passed, {} failed", results.len() - failed, failed);
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+            ExitCode::from(1)
+        },
+    )
 }
 
 fn replay(
@@ -364,38 +326,11 @@ fn replay(
         jiff::Timestamp::now(),
         |alert| {
             use std::io::Write;
-            let line = match format {
-                OutputFormat::Json => serde_json::to_string(&alert).unwrap_or_default(),
-                OutputFormat::Text => format!(
-                    "{}  {:<8} {}  {}  records={}  to={}{}\n    {}",
-                    alert.id,
-                    alert.severity,
-                    alert.rule,
-                    alert.district.as_deref().unwrap_or("(several districts)"),
-                    alert.count,
-                    alert.recipients.join(","),
-                    if alert.review {
-                        " (draft for review)"
-                    } else {
-                        ""
-                    },
-                    alert.subject
-                ),
-            };
-            if let Err(e) = writeln!(out, "{line}") {
+            if let Err(e) = writeln!(out, "{}", report::replay::alert(&alert, format)) {
                 write_error.get_or_insert(e);
             }
         },
-        |path, row, reason| match row {
-            Some(r) if r.line > 0 => eprintln!(
-                "{}: row {} (line {}): {reason}",
-                path.display(),
-                r.row,
-                r.line
-            ),
-            Some(r) => eprintln!("{}: row {}: {reason}", path.display(), r.row),
-            None => eprintln!("{}: {reason}", path.display()),
-        },
+        |path, row, reason| eprintln!("{}", report::replay::problem(path, row, reason)),
     )?;
     drop(out);
     if let Some(e) = write_error
@@ -404,27 +339,7 @@ fn replay(
         return Err(e.into());
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "replayed {} file(s), {} rows ({} events, {} duplicate, {} rejected) in {:.2}s ({:.0} rows/s): {} alert(s)",
-        summary.files,
-        summary.rows,
-        summary.events,
-        summary.duplicates,
-        summary.rejected_rows,
-        secs,
-        summary.rows as f64 / secs.max(1e-9),
-        summary.alerts
-    );
-    if !summary.open_deadlines.is_empty() {
-        let clock = summary.clock.map(|c| c.to_string()).unwrap_or_default();
-        eprintln!(
-            "{} deadline(s) still open at the end of the replay (clock {clock}):",
-            summary.open_deadlines.len()
-        );
-        for (rule, key, due) in &summary.open_deadlines {
-            eprintln!("  {rule}  {key}  due {due}");
-        }
-    }
+    report::replay::write_summary(&mut std::io::stderr().lock(), &summary, secs)?;
     Ok(if summary.rejected_rows > 0 || summary.rejected_files > 0 {
         ExitCode::from(1)
     } else {
@@ -435,115 +350,14 @@ fn replay(
 fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
-    let report = store.status(jiff::Timestamp::now())?;
-    if format == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let tz = &config.daemon.timezone;
-    let show = |t: jiff::Timestamp| {
-        t.to_zoned_datetime(tz.clone())
-            .strftime("%Y-%m-%d %H:%M:%S %Z")
-            .to_string()
-    };
-    println!("Feeds");
-    for paused in &report.paused_feeds {
-        println!(
-            "  {:<16} PAUSED: {}",
-            esc(&paused.feed),
-            esc(&paused.reason)
-        );
-    }
-    for feed in &config.feeds {
-        match report.feeds.iter().find(|f| f.feed == feed.name) {
-            Some(f) => println!(
-                "  {:<16} last file {} at {} ({})",
-                feed.name,
-                esc(&f.last_file),
-                show(f.last_at),
-                esc(&f.last_outcome)
-            ),
-            None => println!("  {:<16} no file yet", feed.name),
+    let now = jiff::Timestamp::now();
+    let status = store.status(now)?;
+    let out = &mut std::io::stdout().lock();
+    match format {
+        OutputFormat::Json => report::write_json(out, &status)?,
+        OutputFormat::Text => {
+            report::status::write_text(out, &status, &config.feeds, &config.daemon.timezone, now)?
         }
-    }
-    println!("Open deadlines");
-    if report.open_deadlines.is_empty() {
-        println!("  none");
-    }
-    for d in &report.open_deadlines {
-        let overdue = if d.due <= jiff::Timestamp::now() {
-            "  OVERDUE"
-        } else {
-            ""
-        };
-        println!(
-            "  {:<28} {:<20} due {}{overdue}",
-            esc(&d.rule_id),
-            esc(&d.key),
-            show(d.due)
-        );
-    }
-    println!("Review queue");
-    println!(
-        "  {} alert(s) awaiting review (earlywarn alerts list)",
-        report.in_review
-    );
-    println!("Outbox");
-    println!(
-        "  pending {}, failed {}",
-        report.outbox_pending, report.outbox_failed
-    );
-    if let Some(t) = report.oldest_pending {
-        println!("  oldest pending since {}", show(t));
-    }
-    for p in &report.delivery_problems {
-        println!(
-            "  {} {} to {} after {} attempt(s): {}",
-            if p.permanent { "FAILED" } else { "retrying" },
-            esc(&p.alert_id),
-            esc(&p.partner_id),
-            p.attempts,
-            esc(&p.error)
-        );
-    }
-    println!("Rejected in the last 7 days");
-    if report.rejected.is_empty() {
-        println!("  none");
-    }
-    for r in &report.rejected {
-        if r.whole_file {
-            println!(
-                "  {} {}/{}: {}",
-                show(r.at),
-                esc(&r.feed),
-                esc(&r.name),
-                esc(&r.reason)
-            );
-        } else {
-            println!(
-                "  {} {}/{}: {} row(s) rejected",
-                show(r.at),
-                esc(&r.feed),
-                esc(&r.name),
-                r.rejected_rows
-            );
-        }
-    }
-    println!("Recent alerts");
-    if report.recent_alerts.is_empty() {
-        println!("  none");
-    }
-    for a in &report.recent_alerts {
-        println!(
-            "  {} {} {:<8} {} {} ({} records, {})",
-            esc(&a.id),
-            show(a.created_at),
-            esc(&a.severity),
-            esc(&a.rule_id),
-            esc(&a.district),
-            a.event_count,
-            esc(&a.status)
-        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -551,90 +365,32 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
 fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitCode> {
     use earlywarn::alerts::AlertStatus;
     use earlywarn::review::{ReviewError, approve, decider, dismiss};
+    use std::io::Write;
     let config = load_config(config)?;
     let mut store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
-    let tz = config.daemon.timezone.clone();
-    let show = move |t: jiff::Timestamp| {
-        t.to_zoned_datetime(tz.clone())
-            .strftime("%Y-%m-%d %H:%M %Z")
-            .to_string()
-    };
+    let tz = &config.daemon.timezone;
     let user_error = |e: ReviewError| -> anyhow::Error {
         match e {
             ReviewError::Store(s) => s.into(),
             other => UserError(other.to_string()).into(),
         }
     };
+    let out = &mut std::io::stdout().lock();
     match action {
         AlertsAction::List { all, format } => {
             let statuses: &[AlertStatus] = if all { &[] } else { &[AlertStatus::InReview] };
             let rows = store.alerts_with_status(statuses, 100)?;
-            if format == OutputFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if rows.is_empty() {
-                println!(
-                    "{}",
-                    if all {
-                        "no alerts yet"
-                    } else {
-                        "no alerts awaiting review"
-                    }
-                );
-            } else {
-                for a in rows {
-                    println!(
-                        "{}  {}  {:<8} {:<32} {:<12} {} record(s)  {}",
-                        esc(&a.id),
-                        show(a.created_at),
-                        esc(&a.severity),
-                        esc(&a.rule_id),
-                        esc(&a.district),
-                        a.event_count,
-                        esc(&a.status.replace('_', " "))
-                    );
-                }
+            match format {
+                OutputFormat::Json => report::write_json(out, &rows)?,
+                OutputFormat::Text => report::alerts::write_list(out, &rows, all, tz)?,
             }
         }
         AlertsAction::Show { id } => {
             let Some(stored) = store.alert(&id)? else {
                 return Err(user_error(ReviewError::NotFound(id)));
             };
-            let a = &stored.alert;
-            println!("Alert     {}", esc(&a.id));
-            println!("Rule      {}", esc(&a.rule_id));
-            println!("Severity  {}", a.severity);
-            println!(
-                "District  {}",
-                esc(a.district.as_deref().unwrap_or("several"))
-            );
-            println!("Raised    {}", show(a.created_at));
-            println!("Status    {}", stored.status.as_str().replace('_', " "));
-            if let (Some(by), Some(at)) = (&stored.reviewed_by, stored.reviewed_at) {
-                // `unix:ACCOUNT` is the account that ran the command (from its uid);
-                // a display name given with --by stands in front of it.
-                println!("Decided   by {} at {}", esc(by), show(at));
-            }
-            println!("Records   {}", a.event_count);
-            for (i, e) in a.events.iter().enumerate() {
-                let fields: Vec<String> = e
-                    .fields
-                    .iter()
-                    .filter(|(_, v)| !v.is_empty())
-                    .map(|(k, v)| format!("{}={}", esc(k), esc(&v.to_string())))
-                    .collect();
-                println!("  {}. {} {}", i + 1, show(e.time), fields.join("  "));
-            }
-            println!("Emails");
-            for d in store.deliveries_of(&id)? {
-                println!(
-                    "  {:<20} {:<6} {:<7} attempts={} {}",
-                    esc(&d.partner_id),
-                    d.audience,
-                    d.status,
-                    d.attempts,
-                    esc(&d.last_error.unwrap_or_default())
-                );
-            }
+            let deliveries = store.deliveries_of(&id)?;
+            report::alerts::write_alert(out, &stored, &deliveries, tz)?;
         }
         AlertsAction::Approve { id, by } => {
             let by = decider(by.as_deref()).map_err(user_error)?;
@@ -648,21 +404,16 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
                 jiff::Timestamp::now(),
             )
             .map_err(user_error)?;
-            println!(
-                "approved {} by {}: queued for {}",
-                esc(&id),
-                esc(&by),
-                if approved.partners.is_empty() {
-                    "nobody (no notify partner covers it)".to_string()
-                } else {
-                    approved.partners.join(", ")
-                }
-            );
+            writeln!(
+                out,
+                "{}",
+                report::alerts::approved(&id, &by, &approved.partners)
+            )?;
         }
         AlertsAction::Dismiss { id, by } => {
             let by = decider(by.as_deref()).map_err(user_error)?;
             dismiss(&mut store, &id, &by, jiff::Timestamp::now()).map_err(user_error)?;
-            println!("dismissed {} by {}", esc(&id), esc(&by));
+            writeln!(out, "{}", report::alerts::dismissed(&id, &by))?;
         }
     }
     Ok(ExitCode::SUCCESS)

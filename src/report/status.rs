@@ -1,0 +1,258 @@
+//! `earlywarn status` as text: feeds, open deadlines, the review queue, the
+//! outbox, rejected files and recent alerts.
+
+use super::local;
+use crate::config::FeedConfig;
+use crate::display::escape_controls as esc;
+use crate::store::StatusReport;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use std::io::{self, Write};
+
+/// Writes `report` for a person. `feeds` are the config's, in its order (a feed
+/// with no file yet is listed too); `now` decides which deadlines are overdue.
+pub fn write_text(
+    out: &mut impl Write,
+    report: &StatusReport,
+    feeds: &[FeedConfig],
+    tz: &TimeZone,
+    now: Timestamp,
+) -> io::Result<()> {
+    let show = |t: Timestamp| local(t, tz, "%Y-%m-%d %H:%M:%S %Z");
+    writeln!(out, "Feeds")?;
+    for paused in &report.paused_feeds {
+        writeln!(
+            out,
+            "  {:<16} PAUSED: {}",
+            esc(&paused.feed),
+            esc(&paused.reason)
+        )?;
+    }
+    for feed in feeds {
+        match report.feeds.iter().find(|f| f.feed == feed.name) {
+            Some(f) => writeln!(
+                out,
+                "  {:<16} last file {} at {} ({})",
+                feed.name,
+                esc(&f.last_file),
+                show(f.last_at),
+                esc(&f.last_outcome)
+            )?,
+            None => writeln!(out, "  {:<16} no file yet", feed.name)?,
+        }
+    }
+    writeln!(out, "Open deadlines")?;
+    if report.open_deadlines.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for d in &report.open_deadlines {
+        let overdue = if d.due <= now { "  OVERDUE" } else { "" };
+        writeln!(
+            out,
+            "  {:<28} {:<20} due {}{overdue}",
+            esc(&d.rule_id),
+            esc(&d.key),
+            show(d.due)
+        )?;
+    }
+    writeln!(out, "Review queue")?;
+    writeln!(
+        out,
+        "  {} alert(s) awaiting review (earlywarn alerts list)",
+        report.in_review
+    )?;
+    write_outbox(out, report, &show)?;
+    write_rejected(out, report, &show)?;
+    writeln!(out, "Recent alerts")?;
+    if report.recent_alerts.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for a in &report.recent_alerts {
+        writeln!(
+            out,
+            "  {} {} {:<8} {} {} ({} records, {})",
+            esc(&a.id),
+            show(a.created_at),
+            esc(&a.severity),
+            esc(&a.rule_id),
+            esc(&a.district),
+            a.event_count,
+            esc(&a.status)
+        )?;
+    }
+    Ok(())
+}
+
+fn write_outbox(
+    out: &mut impl Write,
+    report: &StatusReport,
+    show: &impl Fn(Timestamp) -> String,
+) -> io::Result<()> {
+    writeln!(out, "Outbox")?;
+    writeln!(
+        out,
+        "  pending {}, failed {}",
+        report.outbox_pending, report.outbox_failed
+    )?;
+    if let Some(t) = report.oldest_pending {
+        writeln!(out, "  oldest pending since {}", show(t))?;
+    }
+    for p in &report.delivery_problems {
+        writeln!(
+            out,
+            "  {} {} to {} after {} attempt(s): {}",
+            if p.permanent { "FAILED" } else { "retrying" },
+            esc(&p.alert_id),
+            esc(&p.partner_id),
+            p.attempts,
+            esc(&p.error)
+        )?;
+    }
+    Ok(())
+}
+
+fn write_rejected(
+    out: &mut impl Write,
+    report: &StatusReport,
+    show: &impl Fn(Timestamp) -> String,
+) -> io::Result<()> {
+    writeln!(out, "Rejected in the last 7 days")?;
+    if report.rejected.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for r in &report.rejected {
+        let what = if r.whole_file {
+            esc(&r.reason).into_owned()
+        } else {
+            format!("{} row(s) rejected", r.rejected_rows)
+        };
+        writeln!(
+            out,
+            "  {} {}/{}: {what}",
+            show(r.at),
+            esc(&r.feed),
+            esc(&r.name)
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{
+        AlertRow, DeadlineRow, DeliveryProblem, FeedStatus, PausedFeed, RejectedFile, RulesStatus,
+    };
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    fn feeds() -> Vec<FeedConfig> {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("/x/earlywarn.toml"),
+            "[mail]\ntransport = \"file\"\n[[feed]]\nname = \"drug_testing\"\ndir = \"in\"\n[[feed]]\nname = \"incidents\"\ndir = \"inc\"\n",
+        )
+        .unwrap();
+        config.feeds
+    }
+
+    fn empty() -> StatusReport {
+        StatusReport {
+            rules: RulesStatus {
+                loaded: None,
+                last_reload_at: None,
+                last_reload_error: None,
+            },
+            paused_feeds: Vec::new(),
+            open_deadlines: Vec::new(),
+            in_review: 0,
+            feeds: Vec::new(),
+            outbox_pending: 0,
+            outbox_failed: 0,
+            oldest_pending: None,
+            delivery_problems: Vec::new(),
+            rejected: Vec::new(),
+            recent_alerts: Vec::new(),
+        }
+    }
+
+    fn text(report: &StatusReport, now: Timestamp) -> String {
+        let mut out = Vec::new();
+        write_text(&mut out, report, &feeds(), &TimeZone::UTC, now).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_new_install_says_none_everywhere() {
+        assert_eq!(
+            text(&empty(), at("2026-03-01T12:00:00Z")),
+            "Feeds\n  drug_testing     no file yet\n  incidents        no file yet\nOpen deadlines\n  none\nReview queue\n  0 alert(s) awaiting review (earlywarn alerts list)\nOutbox\n  pending 0, failed 0\nRejected in the last 7 days\n  none\nRecent alerts\n  none\n"
+        );
+    }
+
+    #[test]
+    fn names_from_files_and_servers_are_escaped_and_deadlines_past_now_overdue() {
+        let hostile = "evil\n\u{1b}[2Jname";
+        let shown = "evil\\n\\x1b[2Jname";
+        let mut report = empty();
+        report.paused_feeds.push(PausedFeed {
+            feed: "incidents".into(),
+            reason: format!("{hostile} is a link"),
+        });
+        report.feeds.push(FeedStatus {
+            feed: "drug_testing".into(),
+            last_file: hostile.into(),
+            last_at: at("2026-03-01T09:00:00Z"),
+            last_outcome: "processed".into(),
+        });
+        for (key, due) in [
+            ("late", "2026-03-01T11:00:00Z"),
+            ("soon", "2026-03-01T13:00:00Z"),
+        ] {
+            report.open_deadlines.push(DeadlineRow {
+                rule_id: "handover".into(),
+                key: key.into(),
+                opened_at: at("2026-03-01T08:00:00Z"),
+                due: at(due),
+            });
+        }
+        report.delivery_problems.push(DeliveryProblem {
+            alert_id: "a1".into(),
+            partner_id: "panel".into(),
+            attempts: 3,
+            error: "550 no\rsuch user".into(),
+            permanent: true,
+        });
+        report.rejected.push(RejectedFile {
+            feed: "drug_testing".into(),
+            name: hostile.into(),
+            at: at("2026-03-01T10:00:00Z"),
+            whole_file: false,
+            reason: String::new(),
+            rejected_rows: 2,
+        });
+        report.recent_alerts.push(AlertRow {
+            id: "a1".into(),
+            rule_id: "nitazene".into(),
+            district: hostile.into(),
+            severity: "critical".into(),
+            status: "sent".into(),
+            created_at: at("2026-03-01T10:00:00Z"),
+            event_count: 4,
+        });
+        let text = text(&report, at("2026-03-01T12:00:00Z"));
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+        for line in [
+            format!("  incidents        PAUSED: {shown} is a link"),
+            format!("  drug_testing     last file {shown} at 2026-03-01 09:00:00 UTC (processed)"),
+            "  handover                     late                 due 2026-03-01 11:00:00 UTC  OVERDUE".into(),
+            "  handover                     soon                 due 2026-03-01 13:00:00 UTC".into(),
+            "  FAILED a1 to panel after 3 attempt(s): 550 no\\rsuch user".into(),
+            format!("  2026-03-01 10:00:00 UTC drug_testing/{shown}: 2 row(s) rejected"),
+            format!("  a1 2026-03-01 10:00:00 UTC critical nitazene {shown} (4 records, sent)"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+    }
+}
