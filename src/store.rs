@@ -416,7 +416,9 @@ impl Store {
     /// owed, which refused (added to those already refused), the row's new
     /// status, and when it was first delivered to anyone. One transaction.
     pub fn record_outcome(&self, id: i64, outcome: &OutboxOutcome) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
+        // IMMEDIATE: a read that later writes would fail at once (SQLITE_BUSY)
+        // if another process wrote in between; taking the write lock first waits.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let mut failed: Vec<FailedAddress> = tx
             .query_row(
                 "SELECT failed_recipients FROM outbox WHERE id = ?1",
@@ -527,7 +529,9 @@ impl Store {
     /// was still owed, never to those that accepted it. Rows that are not
     /// failed are left alone. Returns the rows requeued, as they now are.
     pub fn requeue_failed(&self, ids: &[i64], now: Timestamp) -> Result<Vec<OutboxRow>> {
-        let tx = self.conn.unchecked_transaction()?;
+        // IMMEDIATE: a read that later writes would fail at once (SQLITE_BUSY)
+        // if another process wrote in between; taking the write lock first waits.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let mut done = Vec::new();
         for &id in ids {
             let row = tx
