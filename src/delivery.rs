@@ -598,6 +598,10 @@ pub async fn attempt(
         if !d.accepted.is_empty() {
             tracing::info!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts,
                 addresses = d.accepted.len(), "Delivered");
+        } else if d.deferred.is_empty() && !item.has_failed_addresses {
+            tracing::error!(alert = %item.alert_id, partner = %item.partner_id, attempt = attempts,
+                error = %crate::display::escape_controls(&d.refused.iter().map(|f| f.error.as_str()).collect::<Vec<_>>().join("; ")),
+                "Delivery failed permanently; the alert did not reach this partner (every address refused it)");
         }
     }
     match &result {

@@ -227,7 +227,9 @@ pub async fn session(s: &Settings, helo: &ClientId) -> Result<AsyncSmtpConnectio
             ));
         }
         if let Err(e) = conn.starttls(params, helo).await {
-            conn.abort().await;
+            // Not `abort`: after a failed handshake lettre has no stream left to
+            // write QUIT to (and says so with a debug assertion). Dropping the
+            // connection closes the socket.
             return Err(Failure::of(Step::Starttls, &e, true));
         }
     }
