@@ -12,11 +12,13 @@
 //! - [`SendError::Unavailable`] / [`SendError::Transient`]: retried with capped
 //!   exponential backoff.
 //!
-//! While the server is known to be unavailable (or the session refused),
-//! rows are not tried one by one: a probe (connect, EHLO, STARTTLS, AUTH,
-//! QUIT) runs every [`PROBE_EVERY`], and when it succeeds every waiting row
-//! is due at once, so the backlog drains critical first within seconds of the
-//! server's return. Every exchange is bounded by `[mail] timeout`.
+//! While the server is known to be unavailable (or to refuse the session), a
+//! probe (connect, EHLO, STARTTLS, AUTH, QUIT) runs every [`PROBE_EVERY`] and
+//! whenever rows come due: it stands in for their exchanges (a failed probe is
+//! recorded as a failed attempt of each, so their backoff goes on as usual),
+//! and when it succeeds every waiting row is due at once, so the backlog
+//! drains critical first within seconds of the server's return. Every
+//! exchange is bounded by `[mail] timeout`.
 
 mod smtp;
 
@@ -580,6 +582,17 @@ pub async fn attempt(
     let result = mailer
         .send(&item.mail_from, &item.recipients, &item.message, &name)
         .await;
+    settle(store, mail, item, result)
+}
+
+/// Records (and logs) the outcome of an attempt at `item`: an exchange's
+/// result, or the failure of the probe that stood in for one.
+fn settle(
+    store: &Mutex<Store>,
+    mail: &MailConfig,
+    item: &OutboxItem,
+    result: Result<Delivered, SendError>,
+) -> (Attempt, Option<OutcomeWrite>) {
     let now = Timestamp::now();
     let attempts = item.attempts + 1;
     let retry_in = backoff(attempts, mail.retry_initial, mail.retry_max);
@@ -791,16 +804,29 @@ pub async fn run_outbox(ctx: OutboxContext) {
             }
         }
         if health.waiting_for_probe {
-            let pending = {
+            // Rows due now are not tried one by one against a server known to be
+            // unavailable: one probe stands in for them. If it fails, each is
+            // recorded as a failed attempt (its backoff goes on as usual); if it
+            // succeeds, every waiting row is made due and the batch that follows
+            // sends critical alerts first.
+            let due = {
                 let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
-                s.next_due().ok().flatten().is_some()
+                s.due(Timestamp::now(), 16).unwrap_or_default()
             };
-            if !pending {
+            let due: Vec<OutboxItem> = due
+                .into_iter()
+                .filter(|item| !unrecorded.iter().any(|w| w.id() == item.id))
+                .collect();
+            let next_due = {
+                let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
+                s.next_due().ok().flatten()
+            };
+            if next_due.is_none() {
                 // Nothing waits on the server: the next row will find out for itself.
                 health.waiting_for_probe = false;
                 continue;
             }
-            if health.probe_due(Instant::now()) {
+            if !due.is_empty() || health.probe_due(Instant::now()) {
                 health.last_probe = Some(Instant::now());
                 let probed = tokio::select! {
                     p = ctx.mailer.probe() => p,
@@ -814,7 +840,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
                             s.make_waiting_due(Timestamp::now())
                         };
                         tracing::info!(
-                            waiting = made_due.unwrap_or(0),
+                            waiting = made_due.unwrap_or(0) + due.len(),
                             "The mail server answers again; sending every waiting delivery now, critical first"
                         );
                         continue;
@@ -822,16 +848,31 @@ pub async fn run_outbox(ctx: OutboxContext) {
                     Err(e) => {
                         tracing::debug!(error = %crate::display::escape_controls(&e.to_string()), "Probe: the mail server still fails");
                         health.failed(&ctx.store, &e);
+                        for item in &due {
+                            let (_, write) = settle(&ctx.store, &ctx.mail, item, Err(e.clone()));
+                            unrecorded.extend(write);
+                            ctx.metrics.delivery("retry");
+                        }
+                        if !health.waiting_for_probe {
+                            continue;
+                        }
                     }
                 }
             }
-            let wait = health
+            let until_row = {
+                let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
+                s.next_due().ok().flatten()
+            }
+            .map(|t| {
+                Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(PROBE_EVERY);
+            let until_probe = health
                 .last_probe
                 .map(|at| PROBE_EVERY.saturating_sub(at.elapsed()))
-                .unwrap_or(Duration::ZERO)
-                .min(PROBE_EVERY);
+                .unwrap_or(Duration::ZERO);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(until_row.min(until_probe).min(PROBE_EVERY)) => {}
                 _ = ctx.shutdown.cancelled() => return,
             }
             continue;
@@ -895,7 +936,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
                 }
                 if health.waiting_for_probe {
                     // The rest of the batch would fail the same way, each costing
-                    // up to the timeout: wait for the probe instead.
+                    // up to the timeout: the probe stands in for them (above).
                     break;
                 }
             }

@@ -1430,6 +1430,82 @@ mod tests {
     }
 
     #[test]
+    fn a_requeue_owes_the_email_only_to_the_addresses_that_refused_it() {
+        use crate::config::Severity;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut email = test_email("EW-DUO");
+        email.to = vec!["ok@example.org".into(), "dead@example.org".into()];
+        store
+            .store_alert(
+                &test_alert("EW-DUO", Severity::Critical, now),
+                &[("p".into(), email)],
+                now,
+            )
+            .unwrap();
+        let item = store.due(now, 1).unwrap().remove(0);
+        assert_eq!(item.recipients, ["ok@example.org", "dead@example.org"]);
+        let dead = FailedAddress {
+            address: "dead@example.org".into(),
+            error: "550 user unknown".into(),
+        };
+        store
+            .record_outcome(
+                item.id,
+                &OutboxOutcome {
+                    status: OutboxStatus::Failed,
+                    delivered_at: Some(now),
+                    remaining: Some(vec![]),
+                    newly_failed: vec![dead.clone()],
+                    next_attempt_at: None,
+                    last_error: Some("refused by dead@example.org".into()),
+                },
+            )
+            .unwrap();
+        let failed = store.outbox_list(true, 10).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].failed_addresses, [dead]);
+        assert_eq!(store.outbox_counts().unwrap().failed, 1);
+        // An alert id in any case finds its rows; a sent or pending row is never requeued.
+        assert_eq!(store.outbox_rows_of_alert("ew-duo").unwrap().len(), 1);
+        let later = now
+            .checked_add(jiff::SignedDuration::from_secs(60))
+            .unwrap();
+        let requeued = store
+            .requeue_failed(&store.failed_outbox_ids().unwrap(), later)
+            .unwrap();
+        assert_eq!(requeued.len(), 1);
+        assert_eq!(requeued[0].owed, ["dead@example.org"]);
+        assert!(requeued[0].failed_addresses.is_empty());
+        let again = store.due(later, 1).unwrap().remove(0);
+        assert_eq!(
+            (
+                again.recipients.as_slice(),
+                again.attempts,
+                again.has_failed_addresses
+            ),
+            (["dead@example.org".to_string()].as_slice(), 0, false)
+        );
+        assert!(
+            store.requeue_failed(&[again.id], later).unwrap().is_empty(),
+            "pending rows are left alone"
+        );
+        // A delivery fault is kept in the database for other processes to see.
+        let fault = DeliveryFault {
+            since: now,
+            reason: "AUTH: 535".into(),
+        };
+        store.set_delivery_fault(Some(&fault)).unwrap();
+        assert_eq!(
+            Store::open(dir.path()).unwrap().delivery_fault().unwrap(),
+            Some(fault)
+        );
+        store.set_delivery_fault(None).unwrap();
+        assert_eq!(store.delivery_fault().unwrap(), None);
+    }
+
+    #[test]
     fn an_older_outbox_gains_priorities_from_its_alerts_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
