@@ -233,11 +233,11 @@ pub async fn session(s: &Settings, helo: &ClientId) -> Result<AsyncSmtpConnectio
             return Err(Failure::of(Step::Starttls, &e, true));
         }
     }
-    if let Some(credentials) = &s.credentials {
-        if let Err(e) = conn.auth(DEFAULT_MECHANISMS, credentials).await {
-            conn.abort().await;
-            return Err(Failure::of(Step::Auth, &e, false));
-        }
+    if let Some(credentials) = &s.credentials
+        && let Err(e) = conn.auth(DEFAULT_MECHANISMS, credentials).await
+    {
+        conn.abort().await;
+        return Err(Failure::of(Step::Auth, &e, false));
     }
     Ok(conn)
 }
