@@ -90,6 +90,36 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// See deliveries and requeue failed ones.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// Deliveries, newest first: id, alert, partner, status, attempts, next attempt, errors.
+    List {
+        /// Only failed deliveries (refused by the server, or by some of a partner's addresses).
+        #[arg(long)]
+        failed: bool,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Requeue failed deliveries: due now, attempts reset, owed again to the
+    /// addresses that refused them (never to those that accepted).
+    Retry {
+        /// A delivery id (from `outbox list`), or an alert id: all its failed deliveries.
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        id: Option<String>,
+        /// Every failed delivery.
+        #[arg(long)]
+        all_failed: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -263,6 +293,7 @@ fn dispatch(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCod
         Command::Status { format } => status(config, format),
         Command::Alerts { action } => alerts(config, action),
         Command::SendTestEmail { to } => send_test_email(config, &to),
+        Command::Outbox { action } => outbox(config, action),
     }
 }
 
@@ -489,6 +520,14 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
         report.in_review
     );
     println!("Outbox");
+    if let Some(fault) = &report.delivery_fault {
+        println!(
+            "  DELIVERY FAULT since {}: {} — fix the [mail] settings; {} deliveries are waiting",
+            show(fault.since),
+            esc(&fault.reason),
+            report.outbox_pending
+        );
+    }
     println!(
         "  pending {}, failed {}",
         report.outbox_pending, report.outbox_failed
@@ -505,6 +544,12 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
             p.attempts,
             esc(&p.error)
         );
+        if !p.failed_addresses.is_empty() {
+            println!(
+                "    refused by {} (earlywarn outbox retry requeues them)",
+                esc(&p.failed_addresses.join(", "))
+            );
+        }
     }
     println!("Rejected in the last 7 days");
     if report.rejected.is_empty() {
@@ -668,6 +713,126 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+fn outbox(config: Option<PathBuf>, action: OutboxAction) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
+    let tz = config.daemon.timezone.clone();
+    let show = move |t: jiff::Timestamp| {
+        t.to_zoned_datetime(tz.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string()
+    };
+    match action {
+        OutboxAction::List {
+            failed,
+            limit,
+            format,
+        } => {
+            let rows = store.outbox_list(failed, limit)?;
+            if format == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if rows.is_empty() {
+                println!(
+                    "{}",
+                    if failed {
+                        "no failed deliveries"
+                    } else {
+                        "no deliveries yet"
+                    }
+                );
+            }
+            for r in rows {
+                let next = match r.next_attempt_at {
+                    Some(t) => format!("  next {}", show(t)),
+                    None => String::new(),
+                };
+                println!(
+                    "{:>6}  {}  {:<20} {:<6} {:<7} attempts={}{next}",
+                    r.id,
+                    esc(&r.alert_id),
+                    esc(&r.partner_id),
+                    esc(&r.audience),
+                    esc(&r.status),
+                    r.attempts
+                );
+                if let Some(e) = r.last_error.as_deref().filter(|e| !e.is_empty()) {
+                    println!("        last error: {}", esc(e));
+                }
+                for f in &r.failed_addresses {
+                    println!(
+                        "        failed address {}: {}",
+                        esc(&f.address),
+                        esc(&f.error)
+                    );
+                }
+            }
+        }
+        OutboxAction::Retry { id, all_failed } => {
+            let ids = if all_failed {
+                store.failed_outbox_ids()?
+            } else {
+                // clap requires one of the two.
+                let id = id.unwrap_or_default();
+                let rows = match id.trim().parse::<i64>() {
+                    Ok(n) => store.outbox_row(n)?.into_iter().collect::<Vec<_>>(),
+                    Err(_) => store.outbox_rows_of_alert(id.trim())?,
+                };
+                if rows.is_empty() {
+                    return Err(UserError(format!(
+                        "no delivery or alert `{}`; `earlywarn outbox list` shows the deliveries and their ids",
+                        esc(&id)
+                    ))
+                    .into());
+                }
+                let failed: Vec<i64> = rows
+                    .iter()
+                    .filter(|r| r.status == "failed")
+                    .map(|r| r.id)
+                    .collect();
+                if failed.is_empty() {
+                    let statuses: Vec<String> = rows
+                        .iter()
+                        .map(|r| format!("delivery {} is {}", r.id, r.status))
+                        .collect();
+                    return Err(UserError(format!(
+                        "nothing to requeue for `{}`: only failed deliveries are requeued ({})",
+                        esc(&id),
+                        statuses.join(", ")
+                    ))
+                    .into());
+                }
+                failed
+            };
+            let by = format!("unix:{}", earlywarn::review::unix_account());
+            let requeued = store.requeue_failed(&ids, jiff::Timestamp::now())?;
+            if requeued.is_empty() {
+                println!("no failed deliveries to requeue");
+            }
+            for r in &requeued {
+                tracing::info!(delivery = r.id, alert = %esc(&r.alert_id), partner = %esc(&r.partner_id),
+                    addresses = %esc(&r.owed.join(",")), by = %esc(&by), "Requeued a failed delivery");
+                println!(
+                    "requeued delivery {} (alert {} to {}) for {}",
+                    r.id,
+                    esc(&r.alert_id),
+                    esc(&r.partner_id),
+                    esc(&r.owed.join(", "))
+                );
+            }
+            if !requeued.is_empty() {
+                println!(
+                    "{} delivery(ies) requeued by {}; a running daemon sends them within seconds",
+                    requeued.len(),
+                    esc(&by)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode> {
     use lettre::message::SinglePart;
     use lettre::message::header::{HeaderName, HeaderValue};
@@ -750,7 +915,20 @@ fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode
         &local,
     ));
     match result {
-        Ok(()) => {
+        Ok(delivered) if delivered.accepted.is_empty() => {
+            let why: Vec<String> = delivered
+                .refused
+                .iter()
+                .map(|f| f.error.clone())
+                .chain(delivered.deferred.iter().map(|(_, e)| e.clone()))
+                .collect();
+            Err(UserError(format!(
+                "could not send the test email to {to}: {}",
+                esc(&why.join("; "))
+            ))
+            .into())
+        }
+        Ok(_) => {
             println!("sent a test email to {to} via {transport}");
             Ok(ExitCode::SUCCESS)
         }
