@@ -64,6 +64,9 @@ pub struct MailConfig {
     /// First retry delay after a temporary failure; doubles up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// The name sent in EHLO, as configured (checked by [`valid_helo_name`]);
+    /// `None`: the machine's fully qualified name, found at start.
+    pub helo_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -464,7 +467,22 @@ impl<'a> Sections<'a> {
     fn mail(&mut self, m: RawMail) -> MailConfig {
         let timeout = self.duration(&m.timeout, Duration::from_secs(30));
         let retry_initial = self.duration(&m.retry_initial, Duration::from_secs(30));
-        let retry_max = self.duration(&m.retry_max, Duration::from_secs(3600));
+        // Five minutes, not an hour: after an outage a critical alert must not
+        // wait for a long retry delay (SPEC §7); the probe does the rest.
+        let retry_max = self.duration(&m.retry_max, Duration::from_secs(300));
+        let helo_name = m.helo_name.as_ref().map(|h| {
+            let name = h.get_ref().trim().to_string();
+            if let Err(why) = valid_helo_name(&name) {
+                self.error(
+                    h.span(),
+                    format!(
+                        "[mail] helo_name = \"{}\": {why}",
+                        crate::display::escape_controls(&name)
+                    ),
+                );
+            }
+            name
+        });
         let transport =
             match self.choice(&m.transport, TRANSPORTS, "transport", TransportKind::Smtp) {
                 Some(TransportKind::Smtp) => Transport::Smtp(self.smtp(&m)),
@@ -502,6 +520,7 @@ impl<'a> Sections<'a> {
             timeout,
             retry_initial,
             retry_max,
+            helo_name,
         }
     }
 
@@ -793,6 +812,43 @@ fn is_loopback_host(host: &str) -> bool {
             .unwrap_or(false)
 }
 
+/// Checks a `[mail] helo_name`: a fully qualified domain name (RFC 5321
+/// `Domain`, with at least one dot, as relays that refuse non-FQDN names
+/// want) or an address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`).
+pub fn valid_helo_name(name: &str) -> Result<(), String> {
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        let ok = match inner.strip_prefix("IPv6:") {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => inner.parse::<std::net::Ipv4Addr>().is_ok(),
+        };
+        return if ok {
+            Ok(())
+        } else {
+            Err("not an address literal; write one like [192.0.2.1] or [IPv6:2001:db8::1]".into())
+        };
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters".into());
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err("not a fully qualified domain name (it has no dot), which relays may refuse; write the machine's full name, like mail1.example.org, or an address literal like [192.0.2.1]".into());
+    }
+    for label in labels {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err("not a domain name: labels are letters, digits and inner hyphens, separated by single dots".into());
+        }
+    }
+    Ok(())
+}
+
 /// Parses durations like `500ms`, `30s`, `15m`, `6h`, `7d`, `2w`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
@@ -898,6 +954,7 @@ struct RawMail {
     timeout: Option<Spanned<String>>,
     retry_initial: Option<Spanned<String>>,
     retry_max: Option<Spanned<String>>,
+    helo_name: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1169,5 +1226,33 @@ districts = ["Bolton"]
         assert!(parse_duration("six hours").is_err());
         assert!(parse_duration("6").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn helo_names_are_fully_qualified_names_or_address_literals() {
+        for ok in [
+            "mail1.example.org",
+            "vm.internal",
+            "a-b.c1",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+        ] {
+            assert_eq!(valid_helo_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "vm",
+            "",
+            "a..b",
+            "-a.example.org",
+            "a-.example.org",
+            "under_score.example.org",
+            "spa ce.example.org",
+            "[192.0.2]",
+            "[2001:db8::1]",
+            "[IPv6:nonsense]",
+            "example.org\nRCPT TO:<x@y>",
+        ] {
+            assert!(valid_helo_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -85,6 +85,36 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// See deliveries and requeue failed ones.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// Deliveries, newest first: id, alert, partner, status, attempts, next attempt, errors.
+    List {
+        /// Only failed deliveries (refused by the server, or by some of a partner's addresses).
+        #[arg(long)]
+        failed: bool,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Requeue failed deliveries: due now, attempts reset, owed again to the
+    /// addresses that refused them (never to those that accepted).
+    Retry {
+        /// A delivery id (from `outbox list`), or an alert id: all its failed deliveries.
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        id: Option<String>,
+        /// Every failed delivery.
+        #[arg(long)]
+        all_failed: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +288,7 @@ fn dispatch(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCod
         Command::Status { format } => status(config, format),
         Command::Alerts { action } => alerts(config, action),
         Command::SendTestEmail { to } => send_test_email(config, &to),
+        Command::Outbox { action } => outbox(config, action),
     }
 }
 
@@ -419,6 +450,88 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+fn outbox(config: Option<PathBuf>, action: OutboxAction) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
+    match action {
+        OutboxAction::List {
+            failed,
+            limit,
+            format,
+        } => {
+            let rows = store.outbox_list(failed, limit)?;
+            let out = &mut std::io::stdout().lock();
+            match format {
+                OutputFormat::Json => report::write_json(out, &rows)?,
+                OutputFormat::Text => {
+                    report::outbox::write_list(out, &rows, failed, &config.daemon.timezone)?
+                }
+            }
+        }
+        OutboxAction::Retry { id, all_failed } => {
+            let ids = if all_failed {
+                store.failed_outbox_ids()?
+            } else {
+                // clap requires one of the two.
+                let id = id.unwrap_or_default();
+                let rows = match id.trim().parse::<i64>() {
+                    Ok(n) => store.outbox_row(n)?.into_iter().collect::<Vec<_>>(),
+                    Err(_) => store.outbox_rows_of_alert(id.trim())?,
+                };
+                if rows.is_empty() {
+                    return Err(UserError(format!(
+                        "no delivery or alert `{}`; `earlywarn outbox list` shows the deliveries and their ids",
+                        esc(&id)
+                    ))
+                    .into());
+                }
+                let failed: Vec<i64> = rows
+                    .iter()
+                    .filter(|r| r.status == "failed")
+                    .map(|r| r.id)
+                    .collect();
+                if failed.is_empty() {
+                    let statuses: Vec<String> = rows
+                        .iter()
+                        .map(|r| format!("delivery {} is {}", r.id, r.status))
+                        .collect();
+                    return Err(UserError(format!(
+                        "nothing to requeue for `{}`: only failed deliveries are requeued ({})",
+                        esc(&id),
+                        statuses.join(", ")
+                    ))
+                    .into());
+                }
+                failed
+            };
+            let by = format!("unix:{}", earlywarn::review::unix_account());
+            let requeued = store.requeue_failed(&ids, jiff::Timestamp::now())?;
+            if requeued.is_empty() {
+                println!("no failed deliveries to requeue");
+            }
+            for r in &requeued {
+                tracing::info!(delivery = r.id, alert = %esc(&r.alert_id), partner = %esc(&r.partner_id),
+                    addresses = %esc(&r.owed.join(",")), by = %esc(&by), "Requeued a failed delivery");
+                println!(
+                    "requeued delivery {} (alert {} to {}) for {}",
+                    r.id,
+                    esc(&r.alert_id),
+                    esc(&r.partner_id),
+                    esc(&r.owed.join(", "))
+                );
+            }
+            if !requeued.is_empty() {
+                println!(
+                    "{} delivery(ies) requeued by {}; a running daemon sends them within seconds",
+                    requeued.len(),
+                    esc(&by)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode> {
     use lettre::message::SinglePart;
     use lettre::message::header::{HeaderName, HeaderValue};
@@ -501,7 +614,20 @@ fn send_test_email(config: Option<PathBuf>, to: &str) -> anyhow::Result<ExitCode
         &local,
     ));
     match result {
-        Ok(()) => {
+        Ok(delivered) if delivered.accepted.is_empty() => {
+            let why: Vec<String> = delivered
+                .refused
+                .iter()
+                .map(|f| f.error.clone())
+                .chain(delivered.deferred.iter().map(|(_, e)| e.clone()))
+                .collect();
+            Err(UserError(format!(
+                "could not send the test email to {to}: {}",
+                esc(&why.join("; "))
+            ))
+            .into())
+        }
+        Ok(_) => {
             println!("sent a test email to {to} via {transport}");
             Ok(ExitCode::SUCCESS)
         }

@@ -183,6 +183,30 @@ impl Metrics {
         );
         family(
             &mut out,
+            "earlywarn_delivery_config_fault",
+            "gauge",
+            "1 while the mail server refuses our session (AUTH, TLS, STARTTLS): fix the [mail] settings.",
+        );
+        let _ = writeln!(
+            out,
+            "earlywarn_delivery_config_fault {}",
+            u8::from(gauges.delivery_fault.is_some())
+        );
+        family(
+            &mut out,
+            "earlywarn_delivery_config_fault_info",
+            "gauge",
+            "The configuration fault in force, as a label (absent when none).",
+        );
+        if let Some(reason) = &gauges.delivery_fault {
+            let _ = writeln!(
+                out,
+                "earlywarn_delivery_config_fault_info{{reason=\"{}\"}} 1",
+                escape(&crate::display::escape_controls(reason))
+            );
+        }
+        family(
+            &mut out,
             "earlywarn_feed_last_file_seconds",
             "gauge",
             "Seconds since each feed last delivered a file.",
@@ -205,6 +229,8 @@ pub struct Gauges {
     pub outbox_failed: i64,
     pub oldest_pending_secs: f64,
     pub feed_last_file_secs: Vec<(String, f64)>,
+    /// The reason of the delivery configuration fault in force, if any.
+    pub delivery_fault: Option<String>,
 }
 
 impl Gauges {
@@ -222,6 +248,7 @@ impl Gauges {
                 .iter()
                 .map(|f| (f.feed.clone(), age(f.last_at)))
                 .collect(),
+            delivery_fault: store.delivery_fault().ok().flatten().map(|f| f.reason),
         }
     }
 }
@@ -418,9 +445,32 @@ mod tests {
             "earlywarn_rule_reload_failures_total 1",
             "earlywarn_outbox_pending 3",
             "earlywarn_feed_last_file_seconds{feed=\"drug_testing\"} 12",
+            "earlywarn_delivery_config_fault 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_delivery_fault_is_a_gauge_and_an_escaped_label() {
+        let text = Metrics::default().render(&Gauges {
+            delivery_fault: Some("AUTH: permanent error (535): \"bad\"\nline".into()),
+            ..Gauges::default()
+        });
+        assert!(
+            text.lines()
+                .any(|l| l == "earlywarn_delivery_config_fault 1"),
+            "{text}"
+        );
+        let info = text
+            .lines()
+            .find(|l| l.starts_with("earlywarn_delivery_config_fault_info{"))
+            .unwrap_or_else(|| panic!("no info line:\n{text}"));
+        assert!(
+            info.ends_with("} 1") && info.contains("\\\"bad\\\""),
+            "{info}"
+        );
+        assert!(!info.contains('\n'), "{info}");
     }
 
     #[test]

@@ -239,9 +239,7 @@ pub(crate) struct Migration {
 }
 
 pub(crate) enum Up {
-    /// Plain SQL (one or more statements): most migrations. Only the tests
-    /// use it until the first migration after version 1 ships.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Plain SQL (one or more statements): most migrations.
     Sql(&'static str),
     /// Code, for a step that must look before it changes anything.
     Code(fn(&Connection) -> rusqlite::Result<()>),
@@ -259,6 +257,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         what: "outbox: threads and the first hand-off time",
         up: Up::Code(add_threads_and_hand_off),
+    },
+    // Per-address outcomes (SPEC §7): `remaining_recipients`, a JSON array of
+    // the addresses still owed the email (NULL: all of `recipients`), and
+    // `failed_recipients`, a JSON array of {address, error} refused with a 5xx
+    // at RCPT. NULL in both is what every older row means.
+    Migration {
+        what: "outbox: per-address outcomes",
+        up: Up::Sql(
+            "ALTER TABLE outbox ADD COLUMN remaining_recipients TEXT;
+             ALTER TABLE outbox ADD COLUMN failed_recipients TEXT;",
+        ),
     },
 ];
 
@@ -671,7 +680,7 @@ impl Store {
         // a single ORDER BY priority would have to step over every row of a
         // higher priority that is waiting for its retry.
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, alert_id, partner_id, message_id, mail_from, recipients, message, attempts
+            "SELECT id, alert_id, partner_id, message_id, mail_from, COALESCE(remaining_recipients, recipients), message, attempts, failed_recipients IS NOT NULL
              FROM outbox WHERE status = 'pending' AND priority = ?1 AND next_attempt_at <= ?2
              ORDER BY next_attempt_at, id LIMIT ?3",
         )?;
@@ -692,6 +701,7 @@ impl Store {
                     recipients: serde_json::from_str(&recipients).unwrap_or_default(),
                     message: r.get(6)?,
                     attempts: r.get::<_, i64>(7)? as u32,
+                    has_failed_addresses: r.get(8)?,
                 })
             })?;
             for row in rows {
@@ -760,6 +770,178 @@ impl Store {
         Ok(())
     }
 
+    /// Records what one exchange did to a row: which addresses are still
+    /// owed, which refused (added to those already refused), the row's new
+    /// status, and when it was first delivered to anyone. One transaction.
+    pub fn record_outcome(&self, id: i64, outcome: &OutboxOutcome) -> Result<()> {
+        // IMMEDIATE: a read that later writes would fail at once (SQLITE_BUSY)
+        // if another process wrote in between; taking the write lock first waits.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut failed: Vec<FailedAddress> = tx
+            .query_row(
+                "SELECT failed_recipients FROM outbox WHERE id = ?1",
+                [id],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .map(failed_of)
+            .unwrap_or_default();
+        for f in &outcome.newly_failed {
+            failed.retain(|old| old.address != f.address);
+            failed.push(f.clone());
+        }
+        let failed_json = if failed.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&failed).unwrap_or_default())
+        };
+        let remaining_json = outcome
+            .remaining
+            .as_ref()
+            .map(|r| serde_json::to_string(r).unwrap_or_default());
+        tx.execute(
+            "UPDATE outbox SET status = ?2, attempts = attempts + 1,
+                 next_attempt_at = COALESCE(?3, next_attempt_at),
+                 last_error = ?4,
+                 sent_at = COALESCE(sent_at, ?5),
+                 remaining_recipients = COALESCE(?6, remaining_recipients),
+                 failed_recipients = ?7
+             WHERE id = ?1",
+            params![
+                id,
+                outcome.status.as_str(),
+                outcome.next_attempt_at.map(ms),
+                outcome.last_error,
+                outcome.delivered_at.map(ms),
+                remaining_json,
+                failed_json,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes every pending row that waits for a retry due at `now` (the mail
+    /// server answers again). Returns how many.
+    pub fn make_waiting_due(&self, now: Timestamp) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET next_attempt_at = ?1 WHERE status = 'pending' AND next_attempt_at > ?1",
+            [ms(now)],
+        )?)
+    }
+
+    /// The delivery configuration fault in force, if any (set by the outbox
+    /// worker; read by `status` and `/metrics` from other processes).
+    pub fn delivery_fault(&self) -> Result<Option<DeliveryFault>> {
+        Ok(self
+            .meta(DELIVERY_FAULT_KEY)?
+            .filter(|v| !v.is_empty())
+            .and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    pub fn set_delivery_fault(&self, fault: Option<&DeliveryFault>) -> Result<()> {
+        let value = fault
+            .map(|f| serde_json::to_string(f).unwrap_or_default())
+            .unwrap_or_default();
+        self.set_meta(DELIVERY_FAULT_KEY, &value)
+    }
+
+    /// Outbox rows, newest first: all, or only failed ones (`failed`), at most `limit`.
+    pub fn outbox_list(&self, failed_only: bool, limit: usize) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT {OUTBOX_ROW_COLUMNS} FROM outbox {} ORDER BY id DESC LIMIT ?1",
+            if failed_only {
+                "WHERE status = 'failed'"
+            } else {
+                ""
+            }
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([limit as i64], outbox_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// One outbox row by its id.
+    pub fn outbox_row(&self, id: i64) -> Result<Option<OutboxRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {OUTBOX_ROW_COLUMNS} FROM outbox WHERE id = ?1"),
+                [id],
+                outbox_row,
+            )
+            .optional()?)
+    }
+
+    /// Every outbox row of an alert, its id compared without case (`ew-abc` finds `EW-ABC`).
+    pub fn outbox_rows_of_alert(&self, alert_id: &str) -> Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {OUTBOX_ROW_COLUMNS} FROM outbox WHERE alert_id = ?1 COLLATE NOCASE ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([alert_id], outbox_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Puts failed rows back in the queue, due at `now`, attempts reset: each
+    /// owes the email again to the addresses that refused it and to those it
+    /// was still owed, never to those that accepted it. Rows that are not
+    /// failed are left alone. Returns the rows requeued, as they now are.
+    pub fn requeue_failed(&self, ids: &[i64], now: Timestamp) -> Result<Vec<OutboxRow>> {
+        // IMMEDIATE: a read that later writes would fail at once (SQLITE_BUSY)
+        // if another process wrote in between; taking the write lock first waits.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut done = Vec::new();
+        for &id in ids {
+            let row = tx
+                .query_row(
+                    "SELECT status, COALESCE(remaining_recipients, recipients), failed_recipients FROM outbox WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((status, owed, failed)) = row else {
+                continue;
+            };
+            if status != "failed" {
+                continue;
+            }
+            let mut owed: Vec<String> = serde_json::from_str(&owed).unwrap_or_default();
+            for f in failed_of(failed) {
+                if !owed.contains(&f.address) {
+                    owed.push(f.address);
+                }
+            }
+            tx.execute(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
+                     remaining_recipients = ?3, failed_recipients = NULL
+                 WHERE id = ?1",
+                params![id, ms(now), serde_json::to_string(&owed).unwrap_or_default()],
+            )?;
+            done.push(id);
+        }
+        tx.commit()?;
+        let mut rows = Vec::new();
+        for id in done {
+            rows.extend(self.outbox_row(id)?);
+        }
+        Ok(rows)
+    }
+
+    /// Ids of every failed row, oldest first.
+    pub fn failed_outbox_ids(&self) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id FROM outbox INDEXED BY outbox_by_status WHERE status = 'failed' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     // ------------------------------------------------------------ status
 
     /// Everything `earlywarn status` shows. Every query here is an index range
@@ -772,7 +954,7 @@ impl Store {
         let mut failures = Vec::new();
         {
             let mut stmt = c.prepare(
-                "SELECT alert_id, partner_id, attempts, COALESCE(last_error, ''), status FROM outbox INDEXED BY outbox_problems
+                "SELECT alert_id, partner_id, attempts, COALESCE(last_error, ''), status, failed_recipients FROM outbox INDEXED BY outbox_problems
                  WHERE status = 'failed' OR (status = 'pending' AND attempts > 0)
                  ORDER BY id DESC LIMIT 20",
             )?;
@@ -783,6 +965,10 @@ impl Store {
                     attempts: r.get(2)?,
                     error: r.get(3)?,
                     permanent: r.get::<_, String>(4)? == "failed",
+                    failed_addresses: failed_of(r.get(5)?)
+                        .into_iter()
+                        .map(|f| f.address)
+                        .collect(),
                 })
             })?;
             for r in rows {
@@ -871,6 +1057,7 @@ impl Store {
             outbox_failed: outbox.failed,
             oldest_pending: outbox.oldest_pending,
             delivery_problems: failures,
+            delivery_fault: self.delivery_fault()?,
             rejected,
             recent_alerts,
         })
@@ -1253,9 +1440,13 @@ pub struct OutboxItem {
     pub partner_id: String,
     pub message_id: String,
     pub mail_from: String,
+    /// The addresses still owed the email (all of them, until some accepted).
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
     pub attempts: u32,
+    /// Some address refused it in an earlier attempt: once the rest are
+    /// served, the row is failed, not sent.
+    pub has_failed_addresses: bool,
 }
 
 /// What the metrics gauges and `status` say about the outbox.
@@ -1297,6 +1488,9 @@ pub struct StatusReport {
     pub outbox_failed: i64,
     pub oldest_pending: Option<Timestamp>,
     pub delivery_problems: Vec<DeliveryProblem>,
+    /// A configuration fault (AUTH refused, TLS failure, no STARTTLS) that
+    /// holds every delivery back until the `[mail]` settings are fixed.
+    pub delivery_fault: Option<DeliveryFault>,
     pub rejected: Vec<RejectedFile>,
     pub recent_alerts: Vec<AlertRow>,
 }
@@ -1322,6 +1516,8 @@ pub struct DeliveryProblem {
     pub attempts: i64,
     pub error: String,
     pub permanent: bool,
+    /// Addresses of the partner that refused the email (5xx at RCPT).
+    pub failed_addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -1362,6 +1558,107 @@ pub struct AlertRow {
     pub status: String,
     pub created_at: Timestamp,
     pub event_count: i64,
+}
+
+/// The `meta` key of the delivery configuration fault (JSON [`DeliveryFault`]; empty: none).
+const DELIVERY_FAULT_KEY: &str = "delivery_fault";
+
+/// The columns [`outbox_row`] reads, in its order.
+const OUTBOX_ROW_COLUMNS: &str = "id, alert_id, partner_id, audience, status, attempts, next_attempt_at, last_error, recipients, COALESCE(remaining_recipients, recipients), failed_recipients, created_at, sent_at";
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    let list = |s: String| serde_json::from_str::<Vec<String>>(&s).unwrap_or_default();
+    let status: String = r.get(4)?;
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        alert_id: r.get(1)?,
+        partner_id: r.get(2)?,
+        audience: r.get(3)?,
+        next_attempt_at: (status == "pending").then(|| from_ms(r.get(6).unwrap_or(0))),
+        status,
+        attempts: r.get(5)?,
+        last_error: r.get(7)?,
+        recipients: list(r.get(8)?),
+        owed: list(r.get(9)?),
+        failed_addresses: failed_of(r.get(10)?),
+        created_at: from_ms(r.get(11)?),
+        sent_at: r.get::<_, Option<i64>>(12)?.map(from_ms),
+    })
+}
+
+/// The refused addresses stored in `failed_recipients` (none for NULL or unreadable JSON).
+fn failed_of(json: Option<String>) -> Vec<FailedAddress> {
+    json.and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_default()
+}
+
+/// An address that refused an email for good (a 5xx answer to RCPT TO).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FailedAddress {
+    pub address: String,
+    pub error: String,
+}
+
+/// An outbox row's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxStatus {
+    Pending,
+    Sent,
+    Failed,
+}
+
+impl OutboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Sent => "sent",
+            OutboxStatus::Failed => "failed",
+        }
+    }
+}
+
+/// What one delivery attempt changes on its row ([`Store::record_outcome`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxOutcome {
+    pub status: OutboxStatus,
+    /// When some address accepted the email (kept if the row already has one).
+    pub delivered_at: Option<Timestamp>,
+    /// The addresses still owed the email; `None`: unchanged.
+    pub remaining: Option<Vec<String>>,
+    /// Addresses that refused it in this attempt.
+    pub newly_failed: Vec<FailedAddress>,
+    /// The next try, for a row still pending; `None`: unchanged.
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+}
+
+/// A configuration fault of the mail settings, as `status` and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryFault {
+    pub since: Timestamp,
+    pub reason: String,
+}
+
+/// One outbox row as `earlywarn outbox list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxRow {
+    /// The delivery id (`earlywarn outbox retry ID`).
+    pub id: i64,
+    pub alert_id: String,
+    pub partner_id: String,
+    pub audience: String,
+    pub status: String,
+    pub attempts: i64,
+    /// When it is tried next (pending rows only).
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+    /// Every address of the partner's email.
+    pub recipients: Vec<String>,
+    /// The addresses still owed it.
+    pub owed: Vec<String>,
+    pub failed_addresses: Vec<FailedAddress>,
+    pub created_at: Timestamp,
+    pub sent_at: Option<Timestamp>,
 }
 
 impl AlertStatus {
@@ -1496,6 +1793,82 @@ mod tests {
         assert_eq!(ids(due.clone()), ["EW-CRIT2", "EW-WARN1"]);
         store.mark_sent(due[0].id, now).unwrap();
         assert_eq!(ids(store.due(later, 1).unwrap()), ["EW-CRIT1"]);
+    }
+
+    #[test]
+    fn a_requeue_owes_the_email_only_to_the_addresses_that_refused_it() {
+        use crate::config::Severity;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut email = test_email("EW-DUO");
+        email.to = vec!["ok@example.org".into(), "dead@example.org".into()];
+        store
+            .store_alert(
+                &test_alert("EW-DUO", Severity::Critical, now),
+                &[("p".into(), email)],
+                now,
+            )
+            .unwrap();
+        let item = store.due(now, 1).unwrap().remove(0);
+        assert_eq!(item.recipients, ["ok@example.org", "dead@example.org"]);
+        let dead = FailedAddress {
+            address: "dead@example.org".into(),
+            error: "550 user unknown".into(),
+        };
+        store
+            .record_outcome(
+                item.id,
+                &OutboxOutcome {
+                    status: OutboxStatus::Failed,
+                    delivered_at: Some(now),
+                    remaining: Some(vec![]),
+                    newly_failed: vec![dead.clone()],
+                    next_attempt_at: None,
+                    last_error: Some("refused by dead@example.org".into()),
+                },
+            )
+            .unwrap();
+        let failed = store.outbox_list(true, 10).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].failed_addresses, [dead]);
+        assert_eq!(store.outbox_counts().unwrap().failed, 1);
+        // An alert id in any case finds its rows; a sent or pending row is never requeued.
+        assert_eq!(store.outbox_rows_of_alert("ew-duo").unwrap().len(), 1);
+        let later = now
+            .checked_add(jiff::SignedDuration::from_secs(60))
+            .unwrap();
+        let requeued = store
+            .requeue_failed(&store.failed_outbox_ids().unwrap(), later)
+            .unwrap();
+        assert_eq!(requeued.len(), 1);
+        assert_eq!(requeued[0].owed, ["dead@example.org"]);
+        assert!(requeued[0].failed_addresses.is_empty());
+        let again = store.due(later, 1).unwrap().remove(0);
+        assert_eq!(
+            (
+                again.recipients.as_slice(),
+                again.attempts,
+                again.has_failed_addresses
+            ),
+            (["dead@example.org".to_string()].as_slice(), 0, false)
+        );
+        assert!(
+            store.requeue_failed(&[again.id], later).unwrap().is_empty(),
+            "pending rows are left alone"
+        );
+        // A delivery fault is kept in the database for other processes to see.
+        let fault = DeliveryFault {
+            since: now,
+            reason: "AUTH: 535".into(),
+        };
+        store.set_delivery_fault(Some(&fault)).unwrap();
+        assert_eq!(
+            Store::open(dir.path()).unwrap().delivery_fault().unwrap(),
+            Some(fault)
+        );
+        store.set_delivery_fault(None).unwrap();
+        assert_eq!(store.delivery_fault().unwrap(), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod check;
+pub mod outbox;
 pub mod replay;
 pub mod status;
 

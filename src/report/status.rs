@@ -89,6 +89,15 @@ fn write_outbox(
     show: &impl Fn(Timestamp) -> String,
 ) -> io::Result<()> {
     writeln!(out, "Outbox")?;
+    if let Some(fault) = &report.delivery_fault {
+        writeln!(
+            out,
+            "  DELIVERY FAULT since {}: {} — fix the [mail] settings; {} deliveries are waiting",
+            show(fault.since),
+            esc(&fault.reason),
+            report.outbox_pending
+        )?;
+    }
     writeln!(
         out,
         "  pending {}, failed {}",
@@ -107,6 +116,13 @@ fn write_outbox(
             p.attempts,
             esc(&p.error)
         )?;
+        if !p.failed_addresses.is_empty() {
+            writeln!(
+                out,
+                "    refused by {} (earlywarn outbox retry requeues them)",
+                esc(&p.failed_addresses.join(", "))
+            )?;
+        }
     }
     Ok(())
 }
@@ -141,7 +157,8 @@ fn write_rejected(
 mod tests {
     use super::*;
     use crate::store::{
-        AlertRow, DeadlineRow, DeliveryProblem, FeedStatus, PausedFeed, RejectedFile, RulesStatus,
+        AlertRow, DeadlineRow, DeliveryFault, DeliveryProblem, FeedStatus, PausedFeed,
+        RejectedFile, RulesStatus,
     };
 
     fn at(text: &str) -> Timestamp {
@@ -171,6 +188,7 @@ mod tests {
             outbox_pending: 0,
             outbox_failed: 0,
             oldest_pending: None,
+            delivery_fault: None,
             delivery_problems: Vec::new(),
             rejected: Vec::new(),
             recent_alerts: Vec::new(),
@@ -223,6 +241,11 @@ mod tests {
             attempts: 3,
             error: "550 no\rsuch user".into(),
             permanent: true,
+            failed_addresses: vec![format!("{hostile}@example.org")],
+        });
+        report.delivery_fault = Some(DeliveryFault {
+            since: at("2026-03-01T11:30:00Z"),
+            reason: format!("535 {hostile}"),
         });
         report.rejected.push(RejectedFile {
             feed: "drug_testing".into(),
@@ -249,6 +272,8 @@ mod tests {
             "  handover                     late                 due 2026-03-01 11:00:00 UTC  OVERDUE".into(),
             "  handover                     soon                 due 2026-03-01 13:00:00 UTC".into(),
             "  FAILED a1 to panel after 3 attempt(s): 550 no\\rsuch user".into(),
+            format!("    refused by {shown}@example.org (earlywarn outbox retry requeues them)"),
+            format!("  DELIVERY FAULT since 2026-03-01 11:30:00 UTC: 535 {shown} — fix the [mail] settings; 0 deliveries are waiting"),
             format!("  2026-03-01 10:00:00 UTC drug_testing/{shown}: 2 row(s) rejected"),
             format!("  a1 2026-03-01 10:00:00 UTC critical nitazene {shown} (4 records, sent)"),
         ] {

@@ -57,6 +57,18 @@ def parse_args(argv):
     p.add_argument("--key")
     p.add_argument("--auth", metavar="USER:PASS")
     p.add_argument("--mode", choices=MODES, default="accept")
+    # Fault modes for tests/smtp_faults.rs; each file is looked at on every
+    # command, so a test changes the server's behaviour without a restart.
+    p.add_argument("--reject-rcpt-file", metavar="FILE",
+                   help="550 to RCPT TO for every address listed (one a line) in FILE, while it exists")
+    p.add_argument("--auth-fail-while-exists", metavar="FILE",
+                   help="535 to AUTH, whatever the password, while FILE exists")
+    p.add_argument("--reject-data-while-exists", metavar="FILE",
+                   help="554 at the end of DATA while FILE exists")
+    p.add_argument("--helo-log", metavar="FILE",
+                   help="append the name given in each EHLO to FILE")
+    p.add_argument("--reject-non-fqdn-helo", action="store_true",
+                   help="504 to an EHLO name without a dot that is not an address literal (Postfix's reject_non_fqdn_helo_hostname)")
     args = p.parse_args(argv)
     if args.tls != "none" and not (args.cert and args.key):
         p.error(f"--tls {args.tls} needs --cert and --key")
@@ -104,9 +116,31 @@ class Maildir:
 class Handler:
     """aiosmtpd event handler; the failure modes are decided here."""
 
-    def __init__(self, mode, maildir: Maildir):
+    def __init__(self, mode, maildir: Maildir, args=None):
         self.mode = mode
         self.maildir = maildir
+        self.args = args
+
+    def _rejected_rcpts(self):
+        path = getattr(self.args, "reject_rcpt_file", None)
+        if not path:
+            return set()
+        try:
+            with open(path, encoding="utf-8") as f:
+                return {line.strip().lower() for line in f if line.strip()}
+        except FileNotFoundError:
+            return set()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # aiosmtpd's new-style hook: we must record the name ourselves.
+        session.host_name = hostname
+        helo_log = getattr(self.args, "helo_log", None)
+        if helo_log:
+            append_line(helo_log, hostname)
+        if getattr(self.args, "reject_non_fqdn_helo", False):
+            if "." not in hostname and not hostname.startswith("["):
+                return [f"504 5.5.2 <{hostname}>: Helo command rejected: need fully-qualified hostname"]
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         append_line(os.path.join(self.maildir.path, "attempts.log"), f"{time.time():.6f}")
@@ -119,6 +153,8 @@ class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.mode == "reject550":
             return "550 5.1.1 Mailbox unavailable (test server in reject550 mode)"
+        if address.lower() in self._rejected_rcpts():
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -127,6 +163,9 @@ class Handler:
         received_at = time.time()
         if self.mode == "temp451":
             return "451 4.3.0 Try again later (test server in temp451 mode)"
+        marker = getattr(self.args, "reject_data_while_exists", None)
+        if marker and os.path.exists(marker):
+            return "554 5.7.1 Message rejected (test server: reject-data marker present)"
         if self.mode == "stall-after-data":
             # Swallow the message and never answer: the client must time out.
             # aiosmtpd's 300 s idle timeout eventually drops the connection;
@@ -165,11 +204,12 @@ class Tarpit(asyncio.Protocol):
         pass  # ignore whatever the client tries
 
 
-def make_authenticator(user: str, password: str):
+def make_authenticator(user: str, password: str, fail_while_exists=None):
     def authenticate(server, session, envelope, mechanism, auth_data):
         # auth_data is a LoginPassword of bytes for both PLAIN and LOGIN.
         ok = (
-            auth_data is not None
+            not (fail_while_exists and os.path.exists(fail_while_exists))
+            and auth_data is not None
             and auth_data.login == user.encode()
             and auth_data.password == password.encode()
         )
@@ -188,7 +228,7 @@ def tls_context(cert, key):
 async def serve(args):
     loop = asyncio.get_running_loop()
     maildir = Maildir(args.maildir)
-    handler = Handler(args.mode, maildir)
+    handler = Handler(args.mode, maildir, args)
     conn_log = os.path.join(args.maildir, "connections.log")
     transports = set()  # so shutdown can cut stalled and tarpitted clients
 
@@ -210,7 +250,7 @@ async def serve(args):
     if args.auth is not None:
         user, password = args.auth.split(":", 1)
         smtp_kwargs.update(
-            authenticator=make_authenticator(user, password),
+            authenticator=make_authenticator(user, password, args.auth_fail_while_exists),
             auth_required=True,
             # aiosmtpd only counts STARTTLS as "TLS", so with implicit TLS (or
             # none at all) AUTH must be allowed without it.
