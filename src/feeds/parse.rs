@@ -234,6 +234,17 @@ fn parse_csv<R: Read>(
                     Err(format!(
                         "unclosed quote starting on line {quote_line}: its field runs to the end of the file, so {lines} read as one row{fields}; close the quote and drop these rows again"
                     ))
+                } else if let Some(field) =
+                    text_after_closing_quote(tape.text(start..end), delimiter)
+                {
+                    let column = names
+                        .get(field)
+                        .filter(|n| !n.is_empty())
+                        .map_or(String::new(), |n| format!(" (`{n}`)"));
+                    Err(format!(
+                        "field {}{column} has text after its closing quote, as in `\"b\"c`; it would be read as one value joined together, so the row is not read: a quote inside a quoted field is written twice (`\"\"`)",
+                        field + 1
+                    ))
                 } else if record.len() != names.len() {
                     Err(format!(
                         "this row has {} fields but the header has {}; check for a missing or extra {}",
@@ -442,6 +453,45 @@ fn unclosed_quote(raw: &[u8], delimiter: u8) -> Option<usize> {
         i += 1;
     }
     open
+}
+
+/// The field (0-based) of `raw` (one record) that has text after its closing
+/// quote, like `"b"c`: the csv reader would silently join it to the quoted text
+/// (`bc`), so such a row is a bad row instead. Rules as [`unclosed_quote`]'s.
+fn text_after_closing_quote(raw: &[u8], delimiter: u8) -> Option<usize> {
+    // Almost every record has no quote at all: one memchr, no byte loop.
+    memchr::memchr(b'"', raw)?;
+    let mut field = 0;
+    let mut field_start = true;
+    let mut in_quotes = false;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if in_quotes {
+            if b == b'"' {
+                if raw.get(i + 1) == Some(&b'"') {
+                    i += 1;
+                } else {
+                    in_quotes = false;
+                    match raw.get(i + 1) {
+                        None => return None,
+                        Some(&next) if next == delimiter || next == b'\r' || next == b'\n' => {}
+                        Some(_) => return Some(field),
+                    }
+                }
+            }
+        } else {
+            if b == b'"' && field_start {
+                in_quotes = true;
+            }
+            if b == delimiter {
+                field += 1;
+            }
+            field_start = b == delimiter || b == b'\r' || b == b'\n';
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Line ends in `text` as the csv reader ends records: LF, CRLF (once), and CR
@@ -1081,11 +1131,23 @@ mod tests {
             "S2,2025-11-04T11:30:00Z,x,\"a\nb\"",
             "S2,2025-11-04T11:30:00Z,x,\"he said \"\"hi\"\"\"",
             "S2,2025-11-04T11:30:00Z,x,5\" tall",
-            "S2,2025-11-04T11:30:00Z,x,\"a\"b\"",
         ] {
             let (events, errors) = read(&format!("{header}{last}"), &feed).unwrap();
             assert_eq!((events.len(), errors.len()), (1, 0), "{last}: {errors:?}");
         }
+        // A quote closed before the field ends is not fine: the csv reader would
+        // join `a` and `b"` into one value (issue 16).
+        let (events, errors) = read(
+            &format!("{header}S2,2025-11-04T11:30:00Z,x,\"a\"b\""),
+            &feed,
+        )
+        .unwrap();
+        assert!(events.is_empty());
+        assert!(
+            errors[0].reason.contains("has text after its closing quote"),
+            "{}",
+            errors[0].reason
+        );
         let (_, errors) = read(
             &format!("{header}S2,2025-11-04T11:30:00Z,x,\"he said \"\"hi\"\""),
             &feed,
@@ -1164,6 +1226,30 @@ mod tests {
         assert!(events[1].fields.get("notes").is_none(), "null is absent");
         assert_eq!(events[1].record_id.as_deref(), Some("S2"));
         assert_eq!(events[2].fields.len(), 2);
+    }
+
+    #[test]
+    fn text_after_a_closing_quote_is_a_bad_row_not_a_joined_value() {
+        let feed = feed("csv", "");
+        let text = "sample_id,tested_at,notes\nS1,2025-11-04T11:30:00Z,\"b\"c\nS2,2025-11-04T11:30:00Z,\"say \"\"hi\"\"\",\nS3,2025-11-04T11:30:00Z,a\"b\"\n";
+        let (events, errors) = read(text, &feed).unwrap();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!((errors[0].row, errors[0].line), (1, 2));
+        assert!(
+            errors[0]
+                .reason
+                .starts_with("field 3 (`notes`) has text after its closing quote"),
+            "{}",
+            errors[0].reason
+        );
+        // A doubled quote inside a quoted field is a quote; a quote inside an
+        // unquoted field is kept as written.
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].fields["notes"], Value::Text("a\"b\"".into()));
+        assert_eq!(errors[1].row, 2, "S2 has 4 fields: {errors:?}");
+        assert_eq!(text_after_closing_quote(b"\"x\",\"y\"\r\n", b','), None);
+        assert_eq!(text_after_closing_quote(b"a;\"x\" ;b", b';'), Some(1));
+        assert_eq!(text_after_closing_quote(b"a,b", b','), None);
     }
 
     #[test]
