@@ -2,9 +2,9 @@
 //! transport), `earlywarn replay --format json` and `earlywarn test` all run
 //! the batch step of `earlywarn::pipeline` under one tick rule.
 //!
-//! The input has a match rule, a threshold, a deadline closed in its own file,
-//! one closed by the next file and one never closed, a first_seen rule and a
-//! cooldown. Event times are in the past relative to the wall clock, so the
+//! The input has a match rule, a threshold, a deadline closed in its own file
+//! (once in time, once late), one closed by the next file and one never
+//! closed, a first_seen rule and a cooldown. Event times are in the past relative to the wall clock, so the
 //! never-closed deadline is overdue in every path (its due time passes while
 //! the first file's later events are read), and the one closed later is due
 //! only after the wall clock, so the daemon cannot escalate it between files.
@@ -143,7 +143,11 @@ fn files(wall: Timestamp) -> [Vec<[String; 6]>; 2] {
             // Closed in this file, in time.
             row("R2", "INC-A", "discharge", 9.0, "Salford", ""),
             row("R3", "INC-A", "support", 8.5, "Salford", ""),
+            // Closed in this file, but after its due time: overdue as the
+            // events pass, then closed late (the tick rule's rule 2).
+            row("R13", "INC-D", "discharge", 7.0, "Bolton", ""),
             row("R4", "", "overdose", 5.0, "Bolton", "heroin"),
+            row("R14", "INC-D", "support", 4.5, "Bolton", ""),
             row("R5", "", "overdose", 4.0, "Bolton", "heroin"),
             row("R6", "", "overdose", 3.5, "Bolton", "fentanyl"),
             row("R7", "", "seizure", 3.0, "Bolton", "heroin"),
@@ -398,7 +402,7 @@ fn the_daemon_replay_and_rule_tests_raise_the_same_alerts() {
             "discharge".into(),
             group(&[("district", "Bolton")]),
             names(&["bolton", "panel"]),
-            1,
+            2,
         ),
         (
             "discharge".into(),
@@ -440,11 +444,11 @@ fn the_daemon_replay_and_rule_tests_raise_the_same_alerts() {
             "replay did not raise {e:?}: {replayed:#?}"
         );
     }
-    // The deadline: three opening notices, one close in the file, one close
-    // in the next, one overdue escalation.
+    // The deadline: four opening notices; closes in time in the file and in
+    // the next, one late close; the never-closed and the late one overdue.
     assert_eq!(
         kinds.get("support-deadline"),
-        Some(&6),
+        Some(&9),
         "deadline notices: {replayed:#?}"
     );
 
