@@ -328,38 +328,24 @@ pub fn render_deliveries<E>(
     let mut emails = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         let parent = first_in_thread(&thread, &delivery.partner.id)?;
-        match render_with_fallback(alert, rule, templates, delivery, config, parent.as_deref()) {
-            Some(email) => emails.push(Outbound {
+        let parent = parent.as_deref();
+        let rendered = render_in_thread(alert, rule, templates, delivery, config, parent)
+            .or_else(|e| {
+                tracing::error!(alert = %alert.id, rule = %rule.id, error = %e, "Template failed; using the default template");
+                render_in_thread(alert, rule, Templates::defaults(), delivery, config, parent)
+            });
+        match rendered {
+            Ok(email) => emails.push(Outbound {
                 partner_id: delivery.partner.id.clone(),
                 audience: delivery.audience,
                 email,
             }),
-            None => {
-                tracing::error!(alert = %alert.id, partner = %delivery.partner.id, "Cannot render the email even with the default template")
+            Err(e) => {
+                tracing::error!(alert = %alert.id, partner = %delivery.partner.id, error = %e, "Cannot render the email even with the default template")
             }
         }
     }
     Ok(emails)
-}
-
-/// One delivery's email with the rule's templates, or, if they fail at run
-/// time, with the defaults. `first_in_thread`: the `Message-ID` it replies to.
-pub fn render_with_fallback(
-    alert: &Alert,
-    rule: &Rule,
-    templates: &Templates,
-    delivery: &Delivery<'_>,
-    config: &Config,
-    first_in_thread: Option<&str>,
-) -> Option<RenderedEmail> {
-    match render_in_thread(alert, rule, templates, delivery, config, first_in_thread) {
-        Ok(email) => Some(email),
-        Err(e) => {
-            tracing::error!(alert = %alert.id, rule = %rule.id, error = %e, "Template failed; using the default template");
-            let defaults = Templates::defaults();
-            render_in_thread(alert, rule, defaults, delivery, config, first_in_thread).ok()
-        }
-    }
 }
 
 /// Records seen, by a 64-bit digest of their fingerprint, so a million of

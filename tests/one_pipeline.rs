@@ -22,6 +22,9 @@ const HEADER: &str = "record_id,incident_ref,incident_type,occurred_at,district,
 /// (rule, group, recipients sorted, records): what must be the same everywhere.
 type Seen = (String, BTreeMap<String, String>, Vec<String>, u64);
 
+/// What a rule test's expectation names: (rule, group, recipients).
+type Expectation = (String, BTreeMap<String, String>, Vec<String>);
+
 const RULES: &str = r#"
 [[rule]]
 id = "discharge"
@@ -190,8 +193,7 @@ fn rule_test(rows: &[Vec<[String; 6]>; 2], expected: &[Seen]) -> String {
         }
         s.push_str("]\n");
     }
-    let mut counted: BTreeMap<(String, BTreeMap<String, String>, Vec<String>), usize> =
-        BTreeMap::new();
+    let mut counted: BTreeMap<Expectation, usize> = BTreeMap::new();
     for (rule, group, recipients, _) in expected {
         *counted
             .entry((rule.clone(), group.clone(), recipients.clone()))
