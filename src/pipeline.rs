@@ -18,7 +18,8 @@
 //! 1. A batch that arrives at a known time (the daemon's wall clock, a rule
 //!    test's `at`) first ticks to it: time passed up to its arrival.
 //! 2. Within a batch, before each event, the engine ticks to the latest event
-//!    time of the batch so far (never past the arrival), if anything falls due
+//!    time of the batch so far (never past the arrival), if some rule depends
+//!    on the clock and anything falls due
 //!    by then: a deadline whose closing record comes after its due time is
 //!    overdue, wherever the close sits.
 //! 3. After the batch's rows, the engine finishes at the batch's `now` (the
@@ -84,19 +85,31 @@ pub struct Outbound {
     pub email: RenderedEmail,
 }
 
-/// An alert the step raised and recorded, with its emails.
+/// An alert the step raised and recorded. Its emails went to the ledger and
+/// are not kept: a replay of a large file raises many alerts, each email
+/// holding up to 50 records in three forms.
 #[derive(Debug)]
 pub struct Raised {
     pub alert: Alert,
-    pub emails: Vec<Outbound>,
+    /// The partners an email was recorded for, in routing order.
+    pub recipients: Vec<String>,
+    /// The first email's subject and plain text (what replay and rule tests show).
+    pub first_email: Option<EmailGist>,
     /// Raised by the clock (a tick), not by the batch's rows.
     pub by_clock: bool,
+}
+
+/// What replay and rule tests show of an email.
+#[derive(Debug, Clone)]
+pub struct EmailGist {
+    pub subject: String,
+    pub text: String,
 }
 
 impl Raised {
     /// No partner on the rule's list covers it (or none could be rendered).
     pub fn reaches_nobody(&self) -> bool {
-        self.emails.is_empty()
+        self.recipients.is_empty()
     }
 }
 
@@ -145,8 +158,10 @@ impl<'a> Pipeline<'a> {
         feed: &'s str,
         arrival: Option<Timestamp>,
     ) -> Result<Step<'s, L>, L::Error> {
+        let clock_rules = engine.has_clock_rules();
         let mut step = Step {
             pipeline: self,
+            clock_rules,
             engine,
             ledger,
             feed,
@@ -219,9 +234,14 @@ impl<'a> Pipeline<'a> {
                 |thread, partner| ledger.first_in_thread(thread, partner),
             )?;
             ledger.record_alert(&alert, &emails, now)?;
+            let first_email = emails.first().map(|o| EmailGist {
+                subject: o.email.subject.clone(),
+                text: o.email.text.clone(),
+            });
             raised.push(Raised {
                 alert,
-                emails,
+                recipients: emails.into_iter().map(|o| o.partner_id).collect(),
+                first_email,
                 by_clock,
             });
         }
@@ -237,6 +257,9 @@ pub struct Step<'s, L: Ledger> {
     feed: &'s str,
     batch: Batch,
     arrival: Option<Timestamp>,
+    /// Whether any rule depends on the clock: without one a tick raises
+    /// nothing, and the batch's rows need not stop for it.
+    clock_rules: bool,
     /// The latest event time of this batch so far, capped at the arrival:
     /// the clock as the events pass (rule 2).
     passing: Option<Timestamp>,
@@ -267,7 +290,9 @@ impl<L: Ledger> Step<'_, L> {
             passing = passing.min(arrival);
         }
         self.passing = Some(passing);
-        self.tick_if_due(passing)?;
+        if self.clock_rules {
+            self.tick_if_due(passing)?;
+        }
         self.engine.advance_clock(passing);
         self.outcome.events += 1;
         self.engine.observe(&mut self.batch, event);
@@ -292,7 +317,7 @@ impl<L: Ledger> Step<'_, L> {
         self.outcome.raised.extend(raised);
         self.ledger.apply(&finished.changes)?;
         self.outcome.suppressed = finished.suppressed;
-        if self.engine.has_clock_rules() {
+        if self.clock_rules {
             self.tick(now)?;
         }
         Ok(self.outcome)

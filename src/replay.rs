@@ -224,12 +224,8 @@ pub fn replay(
 fn describe(raised: Raised, file: &str) -> ReplayedAlert {
     let alert = &raised.alert;
     let review = first_audience(alert) == Audience::Review;
-    let subject = raised
-        .emails
-        .first()
-        .map(|o| o.email.subject.clone())
-        .unwrap_or_default();
-    let recipients = raised.emails.into_iter().map(|o| o.partner_id).collect();
+    let subject = raised.first_email.map(|e| e.subject).unwrap_or_default();
+    let recipients = raised.recipients;
     ReplayedAlert {
         id: alert.id.clone(),
         rule: alert.rule_id.clone(),

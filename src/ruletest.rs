@@ -347,14 +347,17 @@ fn evaluate(
         .into_iter()
         .map(|raised| {
             let alert = &raised.alert;
-            let email = raised.emails.first().map(|o| &o.email);
+            let email = raised.first_email;
             Raised {
                 rule: alert.rule_id.clone(),
                 group: alert.group.clone(),
-                recipients: raised.emails.iter().map(|o| o.partner_id.clone()).collect(),
+                recipients: raised.recipients,
                 review: first_audience(alert) == Audience::Review,
-                subject: email.map(|e| e.subject.clone()).unwrap_or_default(),
-                body: email.map(|e| e.text.clone()).unwrap_or_default(),
+                subject: email
+                    .as_ref()
+                    .map(|e| e.subject.clone())
+                    .unwrap_or_default(),
+                body: email.map(|e| e.text).unwrap_or_default(),
                 count: alert.event_count,
             }
         })
