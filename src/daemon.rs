@@ -20,7 +20,7 @@ use crate::delivery::{Mailer, OutboxContext, run_outbox};
 use crate::diagnostic::Diagnostics;
 use crate::display::Escaped;
 use crate::feeds::folder::FeedFolders;
-use crate::feeds::intake::{Disposition, FileControl, IntakeError, enqueue_alert, process_file};
+use crate::feeds::intake::{Disposition, FileControl, IntakeError, process_file};
 use crate::feeds::watch::{FolderWatcher, Hint, Observed, Settler, scan};
 use crate::metrics::Metrics;
 use crate::ops::{OpsNotifier, ProblemKind};
@@ -445,7 +445,8 @@ struct Intake<'a> {
     ticked: bool,
 }
 
-/// Runs the engine's clock tick at `now` and commits its alerts and state in one
+/// Runs the clock tick at `now` through the batch step (the tick rule's
+/// rule 4, see `crate::pipeline`) and commits its alerts and state in one
 /// transaction; on failure the engine's state is put back. Returns the rules that alerted.
 pub fn commit_tick(
     config: &Config,
@@ -453,30 +454,31 @@ pub fn commit_tick(
     store: &mut Store,
     now: Timestamp,
 ) -> Result<Vec<String>, IntakeError> {
-    let outcome = engine.tick(now);
+    let pipeline = crate::pipeline::Pipeline::new(config);
+    let outcome = pipeline.tick_engine(engine, now);
     if outcome.alerts.is_empty() && outcome.changes.is_empty() {
         return Ok(Vec::new());
     }
-    let result = (|| -> Result<(), IntakeError> {
-        let tx = store.begin()?;
-        for alert in &outcome.alerts {
-            enqueue_alert(config, engine, &tx, alert, now)?;
-        }
-        tx.apply(&outcome.changes)?;
+    let result = (|| -> Result<Vec<crate::pipeline::Raised>, IntakeError> {
+        let mut tx = store.begin()?;
+        let raised = pipeline.record_tick(engine, &mut tx, outcome, now)?;
         tx.commit()?;
-        Ok(())
+        Ok(raised)
     })();
-    if let Err(e) = result {
-        if let Ok(state) = store.load_engine_state() {
-            engine.restore(state);
+    let raised = match result {
+        Ok(raised) => raised,
+        Err(e) => {
+            if let Ok(state) = store.load_engine_state() {
+                engine.restore(state);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    for alert in &outcome.alerts {
+    };
+    for alert in raised.iter().map(|r| &r.alert) {
         tracing::info!(alert = %alert.id, rule = %alert.rule_id, district = alert.district.as_deref().unwrap_or("-"),
             severity = %alert.severity, trigger = ?alert.trigger, "Alert raised");
     }
-    Ok(outcome.alerts.iter().map(|a| a.rule_id.clone()).collect())
+    Ok(raised.into_iter().map(|r| r.alert.rule_id).collect())
 }
 
 impl Intake<'_> {

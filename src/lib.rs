@@ -6,6 +6,8 @@
 //! - [`event`]: one record as typed field values.
 //! - [`rules`]: loading rule files, the `when` condition language, the rule engine.
 //! - [`alerts`]: routing and redaction per partner, rendering the email.
+//! - [`pipeline`]: the batch step every path calls (rows → engine → alerts →
+//!   routing → rendering → a `Ledger`), with the one tick rule.
 //! - [`store`]: the SQLite database: checkpoints, rule state, the durable outbox.
 //! - [`delivery`]: mail out, over SMTP or to files, with retries.
 //! - [`daemon`]: the long-running process that ties these together.
@@ -30,6 +32,7 @@ pub mod event;
 pub mod feeds;
 pub mod metrics;
 pub mod ops;
+pub mod pipeline;
 pub mod replay;
 pub mod report;
 pub mod review;

@@ -9,7 +9,7 @@
 //! Ops partners are partners: text that may quote a file's contents
 //! ([`Problem::quoted`]) reaches only those with the ISA (SPEC §5.3).
 
-use crate::alerts::render::{RenderedEmail, render};
+use crate::alerts::render::{RenderedEmail, Templates};
 use crate::alerts::{Alert, AlertStatus, Audience, Delivery, Trigger};
 use crate::config::{Config, Severity};
 use crate::event::{Event, Value};
@@ -210,7 +210,7 @@ pub fn build(
         status: AlertStatus::Sent,
         trigger: Trigger::Match,
     };
-    let mut emails = Vec::new();
+    let mut deliveries = Vec::new();
     for id in &config.daemon.ops {
         let Some(partner) = config.partner(id) else {
             continue;
@@ -226,7 +226,7 @@ pub fn build(
                 }
             }
         }
-        let delivery = Delivery {
+        deliveries.push(Delivery {
             partner,
             audience: Audience::Notify,
             events,
@@ -235,11 +235,21 @@ pub fn build(
             group: BTreeMap::new(),
             district: None,
             trigger: Trigger::Match,
-        };
-        if let Ok(email) = render(&alert, &rule, &delivery, config) {
-            emails.push((partner.id.clone(), email));
-        }
+        });
     }
+    // A self-alert starts no thread, and its rule has only the default templates.
+    let emails = crate::pipeline::infallible(crate::pipeline::render_deliveries(
+        config,
+        &alert,
+        &rule,
+        Templates::defaults(),
+        &deliveries,
+        |_, _| Ok(None),
+    ));
+    let emails = emails
+        .into_iter()
+        .map(|o| (o.partner_id, o.email))
+        .collect();
     Some((alert, emails))
 }
 

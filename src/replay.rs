@@ -2,18 +2,21 @@
 //!
 //! Streams each file through the same parser, engine, routing and rendering
 //! as the daemon, but keeps state in memory, sends nothing and writes nothing.
-//! The clock follows the event times: each file is evaluated at the latest
-//! event time seen so far. Memory stays bounded by the rule state and the
+//! The clock follows the event times: each file is a batch of the batch step
+//! ([`crate::pipeline`], with a [`MemoryLedger`]), its events tick the clock
+//! as their times pass, and it finishes at the latest event time seen so far
+//! (the tick rule). Memory stays bounded by the rule state and the
 //! alerts, not by the file size.
 
-use crate::alerts::{Alert, Audience, first_audience, route};
+use crate::alerts::{Audience, first_audience};
 use crate::config::{Config, FeedConfig};
 use crate::feeds::decode::{TextEncoding, decoding_reader, detect};
 use crate::feeds::intake::format_for;
 use crate::feeds::parse::{RecordShape, Row, RowError, parse};
 use crate::feeds::record_fingerprint;
+use crate::pipeline::{MemoryLedger, Pipeline, Raised, SeenRecords, infallible};
 use crate::rules::RuleSet;
-use crate::rules::engine::{Batch, Engine, EngineState};
+use crate::rules::engine::{Engine, EngineState};
 use jiff::Timestamp;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,11 +82,10 @@ pub fn replay(
     mut on_problem: impl FnMut(&Path, Option<&RowError>, &str),
 ) -> Result<ReplaySummary, ReplayError> {
     let mut engine = Engine::new(rules, EngineState::default());
-    // Fingerprints of records seen, hashed to 64 bits to keep a million of them small.
-    let mut seen: rustc_hash::FxHashSet<u64> = rustc_hash::FxHashSet::default();
-    seen.reserve(1 << 16);
+    // Records are deduplicated on the reading thread, so the rules thread does less.
+    let mut seen = SeenRecords::with_capacity(1 << 16);
+    let mut ledger = MemoryLedger::default();
     let mut clock = Timestamp::UNIX_EPOCH;
-    let clock_rules = engine.has_clock_rules();
     // Only this feed is replayed: the others are not silent, just not in this replay.
     let other_feeds: Vec<String> = config
         .feeds
@@ -91,11 +93,7 @@ pub fn replay(
         .filter(|f| f.name != feed.name)
         .map(|f| f.name.clone())
         .collect();
-    let keep_other_feeds_awake = |engine: &mut Engine, at: Timestamp| {
-        for f in &other_feeds {
-            engine.note_activity(f, at);
-        }
-    };
+    let pipeline = Pipeline::new(config).keeping_awake(other_feeds);
     let mut summary = ReplaySummary::default();
     for path in files {
         summary.files += 1;
@@ -131,9 +129,9 @@ pub fn replay(
         let mut shaped = feed.clone();
         shaped.format = format_for(path, feed);
         let file_time = clock;
-        let mut batch = Batch::default();
         let mut latest = clock;
-        let mut clock_alerts = Vec::new();
+        // Its arrival is not known before its events are read: they move the clock.
+        let mut step = infallible(pipeline.begin(&mut engine, &mut ledger, &feed.name, None));
         // Two stages on two cores: this thread's helper reads, decodes, parses and
         // deduplicates rows; this thread runs the rules. Chunks keep the channel cheap.
         let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(8);
@@ -152,13 +150,10 @@ pub fn replay(
                 let result = parse(reader, &shape, |row| {
                     if let Row::Event(event) = &row
                         && event.record_id.is_some()
+                        && !seen.first_time(&record_fingerprint(event))
                     {
-                        let fp = record_fingerprint(event);
-                        let key = u64::from_le_bytes(fp[..8].try_into().unwrap_or([0; 8]));
-                        if !seen.insert(key) {
-                            duplicates += 1;
-                            return;
-                        }
+                        duplicates += 1;
+                        return;
                     }
                     chunk.push(row);
                     if chunk.len() == CHUNK {
@@ -183,13 +178,7 @@ pub fn replay(
                         Row::Event(event) => {
                             summary.events += 1;
                             latest = latest.max(event.time);
-                            // The simulated clock reaches this event: deadlines due before it pass first.
-                            if clock_rules && engine.next_wakeup().is_some_and(|w| w <= latest) {
-                                keep_other_feeds_awake(&mut engine, latest);
-                                clock_alerts.extend(engine.tick(latest).alerts);
-                            }
-                            engine.advance_clock(latest);
-                            engine.observe(&mut batch, &event);
+                            infallible(step.observe_new(&event));
                         }
                     }
                 }
@@ -216,17 +205,10 @@ pub fn replay(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        engine.note_activity(&feed.name, clock);
-        let outcome = engine.finish(batch, clock, &path.to_string_lossy(), &name);
-        let after = if clock_rules {
-            keep_other_feeds_awake(&mut engine, clock);
-            engine.tick(clock).alerts
-        } else {
-            Vec::new()
-        };
-        for alert in clock_alerts.into_iter().chain(outcome.alerts).chain(after) {
+        let outcome = infallible(step.finish(clock, &path.to_string_lossy(), &name));
+        for raised in outcome.raised {
             summary.alerts += 1;
-            on_alert(describe(config, &engine, &alert, &name));
+            on_alert(describe(raised, &name));
         }
     }
     summary.clock = (clock != Timestamp::UNIX_EPOCH).then_some(clock);
@@ -239,26 +221,11 @@ pub fn replay(
     Ok(summary)
 }
 
-fn describe(config: &Config, engine: &Engine, alert: &Alert, file: &str) -> ReplayedAlert {
-    let rule = engine.rules().get(&alert.rule_id);
-    let audience = first_audience(alert);
-    let review = audience == Audience::Review;
-    let mut recipients = Vec::new();
-    let mut subject = String::new();
-    if let Some(rule) = rule {
-        for delivery in route(alert, rule, config, audience) {
-            if subject.is_empty() {
-                subject = crate::alerts::render::subject(alert, rule, &delivery, config)
-                    .or_else(|_| {
-                        let mut plain = rule.clone();
-                        plain.subject = None;
-                        crate::alerts::render::subject(alert, &plain, &delivery, config)
-                    })
-                    .unwrap_or_default();
-            }
-            recipients.push(delivery.partner.id.clone());
-        }
-    }
+fn describe(raised: Raised, file: &str) -> ReplayedAlert {
+    let alert = &raised.alert;
+    let review = first_audience(alert) == Audience::Review;
+    let subject = raised.first_email.map(|e| e.subject).unwrap_or_default();
+    let recipients = raised.recipients;
     ReplayedAlert {
         id: alert.id.clone(),
         rule: alert.rule_id.clone(),

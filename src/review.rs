@@ -7,7 +7,6 @@
 
 use crate::alerts::{AlertStatus, Audience, route};
 use crate::config::Config;
-use crate::feeds::intake::render_with_fallback;
 use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};
 use jiff::Timestamp;
@@ -56,18 +55,20 @@ pub fn approve(
             id: id.to_string(),
             rule: alert.rule_id.clone(),
         })?;
-    let mut emails = Vec::new();
-    let thread = crate::alerts::render::thread_key(&alert);
-    for delivery in route(&alert, rule, config, Audience::Notify) {
-        // A reviewer who is also on `notify` gets the approved alert as a reply
-        // to its draft: one conversation, draft then decision.
-        let parent = store.first_in_thread(&thread, &delivery.partner.id)?;
-        if let Some(email) =
-            render_with_fallback(&alert, rule, &delivery, config, parent.as_deref())
-        {
-            emails.push((delivery.partner.id.clone(), email));
-        }
-    }
+    let deliveries = route(&alert, rule, config, Audience::Notify);
+    // A reviewer who is also on `notify` gets the approved alert as a reply
+    // to its draft: one conversation, draft then decision.
+    let emails: Vec<_> = crate::pipeline::render_deliveries(
+        config,
+        &alert,
+        rule,
+        &rules.templates,
+        &deliveries,
+        |thread, partner| store.first_in_thread(thread, partner),
+    )?
+    .into_iter()
+    .map(|o| (o.partner_id, o.email))
+    .collect();
     if !store.decide_review(id, AlertStatus::Approved, by, &emails, now)? {
         // Someone else decided between our read and our write.
         return Err(awaiting_review(store, id)

@@ -7,7 +7,9 @@
 //! expected, and every expectation met, so a rule that says too much fails as
 //! surely as one that says nothing. Evaluation runs the real engine, routing
 //! and rendering with the clock the test gives: no I/O beyond reading the
-//! files, nothing sent.
+//! files, nothing sent. Time passes by the tick rule of [`crate::pipeline`]:
+//! an input with `at` first ticks to it, events tick as their times pass,
+//! and each input ends ticking to its `at` (or latest event time).
 //!
 //! ```toml
 //! rules = ["../drug-alerts.toml"]          # relative to this file; default: the config's rules
@@ -25,13 +27,13 @@
 //! subject_contains = "Nitazene"
 //! ```
 
-use crate::alerts::{Alert, Audience, first_audience, route};
+use crate::alerts::{Audience, first_audience};
 use crate::config::Config;
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::feeds::intake::render_with_fallback;
 use crate::feeds::parse::{RecordShape, event_from_json};
+use crate::pipeline::{MemoryLedger, Pipeline, infallible};
 use crate::rules::RuleSet;
-use crate::rules::engine::{Batch, Engine, EngineState};
+use crate::rules::engine::{Engine, EngineState};
 use jiff::Timestamp;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -263,8 +265,10 @@ fn evaluate(
     test: &RawTest,
     at: &dyn Fn(usize, String) -> Diagnostic,
 ) -> Result<Vec<Raised>, Diagnostic> {
+    let pipeline = Pipeline::new(config);
     let mut engine = Engine::new(rules.clone(), EngineState::default());
-    let mut alerts: Vec<Alert> = Vec::new();
+    let mut ledger = MemoryLedger::default();
+    let mut alerts: Vec<crate::pipeline::Raised> = Vec::new();
     let mut clock: Option<Timestamp> = None;
     for (n, input) in test.input.iter().enumerate() {
         let Some(feed) = config.feed(input.feed.get_ref()) else {
@@ -326,46 +330,36 @@ fn evaluate(
             .or_else(|| events.iter().map(|e| e.time).max())
             .or(clock)
             .unwrap_or(Timestamp::UNIX_EPOCH);
-        // Time passes up to the arrival: what fell due before it is raised first.
-        alerts.extend(engine.tick(now).alerts);
-        let mut batch = Batch::default();
+        let mut step = infallible(pipeline.begin(&mut engine, &mut ledger, &feed.name, arrival));
         for e in &events {
-            engine.observe(&mut batch, e);
+            infallible(step.observe(e));
         }
-        engine.note_activity(&feed.name, now);
         let input_name = format!("input {}", n + 1);
-        alerts.extend(
-            engine
-                .finish(batch, now, &format!("test-input-{n}"), &input_name)
-                .alerts,
-        );
+        let outcome = infallible(step.finish(now, &format!("test-input-{n}"), &input_name));
+        alerts.extend(outcome.raised);
         clock = Some(now);
     }
     if let Some(eval) = &test.eval_at {
         let eval = parse_time(eval, at)?;
-        alerts.extend(engine.tick(eval).alerts);
+        alerts.extend(infallible(pipeline.tick(&mut engine, &mut ledger, eval)));
     }
     Ok(alerts
-        .iter()
-        .filter_map(|alert| {
-            let rule = rules.get(&alert.rule_id)?;
-            let audience = first_audience(alert);
-            let deliveries = route(alert, rule, config, audience);
-            let email = deliveries
-                .first()
-                .and_then(|d| render_with_fallback(alert, rule, d, config, None));
-            Some(Raised {
+        .into_iter()
+        .map(|raised| {
+            let alert = &raised.alert;
+            let email = raised.first_email;
+            Raised {
                 rule: alert.rule_id.clone(),
                 group: alert.group.clone(),
-                recipients: deliveries.iter().map(|d| d.partner.id.clone()).collect(),
-                review: audience == Audience::Review,
+                recipients: raised.recipients,
+                review: first_audience(alert) == Audience::Review,
                 subject: email
                     .as_ref()
                     .map(|e| e.subject.clone())
                     .unwrap_or_default(),
                 body: email.map(|e| e.text).unwrap_or_default(),
                 count: alert.event_count,
-            })
+            }
         })
         .collect())
 }

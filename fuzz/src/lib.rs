@@ -9,9 +9,9 @@ use earlywarn::alerts::{Alert, first_audience, route};
 use earlywarn::config::{Config, FeedConfig};
 use earlywarn::event::Event;
 use earlywarn::feeds::decode::{decode_bytes, decoding_reader, detect};
-use earlywarn::feeds::intake::render_with_fallback;
 use earlywarn::feeds::parse::{RecordShape, Row, event_from_json, parse};
 use earlywarn::feeds::record_fingerprint;
+use earlywarn::pipeline::render_deliveries;
 use earlywarn::rules::RuleSet;
 use earlywarn::rules::condition::{Condition, EvalScratch, field_offset};
 use earlywarn::rules::engine::{Batch, Engine, EngineState, StateChange};
@@ -450,7 +450,7 @@ fn persist(stored: &mut EngineState, changes: &[StateChange]) {
     }
 }
 
-/// Routes and renders every alert for every partner, as `intake::enqueue_alert` does.
+/// Routes and renders every alert for every partner, as the batch step does.
 fn deliver(config: &Config, engine: &Engine, alerts: &[Alert]) {
     for alert in alerts {
         let rule = engine
@@ -458,14 +458,18 @@ fn deliver(config: &Config, engine: &Engine, alerts: &[Alert]) {
             .get(&alert.rule_id)
             .unwrap_or_else(|| panic!("an alert of an unknown rule {}", alert.rule_id));
         let _ = serde_json::to_string(alert);
-        for delivery in route(alert, rule, config, first_audience(alert)) {
-            assert!(
-                render_with_fallback(alert, rule, &delivery, config, None).is_some(),
-                "alert {} of rule {} cannot be rendered even with the default template",
-                alert.id,
-                rule.id
-            );
-        }
+        let deliveries = route(alert, rule, config, first_audience(alert));
+        let templates = &engine.rules().templates;
+        let emails = render_deliveries(config, alert, rule, templates, &deliveries, |_, _| {
+            Ok::<_, std::convert::Infallible>(None)
+        });
+        assert_eq!(
+            emails.map(|e| e.len()).unwrap_or_default(),
+            deliveries.len(),
+            "alert {} of rule {} cannot be rendered even with the default template",
+            alert.id,
+            rule.id
+        );
     }
 }
 

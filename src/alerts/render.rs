@@ -2,7 +2,8 @@
 //!
 //! Pure: takes the alert, the partner's [`Delivery`] and the config, returns the
 //! finished RFC 5322 bytes. Subjects and leads come from minijinja templates
-//! (the rule's own, or defaults); the fixed parts that SPEC §5.3 promises
+//! (the rule's own, or defaults), parsed once when the rule set loads
+//! ([`Templates`]); the fixed parts that SPEC §5.3 promises
 //! (marking, severity, evidence, advice, reference, why this partner got it,
 //! withheld-fields notice) are always present. HTML escapes every value; header
 //! values are single-line and encoded by lettre, so data cannot add headers.
@@ -22,7 +23,7 @@ use jiff::Timestamp;
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{Environment, Template, UndefinedBehavior, Value};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -307,6 +308,93 @@ pub fn field_references(source: &str) -> Vec<FieldReference> {
     found
 }
 
+/// The subject and lead templates of a rule set, parsed once when it loads
+/// (`RuleSet::templates`), beside the defaults: rendering an email looks a
+/// template up, it never parses one.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    /// Owns every source; a rule's are named by [`template_name`].
+    env: Environment<'static>,
+}
+
+/// Which of a rule's two templates.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Subject,
+    Lead,
+}
+
+/// A rule's template's name in [`Templates`]. Rule ids are unique, and a
+/// `rule/` name never equals a `default/` one.
+fn template_name(rule_id: &str, part: Part) -> String {
+    match part {
+        Part::Subject => format!("rule/{rule_id}/subject"),
+        Part::Lead => format!("rule/{rule_id}/lead"),
+    }
+}
+
+fn default_name(part: Part) -> &'static str {
+    match part {
+        Part::Subject => "default/subject",
+        Part::Lead => "default/lead",
+    }
+}
+
+impl Templates {
+    /// Parses every rule's own templates. One that does not parse is left out,
+    /// so its rule renders with the default (as when a template fails at run
+    /// time); `RuleSet::from_sources` refuses such a rule before it gets here.
+    pub fn compile(rules: &[Rule]) -> Templates {
+        let mut env = environment();
+        for (part, source) in [(Part::Subject, DEFAULT_SUBJECT), (Part::Lead, DEFAULT_LEAD)] {
+            // Constants, rendered by every test: they parse.
+            let _ = env.add_template(default_name(part), source);
+        }
+        for rule in rules {
+            for (part, own) in [(Part::Subject, &rule.subject), (Part::Lead, &rule.body)] {
+                if let Some(source) = own {
+                    let _ = env.add_template_owned(template_name(&rule.id, part), source.clone());
+                }
+            }
+        }
+        Templates { env }
+    }
+
+    /// Only the defaults: for the fallback when a rule's template fails, and
+    /// for self-alerts, whose rule has no templates.
+    pub fn defaults() -> &'static Templates {
+        static DEFAULTS: std::sync::LazyLock<Templates> =
+            std::sync::LazyLock::new(|| Templates::compile(&[]));
+        &DEFAULTS
+    }
+
+    /// The rule's own template, or the default. A summary of folded alerts always
+    /// uses the default: a rule's template is written for one group's alert and
+    /// would not say that this one stands for many.
+    fn get(&self, alert: &Alert, rule: &Rule, part: Part) -> Result<Template<'_, '_>, RenderError> {
+        let own = match alert.trigger {
+            Trigger::Folded { .. } => None,
+            _ => self.env.get_template(&template_name(&rule.id, part)).ok(),
+        };
+        match own {
+            Some(template) => Ok(template),
+            None => self
+                .env
+                .get_template(default_name(part))
+                .map_err(|e| RenderError::Template {
+                    rule: rule.id.clone(),
+                    message: e.to_string(),
+                }),
+        }
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Templates {
+        Templates::compile(&[])
+    }
+}
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // A missing variable renders as nothing rather than failing a life-safety email.
@@ -363,32 +451,24 @@ struct PartnerView<'a> {
     isa: bool,
 }
 
-/// Renders the email for one delivery of an alert, the first in its thread.
-pub fn render(
-    alert: &Alert,
-    rule: &Rule,
-    delivery: &Delivery<'_>,
-    config: &Config,
-) -> Result<RenderedEmail, RenderError> {
-    render_in_thread(alert, rule, delivery, config, None)
-}
-
-/// Renders the email for one delivery of an alert. `first_in_thread` is the
+/// Renders the email for one delivery of an alert with `templates` (the rule
+/// set's, or [`Templates::defaults`]). `first_in_thread` is the
 /// `Message-ID` of the first email this partner got in the alert's
 /// [`thread_key`], if any: the email then replies to it (`In-Reply-To`,
 /// `References`), so the partner's mail client shows one conversation.
 pub fn render_in_thread(
     alert: &Alert,
     rule: &Rule,
+    templates: &Templates,
     delivery: &Delivery<'_>,
     config: &Config,
     first_in_thread: Option<&str>,
 ) -> Result<RenderedEmail, RenderError> {
     let feed = config.feed(&rule.feed);
     let show_time = time_shower(config);
-    let (ctx, subject) = subject_and_context(alert, rule, delivery, config)?;
+    let (ctx, subject) = subject_and_context(alert, rule, templates, delivery, config)?;
     let severity_tag = rule.severity.as_str().to_uppercase();
-    let lead = render_template(rule, own_template(alert, &rule.body, DEFAULT_LEAD), &ctx)?;
+    let lead = render_template(rule, &templates.get(alert, rule, Part::Lead)?, &ctx)?;
     let sections = Sections::build(alert, rule, delivery, feed, &show_time);
     let text = sections.text(&config.mail.marking, &lead, &severity_tag);
     let html = sections.html(&config.mail.marking, &lead, &severity_tag);
@@ -552,29 +632,33 @@ fn time_shower(config: &Config) -> impl Fn(Timestamp) -> String + '_ {
     }
 }
 
-fn render_template(rule: &Rule, source: &str, ctx: &Value) -> Result<String, RenderError> {
-    environment()
-        .render_str(source, ctx)
-        .map_err(|e| RenderError::Template {
-            rule: rule.id.clone(),
-            message: e.to_string(),
-        })
+fn render_template(
+    rule: &Rule,
+    template: &Template<'_, '_>,
+    ctx: &Value,
+) -> Result<String, RenderError> {
+    template.render(ctx).map_err(|e| RenderError::Template {
+        rule: rule.id.clone(),
+        message: e.to_string(),
+    })
 }
 
 /// Only the subject of a delivery's email (what `replay` shows), without building the rest.
 pub fn subject(
     alert: &Alert,
     rule: &Rule,
+    templates: &Templates,
     delivery: &Delivery<'_>,
     config: &Config,
 ) -> Result<String, RenderError> {
-    subject_and_context(alert, rule, delivery, config).map(|(_, subject)| subject)
+    subject_and_context(alert, rule, templates, delivery, config).map(|(_, subject)| subject)
 }
 
 /// The template context (SPEC §5) and the finished subject line.
 fn subject_and_context(
     alert: &Alert,
     rule: &Rule,
+    templates: &Templates,
     delivery: &Delivery<'_>,
     config: &Config,
 ) -> Result<(Value, String), RenderError> {
@@ -628,7 +712,7 @@ fn subject_and_context(
     let ctx = Value::from(minijinja::value::Serde(&ctx));
     let headline = one_line(&render_template(
         rule,
-        own_template(alert, &rule.subject, DEFAULT_SUBJECT),
+        &templates.get(alert, rule, Part::Subject)?,
         &ctx,
     )?);
     let severity_tag = rule.severity.as_str().to_uppercase();
@@ -641,16 +725,6 @@ fn subject_and_context(
         format!("{} [{severity_tag}] {headline}", config.mail.marking)
     };
     Ok((ctx, subject))
-}
-
-/// The rule's own template, or the default. A summary of folded alerts always
-/// uses the default: a rule's template is written for one group's alert and
-/// would not say that this one stands for many.
-fn own_template<'r>(alert: &Alert, own: &'r Option<String>, default: &'r str) -> &'r str {
-    match (&alert.trigger, own) {
-        (Trigger::Folded { .. }, _) | (_, None) => default,
-        (_, Some(own)) => own,
-    }
 }
 
 /// One line saying what made the rule fire: the default subject.
@@ -1267,6 +1341,28 @@ emails = ["c@example.org"]
             status: AlertStatus::Sent,
             trigger: crate::alerts::Trigger::Match,
         }
+    }
+
+    /// Renders with the rule's templates compiled as its rule set would
+    /// (the tests change rules after loading).
+    fn render_in_thread(
+        alert: &Alert,
+        rule: &Rule,
+        delivery: &Delivery<'_>,
+        config: &Config,
+        first_in_thread: Option<&str>,
+    ) -> Result<RenderedEmail, RenderError> {
+        let templates = Templates::compile(std::slice::from_ref(rule));
+        super::render_in_thread(alert, rule, &templates, delivery, config, first_in_thread)
+    }
+
+    fn render(
+        alert: &Alert,
+        rule: &Rule,
+        delivery: &Delivery<'_>,
+        config: &Config,
+    ) -> Result<RenderedEmail, RenderError> {
+        render_in_thread(alert, rule, delivery, config, None)
     }
 
     fn emails(config: &Config, rule: &Rule, alert: &Alert) -> Vec<RenderedEmail> {

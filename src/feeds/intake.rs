@@ -8,10 +8,11 @@
 //!    content was processed before, it is a duplicate: record, move, done;
 //! 3. note the attempt durably: a file whose processing was interrupted
 //!    [`MAX_INTERRUPTED_TRIES`] times (a crash, a kill) is set aside instead;
-//! 4. read it again, streaming: parse, deduplicate records, evaluate rules;
-//!    bad rows go to a [`Quarantine`] as they are found; check the content is
-//!    what was hashed;
-//! 5. route and render alerts; publish the quarantine;
+//! 4. read it again, streaming, and hand its records to the batch step
+//!    ([`crate::pipeline`]: deduplicate, evaluate, route, render, into the
+//!    file's transaction as its `Ledger`); bad rows go to a [`Quarantine`] as
+//!    they are found; check the content is what was hashed;
+//! 5. publish the quarantine;
 //! 6. commit the checkpoint, records, rule state, alerts, outbox rows and the
 //!    end of the attempt in ONE transaction;
 //! 7. only then move (or delete) the file.
@@ -21,8 +22,6 @@
 //! is already recorded, so the next scan moves it without alerting again.
 //! Memory does not grow with the file: nothing holds the whole file.
 
-use crate::alerts::render::{RenderedEmail, render_in_thread};
-use crate::alerts::{Alert, first_audience, route};
 use crate::config::{Config, FeedConfig, FeedFormat, OnDone};
 use crate::display::Escaped;
 use crate::event::{FieldName, Schema};
@@ -30,9 +29,8 @@ use crate::feeds::decode::{EncodingSniffer, TextEncoding, decoding_reader};
 use crate::feeds::folder::{FeedFolders, FolderProblem, safe_base_name, with_suffix};
 use crate::feeds::parse::{RecordShape, Row, parse};
 use crate::feeds::quarantine::Quarantine;
-use crate::feeds::record_fingerprint;
-use crate::rules::Rule;
-use crate::rules::engine::{Batch, Engine};
+use crate::pipeline::Pipeline;
+use crate::rules::engine::Engine;
 use crate::store::{FileRecord, Store, StoreError};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
@@ -256,7 +254,7 @@ pub fn process_file(
     let result = read_and_commit(
         config, engine, store, &incoming, &mut file, &content, control,
     );
-    if result.is_err() {
+    if !matches!(result, Ok(Disposition::Processed(_))) {
         // Memory must not run ahead of the database: the file is read again.
         match store.load_engine_state() {
             Ok(state) => engine.restore(state),
@@ -458,12 +456,13 @@ fn read_and_commit(
     let mut reader = Metered::new(&mut *file, feed.max_file_bytes, control);
     let mut quarantine = Quarantine::new(incoming.folders, format, encoding, &content.head);
 
-    let tx = store.begin()?;
-    let mut batch = Batch::default();
+    let mut tx = store.begin()?;
+    let pipeline = Pipeline::new(config);
     let mut summary = FileSummary {
         encoding: Some(encoding.to_string()),
         ..FileSummary::default()
     };
+    let mut step = pipeline.begin(engine, &mut tx, &feed.name, Some(now))?;
     let mut db_error: Option<StoreError> = None;
     let mut unlisted = UnlistedColumns::default();
     let parsed = parse(decoding_reader(&mut reader, encoding), &shape, |row| {
@@ -475,21 +474,9 @@ fn read_and_commit(
                     return;
                 }
                 unlisted.note(feed, event.fields.schema());
-                if let Some(id) = &event.record_id {
-                    match tx.record_is_new(&feed.name, id, &record_fingerprint(&event)) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            summary.duplicates += 1;
-                            return;
-                        }
-                        Err(e) => {
-                            db_error = Some(e);
-                            return;
-                        }
-                    }
+                if let Err(e) = step.observe(&event) {
+                    db_error = Some(e);
                 }
-                summary.events += 1;
-                engine.observe(&mut batch, &event);
             }
         }
     });
@@ -500,6 +487,7 @@ fn read_and_commit(
         return Err(e.into());
     }
     if reader.too_big {
+        drop(step);
         drop(tx);
         let reason = format!(
             "it grew past the feed's limit of {} bytes (max_file_bytes) while it was read; split it into smaller files",
@@ -512,6 +500,7 @@ fn read_and_commit(
         return Err(IntakeError::Changed);
     }
     if let Err(file_error) = parsed {
+        drop(step);
         drop(tx);
         drop(quarantine);
         let disposition = incoming.reject_whole(store, &file_error.0)?;
@@ -521,15 +510,9 @@ fn read_and_commit(
     summary.rejected_rows = quarantine.problems();
     unlisted.log(feed, name);
 
-    engine.note_activity(&feed.name, now);
-    let outcome = engine.finish(batch, now, &sha, name);
-    let mut unrouted = Vec::new();
-    for alert in &outcome.alerts {
-        if enqueue_alert(config, engine, &tx, alert, now)? == 0 {
-            unrouted.push(alert.id.clone());
-        }
-    }
-    tx.apply(&outcome.changes)?;
+    let outcome = step.finish(now, &sha, name)?;
+    summary.events = outcome.events;
+    summary.duplicates = outcome.duplicates;
     tx.record_file(&FileRecord {
         feed: feed.name.clone(),
         name: name.to_string(),
@@ -542,7 +525,8 @@ fn read_and_commit(
         events: summary.events,
         duplicates: summary.duplicates,
         rejected_rows: summary.rejected_rows,
-        alerts: outcome.alerts.len() as u64,
+        // The file's own alerts; those the clock raised in its transaction are not its doing.
+        alerts: outcome.raised.iter().filter(|r| !r.by_clock).count() as u64,
         processed_at: now,
     })?;
     tx.end_attempt(&feed.name, &sha)?;
@@ -560,76 +544,26 @@ fn read_and_commit(
     for (rule, n) in &outcome.suppressed {
         tracing::info!(feed = %feed.name, file = %Escaped(name), rule = %rule, matches = n, "Matches held back by cooldown");
     }
-    for alert in &outcome.alerts {
+    for raised in &outcome.raised {
+        let alert = &raised.alert;
         tracing::info!(alert = %alert.id, rule = %alert.rule_id, district = %Escaped(alert.district.as_deref().unwrap_or("-")),
             severity = %alert.severity, events = alert.event_count, review = alert.status.is_review(), "Alert raised");
     }
-    summary.alerts = outcome.alerts.iter().map(|a| a.id.clone()).collect();
-    summary.alert_rules = outcome.alerts.iter().map(|a| a.rule_id.clone()).collect();
+    summary.alerts = outcome.raised.iter().map(|r| r.alert.id.clone()).collect();
+    summary.alert_rules = outcome
+        .raised
+        .iter()
+        .map(|r| r.alert.rule_id.clone())
+        .collect();
     summary.rejected_as = rejected_as;
-    summary.unrouted = unrouted;
+    summary.unrouted = outcome
+        .raised
+        .iter()
+        .filter(|r| r.reaches_nobody())
+        .map(|r| r.alert.id.clone())
+        .collect();
     incoming.finish()?;
     Ok(Disposition::Processed(summary))
-}
-
-/// Routes, renders and enqueues one alert inside the file's transaction.
-pub fn enqueue_alert(
-    config: &Config,
-    engine: &Engine,
-    tx: &crate::store::FileTx<'_>,
-    alert: &Alert,
-    now: Timestamp,
-) -> Result<usize, IntakeError> {
-    let Some(rule) = engine.rules().get(&alert.rule_id) else {
-        return Ok(0);
-    };
-    let summary = serde_json::to_string(alert).unwrap_or_default();
-    tx.insert_alert(alert, &summary)?;
-    let audience = first_audience(alert);
-    let thread = crate::alerts::render::thread_key(alert);
-    let mut queued = 0;
-    for delivery in route(alert, rule, config, audience) {
-        // In this transaction: a deadline opened and closed by one file finds its opening notice.
-        let parent = tx.first_in_thread(&thread, &delivery.partner.id)?;
-        let email = render_with_fallback(alert, rule, &delivery, config, parent.as_deref());
-        match email {
-            Some(email) => {
-                tx.enqueue(&alert.id, &delivery.partner.id, audience, &email, now)?;
-                queued += 1;
-            }
-            None => {
-                tracing::error!(alert = %alert.id, partner = %delivery.partner.id, "Cannot render the email even with the default template")
-            }
-        }
-    }
-    if queued == 0 {
-        // Stored (status shows it), but no partner in the rule's list covers it: someone must act.
-        tracing::error!(alert = %alert.id, rule = %alert.rule_id, district = alert.district.as_deref().unwrap_or("-"),
-            "Alert reaches nobody: no partner on the rule's list covers its district (or its severity is below their floor)");
-    }
-    Ok(queued)
-}
-
-/// Renders with the rule's templates, or, if they fail at run time, with the defaults:
-/// a broken template must not stop an alert. `first_in_thread`: the Message-ID
-/// the email replies to (see [`render_in_thread`]).
-pub fn render_with_fallback(
-    alert: &Alert,
-    rule: &Rule,
-    delivery: &crate::alerts::Delivery<'_>,
-    config: &Config,
-    first_in_thread: Option<&str>,
-) -> Option<RenderedEmail> {
-    match render_in_thread(alert, rule, delivery, config, first_in_thread) {
-        Ok(email) => Some(email),
-        Err(e) => {
-            tracing::error!(alert = %alert.id, rule = %rule.id, error = %e, "Template failed; using the default template");
-            let mut plain = rule.clone();
-            plain.subject = None;
-            plain.body = None;
-            render_in_thread(alert, &plain, delivery, config, first_in_thread).ok()
-        }
-    }
 }
 
 impl Incoming<'_> {

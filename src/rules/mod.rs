@@ -501,6 +501,8 @@ pub struct RuleSet {
     /// Every field name the rules' conditions read, by slot (see `FieldRef`).
     /// Shared, so evaluation caches can tell one rule set's slots from another's.
     pub field_slots: std::sync::Arc<[String]>,
+    /// The rules' subject and lead templates, parsed once here.
+    pub templates: crate::alerts::render::Templates,
 }
 
 impl RuleSet {
@@ -549,6 +551,7 @@ impl RuleSet {
             }
         }
         Ok(RuleSet {
+            templates: crate::alerts::render::Templates::compile(&rules),
             rules,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
             field_slots: index.into_slots(),
