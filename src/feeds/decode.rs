@@ -2,8 +2,14 @@
 //!
 //! UTF-8 (with or without a byte-order mark), UTF-16 with a BOM, and
 //! Windows-1252 (what Excel writes on a UK desktop) when the bytes are not
-//! valid UTF-8. Detection reads the data once; decoding streams, so a large
-//! file is never held twice in memory.
+//! UTF-8. Detection reads the data once; decoding streams, so a large file is
+//! never held twice in memory.
+//!
+//! The encoding is decided per file, by the evidence: a file whose non-ASCII
+//! text is mostly valid UTF-8 is UTF-8 even with a few invalid bytes, and is
+//! passed on undecoded, so the parsers set aside only the rows holding the
+//! invalid bytes (rather than reading every correct row's accents as
+//! Windows-1252: `café` as `cafÃ©`). Nothing is ever replaced silently.
 
 use encoding_rs::{Encoding, UTF_8, UTF_16BE, UTF_16LE, WINDOWS_1252};
 use std::fmt;
@@ -67,7 +73,13 @@ pub struct EncodingSniffer {
     /// Bytes of a character split across two chunks, carried to the next.
     carry: [u8; 4],
     carry_len: usize,
-    not_utf8: bool,
+    /// Valid non-ASCII UTF-8 characters seen: evidence for UTF-8.
+    utf8_chars: u64,
+    /// Invalid UTF-8 sequences seen: evidence against it.
+    invalid: u64,
+    /// A byte Windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D)
+    /// outside valid UTF-8: the file is not Windows-1252 text either.
+    undefined_in_1252: bool,
 }
 
 impl EncodingSniffer {
@@ -85,7 +97,7 @@ impl EncodingSniffer {
             return false;
         }
         self.check_utf8(chunk);
-        !self.not_utf8
+        true
     }
 
     fn bom(&self) -> Option<TextEncoding> {
@@ -102,58 +114,123 @@ impl EncodingSniffer {
     }
 
     fn check_utf8(&mut self, mut chunk: &[u8]) {
-        if self.not_utf8 {
-            return;
-        }
         // Complete a character left over from the last chunk, byte by byte.
         while self.carry_len > 0 && !chunk.is_empty() {
             self.carry[self.carry_len] = chunk[0];
             self.carry_len += 1;
             chunk = &chunk[1..];
             match std::str::from_utf8(&self.carry[..self.carry_len]) {
-                Ok(_) => self.carry_len = 0,
+                Ok(_) => {
+                    self.utf8_chars += 1;
+                    self.carry_len = 0;
+                }
                 Err(e) if e.error_len().is_some() || self.carry_len == 4 => {
-                    self.not_utf8 = true;
-                    return;
+                    let lead = self.carry[0];
+                    self.invalid_bytes(&[lead]);
+                    // The bytes after the bad lead are looked at again as text.
+                    let rest = self.carry[1..self.carry_len].to_vec();
+                    self.carry_len = 0;
+                    self.check_utf8(&rest);
                 }
                 Err(_) => {}
             }
         }
-        match std::str::from_utf8(chunk) {
-            Ok(_) => {}
-            Err(e) if e.error_len().is_some() => self.not_utf8 = true,
-            Err(e) => {
-                let rest = &chunk[e.valid_up_to()..];
-                self.carry[..rest.len()].copy_from_slice(rest);
-                self.carry_len = rest.len();
+        loop {
+            match std::str::from_utf8(chunk) {
+                Ok(text) => {
+                    self.utf8_chars += count_non_ascii(text.as_bytes());
+                    return;
+                }
+                Err(e) => {
+                    let (valid, rest) = chunk.split_at(e.valid_up_to());
+                    self.utf8_chars += count_non_ascii(valid);
+                    match e.error_len() {
+                        Some(n) => {
+                            self.invalid_bytes(&rest[..n]);
+                            chunk = &rest[n..];
+                        }
+                        None => {
+                            // Cut at the chunk's end: finished by the next one.
+                            self.carry[..rest.len()].copy_from_slice(rest);
+                            self.carry_len = rest.len();
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
 
+    fn invalid_bytes(&mut self, bytes: &[u8]) {
+        self.invalid += 1;
+        self.undefined_in_1252 |= bytes
+            .iter()
+            .any(|b| matches!(b, 0x81 | 0x8D | 0x8F | 0x90 | 0x9D));
+    }
+
+    /// How many invalid UTF-8 sequences a file read as UTF-8 holds: the rows
+    /// holding them are set aside.
+    pub fn invalid_utf8(&self) -> u64 {
+        self.invalid + u64::from(self.carry_len > 0)
+    }
+
     /// The encoding of everything fed.
     pub fn finish(&self) -> TextEncoding {
+        let invalid = self.invalid_utf8();
         match self.bom() {
             Some(bom) => bom,
-            None if self.not_utf8 || self.carry_len > 0 => TextEncoding::Windows1252,
-            None => TextEncoding::Utf8,
+            None if invalid == 0 => TextEncoding::Utf8,
+            // Windows-1252 text almost never holds valid UTF-8 sequences (a
+            // letter from Â to ß followed by a symbol from € to ¿), so valid
+            // ones outnumbering the invalid say UTF-8 with a few stray bytes.
+            None if self.undefined_in_1252 || self.utf8_chars >= invalid => TextEncoding::Utf8,
+            None => TextEncoding::Windows1252,
         }
     }
 }
 
+/// Bytes with values of 0x80 and above that start a character: one per
+/// non-ASCII character of valid UTF-8.
+fn count_non_ascii(valid: &[u8]) -> u64 {
+    valid.iter().filter(|&&b| b >= 0xC0).count() as u64
+}
+
 /// A reader that yields UTF-8 text from `source` in `encoding`, without any BOM.
+/// UTF-8 is passed on as it is (invalid bytes included, for the parsers to
+/// set their rows aside), never with replacement characters.
 pub fn decoding_reader<'r, R: Read + Send + 'r>(
     source: R,
     encoding: TextEncoding,
 ) -> Box<dyn Read + Send + 'r> {
     match encoding {
-        // Valid UTF-8 needs no transcoding; only a BOM to strip.
         TextEncoding::Utf8 => Box::new(source),
+        TextEncoding::Utf8Bom => Box::new(WithoutBom { source, to_skip: 3 }),
         _ => Box::new(
             encoding_rs_io::DecodeReaderBytesBuilder::new()
                 .encoding(Some(encoding.encoding()))
                 .bom_override(true)
                 .build(source),
         ),
+    }
+}
+
+/// UTF-8 after its byte-order mark, otherwise unchanged.
+struct WithoutBom<R> {
+    source: R,
+    to_skip: usize,
+}
+
+impl<R: Read> Read for WithoutBom<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.to_skip > 0 {
+            let mut bom = [0u8; 3];
+            let n = self.source.read(&mut bom[..self.to_skip])?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.to_skip -= n;
+        }
+        self.source.read(out)
     }
 }
 
@@ -202,6 +279,39 @@ mod tests {
     }
 
     #[test]
+    fn a_few_stray_bytes_in_utf8_text_leave_it_utf8() {
+        let sniff = |bytes: &[u8]| {
+            let mut sniffer = EncodingSniffer::default();
+            sniffer.feed(bytes);
+            (sniffer.finish(), sniffer.invalid_utf8())
+        };
+        // Accents in UTF-8, one stray byte: UTF-8, one bad sequence.
+        assert_eq!(
+            sniff(b"caf\xC3\xA9\nbad \xFF\nna\xC3\xAFve\n"),
+            (TextEncoding::Utf8, 1)
+        );
+        // Windows-1252 text: its accents are never valid UTF-8.
+        assert_eq!(
+            sniff(b"caf\xE9\nna\xEFve \x96 \x80\n").0,
+            TextEncoding::Windows1252
+        );
+        // A byte Windows-1252 leaves undefined: not Windows-1252 text either.
+        assert_eq!(sniff(b"plain \x81 text\n").0, TextEncoding::Utf8);
+        // Split anywhere, the same answer.
+        let bytes = b"caf\xC3\xA9 \xFF\xC3\xA9\xE2\x82\xAC";
+        for split in 0..=bytes.len() {
+            let mut sniffer = EncodingSniffer::default();
+            sniffer.feed(&bytes[..split]);
+            sniffer.feed(&bytes[split..]);
+            assert_eq!(
+                (sniffer.finish(), sniffer.invalid_utf8()),
+                (TextEncoding::Utf8, 1),
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
     fn utf8_split_across_reads_is_still_utf8() {
         let mut text = "x".repeat(64 * 1024 - 1);
         text.push('é');
@@ -211,7 +321,9 @@ mod tests {
 
     #[test]
     fn the_sniffer_agrees_with_detection_however_the_bytes_are_split() {
-        let samples: [&[u8]; 6] = [
+        let samples: [&[u8]; 8] = [
+            b"caf\xC3\xA9 \xFF\n",
+            b"\xEF\xBB\xBFcaf\xC3\xA9 \xFF\n",
             b"a,b\n",
             "caf\u{e9},\u{20ac}\n".as_bytes(),
             b"caf\xE9 \x96 \x80\n",

@@ -325,6 +325,8 @@ struct Content {
     sha256: String,
     bytes: u64,
     encoding: TextEncoding,
+    /// Invalid UTF-8 sequences in a file read as UTF-8: their rows are bad rows.
+    invalid_utf8: u64,
     /// The start of the decoded text, for the header of rejected rows.
     head: Vec<u8>,
 }
@@ -369,6 +371,11 @@ fn survey(
         sha256,
         bytes,
         encoding,
+        invalid_utf8: if matches!(encoding, TextEncoding::Utf8 | TextEncoding::Utf8Bom) {
+            sniffer.invalid_utf8()
+        } else {
+            0
+        },
         head,
     })
 }
@@ -434,6 +441,9 @@ fn read_and_commit(
     let encoding = content.encoding;
     if encoding == TextEncoding::Windows1252 {
         tracing::info!(feed = %feed.name, file = %Escaped(name), "Not valid UTF-8; decoded as Windows-1252");
+    } else if content.invalid_utf8 > 0 {
+        tracing::warn!(feed = %feed.name, file = %Escaped(name), invalid = content.invalid_utf8,
+            "UTF-8 with invalid bytes; the rows holding them are set aside, the others are read as they are");
     }
     let format = format_for(incoming.path, feed);
     let shaped_feed;

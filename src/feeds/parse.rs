@@ -588,13 +588,7 @@ fn parse_jsonl<R: Read>(
         line_no += 1;
         let span = offset..offset + n as u64;
         offset += n as u64;
-        let line = String::from_utf8_lossy(&buf);
-        let trimmed = line.trim();
-        if trimmed.is_empty() {
-            continue;
-        }
-        row += 1;
-        let error = |reason: String| {
+        let error = |row: u64, reason: String| {
             Row::Error(RowError {
                 row,
                 line: line_no,
@@ -603,6 +597,21 @@ fn parse_jsonl<R: Read>(
                 verbatim: buf.clone(),
             })
         };
+        let line = match std::str::from_utf8(&buf) {
+            Ok(line) => line,
+            Err(e) => {
+                // Never replaced with U+FFFD: the row is set aside as it was written.
+                row += 1;
+                on_row(error(row, not_utf8(e.valid_up_to())));
+                continue;
+            }
+        };
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        row += 1;
+        let error = |reason: String| error(row, reason);
         match serde_json::from_str::<serde_json::Value>(trimmed) {
             Ok(serde_json::Value::Object(map)) => {
                 match event_from_json_in(&map, shape, feed_name, &mut last_schema) {
@@ -645,31 +654,39 @@ fn parse_json<R: Read>(
             }
         };
         row += 1;
-        let outcome = match serde_json::from_slice(&element.text) {
-            Ok(serde_json::Value::Object(map)) => {
-                event_from_json_in(&map, shape, feed_name, &mut last_schema)
-            }
-            Ok(other) => Err(format!(
-                "element {row} of the array is {}, not an object",
-                json_kind(&other)
+        let outcome = match std::str::from_utf8(&element.text) {
+            Err(e) => Err(format!(
+                "element {row} of the array: {}",
+                not_utf8(e.valid_up_to())
             )),
-            Err(e) => {
-                // Well-formed JSON that is not a value serde_json can hold (a number
-                // out of range) is one bad element; anything else is a broken file.
-                if serde_json::from_slice::<&serde_json::value::RawValue>(&element.text).is_err() {
-                    let line = element.line + e.line().saturating_sub(1) as u64;
-                    let column = if e.line() <= 1 {
-                        element.column + (e.column() as u64).saturating_sub(1)
-                    } else {
-                        e.column() as u64
-                    };
-                    return Err(FileError(format!(
-                        "invalid JSON at line {line} column {column}: {}",
-                        json_reason(&e)
-                    )));
+            Ok(_) => match serde_json::from_slice(&element.text) {
+                Ok(serde_json::Value::Object(map)) => {
+                    event_from_json_in(&map, shape, feed_name, &mut last_schema)
                 }
-                Err(format!("element {row} of the array: {}", json_reason(&e)))
-            }
+                Ok(other) => Err(format!(
+                    "element {row} of the array is {}, not an object",
+                    json_kind(&other)
+                )),
+                Err(e) => {
+                    // Well-formed JSON that is not a value serde_json can hold (a number
+                    // out of range) is one bad element; anything else is a broken file.
+                    if serde_json::from_slice::<&serde_json::value::RawValue>(&element.text)
+                        .is_err()
+                    {
+                        let line = element.line + e.line().saturating_sub(1) as u64;
+                        let column = if e.line() <= 1 {
+                            element.column + (e.column() as u64).saturating_sub(1)
+                        } else {
+                            e.column() as u64
+                        };
+                        return Err(FileError(format!(
+                            "invalid JSON at line {line} column {column}: {}",
+                            json_reason(&e)
+                        )));
+                    }
+                    Err(format!("element {row} of the array: {}", json_reason(&e)))
+                }
+            },
         };
         match outcome {
             Ok(e) => on_row(Row::Event(Box::new(e))),
@@ -685,6 +702,14 @@ fn parse_json<R: Read>(
             }
         }
     }
+}
+
+/// Why a line or element with invalid UTF-8 is a bad row.
+fn not_utf8(valid_up_to: usize) -> String {
+    format!(
+        "not valid UTF-8 (byte {} is not part of a character); the rest of the file is UTF-8, so only this row is set aside, as it was written",
+        valid_up_to + 1
+    )
 }
 
 fn json_reason(e: &serde_json::Error) -> String {
@@ -966,7 +991,29 @@ mod tests {
         .remove(0)
     }
 
+    /// JSON lines into the elements of an array.
+    trait ReplaceLines {
+        fn replace_lines(&self) -> Vec<u8>;
+    }
+
+    impl ReplaceLines for [u8] {
+        fn replace_lines(&self) -> Vec<u8> {
+            let lines: Vec<&[u8]> = self
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
+            lines.join(&b",\n"[..])
+        }
+    }
+
     fn read(text: &str, feed: &FeedConfig) -> Result<(Vec<Event>, Vec<RowError>), FileError> {
+        read_bytes(text.as_bytes(), feed)
+    }
+
+    fn read_bytes(
+        text: &[u8],
+        feed: &FeedConfig,
+    ) -> Result<(Vec<Event>, Vec<RowError>), FileError> {
         let tz = TimeZone::get("Europe/London").unwrap();
         let shape = RecordShape {
             feed,
@@ -976,7 +1023,7 @@ mod tests {
         };
         let mut events = Vec::new();
         let mut errors = Vec::new();
-        parse(text.as_bytes(), &shape, |row| match row {
+        parse(text, &shape, |row| match row {
             Row::Event(e) => events.push(*e),
             Row::Error(e) => errors.push(e),
         })?;
@@ -1144,7 +1191,9 @@ mod tests {
         .unwrap();
         assert!(events.is_empty());
         assert!(
-            errors[0].reason.contains("has text after its closing quote"),
+            errors[0]
+                .reason
+                .contains("has text after its closing quote"),
             "{}",
             errors[0].reason
         );
@@ -1250,6 +1299,37 @@ mod tests {
         assert_eq!(text_after_closing_quote(b"\"x\",\"y\"\r\n", b','), None);
         assert_eq!(text_after_closing_quote(b"a;\"x\" ;b", b';'), Some(1));
         assert_eq!(text_after_closing_quote(b"a,b", b','), None);
+    }
+
+    #[test]
+    fn a_stray_byte_in_utf8_sets_aside_its_row_and_leaves_the_others_as_written() {
+        let notes = |events: &[Event]| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| match &e.fields["notes"] {
+                    Value::Text(t) => t.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        let csv = b"sample_id,tested_at,notes\nS1,2025-11-04T11:30:00Z,caf\xC3\xA9\nS2,2025-11-04T11:30:00Z,bad \xFF byte\nS3,2025-11-04T11:30:00Z,na\xC3\xAFve\n";
+        let jsonl = b"{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\", \"notes\": \"caf\xC3\xA9\"}\n{\"sample_id\": \"S2\", \"tested_at\": \"2025-11-04T11:30:00Z\", \"notes\": \"bad \xFF\"}\n{\"sample_id\": \"S3\", \"tested_at\": \"2025-11-04T11:30:00Z\", \"notes\": \"na\xC3\xAFve\"}\n";
+        let json = [b"[".as_slice(), &jsonl[..].replace_lines(), b"]"].concat();
+        for (format, text) in [
+            ("csv", &csv[..]),
+            ("jsonl", &jsonl[..]),
+            ("json", &json[..]),
+        ] {
+            let (events, errors) = read_bytes(text, &feed(format, "")).unwrap();
+            assert_eq!(notes(&events), ["café", "naïve"], "{format}");
+            assert_eq!(errors.len(), 1, "{format}: {errors:?}");
+            assert_eq!(errors[0].row, 2, "{format}");
+            assert!(
+                errors[0].verbatim.windows(1).any(|b| b == [0xFF]),
+                "{format}: kept as written: {:?}",
+                errors[0].verbatim
+            );
+        }
     }
 
     #[test]
