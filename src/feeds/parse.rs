@@ -11,6 +11,7 @@ use crate::event::{Event, FeedName, FieldName, Fields, Schema, Text, Value, trim
 use crate::feeds::json_array::ArrayElements;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Range;
 
@@ -612,13 +613,18 @@ fn parse_jsonl<R: Read>(
         }
         row += 1;
         let error = |reason: String| error(row, reason);
-        match serde_json::from_str::<serde_json::Value>(trimmed) {
-            Ok(serde_json::Value::Object(map)) => {
-                match event_from_json_in(&map, shape, feed_name, &mut last_schema) {
-                    Ok(e) => on_row(Row::Event(Box::new(e))),
-                    Err(reason) => on_row(error(reason)),
-                }
+        if let Ok(outcome) = event_from_json_text(trimmed, shape, feed_name, &mut last_schema) {
+            match outcome {
+                Ok(e) => on_row(Row::Event(Box::new(e))),
+                Err(reason) => on_row(error(reason)),
             }
+            continue;
+        }
+        // Not an object: parsed again only to say what it is.
+        match serde_json::from_str::<serde_json::Value>(trimmed) {
+            Ok(serde_json::Value::Object(_)) => on_row(error(
+                "a JSON object earlywarn cannot read as a record".to_string(),
+            )),
             Ok(other) => on_row(error(format!(
                 "expected a JSON object {{...}}, found {}",
                 json_kind(&other)
@@ -659,33 +665,37 @@ fn parse_json<R: Read>(
                 "element {row} of the array: {}",
                 not_utf8(e.valid_up_to())
             )),
-            Ok(_) => match serde_json::from_slice(&element.text) {
-                Ok(serde_json::Value::Object(map)) => {
-                    event_from_json_in(&map, shape, feed_name, &mut last_schema)
-                }
-                Ok(other) => Err(format!(
-                    "element {row} of the array is {}, not an object",
-                    json_kind(&other)
-                )),
-                Err(e) => {
-                    // Well-formed JSON that is not a value serde_json can hold (a number
-                    // out of range) is one bad element; anything else is a broken file.
-                    if serde_json::from_slice::<&serde_json::value::RawValue>(&element.text)
-                        .is_err()
-                    {
-                        let line = element.line + e.line().saturating_sub(1) as u64;
-                        let column = if e.line() <= 1 {
-                            element.column + (e.column() as u64).saturating_sub(1)
-                        } else {
-                            e.column() as u64
-                        };
-                        return Err(FileError(format!(
-                            "invalid JSON at line {line} column {column}: {}",
-                            json_reason(&e)
-                        )));
+            Ok(text) => match event_from_json_text(text, shape, feed_name, &mut last_schema) {
+                Ok(outcome) => outcome,
+                // Not an object: parsed again only to say what it is.
+                Err(_) => match serde_json::from_slice(&element.text) {
+                    Ok(serde_json::Value::Object(_)) => Err(format!(
+                        "element {row} of the array is a JSON object earlywarn cannot read as a record"
+                    )),
+                    Ok(other) => Err(format!(
+                        "element {row} of the array is {}, not an object",
+                        json_kind(&other)
+                    )),
+                    Err(e) => {
+                        // Well-formed JSON that is not a value serde_json can hold (a number
+                        // out of range) is one bad element; anything else is a broken file.
+                        if serde_json::from_slice::<&serde_json::value::RawValue>(&element.text)
+                            .is_err()
+                        {
+                            let line = element.line + e.line().saturating_sub(1) as u64;
+                            let column = if e.line() <= 1 {
+                                element.column + (e.column() as u64).saturating_sub(1)
+                            } else {
+                                e.column() as u64
+                            };
+                            return Err(FileError(format!(
+                                "invalid JSON at line {line} column {column}: {}",
+                                json_reason(&e)
+                            )));
+                        }
+                        Err(format!("element {row} of the array: {}", json_reason(&e)))
                     }
-                    Err(format!("element {row} of the array: {}", json_reason(&e)))
-                }
+                },
             },
         };
         match outcome {
@@ -750,13 +760,107 @@ fn event_from_json_in(
     feed_name: &FeedName,
     last_schema: &mut Option<Schema>,
 ) -> Result<Event, String> {
-    // Keys are unique; sorted here rather than trusting the map's order
-    // (which a `preserve_order` feature anywhere in the build would change).
-    let mut pairs: Vec<(&str, &serde_json::Value)> = map
+    let pairs = map
         .iter()
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.as_str(), v))
+        .map(|(k, v)| {
+            let raw = match v {
+                // In the schema, like a CSV file's empty cell: an absent field.
+                serde_json::Value::Null => RawValue::Text(""),
+                serde_json::Value::String(s) => RawValue::Text(s),
+                serde_json::Value::Number(n) => RawValue::Number(n.as_f64().unwrap_or(f64::NAN)),
+                serde_json::Value::Bool(b) => RawValue::Owned(b.to_string()),
+                serde_json::Value::Array(items) => RawValue::List(
+                    items
+                        .iter()
+                        .filter_map(|i| match i {
+                            serde_json::Value::String(s) => Some(Text::from(s.trim())),
+                            serde_json::Value::Null => None,
+                            other => Some(Text::from(other.to_string())),
+                        })
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                ),
+                obj @ serde_json::Value::Object(_) => RawValue::Owned(obj.to_string()),
+            };
+            (k.as_str(), raw)
+        })
         .collect();
+    event_from_pairs(pairs, shape, feed_name, last_schema)
+}
+
+/// One JSON object of a file (a JSON-lines line, an array element) as an
+/// event. Each value is read from the text as written, so a number keeps its
+/// digits (`-123123123123123123123123123123`, an id like `0100`'s neighbour
+/// `100000000000000000001`) instead of becoming the nearest 64-bit float, and
+/// is compared as a number when a rule asks, as CSV numbers are. `Err` when
+/// the text is not a JSON object: the caller says what it is instead.
+fn event_from_json_text(
+    text: &str,
+    shape: &RecordShape<'_>,
+    feed_name: &FeedName,
+    last_schema: &mut Option<Schema>,
+) -> Result<Result<Event, String>, serde_json::Error> {
+    use serde_json::value::RawValue as Json;
+    let map: BTreeMap<String, &Json> = serde_json::from_str(text)?;
+    let mut pairs = Vec::with_capacity(map.len());
+    for (k, v) in &map {
+        let written = v.get().trim();
+        let raw = match written.as_bytes().first() {
+            // null: in the schema, like a CSV file's empty cell; an absent field.
+            None | Some(b'n') => RawValue::Text(""),
+            Some(b'"') => match serde_json::from_str::<String>(written) {
+                Ok(s) => RawValue::Owned(s.trim().to_string()),
+                Err(e) => return Ok(Err(format!("field `{k}`: {}", json_reason(&e)))),
+            },
+            Some(b'[') => match serde_json::from_str::<Vec<&Json>>(written) {
+                Ok(items) => RawValue::List(
+                    items
+                        .iter()
+                        .filter_map(|i| {
+                            let written = i.get().trim();
+                            match written.as_bytes().first() {
+                                Some(b'"') => serde_json::from_str::<String>(written)
+                                    .ok()
+                                    .map(|s| Text::from(s.trim())),
+                                None | Some(b'n') => None,
+                                Some(b'{' | b'[') => Some(Text::from(compact(written))),
+                                Some(_) => Some(Text::from(written)),
+                            }
+                        })
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                ),
+                Err(e) => return Ok(Err(format!("field `{k}`: {}", json_reason(&e)))),
+            },
+            Some(b'{') => RawValue::Owned(compact(written)),
+            // A number or true/false: the text as written.
+            Some(_) => RawValue::Text(written),
+        };
+        pairs.push((k.as_str(), raw));
+    }
+    Ok(event_from_pairs(pairs, shape, feed_name, last_schema))
+}
+
+/// A nested JSON value as one line of compact JSON, as an email shows it.
+fn compact(written: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(written)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| written.to_string())
+}
+
+/// Builds an event from a JSON object's fields (keys unique).
+/// `last_schema` is the schema of the file's previous object: objects with
+/// the same keys (the usual case) share it, as the rows of a CSV file do, so
+/// the rules bind their fields once per file.
+fn event_from_pairs(
+    mut pairs: Vec<(&str, RawValue<'_>)>,
+    shape: &RecordShape<'_>,
+    feed_name: &FeedName,
+    last_schema: &mut Option<Schema>,
+) -> Result<Event, String> {
+    // Sorted here rather than trusting the map's order (which a
+    // `preserve_order` feature anywhere in the build would change).
+    pairs.retain(|(k, _)| !k.is_empty());
     pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let schema = match last_schema {
         Some(known) if known.iter().map(|n| &**n).eq(pairs.iter().map(|(k, _)| *k)) => {
@@ -768,27 +872,9 @@ fn event_from_json_in(
             schema
         }
     };
-    let raw = (0u32..).zip(pairs).filter_map(|(index, (k, v))| {
-        let raw = match v {
-            serde_json::Value::Null => return None,
-            serde_json::Value::String(s) => RawValue::Text(s),
-            serde_json::Value::Number(n) => RawValue::Number(n.as_f64().unwrap_or(f64::NAN)),
-            serde_json::Value::Bool(b) => RawValue::Owned(b.to_string()),
-            serde_json::Value::Array(items) => RawValue::List(
-                items
-                    .iter()
-                    .filter_map(|i| match i {
-                        serde_json::Value::String(s) => Some(Text::from(s.trim())),
-                        serde_json::Value::Null => None,
-                        other => Some(Text::from(other.to_string())),
-                    })
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            ),
-            obj @ serde_json::Value::Object(_) => RawValue::Owned(obj.to_string()),
-        };
+    let raw = (0u32..).zip(pairs).map(|(index, (k, raw))| {
         let separator = shape.feed.list_fields.get(k).map(String::as_str);
-        Some((index, raw, separator))
+        (index, raw, separator)
     });
     build_event(feed_name, &schema, raw, None, shape)
 }
@@ -1254,6 +1340,33 @@ mod tests {
     }
 
     #[test]
+    fn json_numbers_keep_the_digits_they_were_written_with() {
+        let line = "{\"sample_id\": 100000000000000000001, \"tested_at\": \"2025-11-04T11:30:00Z\", \"amount\": -123123123123123123123123123123, \"ok\": true, \"ids\": [1e400, \" a \", null], \"more\": {\"b\": 1,  \"a\": [2]}}";
+        for (format, text) in [("jsonl", line.to_string()), ("json", format!("[{line}]"))] {
+            let (events, errors) = read(&text, &feed(format, "")).unwrap();
+            assert!(errors.is_empty(), "{format}: {errors:?}");
+            let e = &events[0];
+            assert_eq!(
+                e.record_id.as_deref(),
+                Some("100000000000000000001"),
+                "{format}"
+            );
+            assert_eq!(
+                e.fields["amount"].to_string(),
+                "-123123123123123123123123123123",
+                "{format}"
+            );
+            assert!(e.fields["amount"].as_number().unwrap() < -1e29);
+            assert_eq!(e.fields["ok"].to_string(), "true");
+            assert_eq!(
+                e.fields["ids"],
+                Value::List(vec!["1e400".into(), "a".into()])
+            );
+            assert_eq!(e.fields["more"].to_string(), "{\"a\":[2],\"b\":1}");
+        }
+    }
+
+    #[test]
     fn json_objects_with_the_same_keys_share_a_schema() {
         let feed = feed("jsonl", "");
         let text = concat!(
@@ -1338,7 +1451,9 @@ mod tests {
         let text = "{\"sample_id\": \"S1\", \"tested_at\": \"2025-11-04T11:30:00Z\", \"substances\": [\"a\", \"b\"], \"amount\": 12.5}\nnot json\n\n[1]\n";
         let (events, errors) = read(text, &feed).unwrap();
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].fields["amount"], Value::Number(12.5));
+        // A JSON number keeps its text, and reads as a number in a rule.
+        assert_eq!(events[0].fields["amount"], Value::Text("12.5".into()));
+        assert_eq!(events[0].fields["amount"].as_number(), Some(12.5));
         assert_eq!(
             events[0].fields["substances"],
             Value::List(vec!["a".into(), "b".into()])
