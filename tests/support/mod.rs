@@ -4,6 +4,7 @@
 //!   with STARTTLS / implicit TLS / AUTH and failure modes, storing what it accepts as JSON.
 //! * [`Received`]: one stored message, with mail-parser helpers to read it.
 //! * [`Daemon`]: `earlywarn run` as a child process, logging to `daemon.log` beside its config.
+//! * [`in_process::InProcess`]: `daemon::run` in the test's own process, driven by its controls.
 //! * [`earlywarn`], [`write_atomically`], [`wait_until`]: small things every test needs.
 //!
 //! Everything panics with a message saying what went wrong instead of returning `Result`s:
@@ -11,6 +12,8 @@
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
+
+pub mod in_process;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
