@@ -372,11 +372,12 @@ fn a_file_that_keeps_interrupting_the_daemon_is_set_aside_after_three_tries() {
     }
     .write(base);
     let feed = feed_dir(base);
-    // Big enough that the daemon is still reading it when it is killed.
-    let mut content = String::with_capacity(80 << 20);
+    // Big enough that the daemon is still reading it when it is killed: the kill follows the
+    // try's record within a poll (20 ms), the second read of 16 MiB takes seconds.
+    let mut content = String::with_capacity(16 << 20);
     content.push_str(&nitazene_file("K0"));
     let mut i = 0;
-    while content.len() < 80 << 20 {
+    while content.len() < 16 << 20 {
         content.push_str(&row(&format!("K{i}"), "Bury", "cocaine", "", ""));
         content.push('\n');
         i += 1;
