@@ -243,7 +243,8 @@ fn a_producer_cannot_plant_links_rename_the_daemons_folders_or_read_what_is_not_
         .exists()));
     let why = fs::read_to_string(feed.join("rejected/linked.csv.errors.txt")).unwrap();
     assert!(why.contains("hard link"), "{why}");
-    std::thread::sleep(Duration::from_millis(500));
+    // Rejected whole, before anything of it could be committed; and what was committed is sent.
+    support::wait_outbox_drained(&config);
     assert_eq!(
         names_in(&base.join("mail")).len(),
         1,

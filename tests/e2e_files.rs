@@ -102,8 +102,9 @@ fn a_slow_in_place_writer_is_read_once_whole_after_it_settles() {
     );
     assert!(names_in(&feed_dir(dir.path()).join("rejected")).is_empty());
 
-    // Still exactly once a while later.
-    thread::sleep(Duration::from_millis(1500));
+    // Still exactly once: the file is in processed/ (not to be read again) and its email is
+    // marked sent (not to be sent again).
+    support::wait_outbox_drained(&config);
     assert_eq!(
         log_lines(&daemon, &["File processed"]).len(),
         1,

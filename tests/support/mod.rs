@@ -873,3 +873,19 @@ pub fn owner_only(path: &Path) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .unwrap_or_else(|e| panic!("chmod 600 {}: {e}", path.display()));
 }
+
+/// Waits (up to 20 s) until the outbox of the daemon on `config` has nothing pending: every row
+/// sent or failed for good. A sent row is never sent again, so what the mail server (or mail
+/// folder) holds then is all there will be: the positive sign that replaces "wait a while, then
+/// count". Panics with the status if it does not drain.
+pub fn wait_outbox_drained(config: &Path) {
+    let pending = || -> Option<i64> {
+        let out = earlywarn(&["status", "--config", config.to_str()?, "--format", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        status["outbox_pending"].as_i64()
+    };
+    let drained = poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        pending() == Some(0)
+    });
+    assert!(drained, "the outbox did not drain: {:?} pending", pending());
+}
