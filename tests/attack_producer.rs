@@ -156,7 +156,21 @@ fn a_producer_cannot_plant_links_rename_the_daemons_folders_or_read_what_is_not_
     // link into the state folder) and one named like SQLite's rollback journal.
     drop_as_producer(&feed, "earlywarn.db-journal", "\0\0binary\0");
     drop_as_producer(&feed, "good.csv", &nitazene_file("P1"));
-    std::thread::sleep(Duration::from_secs(3));
+    // The sign that the daemon has been past them: a file dropped after them in the other
+    // (healthy) feed has been taken (hints are handled in order).
+    let incidents = base.join("in/incidents");
+    let after = support::write_atomically(
+        &incidents,
+        "after.csv",
+        "record_id,occurred_at\nI-1,2025-11-04T09:00:00Z\n",
+    );
+    chmod(&after, 0o644);
+    assert!(
+        wait_until(WAIT, || incidents.join("processed/after.csv").exists()
+            || incidents.join("rejected/after.csv").exists()),
+        "a file in the healthy feed was not taken:\n{}",
+        log(&daemon)
+    );
     let mut in_state = names_in(&state);
     in_state.retain(|n| !n.starts_with("earlywarn.db"));
     assert!(
