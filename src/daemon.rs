@@ -1,10 +1,15 @@
 //! The daemon: watches the feed folders, runs each ready file through the
-//! pipeline, and drains the outbox, until SIGTERM or SIGINT.
+//! pipeline, and drains the outbox, until told to stop.
+//!
+//! [`run`] installs no signal handler: it is told to stop by a
+//! [`CancellationToken`] and to reload by a channel, which `main.rs` wires to
+//! SIGTERM/SIGINT and SIGHUP, and a test drives directly (the daemon then runs
+//! in the test's own process).
 //!
 //! Tasks:
 //! - the intake loop (this module): hints from the folder watcher, periodic
 //!   rescans, settle timers, the clock tick (deadlines, silence), reloads
-//!   (SIGHUP or a changed rule file), self-alerts and shutdown, all in one
+//!   (asked for, or a changed rule file), self-alerts and shutdown, all in one
 //!   `select!`; files are processed one at a time, so rule state has a single
 //!   writer;
 //! - the outbox worker ([`crate::delivery::run_outbox`]), with its own
@@ -35,7 +40,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -137,8 +141,44 @@ impl Liveness {
     }
 }
 
-/// Runs the daemon until a shutdown signal. Returns when everything in progress has finished.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Why a reload was asked for, as the log says it (`"SIGHUP"`).
+pub type ReloadReason = &'static str;
+
+/// How the daemon is driven from outside: `main.rs` wires signals to these,
+/// an in-process test holds the other ends.
+pub struct Controls {
+    /// Cancelled to stop: no new file is started, the one being read gets
+    /// half of `shutdown_timeout`, the outbox finishes its exchange.
+    pub shutdown: CancellationToken,
+    /// Each message reloads the config and rules, as SIGHUP does.
+    pub reload: mpsc::UnboundedReceiver<ReloadReason>,
+    /// Cancelled by the daemon when it is ready (when READY=1 goes to systemd):
+    /// files already waiting have been read and the first clock tick has run.
+    pub ready: CancellationToken,
+}
+
+impl Controls {
+    /// Fresh controls and the sender of their reload channel; clone the
+    /// tokens before handing the controls to [`run`] to keep the other ends.
+    pub fn new() -> (Controls, mpsc::UnboundedSender<ReloadReason>) {
+        let (reload_tx, reload) = mpsc::unbounded_channel();
+        let controls = Controls {
+            shutdown: CancellationToken::new(),
+            reload,
+            ready: CancellationToken::new(),
+        };
+        (controls, reload_tx)
+    }
+}
+
+/// Runs the daemon until `controls.shutdown` is cancelled. Returns when
+/// everything in progress has finished.
+pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> {
+    let Controls {
+        shutdown,
+        mut reload,
+        ready,
+    } = controls;
     let config = Arc::new(config);
     let rules = load_rules(&config)?;
     create_feed_dirs(&config)?;
@@ -161,6 +201,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         shutdown: stop_tasks.clone(),
         metrics: metrics.clone(),
         ops: ops.clone(),
+        clock: crate::delivery::Clock::system(),
     }));
     if let Some(addr) = config.metrics_listen {
         let listener = crate::metrics::bind(addr)
@@ -179,24 +220,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (reload_tx, mut reload_requests) = mpsc::unbounded_channel();
     let watchers = Watchers::new(&config, hint_tx.clone(), reload_tx.clone())?;
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    // Signals are watched by their own task so that a shutdown is noticed between
-    // two files even while the loop below works through a backlog.
-    let stopping = CancellationToken::new();
+    // Watched by its own task so that the moment is known even while the loop
+    // below is busy with a file (which then gets half of `shutdown_timeout`).
+    let stopping = shutdown;
     let stop_requested: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     {
         let stopping = stopping.clone();
         let stop_requested = stop_requested.clone();
         tokio::spawn(async move {
-            let which = tokio::select! {
-                _ = sigterm.recv() => "SIGTERM",
-                _ = sigint.recv() => "SIGINT",
-            };
-            tracing::info!(signal = which, "Shutting down");
+            stopping.cancelled().await;
             let _ = stop_requested.set(Instant::now());
-            stopping.cancel();
         });
     }
     let liveness = Arc::new(Liveness::new());
@@ -262,6 +295,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         NotifyState::Status("watching feed folders"),
     ]);
     tracing::info!("Ready");
+    ready.cancel();
 
     let mut rescan_timer = tokio::time::interval(config.daemon.rescan_interval);
     rescan_timer.tick().await; // the first tick is immediate; the rescan just happened
@@ -281,7 +315,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::select! {
             biased;
             _ = stopping.cancelled() => break,
-            _ = sighup.recv() => intake.reload("SIGHUP"),
+            Some(why) = reload.recv() => intake.reload(why),
             Some(()) = reload_requests.recv() => {
                 // Editors write a file in several steps: let them finish, then reload once.
                 tokio::time::sleep(Duration::from_millis(300)).await;

@@ -20,7 +20,10 @@
 //! drains critical first within seconds of the server's return. Every
 //! exchange is bounded by `[mail] timeout`.
 
+mod clock;
 mod smtp;
+
+pub use clock::Clock;
 
 pub use smtp::{Step, Verdict, What, classify};
 
@@ -596,13 +599,14 @@ pub async fn attempt(
     store: &Mutex<Store>,
     mailer: &Mailer,
     mail: &MailConfig,
+    clock: &Clock,
     item: &OutboxItem,
 ) -> (Attempt, Option<OutcomeWrite>) {
-    let (name, message) = (eml_name(item), hand_off(store, item));
+    let (name, message) = (eml_name(item), hand_off(store, clock, item));
     let result = mailer
         .send(&item.mail_from, &item.recipients, &message, &name)
         .await;
-    settle(store, mail, item, result)
+    settle(store, mail, clock, item, result)
 }
 
 /// Records (and logs) the outcome of an attempt at `item`: an exchange's
@@ -610,10 +614,11 @@ pub async fn attempt(
 fn settle(
     store: &Mutex<Store>,
     mail: &MailConfig,
+    clock: &Clock,
     item: &OutboxItem,
     result: Result<Delivered, SendError>,
 ) -> (Attempt, Option<OutcomeWrite>) {
-    let now = Timestamp::now();
+    let now = clock.now();
     let attempts = item.attempts + 1;
     let retry_in = backoff(attempts, mail.retry_initial, mail.retry_max);
     let (outcome, write) = outcome_of(item, &result, now, retry_in);
@@ -668,8 +673,8 @@ fn settle(
 /// (SPEC §7), recorded on the row before the first send so that every retry
 /// carries the same one. If the database cannot record it now, this attempt
 /// says now and a later one records its own time: better than not sending.
-fn hand_off(store: &Mutex<Store>, item: &OutboxItem) -> Vec<u8> {
-    let now = Timestamp::now();
+fn hand_off(store: &Mutex<Store>, clock: &Clock, item: &OutboxItem) -> Vec<u8> {
+    let now = clock.now();
     let at = {
         // Poisoned: see `OutcomeWrite::apply`.
         let store = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -746,6 +751,8 @@ pub struct OutboxContext {
     pub shutdown: CancellationToken,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub ops: Arc<crate::ops::OpsNotifier>,
+    /// Where stored times and waits come from: [`Clock::system`] but in tests.
+    pub clock: Clock,
 }
 
 /// The configuration fault in force, as the worker tracks it for logging.
@@ -769,15 +776,15 @@ struct ServerHealth {
 impl ServerHealth {
     /// Notes a configuration fault: ERROR when it starts or changes, then every
     /// [`FAULT_RELOG_EVERY`]; the database holds it for `status` and `/metrics`.
-    fn config_fault(&mut self, store: &Mutex<Store>, reason: &str) {
-        let now = Instant::now();
+    fn config_fault(&mut self, store: &Mutex<Store>, clock: &Clock, reason: &str) {
+        let now = clock.instant();
         let changed = self.fault.as_ref().is_none_or(|f| f.reason != reason);
         if changed {
             let waiting = {
                 let s = store.lock().unwrap_or_else(|p| p.into_inner());
                 let since = match s.delivery_fault() {
                     Ok(Some(f)) if f.reason == reason => f.since,
-                    _ => Timestamp::now(),
+                    _ => clock.now(),
                 };
                 if let Err(e) = s.set_delivery_fault(Some(&DeliveryFault {
                     since,
@@ -823,10 +830,10 @@ impl ServerHealth {
     }
 
     /// What a send or probe error says about the server.
-    fn failed(&mut self, store: &Mutex<Store>, error: &SendError) {
+    fn failed(&mut self, store: &Mutex<Store>, clock: &Clock, error: &SendError) {
         match error {
             SendError::Config { reason, probe_sees } => {
-                self.config_fault(store, reason);
+                self.config_fault(store, clock, reason);
                 self.waiting_for_probe |= *probe_sees;
             }
             SendError::Unavailable(_) => self.waiting_for_probe = true,
@@ -859,7 +866,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
             if !unrecorded.is_empty() {
                 // The database is still refusing writes: do not spin on it.
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = ctx.clock.sleep(Duration::from_secs(1)) => {}
                     _ = ctx.shutdown.cancelled() => return,
                 }
             }
@@ -872,7 +879,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
             // sends critical alerts first.
             let due = {
                 let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
-                s.due(Timestamp::now(), 16).unwrap_or_default()
+                s.due(ctx.clock.now(), 16).unwrap_or_default()
             };
             let due: Vec<OutboxItem> = due
                 .into_iter()
@@ -887,8 +894,8 @@ pub async fn run_outbox(ctx: OutboxContext) {
                 health.waiting_for_probe = false;
                 continue;
             }
-            if !due.is_empty() || health.probe_due(Instant::now()) {
-                health.last_probe = Some(Instant::now());
+            if !due.is_empty() || health.probe_due(ctx.clock.instant()) {
+                health.last_probe = Some(ctx.clock.instant());
                 let probed = tokio::select! {
                     p = ctx.mailer.probe() => p,
                     _ = ctx.shutdown.cancelled() => return,
@@ -898,7 +905,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
                         health.works(&ctx.store);
                         let made_due = {
                             let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
-                            s.make_waiting_due(Timestamp::now())
+                            s.make_waiting_due(ctx.clock.now())
                         };
                         tracing::info!(
                             waiting = made_due.unwrap_or(0) + due.len(),
@@ -908,9 +915,10 @@ pub async fn run_outbox(ctx: OutboxContext) {
                     }
                     Err(e) => {
                         tracing::debug!(error = %crate::display::escape_controls(&e.to_string()), "Probe: the mail server still fails");
-                        health.failed(&ctx.store, &e);
+                        health.failed(&ctx.store, &ctx.clock, &e);
                         for item in &due {
-                            let (_, write) = settle(&ctx.store, &ctx.mail, item, Err(e.clone()));
+                            let (_, write) =
+                                settle(&ctx.store, &ctx.mail, &ctx.clock, item, Err(e.clone()));
                             unrecorded.extend(write);
                             ctx.metrics.delivery("retry");
                         }
@@ -925,29 +933,29 @@ pub async fn run_outbox(ctx: OutboxContext) {
                 s.next_due().ok().flatten()
             }
             .map(|t| {
-                Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
+                Duration::try_from(t.duration_since(ctx.clock.now())).unwrap_or(Duration::ZERO)
             })
             .unwrap_or(PROBE_EVERY);
             let until_probe = health
                 .last_probe
-                .map(|at| PROBE_EVERY.saturating_sub(at.elapsed()))
+                .map(|at| PROBE_EVERY.saturating_sub(ctx.clock.instant().duration_since(at)))
                 .unwrap_or(Duration::ZERO);
             tokio::select! {
-                _ = tokio::time::sleep(until_row.min(until_probe).min(PROBE_EVERY)) => {}
+                _ = ctx.clock.sleep(until_row.min(until_probe).min(PROBE_EVERY)) => {}
                 _ = ctx.shutdown.cancelled() => return,
             }
             continue;
         }
         let due = {
             let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
-            s.due(Timestamp::now(), 16)
+            s.due(ctx.clock.now(), 16)
         };
         let due = match due {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot read the outbox; retrying in 5s");
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    _ = ctx.clock.sleep(Duration::from_secs(5)) => continue,
                     _ = ctx.shutdown.cancelled() => return,
                 }
             }
@@ -965,7 +973,8 @@ pub async fn run_outbox(ctx: OutboxContext) {
                 }
                 sent_any = true;
                 // An exchange in progress is finished even during shutdown (it is bounded by the timeout).
-                let (outcome, write) = attempt(&ctx.store, &ctx.mailer, &ctx.mail, &item).await;
+                let (outcome, write) =
+                    attempt(&ctx.store, &ctx.mailer, &ctx.mail, &ctx.clock, &item).await;
                 unrecorded.extend(write);
                 match outcome {
                     Attempt::Sent => {
@@ -975,7 +984,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
                     Attempt::Retry { fault, .. } => {
                         ctx.metrics.delivery("retry");
                         match &fault {
-                            Some(e) => health.failed(&ctx.store, e),
+                            Some(e) => health.failed(&ctx.store, &ctx.clock, e),
                             None => health.works(&ctx.store),
                         }
                     }
@@ -990,7 +999,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
                                     "alert {} to partner {}: {error}",
                                     item.alert_id, item.partner_id
                                 ),
-                                Timestamp::now(),
+                                ctx.clock.now(),
                             );
                         }
                     }
@@ -1013,7 +1022,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
         };
         let sleep_for = match next {
             Some(t) => {
-                let wait = t.duration_since(Timestamp::now());
+                let wait = t.duration_since(ctx.clock.now());
                 Duration::try_from(wait)
                     .unwrap_or(Duration::ZERO)
                     .min(IDLE_POLL)
@@ -1022,7 +1031,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
         };
         tokio::select! {
             _ = ctx.wake.notified() => {}
-            _ = tokio::time::sleep(sleep_for) => {}
+            _ = ctx.clock.sleep(sleep_for) => {}
             _ = ctx.shutdown.cancelled() => return,
         }
     }

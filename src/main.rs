@@ -271,7 +271,10 @@ fn dispatch(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCod
                 .build()
                 .context("cannot start the async runtime")?;
             runtime
-                .block_on(earlywarn::daemon::run(config))
+                .block_on(async {
+                    let controls = signal_controls()?;
+                    earlywarn::daemon::run(config, controls).await
+                })
                 .map_err(|e| match e {
                     earlywarn::daemon::DaemonError::Rules(d) => anyhow::Error::new(d),
                     other => anyhow::Error::new(UserError(format!("earlywarn: {other}"))),
@@ -290,6 +293,35 @@ fn dispatch(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCod
         Command::SendTestEmail { to } => send_test_email(config, &to),
         Command::Outbox { action } => outbox(config, action),
     }
+}
+
+/// Wires the process's signals to the daemon's controls: SIGTERM and SIGINT
+/// stop it, each SIGHUP reloads. Installed before the daemon starts, so a
+/// signal during start-up is not lost.
+fn signal_controls() -> Result<earlywarn::daemon::Controls, earlywarn::daemon::DaemonError> {
+    use earlywarn::daemon::{Controls, DaemonError};
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let (controls, reload) = Controls::new();
+    let shutdown = controls.shutdown.clone();
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "Shutting down");
+        shutdown.cancel();
+    });
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            if reload.send("SIGHUP").is_err() {
+                break; // the daemon has stopped
+            }
+        }
+    });
+    Ok(controls)
 }
 
 fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {

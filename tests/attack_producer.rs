@@ -156,7 +156,21 @@ fn a_producer_cannot_plant_links_rename_the_daemons_folders_or_read_what_is_not_
     // link into the state folder) and one named like SQLite's rollback journal.
     drop_as_producer(&feed, "earlywarn.db-journal", "\0\0binary\0");
     drop_as_producer(&feed, "good.csv", &nitazene_file("P1"));
-    std::thread::sleep(Duration::from_secs(3));
+    // The sign that the daemon has been past them: a file dropped after them in the other
+    // (healthy) feed has been taken (hints are handled in order).
+    let incidents = base.join("in/incidents");
+    let after = support::write_atomically(
+        &incidents,
+        "after.csv",
+        "record_id,occurred_at\nI-1,2025-11-04T09:00:00Z\n",
+    );
+    chmod(&after, 0o644);
+    assert!(
+        wait_until(WAIT, || incidents.join("processed/after.csv").exists()
+            || incidents.join("rejected/after.csv").exists()),
+        "a file in the healthy feed was not taken:\n{}",
+        log(&daemon)
+    );
     let mut in_state = names_in(&state);
     in_state.retain(|n| !n.starts_with("earlywarn.db"));
     assert!(
@@ -243,7 +257,8 @@ fn a_producer_cannot_plant_links_rename_the_daemons_folders_or_read_what_is_not_
         .exists()));
     let why = fs::read_to_string(feed.join("rejected/linked.csv.errors.txt")).unwrap();
     assert!(why.contains("hard link"), "{why}");
-    std::thread::sleep(Duration::from_millis(500));
+    // Rejected whole, before anything of it could be committed; and what was committed is sent.
+    support::wait_outbox_drained(&config);
     assert_eq!(
         names_in(&base.join("mail")).len(),
         1,
@@ -372,11 +387,12 @@ fn a_file_that_keeps_interrupting_the_daemon_is_set_aside_after_three_tries() {
     }
     .write(base);
     let feed = feed_dir(base);
-    // Big enough that the daemon is still reading it when it is killed.
-    let mut content = String::with_capacity(80 << 20);
+    // Big enough that the daemon is still reading it when it is killed: the kill follows the
+    // try's record within a poll (20 ms), the second read of 16 MiB takes seconds.
+    let mut content = String::with_capacity(16 << 20);
     content.push_str(&nitazene_file("K0"));
     let mut i = 0;
-    while content.len() < 80 << 20 {
+    while content.len() < 16 << 20 {
         content.push_str(&row(&format!("K{i}"), "Bury", "cocaine", "", ""));
         content.push('\n');
         i += 1;

@@ -1014,8 +1014,8 @@ fn sigterm_during_a_stream_of_files_loses_nothing_and_duplicates_nothing() {
         waiting_files(dir.path())
     );
     server.wait_for(FILES, Duration::from_secs(30));
-    // Anything extra would arrive promptly after the last one.
-    thread::sleep(Duration::from_millis(1000));
+    // Every row marked sent, and a sent row is never sent again: nothing extra can come.
+    support::wait_outbox_drained(&config);
     check_each_emailed_once(&server.messages(), FILES);
     assert_eq!(names_in(&processed_dir(dir.path())).len(), FILES);
     stop_daemon(daemon);
@@ -1077,7 +1077,8 @@ fn sigterm_stops_taking_files_after_the_current_one_even_with_a_backlog() {
         waiting_files(dir.path())
     );
     let msgs = wait_eml(&mail_dir(dir.path()), FILES, Duration::from_secs(30));
-    thread::sleep(Duration::from_millis(500));
+    // Every row marked sent, and a sent row is never sent again: nothing extra can come.
+    support::wait_outbox_drained(&config);
     assert_eq!(eml_messages(&mail_dir(dir.path())).len(), msgs.len());
     check_each_emailed_once(&msgs, FILES);
     stop_daemon(daemon);

@@ -137,7 +137,11 @@ severity = "critical"
     daemon
         .wait_exit(Duration::from_secs(10))
         .expect("daemon should die on SIGKILL");
-    std::thread::sleep(Duration::from_secs(7));
+    // B's deadline (6 s after its event time) passes while the daemon is down.
+    let b_due = t.parse::<jiff::Timestamp>().unwrap() + Duration::from_secs(6);
+    while jiff::Timestamp::now() <= b_due {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         smtp.messages().is_empty(),
         "no open notice was asked for, and nothing is due yet"
@@ -155,8 +159,9 @@ severity = "critical"
     );
     assert!(subject.contains("GMP-B"), "{subject}");
     assert_eq!(escalation.to(), ["viable@example.org"]);
-    // A had its support record: nothing more comes, even after a while.
-    std::thread::sleep(Duration::from_secs(3));
+    // A had its support record: nothing more comes. The escalation is sent and no deadline is
+    // open (below), so nothing can.
+    wait_outbox_drained(&config);
     let all = smtp.messages();
     assert_eq!(
         all.len(),
@@ -221,7 +226,8 @@ advice = "Carry naloxone."
         ),
     );
     let drafts = smtp.wait_for(1, Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(2));
+    // The alert's rows were committed together: drained, the outbox has sent all there is.
+    wait_outbox_drained(&config);
     assert_eq!(smtp.messages().len(), 1, "only the reviewers get the draft");
     let draft = &drafts[0];
     assert_eq!(draft.to(), ["panel@example.org"]);
@@ -284,7 +290,7 @@ advice = "Carry naloxone."
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    std::thread::sleep(Duration::from_secs(2));
+    wait_outbox_drained(&config);
     assert_eq!(smtp.messages().len(), 3, "approved once, sent once");
 
     let show = earlywarn(&["alerts", "show", &alert_id, "--config", cfg]);

@@ -129,6 +129,13 @@ fn now_floor() -> jiff::Timestamp {
     jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap()
 }
 
+/// Waits until the wall clock, truncated to the second, is past `at`.
+fn wait_for_a_later_second(at: jiff::Timestamp) {
+    while now_floor() <= at {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A message's `Date`, which every email must have.
 fn date_of(m: &Received) -> jiff::Timestamp {
     let shown = m
@@ -217,8 +224,10 @@ fn the_draft_and_the_approved_alert_are_two_emails_with_their_own_ids_and_dates(
     );
     let alert = draft.header("X-Earlywarn-Alert").unwrap();
 
-    // The panel takes its time: the approved alert must not carry the draft's date.
-    std::thread::sleep(Duration::from_secs(2));
+    // The panel takes its time: the approved alert must not carry the draft's date. Approved
+    // in a later second than the draft's `Date` (a `Date` has whole seconds).
+    let draft_date = date_of(draft);
+    wait_for_a_later_second(draft_date);
     let approved_at = now_floor();
     approve(&config, &alert);
     let mails = wait_eml(&mail_dir, 3, WAIT);
@@ -378,7 +387,9 @@ fn over_smtp_a_retried_email_keeps_the_date_of_its_first_hand_off() {
         support::wait_until(WAIT, || !smtp.attempt_times().is_empty()),
         "the daemon never tried to send"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Fixed in a later second than the first hand-off (which came before its MAIL FROM).
+    let first_try = smtp.attempt_times()[0];
+    wait_for_a_later_second(jiff::Timestamp::from_second(first_try as i64).unwrap());
     let fixed_at = now_floor();
     smtp.restart_with(SmtpMode::Accept);
     let mails = smtp.wait_for(1, WAIT);

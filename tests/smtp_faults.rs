@@ -236,8 +236,21 @@ fn a_refused_password_holds_deliveries_back_until_it_is_fixed_then_all_go_once()
         "{:#}",
         status_json(&config)
     );
-    // Several probes and retries later: still nothing failed, one ERROR only.
-    std::thread::sleep(Duration::from_secs(6));
+    // Several probes and retries later (three more sessions refused at AUTH): still nothing
+    // failed, one ERROR only.
+    let sessions = || {
+        fs::read_to_string(dir.path().join("smtp/connections.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let seen = sessions();
+    assert!(
+        wait_until(Duration::from_secs(30), || sessions() >= seen + 3),
+        "no three more sessions within 30 s: {} then {}",
+        seen,
+        sessions()
+    );
     let status = status_json(&config);
     assert_eq!(status["outbox_failed"], 0, "{status:#}");
     assert_eq!(status["outbox_pending"], 3, "{status:#}");
@@ -270,7 +283,8 @@ fn a_refused_password_holds_deliveries_back_until_it_is_fixed_then_all_go_once()
         status_json(&config)
     );
     assert!(!status_text(&config).contains("DELIVERY FAULT"));
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every row marked sent, and a sent row is never sent again: nothing extra can come.
+    support::wait_outbox_drained(&config);
     let msgs_after = server.messages();
     assert_eq!(
         msgs_after.len(),
@@ -389,7 +403,8 @@ fn a_dead_address_costs_only_itself_and_outbox_retry_requeues_only_it() {
     run_ok(&["outbox", "retry", &second, "--config", cfg_path(&config)]);
     let msgs = server.wait_for(4, WAIT);
     assert_eq!(msgs[3].rcpt_tos, ["dead@example.org"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every row marked sent, and a sent row is never sent again: nothing extra can come.
+    support::wait_outbox_drained(&config);
     let all = server.messages();
     assert_eq!(
         all.len(),

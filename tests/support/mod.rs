@@ -4,6 +4,7 @@
 //!   with STARTTLS / implicit TLS / AUTH and failure modes, storing what it accepts as JSON.
 //! * [`Received`]: one stored message, with mail-parser helpers to read it.
 //! * [`Daemon`]: `earlywarn run` as a child process, logging to `daemon.log` beside its config.
+//! * [`in_process::InProcess`]: `daemon::run` in the test's own process, driven by its controls.
 //! * [`earlywarn`], [`write_atomically`], [`wait_until`]: small things every test needs.
 //!
 //! Everything panics with a message saying what went wrong instead of returning `Result`s:
@@ -11,6 +12,8 @@
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
+
+pub mod in_process;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
@@ -869,4 +872,20 @@ pub fn owner_only(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .unwrap_or_else(|e| panic!("chmod 600 {}: {e}", path.display()));
+}
+
+/// Waits (up to 20 s) until the outbox of the daemon on `config` has nothing pending: every row
+/// sent or failed for good. A sent row is never sent again, so what the mail server (or mail
+/// folder) holds then is all there will be: the positive sign that replaces "wait a while, then
+/// count". Panics with the status if it does not drain.
+pub fn wait_outbox_drained(config: &Path) {
+    let pending = || -> Option<i64> {
+        let out = earlywarn(&["status", "--config", config.to_str()?, "--format", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        status["outbox_pending"].as_i64()
+    };
+    let drained = poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        pending() == Some(0)
+    });
+    assert!(drained, "the outbox did not drain: {:?} pending", pending());
 }
