@@ -149,7 +149,11 @@ fn csv_spectrum_every_case_as_the_suite_expects() {
         .map(|e| e.unwrap().file_name().to_string_lossy().replace(".csv", ""))
         .collect();
     names.sort();
-    assert_eq!(names.len(), 12, "csv-spectrum 2.0.0 has 12 cases: {names:?}");
+    assert_eq!(
+        names.len(),
+        12,
+        "csv-spectrum 2.0.0 has 12 cases: {names:?}"
+    );
     let mut failures = Vec::new();
     let mut choices = Vec::new();
     for name in &names {
@@ -194,7 +198,144 @@ fn csv_spectrum_every_case_as_the_suite_expects() {
             Ok(_) => {}
         }
     }
-    assert!(failures.is_empty(), "csv-spectrum:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "csv-spectrum:\n{}",
+        failures.join("\n")
+    );
     let listed: Vec<&str> = SPECTRUM_CHOICES.iter().map(|(n, _)| *n).collect();
     assert_eq!(choices, listed, "cases the documented choices change");
+}
+
+// ---------------------------------------------------------------------------
+// JSONTestSuite
+
+/// What a JSON document that earlywarn read gave, in a word for the `i_` list.
+fn summary(outcome: &Outcome) -> String {
+    match outcome {
+        Err(reason) => format!("file refused: {reason}"),
+        Ok(items) => {
+            let events = items.iter().filter(|i| matches!(i, Item::Event(_))).count();
+            let bad: Vec<&str> = items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Bad(_, reason) => Some(reason.as_str()),
+                    Item::Event(_) => None,
+                })
+                .collect();
+            format!("{events} records, {} bad rows {bad:?}", bad.len())
+        }
+    }
+}
+
+/// Whether a refusal says the text is not JSON: a `y_` document must never get one.
+fn says_invalid(outcome: &Outcome) -> bool {
+    let invalid = |r: &str| r.contains("invalid JSON") || r.contains("not valid UTF-8");
+    match outcome {
+        Err(reason) => invalid(reason),
+        Ok(items) => items
+            .iter()
+            .any(|i| matches!(i, Item::Bad(_, r) if invalid(r))),
+    }
+}
+
+/// Records accepted from a document, were it used (a refused file uses none).
+fn accepted(outcome: &Outcome) -> usize {
+    match outcome {
+        Err(_) => 0,
+        Ok(items) => items.iter().filter(|i| matches!(i, Item::Event(_))).count(),
+    }
+}
+
+#[test]
+fn json_test_suite_y_read_n_refused_i_listed() {
+    let dir = corpus("JSONTestSuite/test_parsing");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        318,
+        "JSONTestSuite's test_parsing has 318 files"
+    );
+    let mut failures = Vec::new();
+    let mut implementation_defined = Vec::new();
+    let (mut y, mut n) = (0, 0);
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = std::fs::read(path).unwrap();
+        // What the document is, by serde_json (strict RFC 8259, UTF-8 only).
+        let value: Option<Json> = serde_json::from_slice(&bytes).ok();
+        let objects = value
+            .as_ref()
+            .and_then(Json::as_array)
+            .filter(|a| a.iter().all(Json::is_object))
+            .map(Vec::len);
+        // A JSON array feed, and JSON lines where the document is one line.
+        let one_line = !bytes.contains(&b'\n') && !bytes.contains(&b'\r');
+        let mut runs = vec![("json", read(bytes.clone(), feed("json", None)))];
+        runs.push(("jsonl", read(bytes, feed("jsonl", None))));
+        for (format, run) in runs {
+            let outcome = match run {
+                Err(e) => {
+                    failures.push(format!("{name} as {format}: {e}"));
+                    continue;
+                }
+                Ok(outcome) => outcome,
+            };
+            let checked = format == "json" || one_line;
+            match name.as_bytes()[0] {
+                b'y' if checked => {
+                    // Read: every object a record; anything else refused for its shape,
+                    // never as broken JSON.
+                    let want = match format {
+                        "json" => objects,
+                        _ => value.as_ref().filter(|v| v.is_object()).map(|_| 1),
+                    };
+                    if let Some(want) = want
+                        && (accepted(&outcome) != want || outcome.is_err())
+                    {
+                        failures.push(format!(
+                            "{name} as {format}: {want} objects, but {}",
+                            summary(&outcome)
+                        ));
+                    }
+                    if says_invalid(&outcome) {
+                        failures.push(format!(
+                            "{name} as {format}: valid JSON called invalid: {}",
+                            summary(&outcome)
+                        ));
+                    }
+                }
+                b'n' if checked && accepted(&outcome) > 0 => failures.push(format!(
+                    "{name} as {format}: invalid JSON accepted: {}",
+                    summary(&outcome)
+                )),
+                b'i' if format == "json" => {
+                    implementation_defined.push(format!("{name}: {}", summary(&outcome)))
+                }
+                _ => {}
+            }
+        }
+        match name.as_bytes()[0] {
+            b'y' => y += 1,
+            b'n' => n += 1,
+            _ => {}
+        }
+    }
+    println!(
+        "JSONTestSuite: {y} y_, {n} n_, {} i_ documents; the i_ outcomes as a JSON array feed:",
+        implementation_defined.len()
+    );
+    for line in &implementation_defined {
+        println!("  {line}");
+    }
+    assert!(
+        failures.is_empty(),
+        "JSONTestSuite:\n{}",
+        failures.join("\n")
+    );
+    assert_eq!((y, n, implementation_defined.len()), (95, 188, 35));
 }
