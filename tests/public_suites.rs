@@ -339,3 +339,264 @@ fn json_test_suite_y_read_n_refused_i_listed() {
     );
     assert_eq!((y, n, implementation_defined.len()), (95, 188, 35));
 }
+
+// ---------------------------------------------------------------------------
+// papaparse
+
+/// papaparse options a case may use and still say what earlywarn must do: a
+/// one-character `delimiter` is a feed's `delimiter`; `header: true` is how
+/// earlywarn always reads; `skipEmptyLines` is what it always does. A case with any
+/// other option (comments, dynamic typing, preview, transforms, quote and escape
+/// characters, a chosen newline) tests a papaparse feature earlywarn does not have.
+const PAPA_OPTIONS: &[&str] = &["delimiter", "header", "skipEmptyLines"];
+
+/// papaparse cases whose expected rows the documented choices change (a value
+/// trimmed, an empty value absent, a blank row no record). One name is in both
+/// of papaparse's arrays, so it is here twice.
+const PAPA_CHOICES: &[&str] = &[
+    "Whitespace at edges of unquoted field",
+    "Quoted field with extra whitespace on edges",
+    "Quoted field with whitespace around quotes",
+    "Line starts with unquoted empty field",
+    "Empty quoted field at EOF is empty",
+    "Multiple consecutive empty fields",
+    "Input is just the delimiter (2 empty fields)",
+    "Input is just empty fields",
+    "Input without comments with line starting with whitespace",
+    "One column input with empty fields",
+    "Mixed slash n and slash r should choose first as precident",
+    "Row with enough fields but blank field in the begining",
+    "Row with enough fields but blank field in the begining using headers",
+    "Row with enough fields but blank field at end",
+    "Blank lines at end",
+    "Blank line in middle with whitespace",
+    "First field of a line is empty",
+    "Last field of a line is empty",
+    "Other fields are empty",
+    "Input is just the delimiter (2 empty fields)",
+    "Empty lines",
+    "Skip empty lines, with first line only whitespace",
+    "Parsing with skipEmptyLines set to 'greedy' with quotes and delimiters as content",
+    "Quoted fields with spaces between closing quote and newline and contains newline",
+];
+
+/// Where earlywarn reads a papaparse case otherwise than papaparse, on purpose.
+const PAPA_DEPARTURES: &[(&str, &str)] = &[
+    (
+        "Simple duplicated header names",
+        "the header names a column twice: the whole file is refused with that reason, where papaparse renames the copies (`A_1`); a rule could not say which column it means",
+    ),
+    (
+        "Duplicated header names existing column",
+        "the header names a column twice: the whole file is refused with that reason, where papaparse renames the copies (`A_1`); a rule could not say which column it means",
+    ),
+    (
+        "Duplicate header names with __proto__ field",
+        "the header names a column twice: the whole file is refused with that reason, where papaparse renames the copies (`A_1`); a rule could not say which column it means",
+    ),
+    (
+        "Quoted fields with spaces between closing quote and next delimiter",
+        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
+    ),
+    (
+        "Quoted fields with spaces between closing quote and next new line",
+        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
+    ),
+    (
+        "Quoted fields with spaces after closing quote",
+        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
+    ),
+    (
+        "Mixed slash n and slash r should choose first as precident",
+        "a lone CR ends a line wherever it is (old Mac exports); papaparse takes the first line end it meets as the only one and reads `f\\rg` as one value. The rows then have the wrong field count and are refused, not altered",
+    ),
+    (
+        "Quoted fields with spaces between closing quote and next delimiter and contains delimiter",
+        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
+    ),
+    (
+        "Quoted fields with spaces between closing quote and newline and contains newline",
+        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
+    ),
+];
+
+/// A papaparse case's expectation, with earlywarn's rules: the rows papaparse flags
+/// (`errors[].row`) are bad rows, and so is a row without the header's field count.
+fn papa_expected(case: &Json, header: bool, width: usize) -> (Vec<Item>, bool) {
+    let flagged: Vec<u64> = case["expected"]["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["row"].as_u64())
+        .collect();
+    let mut changed = false;
+    let mut items = Vec::new();
+    let mut rows = case["expected"]["data"].as_array().unwrap().as_slice();
+    // papaparse's core parser with `header` gives the (renamed) header as a row.
+    let mut keys = None;
+    if header && let Some((first, rest)) = rows.split_first().filter(|(f, _)| f.is_array()) {
+        keys = first.as_array();
+        rows = rest;
+    }
+    for (i, row) in (0u64..).zip(rows) {
+        let fields: Vec<(String, &str)> = if let Some(keys) = keys {
+            keys.iter()
+                .zip(row.as_array().unwrap())
+                .map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_str().unwrap_or("")))
+                .collect()
+        } else if header {
+            row.as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("")))
+                .collect()
+        } else {
+            (1..)
+                .zip(row.as_array().unwrap())
+                .map(|(j, v)| (format!("c{j}"), v.as_str().unwrap_or("")))
+                .collect()
+        };
+        if flagged.contains(&i) {
+            items.push(Item::Bad(0, String::new()));
+        } else if fields.iter().all(|(_, v)| v.trim().is_empty()) {
+            changed = true;
+        } else if !header && fields.len() != width {
+            items.push(Item::Bad(0, String::new()));
+        } else {
+            let (item, c) = expected_record(fields.into_iter());
+            changed |= c;
+            items.push(item);
+        }
+    }
+    (items, changed)
+}
+
+/// The delimiter earlywarn sniffs from a file's first line (SPEC §4): of `,` `;`
+/// tab and `|`, the one outside quotes most often, `,` on a tie.
+fn sniffed(input: &str) -> char {
+    let line = input.split(['\n', '\r']).next().unwrap_or("");
+    let count = |d: char| {
+        let mut quoted = false;
+        line.chars()
+            .filter(|&c| {
+                quoted ^= c == '"';
+                !quoted && c == d
+            })
+            .count()
+    };
+    [',', ';', '\t', '|']
+        .into_iter()
+        .max_by_key(|&d| (count(d), d == ','))
+        .unwrap_or(',')
+}
+
+#[test]
+fn papaparse_fixtures_as_papaparse_expects() {
+    let cases: Vec<Json> =
+        serde_json::from_slice(&std::fs::read(corpus("papaparse").join("cases.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cases.len(),
+        161,
+        "papaparse 5.7.1's CORE_PARSER_TESTS and PARSE_TESTS"
+    );
+    let (mut run, mut skipped) = (0, Vec::new());
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut choices = Vec::new();
+    for case in &cases {
+        let name = case["description"].as_str().unwrap().to_string();
+        let config = case["config"].as_object().cloned().unwrap_or_default();
+        let delimiter = config
+            .get("delimiter")
+            .or(case["expected"]["meta"].get("delimiter"))
+            .and_then(Json::as_str);
+        let one_char = |d: &str| d.chars().count() == 1 && d != "\n" && d != "\r" && d != "\"";
+        if let Some(option) = config.keys().find(|k| !PAPA_OPTIONS.contains(&k.as_str())) {
+            skipped.push(format!("{name} ({option})"));
+            continue;
+        }
+        if delimiter.is_some_and(|d| !one_char(d)) {
+            skipped.push(format!("{name} (delimiter {delimiter:?})"));
+            continue;
+        }
+        run += 1;
+        let header = config.get("header") == Some(&Json::Bool(true));
+        let input = case["input"].as_str().unwrap();
+        let delimiter = delimiter.map(|d| d.chars().next().unwrap());
+        // Without papaparse's `header`, every row is data: a header line of column
+        // names goes first, as wide as the widest row.
+        let width = case["expected"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Json::as_array)
+            .map(Vec::len)
+            .max()
+            .unwrap_or(1);
+        let (text, delimiter) = if header {
+            (input.to_string(), delimiter)
+        } else {
+            // The delimiter earlywarn would sniff from the input's own first line.
+            let d = delimiter.unwrap_or_else(|| sniffed(input));
+            let names: Vec<String> = (1..=width).map(|j| format!("c{j}")).collect();
+            let names = names.join(&d.to_string());
+            // A byte-order mark stays the first thing in the file.
+            let text = match input.strip_prefix('\u{feff}') {
+                Some(rest) => format!("\u{feff}{names}\n{rest}"),
+                None => format!("{names}\n{input}"),
+            };
+            (text, Some(d))
+        };
+        let (expected, changed) = papa_expected(case, header, width);
+        if changed {
+            choices.push(name.clone());
+        }
+        let got = match read(text.into_bytes(), feed("csv", delimiter)) {
+            Err(e) => {
+                failures.push((name, e));
+                continue;
+            }
+            Ok(got) => got,
+        };
+        // Bad rows are compared by place, not by number or reason, and a run of them
+        // as one: papaparse reads a bad quote as swallowing the lines after it, where
+        // earlywarn may end the bad field sooner and refuse the lines after it one by
+        // one. Either way, none of that text is read.
+        let got = got.map(|items| {
+            let mut items: Vec<Item> = items
+                .into_iter()
+                .map(|i| match i {
+                    Item::Bad(..) => Item::Bad(0, String::new()),
+                    event => event,
+                })
+                .collect();
+            items.dedup_by(|a, b| matches!((a, b), (Item::Bad(..), Item::Bad(..))));
+            items
+        });
+        let mut expected = expected;
+        expected.dedup_by(|a, b| matches!((a, b), (Item::Bad(..), Item::Bad(..))));
+        if got != Ok(expected.clone()) {
+            failures.push((name, format!("expected {expected:?}\n      got {got:?}")));
+        }
+    }
+    println!("papaparse: {run} cases run, {} skipped:", skipped.len());
+    assert_eq!((run, skipped.len()), (99, 62));
+    for s in &skipped {
+        println!("  skipped: {s}");
+    }
+    println!("documented choices applied in: {choices:?}");
+    let departures: Vec<&str> = PAPA_DEPARTURES.iter().map(|(n, _)| *n).collect();
+    let unexpected: Vec<String> = failures
+        .iter()
+        .filter(|(n, _)| !departures.contains(&n.as_str()))
+        .map(|(n, why)| format!("{n}:\n      {why}"))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "papaparse:\n{}",
+        unexpected.join("\n")
+    );
+    let failed: Vec<&str> = failures.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(failed, departures, "the listed departures, and only those");
+    assert_eq!(choices, PAPA_CHOICES, "cases the documented choices change");
+}
