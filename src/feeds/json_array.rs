@@ -28,6 +28,9 @@ pub struct ArrayError {
     pub message: String,
     pub line: u64,
     pub column: u64,
+    /// The file does not begin with `[`: it may be valid JSON of another shape (one
+    /// object, a number), so the caller must not call it invalid JSON.
+    pub not_an_array: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,7 @@ impl<R: BufRead> ArrayElements<R> {
             message: message.into(),
             line: self.line,
             column: self.column.max(1),
+            not_an_array: false,
         }
     }
 
@@ -198,9 +202,12 @@ impl<R: BufRead> ArrayElements<R> {
                         Some(b'-' | b'0'..=b'9') => "a number",
                         Some(_) => "text that is not JSON",
                     };
-                    return Err(self.error(format!(
-                        "expected a JSON array of objects [{{...}}, {{...}}], found {found}"
-                    )));
+                    return Err(ArrayError {
+                        not_an_array: true,
+                        ..self.error(format!(
+                            "expected a JSON array of objects [{{...}}, {{...}}], found {found}"
+                        ))
+                    });
                 }
                 (Expect::Element { first: true }, Some(b']')) => {
                     self.expect = Expect::Done;

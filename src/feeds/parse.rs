@@ -652,6 +652,14 @@ fn parse_json<R: Read>(
         let element = match elements.next_element() {
             Ok(Some(element)) => element,
             Ok(None) => return Ok(()),
+            // Valid JSON of another shape (`{"a": 1}`, `3`) is not invalid JSON:
+            // saying so would send its producer hunting for a syntax error.
+            Err(e) if e.not_an_array => {
+                return Err(FileError(format!(
+                    "not a JSON array (line {} column {}): {}; a `json` feed is one array of records, and one object per line is `format = \"jsonl\"`",
+                    e.line, e.column, e.message
+                )));
+            }
             Err(e) => {
                 return Err(FileError(format!(
                     "invalid JSON at line {} column {}: {}",
@@ -1330,12 +1338,16 @@ mod tests {
                 .contains("no `sample_id` column")
         );
         let json = self::feed("json", "");
-        assert!(
-            read("{\"a\": 1}", &json)
-                .unwrap_err()
-                .0
-                .contains("expected a JSON array")
-        );
+        // Valid JSON that is not an array is refused for its shape, never called invalid.
+        for text in ["{\"a\": 1}", "3", "\"x\"", "null"] {
+            let reason = read(text, &json).unwrap_err().0;
+            assert!(reason.contains("expected a JSON array"), "{reason}");
+            assert!(
+                reason.starts_with("not a JSON array (line 1 column 1)"),
+                "{reason}"
+            );
+            assert!(!reason.contains("invalid JSON"), "{reason}");
+        }
         assert!(read("[1, ", &json).unwrap_err().0.contains("invalid JSON"));
     }
 
