@@ -395,28 +395,8 @@ const PAPA_DEPARTURES: &[(&str, &str)] = &[
         "the header names a column twice: the whole file is refused with that reason, where papaparse renames the copies (`A_1`); a rule could not say which column it means",
     ),
     (
-        "Quoted fields with spaces between closing quote and next delimiter",
-        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
-    ),
-    (
-        "Quoted fields with spaces between closing quote and next new line",
-        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
-    ),
-    (
-        "Quoted fields with spaces after closing quote",
-        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
-    ),
-    (
         "Mixed slash n and slash r should choose first as precident",
         "a lone CR ends a line wherever it is (old Mac exports); papaparse takes the first line end it meets as the only one and reads `f\\rg` as one value. The rows then have the wrong field count and are refused, not altered",
-    ),
-    (
-        "Quoted fields with spaces between closing quote and next delimiter and contains delimiter",
-        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
-    ),
-    (
-        "Quoted fields with spaces between closing quote and newline and contains newline",
-        "text after a closing quote, spaces included (`\"B\" ,`), makes the row bad (issue 16's bad-quote rule, pinned by the unit test text_after_a_closing_quote_is_a_bad_row_not_a_joined_value); papaparse drops the spaces. Refused, never altered",
     ),
 ];
 

@@ -474,7 +474,16 @@ fn text_after_closing_quote(raw: &[u8], delimiter: u8) -> Option<usize> {
                     i += 1;
                 } else {
                     in_quotes = false;
-                    match raw.get(i + 1) {
+                    // Spaces before the delimiter are fine: values are trimmed, so
+                    // `"B" ,` is `B`, as other readers take it. Anything else is not.
+                    let mut j = i + 1;
+                    while raw
+                        .get(j)
+                        .is_some_and(|&c| (c == b' ' || c == b'\t') && c != delimiter)
+                    {
+                        j += 1;
+                    }
+                    match raw.get(j) {
                         None => return None,
                         Some(&next) if next == delimiter || next == b'\r' || next == b'\n' => {}
                         Some(_) => return Some(field),
@@ -1422,7 +1431,9 @@ mod tests {
         assert_eq!(events[0].fields["notes"], Value::Text("a\"b\"".into()));
         assert_eq!(errors[1].row, 2, "S2 has 4 fields: {errors:?}");
         assert_eq!(text_after_closing_quote(b"\"x\",\"y\"\r\n", b','), None);
-        assert_eq!(text_after_closing_quote(b"a;\"x\" ;b", b';'), Some(1));
+        assert_eq!(text_after_closing_quote(b"a;\"x\" ;b", b';'), None);
+        assert_eq!(text_after_closing_quote(b"a;\"x\" y;b", b';'), Some(1));
+        assert_eq!(text_after_closing_quote(b"\"x\" \t\r\n", b','), None);
         assert_eq!(text_after_closing_quote(b"a,b", b','), None);
     }
 
