@@ -93,7 +93,9 @@ pub fn replay(
         .filter(|f| f.name != feed.name)
         .map(|f| f.name.clone())
         .collect();
-    let pipeline = Pipeline::new(config).keeping_awake(other_feeds);
+    let pipeline = Pipeline::new(config)
+        .keeping_awake(other_feeds)
+        .rendering_subjects_only();
     let mut summary = ReplaySummary::default();
     for path in files {
         summary.files += 1;
