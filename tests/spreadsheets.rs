@@ -199,14 +199,23 @@ fn check_workbook(name: &str, bytes: &[u8]) {
     );
 
     let mails = wait_eml(&dir.path().join("mail"), 1, WAIT);
-    let text = mails[0].text_body().unwrap();
+    let text = mails[0].text_body().unwrap().replace("\r\n", "\n");
     // Ids as written: the text id keeps its zero, the numeric one has no `.0`.
-    assert!(text.contains("0100"), "{text}");
-    assert!(text.contains("4521"), "{text}");
+    assert!(text.contains("sample_id: 0100\n"), "{text}");
+    assert!(text.contains("sample_id: 4521\n"), "{text}");
     assert!(!text.contains("4521.0"), "{text}");
+    // The merged district in both records; the formula as its saved value.
+    assert_eq!(text.matches("district: Bolton\n").count(), 2, "{text}");
+    assert!(text.contains("amount_mg_per_unit: 10\n"), "{text}");
+    assert!(text.contains("amount_mg_per_unit: 20\n"), "{text}");
     // Times in daemon.timezone (Europe/London, summer time), whatever the date system.
     assert!(text.contains("Fri 4 Jul 2025 11:30 BST"), "{text}");
     assert!(text.contains("Fri 4 Jul 2025 12:45 BST"), "{text}");
+    // A date cell shown as a field: RFC 3339 with the zone's offset.
+    assert!(
+        text.contains("tested_at: 2025-07-04T11:30:00+01:00\n"),
+        "{text}"
+    );
     assert!(
         !text.contains("0103"),
         "the bad row raised nothing:\n{text}"
@@ -309,4 +318,49 @@ fn replay_reads_a_workbook_like_the_daemon() {
         stderr.contains("row 7: column B (`tested_at`)"),
         "the bad row is reported:\n{stderr}"
     );
+}
+
+/// openpyxl saves formulas without their values, and error values as errors.
+const OPENPYXL_BAD_CELLS: &str = r##"
+import sys, datetime, openpyxl
+wb = openpyxl.Workbook()
+wb.active.title = "Summary"
+ws = wb.create_sheet("Results")
+ws.append(["sample_id", "tested_at", "district", "substances_major", "amount_mg_per_unit"])
+ws.append(["0200", datetime.datetime(2025, 7, 4, 11, 30), "Wigan", "protonitazene", 3])
+ws.append(["0201", datetime.datetime(2025, 7, 4, 11, 40), "Wigan", "protonitazene", "=E2*2"])
+ws.append(["0202", datetime.datetime(2025, 7, 4, 11, 50), "Wigan", "protonitazene", "#DIV/0!"])
+wb.save(sys.argv[1])
+"##;
+
+#[test]
+fn a_formula_without_a_saved_value_or_an_error_value_is_a_bad_cell_not_a_blank() {
+    let dir = tempdir();
+    let bytes = python_workbook(OPENPYXL_BAD_CELLS, dir.path(), "bad.xlsx");
+    let config = sheet_cfg().write(dir.path());
+    let mut daemon = start_daemon(&config);
+    write_atomically(&feed_dir(dir.path()), "bad.xlsx", &bytes);
+    let line = wait_log(&mut daemon, &["File processed", "bad.xlsx"], WAIT);
+    assert_eq!(field(&line, "rows").as_deref(), Some("3"), "{line}");
+    assert_eq!(field(&line, "rejected").as_deref(), Some("2"), "{line}");
+    let alerts = wait_log(&mut daemon, &["Alert raised"], WAIT);
+    assert_eq!(field(&alerts, "events").as_deref(), Some("1"), "{alerts}");
+    let errors = fs::read_to_string(feed_dir(dir.path()).join("rejected/bad.xlsx.errors.txt"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: {:?}",
+                names_in(&feed_dir(dir.path()).join("rejected"))
+            )
+        });
+    assert!(
+        errors.contains(
+            "row 3: column E (`amount_mg_per_unit`): the formula `=E2*2` has no saved value"
+        ),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("row 4: column E (`amount_mg_per_unit`): the cell holds the error #DIV/0!"),
+        "{errors}"
+    );
+    stop_daemon(daemon);
 }

@@ -24,8 +24,9 @@
 //! whose declared dimensions or whose cells (counted as they stream in, so a
 //! lying `<dimension>` does not help) exceed [`MAX_CELLS`] is refused, as are
 //! merged ranges that would fill more. calamine's ODS reader loads every sheet
-//! at open with its own cap (100 million cells); ODS merged ranges are not
-//! exposed by calamine, so their covered cells read as empty.
+//! at open with its own cap (100 million cells). calamine does not expose ODS
+//! merged ranges, so they are read here from `content.xml` (streamed, the
+//! spans of the chosen sheet's cells only).
 
 use crate::config::FeedFormat;
 use crate::event::{FeedName, FieldName, Schema, trim};
@@ -95,8 +96,9 @@ fn from_bytes(data: Vec<u8>, format: FeedFormat, wanted: Option<&str>) -> Result
     };
     let (name, cells) = match format {
         FeedFormat::Ods => {
-            let mut book = Ods::new(Cursor::new(data)).map_err(|e| cannot(&e))?;
+            let mut book = Ods::new(Cursor::new(&data[..])).map_err(|e| cannot(&e))?;
             let name = pick_sheet(&book.sheet_names(), wanted)?;
+            let merged = ods_merged(&data, &name).map_err(|e| cannot(&e))?;
             let range = book.worksheet_range(&name).map_err(|e| cannot(&e))?;
             let (height, width) = range.get_size();
             check_cells(&name, height as u64 * width as u64, "has")?;
@@ -105,6 +107,8 @@ fn from_bytes(data: Vec<u8>, format: FeedFormat, wanted: Option<&str>) -> Result
                 .used_cells()
                 .map(|(r, c, v)| ((top + r as u32, left + c as u32), Cell::Value(v.clone())))
                 .collect();
+            let mut cells = cells;
+            fill_merged(&name, &mut cells, &merged)?;
             (name, cells)
         }
         _ => {
@@ -134,6 +138,69 @@ fn from_bytes(data: Vec<u8>, format: FeedFormat, wanted: Option<&str>) -> Result
         }
     };
     Sheet::new(name, cells)
+}
+
+/// The merged ranges of an ODS sheet: cells with `table:number-rows-spanned`
+/// or `table:number-columns-spanned`, placed by counting rows and cells (with
+/// their `-repeated` counts) as calamine does, so positions agree with its own.
+fn ods_merged(data: &[u8], sheet: &str) -> Result<Vec<calamine::Dimensions>, String> {
+    use quick_xml::events::{BytesStart, Event};
+    let number = |e: &BytesStart<'_>, key: &str| -> u64 {
+        e.try_get_attribute(key)
+            .ok()
+            .flatten()
+            .and_then(|a| a.value.trim().parse().ok())
+            .unwrap_or(1)
+    };
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut archive = zip::ZipArchive::new(Cursor::new(data)).map_err(|e| e.to_string())?;
+    let content = archive.by_name("content.xml").map_err(|e| e.to_string())?;
+    let mut reader = quick_xml::Reader::from_reader(std::io::BufReader::new(content));
+    reader.config_mut().expand_empty_elements = true;
+    let mut buf = Vec::new();
+    let mut regions = Vec::new();
+    let (mut in_sheet, mut next_row, mut row, mut col) = (false, 0u64, 0u64, 0u64);
+    loop {
+        buf.clear();
+        match reader
+            .read_event_into(&mut buf)
+            .map_err(|e| e.to_string())?
+        {
+            Event::Start(e) if e.name().as_ref() == "table:table" => {
+                let name = e.try_get_attribute("table:name").ok().flatten();
+                in_sheet = name.is_some_and(|a| a.value.as_ref() == sheet);
+                next_row = 0;
+            }
+            Event::End(e) if in_sheet && e.name().as_ref() == "table:table" => break,
+            Event::Start(e) if in_sheet && e.name().as_ref() == "table:table-row" => {
+                row = next_row;
+                next_row = next_row.saturating_add(number(&e, "table:number-rows-repeated"));
+                col = 0;
+            }
+            Event::Start(e)
+                if in_sheet
+                    && matches!(
+                        e.name().as_ref(),
+                        "table:table-cell" | "table:covered-table-cell"
+                    ) =>
+            {
+                if e.name().as_ref() == "table:table-cell" {
+                    let rows = number(&e, "table:number-rows-spanned").max(1);
+                    let cols = number(&e, "table:number-columns-spanned").max(1);
+                    if rows > 1 || cols > 1 {
+                        regions.push(calamine::Dimensions::new(
+                            (clamp(row), clamp(col)),
+                            (clamp(row + rows - 1), clamp(col + cols - 1)),
+                        ));
+                    }
+                }
+                col = col.saturating_add(number(&e, "table:number-columns-repeated"));
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    Ok(regions)
 }
 
 /// Refuses an archive that declares it unpacks past [`MAX_UNPACKED_BYTES`]
@@ -675,6 +742,28 @@ mod tests {
         let err = pick_sheet(&names, Some("Data")).unwrap_err().0;
         assert!(err.contains("no sheet `Data`"), "{err}");
         assert!(err.contains("`Summary`, `Results`"), "{err}");
+    }
+
+    /// A real workbook (rust_xlsxwriter) with one cell at A1 and one at
+    /// XFD1048576: its declared dimensions are Excel's whole grid.
+    #[test]
+    fn a_sheet_declaring_more_cells_than_the_bound_is_refused_before_it_is_read() {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let ws = book.add_worksheet();
+        ws.write_string(0, 0, "sample_id").unwrap();
+        ws.write_string(1_048_575, 16_383, "far away").unwrap();
+        let bytes = book.save_to_buffer().unwrap();
+        let err = from_bytes(bytes, FeedFormat::Xlsx, None).err().unwrap().0;
+        assert!(err.contains("declares more than 10000000 cells"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_zip_is_refused_whole() {
+        let err = from_bytes(b"sample_id,tested_at\n".to_vec(), FeedFormat::Xlsx, None)
+            .err()
+            .unwrap()
+            .0;
+        assert!(err.contains("not an xlsx workbook"), "{err}");
     }
 
     #[test]
