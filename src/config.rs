@@ -1206,7 +1206,7 @@ districts = ["Bolton"]
         );
         assert_eq!(
             shown("dir = \"in/drug\"", "dir = \"in/drug\"\nformat = \"xml\""),
-            "c.toml:9:10: unknown format `xml`; use csv, jsonl or json"
+            "c.toml:9:10: unknown format `xml`; use csv, jsonl, json, xlsx or ods"
         );
         assert_eq!(
             shown("dir = \"in/drug\"", "dir = \"in/drug\"\non_done = \"keep\""),
