@@ -506,8 +506,16 @@ enum CellText {
     Date(civil::DateTime),
 }
 
+/// Whether a cell holds nothing (what [`cell_text`] reads as `None`), without
+/// copying its text.
 fn is_blank(cell: &Cell) -> bool {
-    matches!(cell_text(cell), Ok(None))
+    match cell {
+        Cell::Value(Data::Empty) => true,
+        Cell::Value(Data::String(s) | Data::DateTimeIso(s) | Data::DurationIso(s)) => {
+            trim(s).is_empty()
+        }
+        _ => false,
+    }
 }
 
 /// A cell as text (trimmed; `None` when empty), or why it cannot be read.
@@ -529,7 +537,7 @@ fn cell_text(cell: &Cell) -> Result<Option<CellText>, String> {
         Data::Float(f) => text(number_text(*f)),
         Data::Bool(b) => text(if *b { "TRUE" } else { "FALSE" }.to_string()),
         Data::Error(e) => Err(format!("the cell holds the error {e}")),
-        Data::DurationIso(s) => text(s.clone()),
+        Data::DurationIso(s) => text(trim(s).to_string()),
         Data::DateTimeIso(s) => match iso_civil(s) {
             Some(d) => Ok(Some(CellText::Date(d))),
             None => text(trim(s).to_string()),
