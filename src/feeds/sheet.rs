@@ -20,7 +20,8 @@
 //!
 //! **Memory is bounded before calamine expands anything**: `max_file_bytes`
 //! bounds the file, but a zip can expand a thousandfold. The archive's
-//! declared unpacked size is refused past [`MAX_UNPACKED_BYTES`]; a sheet
+//! declared unpacked size is refused past [`MAX_UNPACKED_BYTES`] (sound: the
+//! zip crate fails an entry that inflates past its declared size); a sheet
 //! whose declared dimensions or whose cells (counted as they stream in, so a
 //! lying `<dimension>` does not help) exceed [`MAX_CELLS`] is refused, as are
 //! merged ranges that would fill more. calamine's ODS reader loads every sheet
@@ -763,6 +764,57 @@ mod tests {
         let bytes = book.save_to_buffer().unwrap();
         let err = from_bytes(bytes, FeedFormat::Xlsx, None).err().unwrap().0;
         assert!(err.contains("declares more than 10000000 cells"), "{err}");
+    }
+
+    /// Sets the uncompressed size that `name`'s zip headers (local and
+    /// central) declare, as a hostile producer could.
+    fn declare_size(zip: &mut [u8], name: &[u8], size: u32) {
+        for (magic, size_at, name_len_at, name_at) in
+            [(b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)]
+        {
+            let mut i = 0;
+            while let Some(found) = zip[i..].windows(4).position(|w| w == magic) {
+                let at = i + found;
+                let len = u16::from_le_bytes([zip[at + name_len_at], zip[at + name_len_at + 1]]);
+                if zip.get(at + name_at..at + name_at + len as usize) == Some(name) {
+                    zip[at + size_at..at + size_at + 4].copy_from_slice(&size.to_le_bytes());
+                }
+                i = at + 4;
+            }
+        }
+    }
+
+    fn small_workbook() -> Vec<u8> {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let ws = book.add_worksheet();
+        ws.write_string(0, 0, "sample_id").unwrap();
+        for row in 1..2000 {
+            ws.write_string(row, 0, format!("S{row:05}")).unwrap();
+        }
+        book.save_to_buffer().unwrap()
+    }
+
+    #[test]
+    fn a_workbook_declaring_a_huge_unpacked_size_is_refused_unread() {
+        let mut bytes = small_workbook();
+        assert!(from_bytes(bytes.clone(), FeedFormat::Xlsx, None).is_ok());
+        declare_size(&mut bytes, b"xl/worksheets/sheet1.xml", 2_000_000_000);
+        let err = from_bytes(bytes, FeedFormat::Xlsx, None).err().unwrap().0;
+        assert!(err.contains("would unpack to"), "{err}");
+    }
+
+    /// The declared sizes bound what is unpacked: the zip crate stops an entry
+    /// that inflates past its declared size, so a lying header cannot get a
+    /// bomb past the check above.
+    #[test]
+    fn an_entry_larger_than_it_declares_is_refused() {
+        let mut bytes = small_workbook();
+        declare_size(&mut bytes, b"xl/worksheets/sheet1.xml", 1000);
+        let err = from_bytes(bytes, FeedFormat::Xlsx, None).err().unwrap().0;
+        assert!(
+            err.contains("larger than its declared uncompressed size"),
+            "{err}"
+        );
     }
 
     #[test]
