@@ -99,6 +99,17 @@ pub enum FeedFormat {
     Csv,
     Jsonl,
     Json,
+    /// An Excel workbook (Office Open XML), read with calamine (`feeds::sheet`).
+    Xlsx,
+    /// An OpenDocument spreadsheet, read with calamine (`feeds::sheet`).
+    Ods,
+}
+
+impl FeedFormat {
+    /// Whether files of this format are workbooks (binary, read whole) rather than text.
+    pub fn is_sheet(self) -> bool {
+        matches!(self, FeedFormat::Xlsx | FeedFormat::Ods)
+    }
 }
 
 impl fmt::Display for FeedFormat {
@@ -107,6 +118,8 @@ impl fmt::Display for FeedFormat {
             FeedFormat::Csv => "csv",
             FeedFormat::Jsonl => "jsonl",
             FeedFormat::Json => "json",
+            FeedFormat::Xlsx => "xlsx",
+            FeedFormat::Ods => "ods",
         })
     }
 }
@@ -145,6 +158,8 @@ pub struct FeedConfig {
     /// How far ahead of the wall clock a record's time may be before the
     /// record is a bad row: one mistyped year must not steer the windows.
     pub max_future: Duration,
+    /// xlsx/ods: the sheet to read; `None` means the first.
+    pub sheet: Option<String>,
 }
 
 impl FeedConfig {
@@ -342,6 +357,8 @@ const FORMATS: &[(&str, FeedFormat)] = &[
     ("jsonl", FeedFormat::Jsonl),
     ("ndjson", FeedFormat::Jsonl),
     ("json", FeedFormat::Json),
+    ("xlsx", FeedFormat::Xlsx),
+    ("ods", FeedFormat::Ods),
 ];
 
 const ON_DONE: &[(&str, OnDone)] = &[("move", OnDone::Move), ("delete", OnDone::Delete)];
@@ -700,6 +717,7 @@ impl<'a> Sections<'a> {
             max_file_bytes: f.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
             delimiter,
             max_future,
+            sheet: f.sheet,
         }
     }
 
@@ -974,6 +992,7 @@ struct RawFeed {
     max_file_bytes: Option<u64>,
     delimiter: Option<Spanned<String>>,
     max_future: Option<Spanned<String>>,
+    sheet: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1187,7 +1206,7 @@ districts = ["Bolton"]
         );
         assert_eq!(
             shown("dir = \"in/drug\"", "dir = \"in/drug\"\nformat = \"xml\""),
-            "c.toml:9:10: unknown format `xml`; use csv, jsonl or json"
+            "c.toml:9:10: unknown format `xml`; use csv, jsonl, json, xlsx or ods"
         );
         assert_eq!(
             shown("dir = \"in/drug\"", "dir = \"in/drug\"\non_done = \"keep\""),

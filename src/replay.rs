@@ -105,7 +105,7 @@ pub fn replay(
         };
         let mut file = std::fs::File::open(path).map_err(io)?;
         let encoding = detect(&mut file).map_err(io)?;
-        if encoding == TextEncoding::Windows1252 {
+        if encoding == TextEncoding::Windows1252 && !format_for(path, feed).is_sheet() {
             tracing::info!(file = %path.display(), "Not valid UTF-8; decoded as Windows-1252");
         }
         // A progress bar on stderr for long files; indicatif draws nothing when
@@ -127,9 +127,14 @@ pub fn replay(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         );
-        let reader = decoding_reader(bar.wrap_read(file), encoding);
         let mut shaped = feed.clone();
         shaped.format = format_for(path, feed);
+        // A workbook is binary: its bytes go to the parser as they are.
+        let reader: Box<dyn std::io::Read + Send> = if shaped.format.is_sheet() {
+            Box::new(bar.wrap_read(file))
+        } else {
+            decoding_reader(bar.wrap_read(file), encoding)
+        };
         let file_time = clock;
         let mut latest = clock;
         // Its arrival is not known before its events are read: they move the clock.

@@ -141,6 +141,8 @@ pub fn format_for(path: &Path, feed: &FeedConfig) -> FeedFormat {
         Some("csv") | Some("tsv") => FeedFormat::Csv,
         Some("jsonl") | Some("ndjson") => FeedFormat::Jsonl,
         Some("json") => FeedFormat::Json,
+        Some("xlsx") => FeedFormat::Xlsx,
+        Some("ods") => FeedFormat::Ods,
         _ => feed.format,
     }
 }
@@ -439,13 +441,15 @@ fn read_and_commit(
 ) -> Result<Disposition, IntakeError> {
     let (feed, name, now) = (incoming.feed, incoming.name, incoming.now);
     let encoding = content.encoding;
-    if encoding == TextEncoding::Windows1252 {
+    let format = format_for(incoming.path, feed);
+    if format.is_sheet() {
+        // A workbook is binary: its text encoding is the workbook's business.
+    } else if encoding == TextEncoding::Windows1252 {
         tracing::info!(feed = %feed.name, file = %Escaped(name), "Not valid UTF-8; decoded as Windows-1252");
     } else if content.invalid_utf8 > 0 {
         tracing::warn!(feed = %feed.name, file = %Escaped(name), invalid = content.invalid_utf8,
             "UTF-8 with invalid bytes; the rows holding them are set aside, the others are read as they are");
     }
-    let format = format_for(incoming.path, feed);
     let shaped_feed;
     let feed_for_parse = if format == feed.format {
         feed
@@ -465,17 +469,28 @@ fn read_and_commit(
         .map_err(io_err("cannot read", incoming.path))?;
     let mut reader = Metered::new(&mut *file, feed.max_file_bytes, control);
     let mut quarantine = Quarantine::new(incoming.folders, format, encoding, &content.head);
+    // A workbook is read whole (bounded, see feeds::sheet) through the same
+    // metered reader, before the transaction: its header is the rows file's.
+    let sheet = format.is_sheet().then(|| {
+        let sheet = crate::feeds::sheet::read(&mut reader, &shape);
+        if let Ok(sheet) = &sheet {
+            quarantine.set_csv_header(sheet.header_csv());
+        }
+        sheet
+    });
 
     let mut tx = store.begin()?;
     let pipeline = Pipeline::new(config);
+    // A workbook has no text encoding of its own to record.
+    let recorded_encoding = (!format.is_sheet()).then(|| encoding.to_string());
     let mut summary = FileSummary {
-        encoding: Some(encoding.to_string()),
+        encoding: recorded_encoding.clone(),
         ..FileSummary::default()
     };
     let mut step = pipeline.begin(engine, &mut tx, &feed.name, Some(now))?;
     let mut db_error: Option<StoreError> = None;
     let mut unlisted = UnlistedColumns::default();
-    let parsed = parse(decoding_reader(&mut reader, encoding), &shape, |row| {
+    let on_row = |row| {
         summary.rows += 1;
         match row {
             Row::Error(e) => quarantine.add(&e),
@@ -489,7 +504,12 @@ fn read_and_commit(
                 }
             }
         }
-    });
+    };
+    let parsed = match sheet {
+        Some(Ok(sheet)) => sheet.rows(&shape, on_row),
+        Some(Err(e)) => Err(e),
+        None => parse(decoding_reader(&mut reader, encoding), &shape, on_row),
+    };
     if reader.stopped {
         return Err(IntakeError::Interrupted);
     }
@@ -528,7 +548,7 @@ fn read_and_commit(
         name: name.to_string(),
         sha256: sha.clone(),
         bytes,
-        encoding: Some(encoding.to_string()),
+        encoding: recorded_encoding,
         outcome: "processed",
         reason: None,
         rows: summary.rows,

@@ -1,4 +1,5 @@
-//! Feeds: files in. Decoding, parsing records, and (in the shell) watching folders.
+//! Feeds: files in. Decoding, parsing records (text, and workbooks in [`sheet`]),
+//! and (in the shell) watching folders.
 //!
 //! [`decode`] and [`parse`] are pure and stream; [`intake`] is the shell that
 //! claims a file in a feed folder, runs it through the pipeline in one
@@ -11,6 +12,7 @@ pub mod intake;
 pub mod json_array;
 pub mod parse;
 pub mod quarantine;
+pub mod sheet;
 pub mod watch;
 
 use crate::event::Event;

@@ -57,11 +57,17 @@ pub struct RecordShape<'a> {
 }
 
 /// Reads records from `text` in the feed's format, calling `on_row` for each.
+/// For `xlsx` and `ods`, `text` is the file's raw bytes (not decoded): the
+/// workbook is read whole by [`crate::feeds::sheet`].
 pub fn parse<R: Read>(
     text: R,
     shape: &RecordShape<'_>,
     mut on_row: impl FnMut(Row),
 ) -> Result<(), FileError> {
+    if shape.feed.format.is_sheet() {
+        let sheet = crate::feeds::sheet::read(text, shape)?;
+        return sheet.rows(shape, on_row);
+    }
     // Read a full head first: a decoding reader's first read may be only a few
     // bytes, and the delimiter sniff and binary check must see the same head
     // whether the file is read whole (daemon) or streamed (replay).
@@ -89,6 +95,8 @@ pub fn parse<R: Read>(
         FeedFormat::Csv => parse_csv(reader, shape, &feed_name, &mut on_row),
         FeedFormat::Jsonl => parse_jsonl(reader, shape, &feed_name, &mut on_row),
         FeedFormat::Json => parse_json(reader, shape, &feed_name, &mut on_row),
+        // Handled above: a workbook is not text.
+        FeedFormat::Xlsx | FeedFormat::Ods => Ok(()),
     }
 }
 
@@ -897,7 +905,7 @@ fn event_from_pairs(
 }
 
 /// A field value before the feed's settings are applied.
-enum RawValue<'a> {
+pub(super) enum RawValue<'a> {
     Text(&'a str),
     Owned(String),
     Number(f64),
@@ -914,6 +922,20 @@ fn build_event<'a, 's>(
     schema: &Schema,
     raw: impl Iterator<Item = (u32, RawValue<'a>, Option<&'s str>)>,
     id_and_time: Option<(Option<&str>, Option<&str>)>,
+    shape: &RecordShape<'_>,
+) -> Result<Event, String> {
+    build_event_timed(feed_name, schema, raw, id_and_time, None, shape)
+}
+
+/// [`build_event`], with the event time already known when `known_time` is
+/// given (a spreadsheet's date cell, checked by the caller): the time field
+/// is then not parsed again.
+pub(super) fn build_event_timed<'a, 's>(
+    feed_name: &FeedName,
+    schema: &Schema,
+    raw: impl Iterator<Item = (u32, RawValue<'a>, Option<&'s str>)>,
+    id_and_time: Option<(Option<&str>, Option<&str>)>,
+    known_time: Option<Timestamp>,
     shape: &RecordShape<'_>,
 ) -> Result<Event, String> {
     let feed = shape.feed;
@@ -969,9 +991,10 @@ fn build_event<'a, 's>(
             None => return Err(format!("`{f}` (the record id) is empty")),
         },
     };
-    let time = match &feed.time_field {
-        None => shape.default_time,
-        Some(f) => match given_time {
+    let time = match (&feed.time_field, known_time) {
+        (_, Some(known)) => known,
+        (None, None) => shape.default_time,
+        (Some(f), None) => match given_time {
             None => return Err(format!("`{f}` (the event time) is empty")),
             Some(v) => {
                 let time = parse_time(&v, feed.time_format.as_deref(), shape.timezone)
@@ -1007,7 +1030,7 @@ fn split_list(s: &str, separator: &str) -> Vec<Text> {
 /// Why a record timed `time` is refused, if it is further ahead of
 /// `wall_clock` than `max_future`: a record dated 2099 would otherwise hold a
 /// window open, or push the real records of a cluster out of it.
-fn too_far_ahead(
+pub(super) fn too_far_ahead(
     time: Timestamp,
     wall_clock: Option<Timestamp>,
     max_future: std::time::Duration,

@@ -13,6 +13,9 @@
 //! (the header and the bad rows for CSV, the bad lines for JSON lines, an array
 //! of the bad elements for a JSON array) and in the file's own encoding when
 //! that is Windows-1252, so once fixed it can be dropped again as it is.
+//! A workbook's row (xlsx, ods) cannot be kept as written: its bad rows are
+//! written as CSV (the header and the rows' cell values as read), and the
+//! errors file says so on its first line.
 
 use crate::config::FeedFormat;
 use crate::feeds::decode::TextEncoding;
@@ -74,6 +77,13 @@ impl<'f> Quarantine<'f> {
         }
     }
 
+    /// A workbook's header, as a CSV line, for the rows file (which is CSV
+    /// whatever the workbook's format).
+    pub fn set_csv_header(&mut self, line: Vec<u8>) {
+        self.header = line;
+        self.line_end = b"\n";
+    }
+
     /// How many problems were reported.
     pub fn problems(&self) -> u64 {
         self.problems
@@ -91,6 +101,13 @@ impl<'f> Quarantine<'f> {
     }
 
     fn write(&mut self, error: &RowError) -> io::Result<()> {
+        if self.problems == 1 && self.format.is_sheet() {
+            let note = format!(
+                "(a {} row cannot be kept as written: the bad rows are in the .rows.csv file as CSV, their cell values as read; row numbers are the sheet's)\n",
+                self.format
+            );
+            self.report_file()?.write_all(note.as_bytes())?;
+        }
         if self.problems <= MAX_LISTED {
             let reason = shorten(&error.reason);
             let line = if error.line > 0 {
@@ -108,6 +125,8 @@ impl<'f> Quarantine<'f> {
             let mut rows = self.folders.create_in_rejected()?;
             match self.format {
                 FeedFormat::Csv => write_in(&mut rows, self.encoding, &self.header)?,
+                // Already UTF-8 CSV (set_csv_header).
+                FeedFormat::Xlsx | FeedFormat::Ods => rows.write_all(&self.header)?,
                 // An array again, so that once fixed the file can be dropped as it is.
                 FeedFormat::Json => {
                     rows.write_all(b"[")?;
@@ -125,7 +144,11 @@ impl<'f> Quarantine<'f> {
             rows.write_all(b",")?;
             rows.write_all(line_end)?;
         }
-        write_in(rows, encoding, &error.verbatim)?;
+        if format.is_sheet() {
+            rows.write_all(&error.verbatim)?;
+        } else {
+            write_in(rows, encoding, &error.verbatim)?;
+        }
         // The last row of a file may have no line end; the next row must not join it.
         if format != FeedFormat::Json
             && !error.verbatim.ends_with(b"\n")
