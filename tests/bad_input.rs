@@ -189,7 +189,7 @@ fn corpus() -> Vec<Input> {
             },
         ),
         ("empty.csv", Rejected(&["the file is empty"])),
-        ("results.xlsx", Rejected(&["binary", "CSV or JSON"])),
+        ("results.xlsx", Rejected(&["cannot read the file as an xlsx workbook"])),
         (
             "bad-lines.jsonl",
             Processed {
