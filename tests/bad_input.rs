@@ -189,7 +189,10 @@ fn corpus() -> Vec<Input> {
             },
         ),
         ("empty.csv", Rejected(&["the file is empty"])),
-        ("results.xlsx", Rejected(&["cannot read the file as an xlsx workbook"])),
+        (
+            "results.xlsx",
+            Rejected(&["cannot read the file as an xlsx workbook"]),
+        ),
         (
             "bad-lines.jsonl",
             Processed {
