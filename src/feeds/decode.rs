@@ -238,17 +238,19 @@ impl<R: Read> Read for WithoutBom<R> {
     }
 }
 
-/// Decodes a whole in-memory file to UTF-8 text.
-pub fn decode_bytes(bytes: &[u8]) -> (String, TextEncoding) {
+/// Decodes a whole in-memory file as [`decoding_reader`] does: UTF-8 as it
+/// is (without a BOM; invalid bytes kept, for the parsers to set their rows
+/// aside), anything else transcoded to UTF-8.
+pub fn decode_bytes(bytes: &[u8]) -> (Vec<u8>, TextEncoding) {
     let mut cursor = io::Cursor::new(bytes);
     // Reading from memory cannot fail.
     let encoding = detect(&mut cursor).unwrap_or(TextEncoding::Windows1252);
     let text = match encoding {
-        TextEncoding::Utf8 => String::from_utf8_lossy(bytes).into_owned(),
-        TextEncoding::Utf8Bom => String::from_utf8_lossy(&bytes[3..]).into_owned(),
+        TextEncoding::Utf8 => bytes.to_vec(),
+        TextEncoding::Utf8Bom => bytes[3..].to_vec(),
         other => {
             let (text, _) = other.encoding().decode_with_bom_removal(bytes);
-            text.into_owned()
+            text.into_owned().into_bytes()
         }
     };
     (text, encoding)
@@ -262,23 +264,23 @@ mod tests {
     fn detects_and_decodes_real_export_encodings() {
         assert_eq!(
             decode_bytes(b"a,b\n"),
-            ("a,b\n".to_string(), TextEncoding::Utf8)
+            ("a,b\n".as_bytes().to_vec(), TextEncoding::Utf8)
         );
         assert_eq!(
             decode_bytes(b"\xEF\xBB\xBFa\n"),
-            ("a\n".to_string(), TextEncoding::Utf8Bom)
+            ("a\n".as_bytes().to_vec(), TextEncoding::Utf8Bom)
         );
         assert_eq!(
             decode_bytes(b"caf\xE9 \x96 \x80\n"),
-            ("café – €\n".to_string(), TextEncoding::Windows1252)
+            ("café – €\n".as_bytes().to_vec(), TextEncoding::Windows1252)
         );
         assert_eq!(
             decode_bytes(b"\xFF\xFEa\x00,\x00b\x00"),
-            ("a,b".to_string(), TextEncoding::Utf16Le)
+            ("a,b".as_bytes().to_vec(), TextEncoding::Utf16Le)
         );
         assert_eq!(
             decode_bytes(b"\xFE\xFF\x00a"),
-            ("a".to_string(), TextEncoding::Utf16Be)
+            ("a".as_bytes().to_vec(), TextEncoding::Utf16Be)
         );
     }
 
@@ -355,6 +357,6 @@ mod tests {
         decoding_reader(cursor, enc)
             .read_to_string(&mut out)
             .unwrap();
-        assert_eq!(out, decode_bytes(&bytes).0);
+        assert_eq!(out.into_bytes(), decode_bytes(&bytes).0);
     }
 }
