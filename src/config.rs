@@ -28,11 +28,53 @@ pub struct Config {
     pub path: PathBuf,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The console (SPEC §9), if `[web]` is set.
+    pub web: Option<WebConfig>,
     pub daemon: DaemonConfig,
     pub mail: MailConfig,
     pub feeds: Vec<FeedConfig>,
     pub partners: Vec<Partner>,
 }
+
+/// `[web]`: the console's listener (SPEC §9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    pub listen: std::net::SocketAddr,
+    /// The base of every link in emails, without a trailing `/`.
+    pub public_url: String,
+    /// PEM certificate chain and key: served over HTTPS when both are set.
+    pub tls: Option<WebTls>,
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl WebConfig {
+    /// Whether the console is served over HTTPS, directly or (by the
+    /// `public_url`) behind the organisation's proxy: cookies are then `Secure`.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some() || self.public_url.starts_with("https://")
+    }
+
+    /// The console page of an alert, for links in emails.
+    pub fn alert_url(&self, alert_id: &str) -> String {
+        format!("{}/alerts/{alert_id}", self.public_url)
+    }
+}
+
+/// `[web] listen` when not set.
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8080";
+/// `[web] session_idle` when not set.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+/// `[web] max_connections` when not set.
+pub const DEFAULT_WEB_MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -301,12 +343,14 @@ impl Config {
         daemon.ops = sections.ops(raw_ops, &partners);
         let feeds = sections.feeds(raw.feed);
         let metrics_listen = sections.metrics(&raw.metrics);
+        let web = raw.web.map(|w| sections.web(w));
         if !sections.errors.is_empty() {
             return Err(Diagnostics(sections.errors));
         }
         Ok(Config {
             path: path.to_path_buf(),
             metrics_listen,
+            web,
             daemon,
             mail,
             feeds,
@@ -784,6 +828,83 @@ impl<'a> Sections<'a> {
         }
     }
 
+    /// `[web]`: a listener off loopback needs TLS (SPEC §9: the console
+    /// carries passwords and alerts), and `public_url` must be a plain
+    /// `http(s)://host[:port][/path]` that links in emails can use.
+    fn web(&mut self, w: RawWeb) -> WebConfig {
+        let listen = match &w.listen {
+            None => parse_listen(DEFAULT_WEB_LISTEN),
+            Some(l) => {
+                let addr = parse_listen(l.get_ref());
+                if addr.is_none() {
+                    self.error(
+                        l.span(),
+                        format!(
+                            "`{}` is not a port like \"8080\" (on loopback) or an address and port like \"127.0.0.1:8080\"",
+                            l.get_ref()
+                        ),
+                    );
+                }
+                addr
+            }
+        }
+        .unwrap_or_else(|| std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 8080)));
+        let tls = match (&w.tls_cert, &w.tls_key) {
+            (Some(cert), Some(key)) => Some(WebTls {
+                cert: self.resolve(cert.get_ref()),
+                key: self.resolve(key.get_ref()),
+            }),
+            (None, None) => None,
+            (Some(one), None) | (None, Some(one)) => {
+                self.error(
+                    one.span(),
+                    "[web] needs both `tls_cert` and `tls_key` to serve HTTPS, or neither",
+                );
+                None
+            }
+        };
+        if tls.is_none() && !listen.ip().is_loopback() {
+            self.error(
+                span_of(&w.listen),
+                format!(
+                    "[web] listen = \"{listen}\" is not a loopback address: the console carries passwords and alerts, so serve it with `tls_cert` and `tls_key`, or listen on 127.0.0.1 behind the organisation's HTTPS proxy"
+                ),
+            );
+        }
+        let public_url = match &w.public_url {
+            Some(url) => {
+                let text = url.get_ref().trim().trim_end_matches('/').to_string();
+                if let Err(why) = check_public_url(&text) {
+                    self.error(
+                        url.span(),
+                        format!("[web] public_url `{}`: {why}", url.get_ref()),
+                    );
+                }
+                text
+            }
+            None => format!(
+                "{}://{listen}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
+        };
+        let session_idle = self.duration(&w.session_idle, DEFAULT_SESSION_IDLE);
+        let max_connections = match w.max_connections {
+            Some(n) if n == 0 || n > 10_000 => {
+                self.error(0..0, "[web] max_connections must be between 1 and 10000");
+                DEFAULT_WEB_MAX_CONNECTIONS
+            }
+            Some(n) => n,
+            None => DEFAULT_WEB_MAX_CONNECTIONS,
+        };
+        WebConfig {
+            listen,
+            public_url,
+            tls,
+            session_idle,
+            max_connections,
+        }
+    }
+
     /// `[metrics] listen`.
     fn metrics(&mut self, m: &RawMetrics) -> Option<std::net::SocketAddr> {
         let listen = m.listen.as_ref()?;
@@ -932,6 +1053,18 @@ struct RawConfig {
     partner: Vec<RawPartner>,
     #[serde(default)]
     metrics: RawMetrics,
+    web: Option<RawWeb>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    session_idle: Option<Spanned<String>>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1005,6 +1138,28 @@ struct RawPartner {
     isa: Option<bool>,
     districts: Option<Vec<String>>,
     min_severity: Option<Spanned<String>>,
+}
+
+/// Whether `url` can be the base of links in emails: `http://` or `https://`,
+/// a host, no query, fragment, user or password, and nothing a mail client or
+/// an HTML attribute would read differently (spaces, quotes, angle brackets).
+fn check_public_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with https:// (or http:// for a test)")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("names no host");
+    }
+    if rest.chars().any(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>' | '\\' | '`')
+    }) {
+        return Err("holds a space, a quote or an angle bracket");
+    }
+    if rest.contains(['?', '#', '@']) {
+        return Err("must not hold a query (`?`), a fragment (`#`) or a user name (`@`)");
+    }
+    Ok(())
 }
 
 /// `[metrics] listen`: a bare port binds to loopback (SPEC §8: nothing is
@@ -1095,6 +1250,50 @@ districts = ["Bolton"]
             shown.contains("feed `drug_testing`: id_field is empty"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn the_console_is_off_loopback_only_with_tls() {
+        let web = |section: &str| {
+            let text = format!("[web]\n{section}\n{MINIMAL}");
+            Config::parse(Path::new("/etc/ew/c.toml"), &text).map(|c| c.web.unwrap())
+        };
+        let w = web("").unwrap();
+        assert_eq!(w.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(w.public_url, "http://127.0.0.1:8080");
+        assert_eq!(w.session_idle, DEFAULT_SESSION_IDLE);
+        assert!(!w.is_https());
+        let shown = web("listen = \"0.0.0.0:8443\"").unwrap_err().to_string();
+        assert!(
+            shown.contains("c.toml:2:10") && shown.contains("tls_cert"),
+            "{shown}"
+        );
+        let w = web("listen = \"0.0.0.0:8443\"\ntls_cert = \"tls/c.pem\"\ntls_key = \"tls/k.pem\"\npublic_url = \"https://ew.example.org/\"").unwrap();
+        assert_eq!(w.tls.as_ref().unwrap().cert, Path::new("/etc/ew/tls/c.pem"));
+        assert_eq!(w.public_url, "https://ew.example.org");
+        assert_eq!(w.alert_url("EW-1"), "https://ew.example.org/alerts/EW-1");
+        assert!(w.is_https());
+        assert!(
+            web("tls_cert = \"c.pem\"")
+                .unwrap_err()
+                .to_string()
+                .contains("both")
+        );
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https://a b",
+            r#"https://x/"><script>"#,
+            "https://u@x",
+            "https://x/?q=1",
+        ] {
+            let err = web(&format!("public_url = {bad:?}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("public_url"), "{bad}: {err}");
+        }
+        assert!(web("max_connections = 0").is_err());
+        assert!(web("nonsense = 1").is_err());
     }
 
     #[test]

@@ -611,10 +611,11 @@ impl Intake<'_> {
             Ok((config, rules)) => {
                 let restart_needed = config.daemon.state_dir != self.config.daemon.state_dir
                     || format!("{:?}", config.mail) != format!("{:?}", self.config.mail)
-                    || config.metrics_listen != self.config.metrics_listen;
+                    || config.metrics_listen != self.config.metrics_listen
+                    || config.web != self.config.web;
                 if restart_needed {
                     tracing::warn!(
-                        "state_dir, [mail] or [metrics] changed: those take effect at the next restart"
+                        "state_dir, [mail], [metrics] or [web] changed: those take effect at the next restart"
                     );
                 }
                 if !self.watchers.matches(&config) {

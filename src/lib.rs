@@ -14,7 +14,7 @@
 //! - [`ops`]: self-alerts to the ops partners; [`metrics`]: the Prometheus endpoint.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
 //! - [`report`]: what the command line prints (status, alerts, replay, check and test results).
-//! - [`review`]: approving or dismissing alerts held for review.
+//! - [`review`]: approving or dismissing alerts held for review; [`audit`]: who did what.
 //! - [`ruletest`]: `earlywarn test`, rule tests for the people who write rules.
 //! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
 //! - [`display`]: untrusted text escaped for logs and terminals.
@@ -23,6 +23,7 @@
 //! no I/O and never reads the clock: callers pass `now`.
 
 pub mod alerts;
+pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

@@ -23,6 +23,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod audit;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
@@ -269,7 +271,77 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
              ALTER TABLE outbox ADD COLUMN failed_recipients TEXT;",
         ),
     },
+    Migration {
+        what: "the console: accounts, sessions, review decisions and the audit log",
+        up: Up::Sql(SCHEMA_V4_CONSOLE),
+    },
 ];
+
+/// Version 4: what the console (SPEC §9) and review decisions (SPEC §5.4) keep.
+///
+/// - `accounts`: console users. `name` is the login, stored lower-case; the
+///   password only as an Argon2id PHC string. Failed logins and the lockout
+///   are counted here, so a restart does not reset them.
+/// - `sessions`: server-side sessions. Only a SHA-256 of the cookie's token is
+///   kept, so a copy of the database does not let anyone in.
+/// - `decisions`: every approval and dismissal, one row each (`approvals = 2`
+///   needs two rows from two different `actor`s before the alert goes out).
+/// - `audit`: who did what, when, from where. Append-only: triggers refuse
+///   every UPDATE and DELETE, so no code path (and no `sqlite3` shell session
+///   that forgets) can rewrite history.
+const SCHEMA_V4_CONSOLE: &str = r#"
+CREATE TABLE accounts (
+    name          TEXT PRIMARY KEY,          -- the login, lower-case
+    display       TEXT NOT NULL,             -- shown in emails: "Dr A Chair"
+    role          TEXT NOT NULL,             -- viewer | reviewer | admin
+    partner       TEXT,                      -- partner id, or NULL
+    password_hash TEXT NOT NULL,             -- Argon2id, PHC string
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    failed_logins INTEGER NOT NULL DEFAULT 0, -- in a row, since the last success
+    locked_until  INTEGER,                   -- ms; NULL: not locked
+    created_at    INTEGER NOT NULL,
+    password_set_at INTEGER NOT NULL
+);
+
+CREATE TABLE sessions (
+    token_hash  BLOB PRIMARY KEY,            -- SHA-256 of the cookie's token
+    account     TEXT NOT NULL,
+    csrf        TEXT NOT NULL,               -- the form token of this session
+    created_at  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    ip          TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_by_account ON sessions(account);
+
+CREATE TABLE decisions (
+    id        INTEGER PRIMARY KEY,
+    alert_id  TEXT NOT NULL,
+    kind      TEXT NOT NULL,                 -- approve | dismiss
+    actor     TEXT NOT NULL,                 -- web:NAME | unix:NAME: who, from a credential
+    display   TEXT NOT NULL,                 -- the person's name as the email shows it
+    partner   TEXT,                          -- the partner they decided for, if any
+    at        INTEGER NOT NULL,
+    edits     TEXT,                          -- JSON: headline, advice, severity, left_out
+    reason    TEXT                           -- a dismissal's reason
+);
+CREATE INDEX decisions_by_alert ON decisions(alert_id, id);
+
+CREATE TABLE audit (
+    id        INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,                 -- web:NAME | unix:NAME | daemon | anonymous
+    source    TEXT NOT NULL,                 -- IP address, or unix:NAME
+    action    TEXT NOT NULL,                 -- login | login_failed | logout | approve | dismiss | ...
+    alert_id  TEXT,
+    detail    TEXT NOT NULL DEFAULT '{}'     -- JSON
+);
+CREATE INDEX audit_by_time ON audit(at);
+CREATE INDEX audit_by_alert ON audit(alert_id) WHERE alert_id IS NOT NULL;
+CREATE TRIGGER audit_rows_are_never_changed BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows are never changed'); END;
+CREATE TRIGGER audit_rows_are_never_removed BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows are never removed'); END;
+"#;
 
 /// The schema version this binary reads and writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
