@@ -146,6 +146,8 @@ pub fn ops_rule(config: &Config) -> Rule {
         severity: Severity::Warning,
         notify: config.daemon.ops.clone(),
         review: Vec::new(),
+        approvals: 1,
+        review_within: None,
         advice: Some(
             "Look at `earlywarn status` and the daemon's log (journalctl -u earlywarn). Rejected files and their reasons are in each feed's rejected/ folder; fix and drop them again. A refused rule set: run `earlywarn check`.".into(),
         ),
