@@ -211,6 +211,7 @@ pub fn build(
         events: events.clone(),
         status: AlertStatus::Sent,
         trigger: Trigger::Match,
+        assessment: None,
     };
     let mut deliveries = Vec::new();
     for id in &config.daemon.ops {
