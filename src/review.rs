@@ -567,6 +567,570 @@ fn account_name(uid: libc::uid_t) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::Trigger;
+    use crate::event::{Event, Fields, Value};
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::path::{Path, PathBuf};
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("/x/c.toml"),
+            r#"
+[mail]
+transport = "file"
+from = "earlywarn@example.org"
+[daemon]
+timezone = "Europe/London"
+[[feed]]
+name = "drug_testing"
+dir = "in"
+sensitive = ["notes"]
+[[partner]]
+id = "panel"
+name = "Drug Panel"
+emails = ["p@example.org"]
+isa = true
+[[partner]]
+id = "bolton"
+name = "Bolton Council"
+emails = ["b@example.org"]
+isa = true
+districts = ["Bolton"]
+[[partner]]
+id = "charity"
+name = "Street Charity"
+emails = ["c@example.org"]
+[[partner]]
+id = "nhs"
+name = "NHS Trust"
+emails = ["n@example.org"]
+isa = true
+min_severity = "critical"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn rules(config: &Config, extra: &str) -> RuleSet {
+        RuleSet::from_sources(
+            config,
+            &[(
+                PathBuf::from("r.toml"),
+                format!("[[rule]]\nid = \"nitazene\"\nname = \"Nitazene\"\nfeed = \"drug_testing\"\nseverity = \"warning\"\nreview = [\"panel\"]\nnotify = [\"bolton\", \"charity\", \"nhs\"]\nadvice = \"Carry naloxone.\"\n{extra}"),
+            )],
+        )
+        .unwrap()
+    }
+
+    fn alert(district: &str) -> Alert {
+        let mut fields = Fields::default();
+        fields.insert("district", Value::Text(district.into()));
+        fields.insert("notes", Value::Text("seized near the park".into()));
+        Alert {
+            id: "EW-ABC123".into(),
+            rule_id: "nitazene".into(),
+            group: BTreeMap::new(),
+            district: Some(district.into()),
+            severity: Severity::Warning,
+            created_at: "2026-03-01T10:00:00Z".parse().unwrap(),
+            event_count: 1,
+            suppressed_before: 0,
+            events: vec![Event {
+                feed: "drug_testing".into(),
+                record_id: Some("S1".into()),
+                time: "2026-03-01T09:00:00Z".parse().unwrap(),
+                fields,
+            }],
+            status: AlertStatus::InReview,
+            trigger: Trigger::Match,
+            assessment: None,
+        }
+    }
+
+    /// A real database holding one draft.
+    fn store_with_draft(dir: &Path) -> Store {
+        let mut store = Store::open(dir).unwrap();
+        let a = alert("Bolton");
+        let tx = store.begin().unwrap();
+        tx.insert_alert(&a, &serde_json::to_string(&a).unwrap())
+            .unwrap();
+        tx.commit().unwrap();
+        store
+    }
+
+    fn web(name: &str) -> Actor {
+        Actor::web(name, &format!("Dr {name}"), IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    fn panel() -> Authority {
+        Authority::Reviewer {
+            partner: Some("panel".into()),
+        }
+    }
+
+    fn now() -> Timestamp {
+        "2026-03-01T11:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn edits_are_validated() {
+        let config = config();
+        let rules = rules(&config, "");
+        let rule = rules.get("nitazene").unwrap();
+        let check = |edits: Edits| validated(edits, rule);
+        let headline = |h: &str| Edits {
+            headline: Some(h.into()),
+            ..Edits::default()
+        };
+        let advice = |a: &str| Edits {
+            advice: Some(a.into()),
+            ..Edits::default()
+        };
+        for bad in [
+            headline(""),
+            headline("  "),
+            headline("two\nlines"),
+            headline("x\r\nBcc: y"),
+            headline("\u{1b}[31mred"),
+            headline(&"x".repeat(201)),
+            advice(&"x".repeat(4001)),
+            advice("ring \u{7} now"),
+            advice(""),
+        ] {
+            assert!(
+                matches!(check(bad.clone()), Err(ReviewError::BadEdit(_))),
+                "accepted {bad:?}"
+            );
+        }
+        assert_eq!(
+            check(headline(&format!(" {} ", "x".repeat(200))))
+                .unwrap()
+                .headline
+                .unwrap()
+                .len(),
+            200
+        );
+        assert_eq!(
+            check(advice("Carry naloxone.\r\nCall 999.\n"))
+                .unwrap()
+                .advice
+                .as_deref(),
+            Some("Carry naloxone.\nCall 999.")
+        );
+        let left_out = |p: &str| Edits {
+            left_out: BTreeSet::from([p.to_string()]),
+            ..Edits::default()
+        };
+        assert!(check(left_out("charity")).is_ok());
+        let err = check(left_out("charty")).unwrap_err().to_string();
+        assert!(err.contains("did you mean `charity`?"), "{err}");
+        // A reviewer is not a notify partner: there is nothing to leave out.
+        let err = check(left_out("panel")).unwrap_err().to_string();
+        assert!(err.contains("not a notify partner"), "{err}");
+        assert!(matches!(
+            valid_reason(" \n "),
+            Err(ReviewError::ReasonRequired)
+        ));
+        assert_eq!(valid_reason(" duplicate ").unwrap(), "duplicate");
+    }
+
+    #[test]
+    fn who_may_decide() {
+        let config = config();
+        let rules = rules(&config, "");
+        let rule = rules.get("nitazene").unwrap();
+        assert!(may_decide(rule, &Authority::Admin));
+        assert!(may_decide(rule, &panel()));
+        let other = Authority::Reviewer {
+            partner: Some("bolton".into()),
+        };
+        assert!(
+            !may_decide(rule, &other),
+            "bolton is not a reviewer of this rule"
+        );
+        let viewer_like = Authority::Reviewer { partner: None };
+        assert!(!may_decide(rule, &viewer_like));
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_draft(dir.path());
+        for authority in [other, viewer_like] {
+            for decision in [
+                Decision::Approve(Edits::default()),
+                Decision::Dismiss {
+                    reason: "no".into(),
+                },
+            ] {
+                let got = decide(
+                    &config,
+                    &rules,
+                    &mut store,
+                    "ew-abc123",
+                    &web("x"),
+                    &authority,
+                    decision,
+                    now(),
+                );
+                assert!(matches!(got, Err(ReviewError::NotAllowed(_))), "{got:?}");
+            }
+        }
+        assert!(store.decisions_of("EW-ABC123").unwrap().is_empty());
+        assert!(store.deliveries_of("EW-ABC123").unwrap().is_empty());
+        assert_eq!(
+            store.alert("ew-abc123").unwrap().unwrap().status,
+            AlertStatus::InReview
+        );
+        // An admin decides, with a lower-case id.
+        let got = decide(
+            &config,
+            &rules,
+            &mut store,
+            " ew-abc123 ",
+            &web("root"),
+            &Authority::Admin,
+            Decision::Approve(Edits::default()),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            Decided::Approved {
+                partners: vec!["bolton".into(), "charity".into()]
+            },
+            "nhs takes only critical alerts"
+        );
+    }
+
+    #[test]
+    fn two_approvals_need_two_people_and_send_the_second_ones_edits() {
+        let config = config();
+        let rules = rules(&config, "approvals = 2\n");
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_draft(dir.path());
+        let first = Edits {
+            headline: Some("First wording".into()),
+            ..Edits::default()
+        };
+        let got = decide(
+            &config,
+            &rules,
+            &mut store,
+            "EW-ABC123",
+            &web("ana"),
+            &panel(),
+            Decision::Approve(first.clone()),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(got, Decided::ApprovalRecorded { have: 1, need: 2 });
+        assert!(
+            store.deliveries_of("EW-ABC123").unwrap().is_empty(),
+            "nothing sent yet"
+        );
+        let again = decide(
+            &config,
+            &rules,
+            &mut store,
+            "EW-ABC123",
+            &web("ana"),
+            &panel(),
+            Decision::Approve(first),
+            now(),
+        );
+        assert!(
+            matches!(again, Err(ReviewError::AlreadyApproved(_))),
+            "{again:?}"
+        );
+
+        let second = Edits {
+            headline: Some("Strong nitazene in Bolton".into()),
+            severity: Some(Severity::Critical),
+            left_out: BTreeSet::from(["charity".to_string()]),
+            ..Edits::default()
+        };
+        let got = decide(
+            &config,
+            &rules,
+            &mut store,
+            "EW-ABC123",
+            &web("ben"),
+            &Authority::Admin,
+            Decision::Approve(second.clone()),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            Decided::Approved {
+                partners: vec!["bolton".into(), "nhs".into()]
+            },
+            "critical now reaches nhs; charity was left out"
+        );
+        let stored = store.alert("EW-ABC123").unwrap().unwrap();
+        assert_eq!(stored.status, AlertStatus::Approved);
+        assert_eq!(stored.alert.severity, Severity::Critical);
+        assert_eq!(
+            stored.reviewed_by.as_deref(),
+            Some("Dr ana (web:ana) and Dr ben (web:ben)")
+        );
+        let assessment = stored.alert.assessment.unwrap();
+        assert_eq!(
+            assessment.headline.as_deref(),
+            Some("Strong nitazene in Bolton")
+        );
+        assert_eq!(
+            assessment.approvers,
+            [
+                Approver {
+                    name: "Dr ana".into(),
+                    partner: Some("Drug Panel".into())
+                },
+                Approver {
+                    name: "Dr ben".into(),
+                    partner: None
+                },
+            ]
+        );
+        let decisions = store.decisions_of("ew-abc123").unwrap();
+        assert_eq!(decisions.len(), 2);
+        assert_eq!(decisions[1].edits.as_ref(), Some(&second));
+        assert_eq!(decisions[0].partner.as_deref(), Some("panel"));
+        let audit = store.audit_of_alert("EW-ABC123").unwrap();
+        let actions: Vec<(&str, &str)> = audit
+            .iter()
+            .map(|a| (a.action.as_str(), a.actor.as_str()))
+            .collect();
+        assert_eq!(actions, [("approve", "web:ana"), ("approve", "web:ben")]);
+        let late = decide(
+            &config,
+            &rules,
+            &mut store,
+            "EW-ABC123",
+            &web("cat"),
+            &panel(),
+            Decision::Dismiss {
+                reason: "late".into(),
+            },
+            now(),
+        );
+        assert!(
+            matches!(late, Err(ReviewError::NotInReview { .. })),
+            "{late:?}"
+        );
+    }
+
+    #[test]
+    fn a_dismissal_closes_at_once_and_needs_a_reason() {
+        let config = config();
+        let rules = rules(&config, "approvals = 2\n");
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_draft(dir.path());
+        decide(
+            &config,
+            &rules,
+            &mut store,
+            "EW-ABC123",
+            &web("ana"),
+            &panel(),
+            Decision::Approve(Edits::default()),
+            now(),
+        )
+        .unwrap();
+        let got = decide(
+            &config,
+            &rules,
+            &mut store,
+            "EW-ABC123",
+            &web("ben"),
+            &panel(),
+            Decision::Dismiss {
+                reason: "  ".into(),
+            },
+            now(),
+        );
+        assert!(matches!(got, Err(ReviewError::ReasonRequired)), "{got:?}");
+        let got = decide(
+            &config,
+            &rules,
+            &mut store,
+            "EW-ABC123",
+            &web("ben"),
+            &panel(),
+            Decision::Dismiss {
+                reason: "a duplicate of EW-X".into(),
+            },
+            now(),
+        )
+        .unwrap();
+        assert_eq!(got, Decided::Dismissed);
+        assert_eq!(
+            store.alert("EW-ABC123").unwrap().unwrap().status,
+            AlertStatus::Dismissed
+        );
+        assert!(store.deliveries_of("EW-ABC123").unwrap().is_empty());
+        let decisions = store.decisions_of("EW-ABC123").unwrap();
+        assert_eq!(decisions[1].reason.as_deref(), Some("a duplicate of EW-X"));
+        let audit = store.audit_of_alert("EW-ABC123").unwrap();
+        assert_eq!(audit[1].action, "dismiss");
+        assert_eq!(audit[1].detail["reason"], "a duplicate of EW-X");
+    }
+
+    #[test]
+    fn the_preview_says_who_receives_it_and_what_is_withheld() {
+        let config = config();
+        let rules = rules(&config, "");
+        let draft = alert("Bolton");
+        let got = preview(&config, &rules, &draft, &Edits::default()).unwrap();
+        let by_id = |id: &str| got.iter().find(|p| p.partner_id == id).unwrap().clone();
+        assert_eq!(got.len(), 3);
+        let charity = by_id("charity");
+        assert!(charity.receives && !charity.isa);
+        assert_eq!(charity.withheld, ["notes"], "no ISA, no notes");
+        assert!(by_id("bolton").receives);
+        assert!(by_id("bolton").withheld.is_empty());
+        assert_eq!(
+            by_id("nhs").why_not.as_deref(),
+            Some("below its minimum severity (critical)")
+        );
+
+        let edits = Edits {
+            severity: Some(Severity::Critical),
+            left_out: BTreeSet::from(["charity".to_string()]),
+            ..Edits::default()
+        };
+        let got = preview(&config, &rules, &alert("Wigan"), &edits).unwrap();
+        let by_id = |id: &str| got.iter().find(|p| p.partner_id == id).unwrap().clone();
+        assert!(by_id("nhs").receives);
+        assert_eq!(
+            by_id("charity").why_not.as_deref(),
+            Some("left out by the reviewer")
+        );
+        assert_eq!(
+            by_id("charity").withheld,
+            ["notes"],
+            "still shown for a partner left out"
+        );
+        assert_eq!(
+            by_id("bolton").why_not.as_deref(),
+            Some("covers none of the alert's districts")
+        );
+        let bad = Edits {
+            left_out: BTreeSet::from(["nobody".to_string()]),
+            ..Edits::default()
+        };
+        assert!(matches!(
+            preview(&config, &rules, &draft, &bad),
+            Err(ReviewError::BadEdit(_))
+        ));
+    }
+
+    #[test]
+    fn the_approved_email_carries_the_edits_and_who_approved_it() {
+        let config = config();
+        let rules = rules(&config, "");
+        let rule = rules.get("nitazene").unwrap();
+        let edits = Edits {
+            headline: Some("<b>Strong</b> batch".into()),
+            advice: Some("Test your drugs.\nCarry <naloxone>.".into()),
+            severity: Some(Severity::Critical),
+            left_out: BTreeSet::from(["nhs".to_string()]),
+        };
+        let approvers = vec![Approver {
+            name: "Dr A <Chair>".into(),
+            partner: Some("Drug Panel".into()),
+        }];
+        let assessed = assessed(alert("Bolton"), &edits, approvers, now());
+        let emails =
+            render_approved(&config, &rules, rule, &assessed, &edits, |_, _| Ok(None)).unwrap();
+        let partners: Vec<&str> = emails.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(partners, ["bolton", "charity"]);
+        let email = &emails[0].1;
+        assert!(
+            email.subject.ends_with("[CRITICAL] <b>Strong</b> batch"),
+            "{}",
+            email.subject
+        );
+        let line =
+            "Assessed and approved by Dr A <Chair> (Drug Panel) on Sun 1 Mar 2026 11:00 GMT.";
+        let top: Vec<&str> = email.text.lines().take(5).collect();
+        assert!(top.contains(&line), "{}", email.text);
+        assert!(
+            email.text.contains("<b>Strong</b> batch\n"),
+            "{}",
+            email.text
+        );
+        assert!(
+            email
+                .text
+                .contains("WHAT TO DO\nTest your drugs.\nCarry <naloxone>."),
+            "{}",
+            email.text
+        );
+        assert!(
+            !email.text.contains("Carry naloxone."),
+            "the rule's advice is replaced"
+        );
+        assert!(
+            email
+                .html
+                .contains("Assessed and approved by Dr A &lt;Chair&gt; (Drug Panel)"),
+            "{}",
+            email.html
+        );
+        assert!(
+            email.html.contains("&lt;b&gt;Strong&lt;/b&gt; batch"),
+            "{}",
+            email.html
+        );
+        assert!(!email.html.contains("<b>Strong"), "{}", email.html);
+        assert!(
+            email.html.contains("Carry &lt;naloxone&gt;."),
+            "{}",
+            email.html
+        );
+        let raw = String::from_utf8_lossy(&email.bytes);
+        assert!(raw.contains("X-Earlywarn-Severity: critical"), "{raw}");
+    }
+
+    #[test]
+    fn the_draft_links_to_the_console_when_there_is_one() {
+        let mut config = config();
+        let rules = rules(&config, "");
+        let rule = rules.get("nitazene").unwrap();
+        let draft = alert("Bolton");
+        let render = |config: &Config| {
+            let deliveries = route(&draft, rule, config, Audience::Review);
+            crate::pipeline::render_deliveries(
+                config,
+                &draft,
+                rule,
+                &rules.templates,
+                &deliveries,
+                |_, _| Ok::<_, StoreError>(None),
+            )
+            .unwrap()
+            .remove(0)
+            .email
+            .text
+        };
+        let text = render(&config);
+        assert!(
+            text.contains("To send it: earlywarn alerts approve EW-ABC123"),
+            "{text}"
+        );
+        config.web = Some(crate::config::WebConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            public_url: "https://ew.example.org".into(),
+            tls: None,
+            session_idle: crate::config::DEFAULT_SESSION_IDLE,
+            max_connections: crate::config::DEFAULT_WEB_MAX_CONNECTIONS,
+        });
+        let text = render(&config);
+        assert!(
+            text.contains("Assess it at https://ew.example.org/alerts/EW-ABC123 (or on the server: earlywarn alerts approve EW-ABC123"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_account_is_always_recorded_and_a_display_name_only_beside_it() {
