@@ -1267,34 +1267,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a review decision, and for an approval enqueues the emails to
-    /// `notify`, in one transaction. Fails if the alert is not awaiting review.
-    pub fn decide_review(
-        &mut self,
-        id: &str,
-        decision: AlertStatus,
-        by: &str,
-        emails: &[(String, RenderedEmail)],
-        now: Timestamp,
-    ) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = tx.execute(
-            "UPDATE alerts SET status = ?2, reviewed_by = ?3, reviewed_at = ?4 WHERE id = ?1 AND status = 'in_review'",
-            params![id, decision.as_str(), by, ms(now)],
-        )?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        let file_tx = FileTx { tx };
-        for (partner, email) in emails {
-            file_tx.enqueue(id, partner, Audience::Notify, email, now)?;
-        }
-        file_tx.commit()?;
-        Ok(true)
-    }
-
     /// Outbox rows of one alert: partner, status, attempts, audience, last error.
     pub fn deliveries_of(&self, alert_id: &str) -> Result<Vec<DeliveryRow>> {
         let mut stmt = self.conn.prepare(

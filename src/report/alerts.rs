@@ -303,6 +303,55 @@ mod tests {
         );
     }
 
+    fn row(id: &str, severity: &str, at: &str) -> AlertRow {
+        AlertRow {
+            id: id.into(),
+            rule_id: "r".into(),
+            district: String::new(),
+            severity: severity.into(),
+            status: "in_review".into(),
+            created_at: at.parse().unwrap(),
+            event_count: 1,
+        }
+    }
+
+    #[test]
+    fn rows_sort_oldest_first_or_by_severity() {
+        let mut rows = vec![
+            row("c", "info", "2026-03-01T08:00:00Z"),
+            row("a", "critical", "2026-03-01T10:00:00Z"),
+            row("b", "warning", "2026-03-01T09:00:00Z"),
+            row("d", "critical", "2026-03-01T11:00:00Z"),
+        ];
+        sort_rows(&mut rows, QueueOrder::Age);
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["c", "b", "a", "d"]);
+        sort_rows(&mut rows, QueueOrder::Severity);
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "d", "b", "c"]);
+    }
+
+    #[test]
+    fn a_recorded_approval_says_how_many_are_in() {
+        let actor = Actor {
+            id: "unix:ana".into(),
+            display: "Dr Ana".into(),
+            source: "unix:ana".into(),
+        };
+        let mut out = Vec::new();
+        let decided = Decided::ApprovalRecorded { have: 1, need: 2 };
+        write_decided(&mut out, "EW-A", &actor, &decided, OutputFormat::Text).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "approval 1 of 2 recorded for EW-A by Dr Ana (unix:ana): it goes out when another reviewer approves it\n"
+        );
+        let mut out = Vec::new();
+        write_decided(&mut out, "EW-A", &actor, &decided, OutputFormat::Json).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["decided"], "approval_recorded");
+        assert_eq!(json["need"], 2);
+    }
+
     #[test]
     fn verdicts_say_who_and_to_whom() {
         assert_eq!(
