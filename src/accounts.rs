@@ -18,7 +18,6 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use jiff::{SignedDuration, Timestamp};
 use sha2::Digest;
 use std::net::IpAddr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Argon2id cost: memory in KiB, iterations, lanes. OWASP's first choice for
@@ -266,9 +265,10 @@ fn verify_password(password: &str, phc: &str) -> bool {
 }
 
 /// What an unknown name is verified against, so that it costs what a known one
-/// does. `None` only if the system has no randomness, when no login works anyway.
-static DUMMY_HASH: LazyLock<Option<String>> =
-    LazyLock::new(|| hash_password("not a password: timing only").ok());
+/// does: a hash made with [`ARGON2_PARAMS`] (of a throwaway phrase; an unknown
+/// name is refused whatever the result). A constant, not made at start, so the
+/// first unknown name costs no more than the rest.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$gbpLqhkFGp/gDCRAioAtmA$YEik+Wf30lgkyiCkCUd9xOnYMsRcOPwbSYML1DYEX28";
 
 /// Whether an account locked until `locked_until` is locked at `now`.
 pub fn is_locked(locked_until: Option<Timestamp>, now: Timestamp) -> bool {
@@ -476,9 +476,7 @@ pub fn login(
         password
     };
     let Some(row) = row else {
-        if let Some(dummy) = DUMMY_HASH.as_deref() {
-            verify_password(password, dummy);
-        }
+        verify_password(password, DUMMY_HASH);
         let actor = Actor {
             id: "anonymous".into(),
             display: typed.clone(),
@@ -725,6 +723,9 @@ mod tests {
         assert!(verify_password("correct horse battery", &hash));
         assert!(!verify_password("correct horse batterY", &hash));
         assert!(!verify_password("x", "not a phc string"));
+        // The dummy costs what a real hash does: same algorithm and parameters.
+        assert!(DUMMY_HASH.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
         // A fresh salt each time.
         assert_ne!(hash, hash_password("correct horse battery").unwrap());
     }
