@@ -310,3 +310,138 @@ fn audit_since_leaves_out_older_entries() {
     assert!(!recent.contains("web:jsmith"), "{recent}");
     assert!(recent.contains("account_added"), "{recent}");
 }
+
+/// Runs `earlywarn ARGS` on a terminal (a pseudo-terminal from util-linux's
+/// `script`), typing each of `lines` once the prompt before it has appeared.
+/// Returns the exit code and everything the terminal showed.
+fn on_a_terminal(config: &Path, args: &[&str], answers: &[(&str, &str)]) -> (i32, String) {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let mut command = format!(
+        "{} --config {}",
+        env!("CARGO_BIN_EXE_earlywarn"),
+        config.display()
+    );
+    for a in args {
+        command.push_str(&format!(" '{a}'"));
+    }
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env_remove("EARLYWARN_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let shown = shown.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut seen = 0;
+    for (prompt, answer) in answers {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now_shown = text(&shown.lock().unwrap());
+            if let Some(at) = now_shown[seen..].find(prompt) {
+                seen += at + prompt.len();
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no prompt {prompt:?} in {now_shown:?}"
+            );
+            std::thread::yield_now();
+        }
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    let all = text(&shown.lock().unwrap());
+    (status.code().unwrap_or(-1), all)
+}
+
+/// Echo is not asserted: the test types the moment the prompt shows, which
+/// can be before rpassword has turned echo off (a person cannot type that fast).
+#[test]
+fn without_password_stdin_the_password_is_asked_twice_on_the_terminal() {
+    let (dir, config) = setup();
+    let (code, shown) = on_a_terminal(
+        &config,
+        &["users", "add", "anna", "--role", "admin"],
+        &[("New password: ", PASSWORD), ("The same again: ", PASSWORD)],
+    );
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("added admin `anna`"), "{shown}");
+
+    // Two different entries: nothing changes.
+    let (code, shown) = on_a_terminal(
+        &config,
+        &["users", "passwd", "anna"],
+        &[
+            ("New password: ", "a brand new passphrase"),
+            ("The same again: ", "a brand new passphrasf"),
+        ],
+    );
+    assert_eq!(code, 1, "{shown}");
+    assert!(
+        shown.contains("the two passwords differ; nothing was changed"),
+        "{shown}"
+    );
+
+    // The account logs in with the password typed, and only with it.
+    let store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
+    let ip = "192.0.2.7".parse().unwrap();
+    let policy = earlywarn::accounts::LoginPolicy::default();
+    let now = jiff::Timestamp::now();
+    earlywarn::accounts::login(&store, "anna", PASSWORD, ip, now, &policy).unwrap();
+    assert!(
+        earlywarn::accounts::login(&store, "anna", "a brand new passphrase", ip, now, &policy)
+            .is_err()
+    );
+}
+
+#[test]
+fn passwd_and_disable_from_the_command_line_end_the_accounts_sessions() {
+    use earlywarn::accounts::{LoginError, LoginPolicy, LoginRefused, login, session};
+    let (dir, config) = setup();
+    add_jsmith(&config);
+    let store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
+    let ip = "192.0.2.7".parse().unwrap();
+    let policy = LoginPolicy::default();
+    let idle = std::time::Duration::from_secs(1800);
+    let now = jiff::Timestamp::now();
+    let first = login(&store, "jsmith", PASSWORD, ip, now, &policy).unwrap();
+    assert!(session(&store, &first.token, idle, now).unwrap().is_some());
+
+    ok(&run_stdin(
+        &config,
+        &["users", "passwd", "jsmith", "--password-stdin"],
+        "a brand new passphrase\n",
+    ));
+    assert!(session(&store, &first.token, idle, now).unwrap().is_none());
+    let second = login(&store, "jsmith", "a brand new passphrase", ip, now, &policy).unwrap();
+
+    ok(&run(&config, &["users", "disable", "jsmith"]));
+    assert!(session(&store, &second.token, idle, now).unwrap().is_none());
+    assert!(matches!(
+        login(&store, "jsmith", "a brand new passphrase", ip, now, &policy),
+        Err(LoginError::Refused(LoginRefused::Disabled))
+    ));
+    ok(&run(&config, &["users", "enable", "jsmith"]));
+    login(&store, "jsmith", "a brand new passphrase", ip, now, &policy).unwrap();
+}
