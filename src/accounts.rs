@@ -494,16 +494,9 @@ pub fn login(
     let matches = verify_password(password, &row.password_hash) && !password.is_empty();
     let account = row.account;
     let actor = Actor::web(&account.name, &account.display, ip);
-    if account.disabled {
-        audit_failure(store.accounts_connection(), now, &actor, &typed, "disabled")?;
-        return Err(LoginRefused::Disabled.into());
-    }
-    if let Some(until) = account
-        .locked_until
-        .filter(|_| is_locked(account.locked_until, now))
-    {
-        audit_failure(store.accounts_connection(), now, &actor, &typed, "locked")?;
-        return Err(LoginRefused::Locked { until }.into());
+    if let Some((why, reason)) = refusal(&account, now) {
+        audit_failure(store.accounts_connection(), now, &actor, &typed, reason)?;
+        return Err(why.into());
     }
     if !matches {
         let tx = store.accounts_transaction()?;
@@ -524,6 +517,18 @@ pub fn login(
     let token = random_token()?;
     let csrf = random_token()?;
     let tx = store.accounts_transaction()?;
+    // Read again under the write lock: an account removed, disabled or locked
+    // while Argon2 ran gets no session.
+    let current = db::account_row(&tx, &account.name)?;
+    let refusal = match &current {
+        Some(r) => refusal(&r.account, now),
+        None => Some((LoginRefused::BadCredentials, "unknown_name")),
+    };
+    if let Some((why, reason)) = refusal {
+        drop(tx);
+        audit_failure(store.accounts_connection(), now, &actor, &typed, reason)?;
+        return Err(why.into());
+    }
     db::record_success(&tx, &account.name)?;
     db::insert_session(
         &tx,
@@ -550,6 +555,20 @@ pub fn login(
         token,
         csrf,
     })
+}
+
+/// Why `account` may not log in at `now` whatever the password, and the
+/// reason the audit log records.
+fn refusal(account: &Account, now: Timestamp) -> Option<(LoginRefused, &'static str)> {
+    if account.disabled {
+        return Some((LoginRefused::Disabled, "disabled"));
+    }
+    match account.locked_until {
+        Some(until) if is_locked(Some(until), now) => {
+            Some((LoginRefused::Locked { until }, "locked"))
+        }
+        _ => None,
+    }
 }
 
 fn audit_failure(
