@@ -521,7 +521,8 @@ impl Ledger for FileTx<'_> {
         // Before the outbox rows: their priority comes from the alert's row.
         self.insert_alert(alert, &summary)?;
         for o in emails {
-            self.enqueue(&alert.id, &o.partner_id, o.audience, &o.email, now)?;
+            let purpose = crate::alerts::render::Purpose::of(o.audience);
+            self.enqueue(&alert.id, &o.partner_id, o.audience, purpose, &o.email, now)?;
         }
         if emails.is_empty() {
             // Stored (status shows it), but no partner in the rule's list covers it: someone must act.

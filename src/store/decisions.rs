@@ -8,7 +8,7 @@
 //! No policy lives here (who may decide, how many approvals): that is `review`.
 
 use super::{FileTx, Result, Store, StoreError, StoredAlert, from_ms, ms};
-use crate::alerts::render::RenderedEmail;
+use crate::alerts::render::{Purpose, RenderedEmail};
 use crate::alerts::{Alert, AlertStatus, Audience};
 use crate::audit::{Action, Actor};
 use crate::review::Edits;
@@ -212,7 +212,7 @@ impl DecisionTx<'_> {
         }
         for (partner, email) in approved.map(|(_, emails)| emails).unwrap_or_default() {
             self.file_tx
-                .enqueue(id, partner, Audience::Notify, email, now)?;
+                .enqueue(id, partner, Audience::Notify, Purpose::Alert, email, now)?;
         }
         Ok(true)
     }

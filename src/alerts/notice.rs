@@ -1,0 +1,241 @@
+//! The emails that follow an alert (SPEC §10): updates, withdrawals and
+//! reminders, each to one partner, threaded under the first email that
+//! partner got about the alert.
+//!
+//! Pure: the caller (`lifecycle`) hands in what the partner already received
+//! (its subject, its addresses, the Message-ID to reply to) and the time; no
+//! value reaches a notice that the partner's own first email did not carry,
+//! so a notice is redacted exactly as the original was. Nothing here reads
+//! the database or the clock.
+
+use super::render::{Purpose, RenderError, RenderedEmail, html_escape, message_id};
+use crate::config::Config;
+use lettre::Message;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+
+impl Purpose {
+    /// How the outbox names the purpose (`outbox.purpose`): `alert`, `draft`,
+    /// `update-N`, `reminder-N`, `withdrawn`.
+    pub fn key(self) -> String {
+        match self {
+            Purpose::Alert => "alert".into(),
+            Purpose::Draft => "draft".into(),
+            Purpose::Update(n) => format!("update-{n}"),
+            Purpose::Reminder(n) => format!("reminder-{n}"),
+            Purpose::Withdrawn => "withdrawn".into(),
+        }
+    }
+}
+
+/// What a notice says, beyond the original email it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoticeKind<'a> {
+    /// `UPDATE N: <subject>`, with the update's text.
+    Update { n: u32, text: &'a str },
+    /// `WITHDRAWN: <subject>`, with the reason.
+    Withdrawn { reason: &'a str },
+    /// A reminder of a draft still undecided after `review_within`.
+    ReviewReminder,
+    /// A reminder to a partner that has not confirmed receipt by `ack_within`.
+    AckReminder,
+    /// `ops` told which partners have not confirmed receipt.
+    SilentPartners { partners: &'a [String] },
+}
+
+impl NoticeKind<'_> {
+    pub fn purpose(&self) -> Purpose {
+        match self {
+            NoticeKind::Update { n, .. } => Purpose::Update(*n),
+            NoticeKind::Withdrawn { .. } => Purpose::Withdrawn,
+            // Each kind of reminder goes once per alert and partner. Their own
+            // numbers keep their Message-IDs and outbox rows apart when one
+            // partner is a reviewer, a recipient and `ops` at once.
+            NoticeKind::ReviewReminder => Purpose::Reminder(1),
+            NoticeKind::AckReminder => Purpose::Reminder(2),
+            NoticeKind::SilentPartners { .. } => Purpose::Reminder(3),
+        }
+    }
+
+    fn subject_prefix(&self) -> String {
+        match self {
+            NoticeKind::Update { n, .. } => format!("UPDATE {n}: "),
+            NoticeKind::Withdrawn { .. } => "WITHDRAWN: ".into(),
+            NoticeKind::ReviewReminder
+            | NoticeKind::AckReminder
+            | NoticeKind::SilentPartners { .. } => "REMINDER: ".into(),
+        }
+    }
+
+    /// The paragraphs of the body, in plain text.
+    fn paragraphs(&self) -> Vec<String> {
+        match self {
+            NoticeKind::Update { n, text } => vec![format!("Update {n} to this alert:"), text.to_string()],
+            NoticeKind::Withdrawn { reason } => vec![
+                "This alert has been WITHDRAWN: disregard it.".into(),
+                format!("Reason: {reason}"),
+            ],
+            NoticeKind::ReviewReminder => vec![
+                "This draft is still awaiting assessment: it has not been approved or dismissed within the time the rule allows.".into(),
+            ],
+            NoticeKind::AckReminder => vec![
+                "Nobody has yet confirmed that this alert was received. Please read it and confirm receipt.".into(),
+            ],
+            NoticeKind::SilentPartners { partners } => vec![
+                "These partners have not confirmed receipt of this alert within the time the rule allows; each has been sent a reminder:".into(),
+                partners.iter().map(|p| format!("- {p}")).collect::<Vec<_>>().join("\n"),
+            ],
+        }
+    }
+}
+
+/// What the notice is about and who gets it.
+#[derive(Debug, Clone)]
+pub struct Notice<'a> {
+    pub alert_id: &'a str,
+    pub rule_id: &'a str,
+    pub partner_id: &'a str,
+    /// The subject of the partner's first email about the alert, as it got it
+    /// (already redacted for it); the notice's subject repeats it.
+    pub original_subject: &'a str,
+    /// The addresses the partner's first email went to.
+    pub to: &'a [String],
+    /// The Message-ID of that first email: the notice replies to it.
+    pub in_reply_to: Option<&'a str>,
+    /// The alert's thread (`render::thread_key`), stored with the outbox row.
+    pub thread: &'a str,
+    /// The acknowledgement link for this partner, when it is to confirm receipt.
+    pub ack_link: Option<&'a str>,
+    pub kind: NoticeKind<'a>,
+}
+
+/// The notice as an email ready for the outbox.
+pub fn render(notice: &Notice<'_>, config: &Config) -> Result<RenderedEmail, RenderError> {
+    let from: Mailbox = config
+        .mail
+        .from
+        .parse()
+        .map_err(|e| RenderError::Build(format!("[mail] from: {e}")))?;
+    let purpose = notice.kind.purpose();
+    let message_id = message_id(
+        notice.alert_id,
+        notice.partner_id,
+        purpose,
+        from.email.domain(),
+    );
+    let subject = one_line(&format!(
+        "{}{}",
+        notice.kind.subject_prefix(),
+        notice.original_subject
+    ));
+    let mut paragraphs = notice.kind.paragraphs();
+    paragraphs.push(format!("Original email: {}", notice.original_subject));
+    if let Some(link) = notice.ack_link {
+        paragraphs.push(format!("Confirm you have received this: {link}"));
+    }
+    paragraphs.push(format!("Reference: {}", notice.alert_id));
+    let text = format!("{}\n", paragraphs.join("\n\n"));
+    let html = html_of(&paragraphs, notice.ack_link);
+
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .subject(subject.clone())
+        .message_id(Some(message_id.clone()))
+        .raw_header(HeaderValue::new(
+            header("Auto-Submitted"),
+            "auto-generated".into(),
+        ))
+        .raw_header(HeaderValue::new(
+            header("X-Earlywarn-Alert"),
+            one_line(notice.alert_id),
+        ))
+        .raw_header(HeaderValue::new(
+            header("X-Earlywarn-Rule"),
+            one_line(notice.rule_id),
+        ));
+    if let Some(reply_to) = super::render::reply_to_mailbox(config)? {
+        builder = builder.reply_to(reply_to);
+    }
+    if let Some(parent) = notice.in_reply_to {
+        builder = builder
+            .in_reply_to(parent.to_string())
+            .references(parent.to_string());
+    }
+    let mut to = Vec::new();
+    for address in notice.to {
+        let mailbox: Mailbox = address.parse().map_err(|e| {
+            RenderError::Build(format!(
+                "partner `{}` email `{address}`: {e}",
+                notice.partner_id
+            ))
+        })?;
+        to.push(mailbox.email.to_string());
+        builder = builder.to(mailbox);
+    }
+    let message = builder
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(text.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html.clone()),
+                ),
+        )
+        .map_err(|e| RenderError::Build(e.to_string()))?;
+    Ok(RenderedEmail {
+        subject,
+        text,
+        html,
+        message_id,
+        thread: notice.thread.to_string(),
+        from: from.email.to_string(),
+        to,
+        bytes: message.formatted(),
+    })
+}
+
+/// The acknowledgement line of an alert email, in text and HTML (render's hook).
+pub fn ack_line_text(link: &str) -> String {
+    format!("Confirm you have received this: {link}")
+}
+
+pub fn ack_line_html(link: &str) -> String {
+    let link = html_escape(link);
+    format!("<p>Confirm you have received this: <a href=\"{link}\">{link}</a></p>")
+}
+
+fn html_of(paragraphs: &[String], ack_link: Option<&str>) -> String {
+    let mut html = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head><body>",
+    );
+    for p in paragraphs {
+        match ack_link {
+            Some(link) if p.ends_with(link) && p.starts_with("Confirm") => {
+                html.push_str(&ack_line_html(link));
+            }
+            _ => {
+                html.push_str("<p style=\"white-space: pre-wrap\">");
+                html.push_str(&html_escape(p));
+                html.push_str("</p>");
+            }
+        }
+    }
+    html.push_str("</body></html>");
+    html
+}
+
+/// A header value on one line: untrusted text cannot add a header.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn header(name: &'static str) -> HeaderName {
+    HeaderName::new_from_ascii_str(name)
+}
