@@ -33,6 +33,7 @@ pub mod diagnostic;
 pub mod display;
 pub mod event;
 pub mod feeds;
+pub mod lifecycle;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;

@@ -26,6 +26,7 @@ use std::time::Duration;
 pub mod accounts;
 pub mod audit;
 pub mod decisions;
+pub mod lifecycle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,314 @@
+//! The alert's life after it went out (SPEC §10, §7 threading), end to end:
+//! the real binary and daemon, a real SQLite file, a real SMTP server on loopback.
+//!
+//! - `alerts update` and `alerts withdraw` reach every partner that received
+//!   the alert, each threaded under that partner's first email, with the
+//!   subject as that partner got it and none of the evidence it withheld; a
+//!   withdrawn alert cannot be updated or withdrawn again; `alerts show` tells
+//!   the whole history.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A config with one nitazene rule; `rule_extra` adds keys to it, `web` a `[web]` section.
+fn write_config(dir: &Path, smtp: &SmtpServer, rule_extra: &str, web: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/rules.toml"),
+        format!(
+            r#"
+[lists]
+nitazenes = ["protonitazene"]
+
+[[rule]]
+id = "nitazene-detected"
+name = "Nitazene detected"
+feed = "drug_testing"
+when = 'substances_major in nitazenes'
+severity = "warning"
+notify = ["bolton", "charity"]
+advice = "Carry naloxone."
+{rule_extra}
+"#
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[daemon]
+state_dir = "state"
+rules = ["rules/*.toml"]
+settle = "1s"
+timezone = "Europe/London"
+ops = ["ops"]
+
+[mail]
+from = "GM Early Warning <earlywarn@example.org>"
+{mail}
+retry_initial = "1s"
+retry_max = "2s"
+timeout = "5s"
+
+{web}
+
+[[feed]]
+name = "drug_testing"
+dir = "in/drug"
+id_field = "sample_id"
+time_field = "tested_at"
+list_fields = {{ substances_major = ";" }}
+sensitive = ["notes"]
+
+[[partner]]
+id = "panel"
+name = "Drug Alert Panel"
+emails = ["panel@example.org"]
+isa = true
+
+[[partner]]
+id = "ops"
+name = "Ops"
+emails = ["ops@example.org"]
+isa = true
+
+[[partner]]
+id = "bolton"
+name = "Bolton lead"
+emails = ["bolton@example.org"]
+isa = true
+districts = ["Bolton"]
+
+[[partner]]
+id = "charity"
+name = "Street charity"
+emails = ["charity@example.org", "outreach@example.org"]
+"#,
+        mail = smtp.mail_config(dir)
+    );
+    let path = dir.join("earlywarn.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Drops one file with a nitazene and a sensitive note.
+fn drop_sample(dir: &Path, name: &str, sample: &str) {
+    let t = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap();
+    write_atomically(
+        &dir.join("in/drug"),
+        name,
+        format!(
+            "sample_id,tested_at,district,substances_major,notes\n{sample},{t},Bolton,heroin;protonitazene,seized near the park\n"
+        ),
+    );
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stop(mut daemon: Daemon) {
+    daemon.sigterm();
+    assert!(daemon.wait_exit(WAIT).unwrap().success());
+}
+
+/// The message each partner's first address got, by `rcpt_tos[0]`.
+fn to<'a>(mails: &'a [Received], address: &str) -> Vec<&'a Received> {
+    mails
+        .iter()
+        .filter(|m| m.rcpt_tos.first().map(String::as_str) == Some(address))
+        .collect()
+}
+
+#[test]
+fn updates_and_a_withdrawal_reach_every_partner_threaded_under_its_first_email() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(SmtpOptions::new());
+    let config = write_config(dir.path(), &smtp, "", "");
+    let cfg = config.to_str().unwrap();
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_for_log("Ready", WAIT);
+    drop_sample(dir.path(), "results.csv", "S1");
+    let first = smtp.wait_for(2, WAIT);
+    wait_outbox_drained(&config);
+    let id = first[0].header("X-Earlywarn-Alert").unwrap();
+
+    let o = earlywarn(&[
+        "alerts",
+        "update",
+        &id.to_lowercase(),
+        "--text",
+        "Lab confirms: protonitazene, 10 mg per tablet.",
+        "--by",
+        "J Smith",
+        "--config",
+        cfg,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).contains(&format!("update 1 of {id}: queued for bolton, charity")),
+        "{}",
+        out(&o)
+    );
+    let o = earlywarn(&[
+        "alerts",
+        "update",
+        &id,
+        "--text",
+        "Second batch seen in Farnworth.",
+        "--config",
+        cfg,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = earlywarn(&[
+        "alerts",
+        "withdraw",
+        &id,
+        "--reason",
+        "The lab result was for another sample.",
+        "--config",
+        cfg,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let mails = smtp.wait_for(8, WAIT);
+    wait_outbox_drained(&config);
+    assert_eq!(mails.len(), 8);
+
+    for address in ["bolton@example.org", "charity@example.org"] {
+        let got = to(&mails, address);
+        assert_eq!(got.len(), 4, "{address}");
+        let original = got[0];
+        let parent = format!("<{}>", original.message_id().unwrap());
+        let subject = original.subject().unwrap();
+        let expected = [
+            format!("UPDATE 1: {subject}"),
+            format!("UPDATE 2: {subject}"),
+            format!("WITHDRAWN: {subject}"),
+        ];
+        for (mail, want) in got[1..].iter().zip(&expected) {
+            assert_eq!(mail.subject().unwrap(), *want, "{address}");
+            assert_eq!(
+                mail.header_raw("In-Reply-To").unwrap().trim(),
+                parent,
+                "{address}"
+            );
+            assert_eq!(
+                mail.header_raw("References").unwrap().trim(),
+                parent,
+                "{address}"
+            );
+            assert_eq!(mail.header("X-Earlywarn-Alert").unwrap(), id);
+            assert_eq!(mail.to(), original.to(), "every address of the partner");
+            let text = mail.text_body().unwrap();
+            let html = mail.html_body().unwrap();
+            assert!(text.contains(&format!("Reference: {id}")), "{text}");
+            // A notice carries nothing the partner's first email did not: never the sensitive note.
+            assert!(!mail.data.contains("seized near the park"), "{}", mail.data);
+            assert!(!html.contains("seized"), "{html}");
+        }
+        assert!(
+            got[1]
+                .text_body()
+                .unwrap()
+                .contains("Lab confirms: protonitazene, 10 mg per tablet.")
+        );
+        assert!(
+            got[3]
+                .text_body()
+                .unwrap()
+                .contains("The lab result was for another sample.")
+        );
+        let ids: std::collections::BTreeSet<_> =
+            got.iter().map(|m| m.message_id().unwrap()).collect();
+        assert_eq!(ids.len(), 4, "each email its own Message-ID");
+    }
+
+    let o = earlywarn(&["alerts", "update", &id, "--text", "More.", "--config", cfg]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("withdrawn"), "{}", err(&o));
+    let o = earlywarn(&[
+        "alerts", "withdraw", &id, "--reason", "Again.", "--config", cfg,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(
+        err(&o).contains("cannot be updated or withdrawn again"),
+        "{}",
+        err(&o)
+    );
+    let o = earlywarn(&["alerts", "update", &id, "--text", "  ", "--config", cfg]);
+    assert_eq!(o.status.code(), Some(1));
+
+    let shown = out(&earlywarn(&["alerts", "show", &id, "--config", cfg]));
+    assert!(shown.contains("Status    withdrawn"), "{shown}");
+    assert!(shown.contains("raised"), "{shown}");
+    assert!(shown.contains("update 1: Lab confirms"), "{shown}");
+    assert!(shown.contains("withdraw"), "{shown}");
+    assert!(shown.contains("update-2"), "{shown}");
+    let json: serde_json::Value = serde_json::from_slice(
+        &earlywarn(&["alerts", "show", &id, "--config", cfg, "--format", "json"]).stdout,
+    )
+    .unwrap();
+    let actions: Vec<&str> = json["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["update", "update", "withdraw"]);
+    let purposes: Vec<&str> = json["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["purpose"].as_str().unwrap())
+        .collect();
+    assert_eq!(purposes.iter().filter(|p| **p == "withdrawn").count(), 2);
+    stop(daemon);
+}
+
+#[test]
+fn a_draft_in_review_cannot_be_updated_or_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(SmtpOptions::new());
+    let config = write_config(dir.path(), &smtp, r#"review = ["panel"]"#, "");
+    let cfg = config.to_str().unwrap();
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_for_log("Ready", WAIT);
+    drop_sample(dir.path(), "results.csv", "S1");
+    let draft = smtp.wait_for(1, WAIT);
+    wait_outbox_drained(&config);
+    let id = draft[0].header("X-Earlywarn-Alert").unwrap();
+    for args in [["update", "--text"], ["withdraw", "--reason"]] {
+        let o = earlywarn(&[
+            "alerts",
+            args[0],
+            &id,
+            args[1],
+            "Something.",
+            "--config",
+            cfg,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+        assert!(err(&o).contains("still awaiting review"), "{}", err(&o));
+    }
+    let o = earlywarn(&[
+        "alerts",
+        "update",
+        "EW-NOSUCH",
+        "--text",
+        "x",
+        "--config",
+        cfg,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("no alert"), "{}", err(&o));
+    assert_eq!(smtp.messages().len(), 1, "nothing more was sent");
+    stop(daemon);
+}
