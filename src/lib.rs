@@ -24,6 +24,7 @@
 //! no I/O and never reads the clock: callers pass `now`.
 
 pub mod accounts;
+pub mod ack;
 pub mod alerts;
 pub mod audit;
 pub mod config;

@@ -14,12 +14,13 @@
 //!
 //! The caller establishes the [`Actor`] from a credential and passes `now`.
 
+use crate::ack::{AckClaim, AckError};
 use crate::alerts::AlertStatus;
 use crate::alerts::notice::{self, Notice, NoticeKind};
 use crate::alerts::render::{Purpose, RenderError};
 use crate::audit::{Action, Actor};
 use crate::config::Config;
-use crate::store::lifecycle::LifecycleTx;
+use crate::store::lifecycle::{AckOutcome, AckRow, LifecycleTx};
 use crate::store::{Store, StoreError};
 use jiff::Timestamp;
 
@@ -47,6 +48,8 @@ pub enum LifecycleError {
     TooLong { what: &'static str },
     #[error("{what} holds control characters (an escape sequence); give plain text")]
     Controls { what: &'static str },
+    #[error(transparent)]
+    Ack(#[from] AckError),
     #[error("cannot render the notice: {0}")]
     Render(#[from] RenderError),
     #[error(transparent)]
@@ -135,6 +138,72 @@ pub fn withdraw(
             update: None,
             partners,
         })
+    })
+}
+
+/// What a valid acknowledgement link names, as the page shows it.
+#[derive(Debug, Clone)]
+pub struct AckTarget {
+    pub claim: AckClaim,
+    pub alert: crate::store::StoredAlert,
+    /// The partner's confirmation, if it already gave one.
+    pub confirmed: Option<AckRow>,
+}
+
+/// What an acknowledgement link names (the GET of its page): verified under
+/// the database's key; records nothing.
+pub fn ack_target(
+    store: &mut Store,
+    token: &str,
+    now: Timestamp,
+) -> Result<AckTarget, LifecycleError> {
+    store.lifecycle(|tx| {
+        let claim = crate::ack::verify(&tx.ack_key()?, token, now)?;
+        let alert = tx
+            .alert(&claim.alert_id)?
+            .ok_or(LifecycleError::Ack(AckError::Invalid))?;
+        let confirmed = tx.ack_of(&claim.alert_id, &claim.partner_id)?;
+        Ok(AckTarget {
+            claim,
+            alert,
+            confirmed,
+        })
+    })
+}
+
+/// Records that the partner named by `token` confirmed receipt (the POST of
+/// its page), with the optional `name` the person typed and where from
+/// (`source`: the client's IP address), in one transaction with its audit
+/// row. Pressing again changes nothing: [`AckOutcome::AlreadyConfirmed`].
+pub fn acknowledge(
+    store: &mut Store,
+    token: &str,
+    name: Option<&str>,
+    source: &str,
+    now: Timestamp,
+) -> Result<(AckClaim, AckOutcome), LifecycleError> {
+    let name = crate::ack::valid_name(name)?;
+    store.lifecycle(|tx| {
+        let claim = crate::ack::verify(&tx.ack_key()?, token, now)?;
+        // A signed token names an alert this database sent; one missing now
+        // (a restored older copy) is refused like any unknown link.
+        if tx.alert(&claim.alert_id)?.is_none() {
+            return Err(LifecycleError::Ack(AckError::Invalid));
+        }
+        // Nobody is logged in on this page: the partner is the actor, from where it pressed.
+        let actor = Actor {
+            id: "anonymous".into(),
+            display: name.clone().unwrap_or_else(|| claim.partner_id.clone()),
+            source: source.to_string(),
+        };
+        let outcome = tx.record_ack(
+            &claim.alert_id,
+            &claim.partner_id,
+            name.as_deref(),
+            &actor,
+            now,
+        )?;
+        Ok((claim, outcome))
     })
 }
 

@@ -312,3 +312,122 @@ fn a_draft_in_review_cannot_be_updated_or_withdrawn() {
     assert_eq!(smtp.messages().len(), 1, "nothing more was sent");
     stop(daemon);
 }
+
+const WEB: &str = "[web]\npublic_url = \"https://ew.example.org\"";
+
+/// The link `Confirm you have received this: URL` in a text body, and its token.
+fn ack_link(text: &str) -> (String, String) {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Confirm you have received this: "))
+        .unwrap_or_else(|| panic!("no acknowledgement line in:\n{text}"));
+    let url = line
+        .trim_start_matches("Confirm you have received this: ")
+        .trim()
+        .to_string();
+    let token = url
+        .strip_prefix("https://ew.example.org/ack/")
+        .unwrap_or_else(|| panic!("{url}"))
+        .to_string();
+    (url, token)
+}
+
+#[test]
+fn each_partner_gets_its_own_ack_link_and_confirming_records_once() {
+    use earlywarn::lifecycle::{LifecycleError, ack_target, acknowledge};
+    use earlywarn::store::lifecycle::AckOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(SmtpOptions::new());
+    let config = write_config(dir.path(), &smtp, "", WEB);
+    let cfg = config.to_str().unwrap();
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_for_log("Ready", WAIT);
+    drop_sample(dir.path(), "results.csv", "S1");
+    let mails = smtp.wait_for(2, WAIT);
+    wait_outbox_drained(&config);
+    let id = mails[0].header("X-Earlywarn-Alert").unwrap();
+    let bolton = to(&mails, "bolton@example.org")[0];
+    let charity = to(&mails, "charity@example.org")[0];
+    let (bolton_url, bolton_token) = ack_link(&bolton.text_body().unwrap());
+    let (_, charity_token) = ack_link(&charity.text_body().unwrap());
+    assert_ne!(bolton_token, charity_token);
+    assert!(
+        bolton
+            .html_body()
+            .unwrap()
+            .contains(&format!("<a href=\"{bolton_url}\">")),
+        "{}",
+        bolton.html_body().unwrap()
+    );
+
+    let mut store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
+    let now = jiff::Timestamp::now();
+    // Opening the link (what a mail scanner does) shows the alert and records nothing.
+    let target = ack_target(&mut store, &bolton_token, now).unwrap();
+    assert_eq!(
+        (
+            target.claim.alert_id.as_str(),
+            target.claim.partner_id.as_str()
+        ),
+        (id.as_str(), "bolton")
+    );
+    assert!(target.confirmed.is_none());
+    assert!(out(&earlywarn(&["alerts", "show", &id, "--config", cfg])).contains("by nobody yet"));
+
+    let (claim, outcome) =
+        acknowledge(&mut store, &bolton_token, Some("J Smith"), "192.0.2.7", now).unwrap();
+    assert_eq!(claim.partner_id, "bolton");
+    assert_eq!(outcome, AckOutcome::Recorded);
+    let (_, again) = acknowledge(
+        &mut store,
+        &bolton_token,
+        Some("Someone else"),
+        "192.0.2.8",
+        now,
+    )
+    .unwrap();
+    match again {
+        AckOutcome::AlreadyConfirmed(first) => {
+            assert_eq!(first.name.as_deref(), Some("J Smith"));
+            assert_eq!(first.ip, "192.0.2.7");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A token with its partner changed, or one character off, is refused and records nothing.
+    let mut tampered = bolton_token.clone().into_bytes();
+    tampered[3] = if tampered[3] == b'x' { b'y' } else { b'x' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert!(matches!(
+        acknowledge(&mut store, &tampered, None, "192.0.2.9", now),
+        Err(LifecycleError::Ack(earlywarn::ack::AckError::Invalid))
+    ));
+    let later = now + jiff::SignedDuration::from_hours(31 * 24);
+    assert!(matches!(
+        acknowledge(&mut store, &charity_token, None, "192.0.2.9", later),
+        Err(LifecycleError::Ack(earlywarn::ack::AckError::Expired))
+    ));
+    assert_eq!(store.acks_of(&id).unwrap().len(), 1);
+
+    let shown = out(&earlywarn(&["alerts", "show", &id, "--config", cfg]));
+    assert!(
+        shown.contains("for bolton by J Smith from 192.0.2.7"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("acknowledge") && shown.contains("anonymous from 192.0.2.7"),
+        "{shown}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &earlywarn(&["alerts", "show", &id, "--config", cfg, "--format", "json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(json["acknowledgements"][0]["partner_id"], "bolton");
+    let audit: Vec<&str> = json["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(audit, ["acknowledge"], "recorded once, audited once");
+    stop(daemon);
+}

@@ -199,7 +199,24 @@ pub fn render(notice: &Notice<'_>, config: &Config) -> Result<RenderedEmail, Ren
     })
 }
 
-/// The acknowledgement line of an alert email, in text and HTML (render's hook).
+/// An alert email's text and HTML with the acknowledgement line added at
+/// the end (render's hook): after everything the partner must read first.
+pub fn with_ack_line(mut text: String, html: String, link: &str) -> (String, String) {
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(&ack_line_text(link));
+    text.push('\n');
+    let line = ack_line_html(link);
+    let html = match html.rfind("</body>") {
+        Some(at) => format!("{}{line}{}", &html[..at], &html[at..]),
+        None => html + &line,
+    };
+    (text, html)
+}
+
+/// The acknowledgement line of an alert email, in text and HTML.
 pub fn ack_line_text(link: &str) -> String {
     format!("Confirm you have received this: {link}")
 }

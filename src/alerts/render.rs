@@ -464,6 +464,28 @@ pub fn render_in_thread(
     config: &Config,
     first_in_thread: Option<&str>,
 ) -> Result<RenderedEmail, RenderError> {
+    render_with_ack(
+        alert,
+        rule,
+        templates,
+        delivery,
+        config,
+        first_in_thread,
+        None,
+    )
+}
+
+/// [`render_in_thread`], with the partner's acknowledgement link (SPEC §10,
+/// made by the caller: `ack::link`) in the text and HTML when given.
+pub fn render_with_ack(
+    alert: &Alert,
+    rule: &Rule,
+    templates: &Templates,
+    delivery: &Delivery<'_>,
+    config: &Config,
+    first_in_thread: Option<&str>,
+    ack_link: Option<&str>,
+) -> Result<RenderedEmail, RenderError> {
     let feed = config.feed(&rule.feed);
     let show_time = time_shower(config);
     let (ctx, subject) = subject_and_context(alert, rule, templates, delivery, config)?;
@@ -473,6 +495,10 @@ pub fn render_in_thread(
     let sections = Sections::build(alert, rule, delivery, feed, config, &show_time);
     let text = sections.text(&config.mail.marking, &lead, &severity_tag);
     let html = sections.html(&config.mail.marking, &lead, &severity_tag);
+    let (text, html) = match ack_link {
+        Some(link) => super::notice::with_ack_line(text, html, link),
+        None => (text, html),
+    };
 
     let from: Mailbox = config
         .mail

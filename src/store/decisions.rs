@@ -131,6 +131,11 @@ impl DecisionTx<'_> {
         self.file_tx.first_in_thread(thread, partner_id)
     }
 
+    /// The acknowledgement signing key (SPEC §10) for the approved alert's links.
+    pub fn ack_key(&self) -> Result<[u8; 32]> {
+        self.file_tx.ack_key()
+    }
+
     /// Adds the decision's row and its audit row (`approve` with the edits as
     /// detail, `dismiss` with the reason).
     pub fn record(&self, d: &NewDecision<'_>) -> Result<()> {

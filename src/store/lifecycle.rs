@@ -231,6 +231,13 @@ impl Store {
     }
 }
 
+impl FileTx<'_> {
+    /// The acknowledgement signing key, inside this transaction.
+    pub fn ack_key(&self) -> Result<[u8; 32]> {
+        ack_key(&self.tx)
+    }
+}
+
 /// The write side of one lifecycle change (see [`Store::lifecycle`]).
 pub struct LifecycleTx<'a> {
     file_tx: FileTx<'a>,
