@@ -34,7 +34,7 @@
 //! was made, and every alert is recorded with its emails when it is raised,
 //! so a deadline opened and closed by one batch finds its opening notice.
 
-use crate::alerts::render::{RenderedEmail, Templates, render_with_ack, thread_key};
+use crate::alerts::render::{Extras, RenderedEmail, Templates, render_with, thread_key};
 use crate::alerts::{Alert, Audience, Delivery, first_audience, route};
 use crate::config::Config;
 use crate::event::Event;
@@ -436,10 +436,14 @@ pub fn render_deliveries_with_acks<E>(
         let parent = parent.as_deref();
         let link = ack_link(delivery);
         let link = link.as_deref();
-        let rendered = render_with_ack(alert, rule, templates, delivery, config, parent, link)
+        let extras = Extras {
+            ack_link: link,
+            reminder: None,
+        };
+        let rendered = render_with(alert, rule, templates, delivery, config, parent, extras)
             .or_else(|e| {
                 tracing::error!(alert = %alert.id, rule = %rule.id, error = %e, "Template failed; using the default template");
-                render_with_ack(alert, rule, Templates::defaults(), delivery, config, parent, link)
+                render_with(alert, rule, Templates::defaults(), delivery, config, parent, extras)
             });
         match rendered {
             Ok(email) => emails.push(Outbound {

@@ -431,3 +431,184 @@ fn each_partner_gets_its_own_ack_link_and_confirming_records_once() {
     assert_eq!(audit, ["acknowledge"], "recorded once, audited once");
     stop(daemon);
 }
+
+#[test]
+fn a_draft_left_undecided_past_review_within_reminds_its_reviewers_and_ops_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(SmtpOptions::new());
+    let config = write_config(
+        dir.path(),
+        &smtp,
+        "review = [\"panel\"]\nreview_within = \"2s\"",
+        "",
+    );
+    let cfg = config.to_str().unwrap();
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_for_log("Ready", WAIT);
+    drop_sample(dir.path(), "first.csv", "S1");
+    // The draft, then (2 s on) its reminder to the panel and the note to ops.
+    let mails = smtp.wait_for(3, WAIT);
+    let draft = &mails[0];
+    let id = draft.header("X-Earlywarn-Alert").unwrap();
+    let subject = draft.subject().unwrap();
+    let reminders = to(&mails, "panel@example.org");
+    assert_eq!(reminders.len(), 2);
+    let reminder = reminders[1];
+    assert_eq!(reminder.subject().unwrap(), format!("REMINDER: {subject}"));
+    let parent = format!("<{}>", draft.message_id().unwrap());
+    assert_eq!(reminder.header_raw("In-Reply-To").unwrap().trim(), parent);
+    assert!(
+        reminder.message_id().unwrap().contains(".reminder-1@"),
+        "{:?}",
+        reminder.message_id()
+    );
+    assert!(
+        reminder
+            .text_body()
+            .unwrap()
+            .contains("DRAFT FOR ASSESSMENT"),
+        "the draft again"
+    );
+    let ops = to(&mails, "ops@example.org");
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].subject().unwrap(), format!("REMINDER: {subject}"));
+    assert!(
+        ops[0]
+            .text_body()
+            .unwrap()
+            .contains("still awaiting assessment")
+    );
+    assert!(
+        !ops[0].data.contains("seized near the park"),
+        "ops get no evidence"
+    );
+    wait_outbox_drained(&config);
+
+    // After a restart, a second draft is reminded too (the clock ran), the first not again.
+    daemon.sigterm();
+    assert!(daemon.wait_exit(WAIT).unwrap().success());
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_for_log("Ready", WAIT);
+    drop_sample(dir.path(), "second.csv", "S2");
+    let mails = smtp.wait_for(6, WAIT);
+    wait_outbox_drained(&config);
+    assert_eq!(
+        mails.len(),
+        6,
+        "{:?}",
+        mails.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    let about_first = mails
+        .iter()
+        .filter(|m| m.header("X-Earlywarn-Alert").as_deref() == Some(id.as_str()))
+        .count();
+    assert_eq!(about_first, 3, "draft, one reminder, one note to ops");
+    let json: serde_json::Value = serde_json::from_slice(
+        &earlywarn(&["alerts", "show", &id, "--config", cfg, "--format", "json"]).stdout,
+    )
+    .unwrap();
+    let purposes: Vec<&str> = json["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["purpose"].as_str().unwrap())
+        .collect();
+    assert_eq!(purposes, ["draft", "reminder-1", "reminder-1"]);
+    stop(daemon);
+}
+
+#[test]
+fn ack_within_reminds_only_the_partner_that_has_not_confirmed() {
+    use earlywarn::lifecycle::acknowledge;
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(SmtpOptions::new());
+    let config = write_config(dir.path(), &smtp, "ack_within = \"6s\"", WEB);
+    let cfg = config.to_str().unwrap();
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_for_log("Ready", WAIT);
+    drop_sample(dir.path(), "results.csv", "S1");
+    let first = smtp.wait_for(2, WAIT);
+    let id = first[0].header("X-Earlywarn-Alert").unwrap();
+    let bolton = to(&first, "bolton@example.org")[0].clone();
+    let charity = to(&first, "charity@example.org")[0].clone();
+    let (_, token) = ack_link(&bolton.text_body().unwrap());
+    let mut store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
+    acknowledge(
+        &mut store,
+        &token,
+        None,
+        "192.0.2.7",
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    drop(store);
+
+    // Charity's reminder and the note to ops.
+    let mails = smtp.wait_for(4, WAIT);
+    wait_outbox_drained(&config);
+    assert_eq!(
+        mails.len(),
+        4,
+        "{:?}",
+        mails.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        to(&mails, "bolton@example.org").len(),
+        1,
+        "bolton confirmed: no reminder"
+    );
+    let again = to(&mails, "charity@example.org");
+    assert_eq!(again.len(), 2);
+    let reminder = again[1];
+    assert_eq!(
+        reminder.subject().unwrap(),
+        format!("REMINDER: {}", charity.subject().unwrap())
+    );
+    assert_eq!(
+        reminder.header_raw("In-Reply-To").unwrap().trim(),
+        format!("<{}>", charity.message_id().unwrap())
+    );
+    assert_eq!(
+        reminder.to(),
+        ["charity@example.org", "outreach@example.org"]
+    );
+    let text = reminder.text_body().unwrap();
+    let (_, reminder_token) = ack_link(&text);
+    assert!(
+        !text.contains("seized near the park"),
+        "redacted as the original: {text}"
+    );
+    let ops = to(&mails, "ops@example.org");
+    assert_eq!(ops.len(), 1);
+    let note = ops[0].text_body().unwrap();
+    assert!(note.contains("Street charity (charity)"), "{note}");
+    assert!(
+        !note.contains("Bolton lead"),
+        "only the silent partner: {note}"
+    );
+
+    // The reminder's link confirms for charity; the alert is not reminded again.
+    let mut store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
+    let (claim, _) = acknowledge(
+        &mut store,
+        &reminder_token,
+        Some("Outreach desk"),
+        "192.0.2.8",
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    assert_eq!(claim.partner_id, "charity");
+    let json: serde_json::Value = serde_json::from_slice(
+        &earlywarn(&["alerts", "show", &id, "--config", cfg, "--format", "json"]).stdout,
+    )
+    .unwrap();
+    let purposes: Vec<&str> = json["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["purpose"].as_str().unwrap())
+        .collect();
+    assert_eq!(purposes, ["alert", "alert", "reminder-2", "reminder-3"]);
+    assert_eq!(json["acknowledgements"].as_array().unwrap().len(), 2);
+    stop(daemon);
+}

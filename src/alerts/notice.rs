@@ -37,8 +37,6 @@ pub enum NoticeKind<'a> {
     Withdrawn { reason: &'a str },
     /// A reminder of a draft still undecided after `review_within`.
     ReviewReminder,
-    /// A reminder to a partner that has not confirmed receipt by `ack_within`.
-    AckReminder,
     /// `ops` told which partners have not confirmed receipt.
     SilentPartners { partners: &'a [String] },
 }
@@ -50,9 +48,10 @@ impl NoticeKind<'_> {
             NoticeKind::Withdrawn { .. } => Purpose::Withdrawn,
             // Each kind of reminder goes once per alert and partner. Their own
             // numbers keep their Message-IDs and outbox rows apart when one
-            // partner is a reviewer, a recipient and `ops` at once.
+            // partner is a reviewer, a recipient and `ops` at once: 1 the
+            // review reminder, 2 the alert again to a silent partner
+            // (`lifecycle`), 3 the note to `ops` about silent partners.
             NoticeKind::ReviewReminder => Purpose::Reminder(1),
-            NoticeKind::AckReminder => Purpose::Reminder(2),
             NoticeKind::SilentPartners { .. } => Purpose::Reminder(3),
         }
     }
@@ -61,9 +60,7 @@ impl NoticeKind<'_> {
         match self {
             NoticeKind::Update { n, .. } => format!("UPDATE {n}: "),
             NoticeKind::Withdrawn { .. } => "WITHDRAWN: ".into(),
-            NoticeKind::ReviewReminder
-            | NoticeKind::AckReminder
-            | NoticeKind::SilentPartners { .. } => "REMINDER: ".into(),
+            NoticeKind::ReviewReminder | NoticeKind::SilentPartners { .. } => "REMINDER: ".into(),
         }
     }
 
@@ -76,10 +73,7 @@ impl NoticeKind<'_> {
                 format!("Reason: {reason}"),
             ],
             NoticeKind::ReviewReminder => vec![
-                "This draft is still awaiting assessment: it has not been approved or dismissed within the time the rule allows.".into(),
-            ],
-            NoticeKind::AckReminder => vec![
-                "Nobody has yet confirmed that this alert was received. Please read it and confirm receipt.".into(),
+                "This draft is still awaiting assessment: it has not been approved or dismissed within the time the rule allows. Its reviewers have been sent a reminder.".into(),
             ],
             NoticeKind::SilentPartners { partners } => vec![
                 "These partners have not confirmed receipt of this alert within the time the rule allows; each has been sent a reminder:".into(),

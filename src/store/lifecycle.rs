@@ -210,17 +210,26 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Alerts sent or approved no earlier than `since`, without an ack
-    /// reminder yet, oldest first. `since` bounds the scan to the longest
-    /// `ack_within` in force, so old history is not read on every tick.
-    pub fn alerts_awaiting_acks(&self, since: Timestamp) -> Result<Vec<AwaitingAcks>> {
+    /// Alerts of `rule_ids` raised no earlier than `since`, sent or
+    /// approved, without an ack reminder yet, oldest first. `since` bounds
+    /// the scan, so old history is not read on every tick.
+    pub fn alerts_awaiting_acks(
+        &self,
+        since: Timestamp,
+        rule_ids: &[&str],
+    ) -> Result<Vec<AwaitingAcks>> {
+        let rule_ids = serde_json::to_string(rule_ids)
+            .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        // Alerts of other rules are never reminded: leaving them out here
+        // keeps them from being read on every tick.
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, rule_id, COALESCE(reviewed_at, created_at) FROM alerts
-             WHERE status IN ('sent', 'approved') AND COALESCE(reviewed_at, created_at) >= ?1
+             WHERE status IN ('sent', 'approved') AND created_at >= ?1
+               AND rule_id IN (SELECT value FROM json_each(?2))
                AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.alert_id = alerts.id AND r.kind = 'ack')
              ORDER BY created_at, id",
         )?;
-        let rows = stmt.query_map([ms(since)], |r| {
+        let rows = stmt.query_map(params![ms(since), rule_ids], |r| {
             Ok(AwaitingAcks {
                 alert_id: r.get(0)?,
                 rule_id: r.get(1)?,
