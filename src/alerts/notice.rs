@@ -250,3 +250,99 @@ fn one_line(s: &str) -> String {
 fn header(name: &'static str) -> HeaderName {
     HeaderName::new_from_ascii_str(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("/x/c.toml"),
+            "[mail]\ntransport = \"file\"\nfrom = \"GM Early Warning <earlywarn@example.org>\"\n[[feed]]\nname = \"f\"\ndir = \"in\"\n[[partner]]\nid = \"p\"\nemails = [\"p@example.org\"]\n",
+        )
+        .unwrap()
+    }
+
+    fn notice<'a>(subject: &'a str, kind: NoticeKind<'a>, to: &'a [String]) -> Notice<'a> {
+        Notice {
+            alert_id: "EW-ABC",
+            rule_id: "r",
+            partner_id: "p",
+            original_subject: subject,
+            to,
+            in_reply_to: Some("<EW-ABC.p@example.org>"),
+            thread: "alert\u{1f}EW-ABC",
+            ack_link: None,
+            kind,
+        }
+    }
+
+    #[test]
+    fn an_update_replies_to_the_first_email_and_repeats_its_subject() {
+        let to = vec!["p@example.org".to_string()];
+        let email = render(
+            &notice(
+                "[OFFICIAL-SENSITIVE] Nitazene in Bolton",
+                NoticeKind::Update {
+                    n: 2,
+                    text: "Lab: <b>10 mg</b>",
+                },
+                &to,
+            ),
+            &config(),
+        )
+        .unwrap();
+        assert_eq!(
+            email.subject,
+            "UPDATE 2: [OFFICIAL-SENSITIVE] Nitazene in Bolton"
+        );
+        assert_eq!(email.message_id, "<EW-ABC.p.update-2@example.org>");
+        let raw = String::from_utf8(email.bytes).unwrap();
+        assert!(raw.contains("In-Reply-To: <EW-ABC.p@example.org>"), "{raw}");
+        assert!(raw.contains("References: <EW-ABC.p@example.org>"), "{raw}");
+        assert!(
+            email.text.contains("Lab: <b>10 mg</b>") && email.text.contains("Reference: EW-ABC")
+        );
+        assert!(
+            email.html.contains("Lab: &lt;b&gt;10 mg&lt;/b&gt;"),
+            "{}",
+            email.html
+        );
+    }
+
+    #[test]
+    fn a_stored_subject_cannot_add_a_header() {
+        let to = vec!["p@example.org".to_string()];
+        let email = render(
+            &notice(
+                "Alert\r\nBcc: x@evil.example",
+                NoticeKind::Withdrawn { reason: "wrong" },
+                &to,
+            ),
+            &config(),
+        )
+        .unwrap();
+        let raw = String::from_utf8(email.bytes).unwrap();
+        let headers = &raw[..raw.find("\r\n\r\n").unwrap()];
+        assert!(!headers.lines().any(|l| l.starts_with("Bcc:")), "{headers}");
+        assert!(email.subject.starts_with("WITHDRAWN: Alert"));
+        assert_eq!(email.message_id, "<EW-ABC.p.withdrawn@example.org>");
+    }
+
+    #[test]
+    fn the_ack_line_goes_at_the_end_of_both_parts() {
+        let (text, html) = with_ack_line(
+            "Alert text".into(),
+            "<html><body><p>x</p></body></html>".into(),
+            "https://ew.example.org/ack/T\"<",
+        );
+        assert!(
+            text.ends_with("\n\nConfirm you have received this: https://ew.example.org/ack/T\"<\n")
+        );
+        assert!(
+            html.ends_with("<p>Confirm you have received this: <a href=\"https://ew.example.org/ack/T&quot;&lt;\">https://ew.example.org/ack/T&quot;&lt;</a></p></body></html>"),
+            "{html}"
+        );
+    }
+}
