@@ -171,6 +171,26 @@ pub fn ack_target(
     })
 }
 
+/// The alert as the link's partner may see it (the acknowledgement page):
+/// routed and redacted exactly as its email was (`alerts::route`). `None`
+/// when the rule is no longer loaded or no longer routes to that partner:
+/// the page then shows only the reference, never an unredacted alert.
+pub fn partner_view<'a>(
+    config: &'a Config,
+    rules: &crate::rules::RuleSet,
+    target: &AckTarget,
+) -> Option<crate::alerts::Delivery<'a>> {
+    let rule = rules.get(&target.alert.alert.rule_id)?;
+    crate::alerts::route(
+        &target.alert.alert,
+        rule,
+        config,
+        crate::alerts::Audience::Notify,
+    )
+    .into_iter()
+    .find(|d| d.partner.id == target.claim.partner_id)
+}
+
 /// Records that the partner named by `token` confirmed receipt (the POST of
 /// its page), with the optional `name` the person typed and where from
 /// (`source`: the client's IP address), in one transaction with its audit

@@ -372,6 +372,13 @@ fn each_partner_gets_its_own_ack_link_and_confirming_records_once() {
         (id.as_str(), "bolton")
     );
     assert!(target.confirmed.is_none());
+    // What the page may show charity: its own redacted view, without the sensitive note.
+    let (loaded, rules) = earlywarn::daemon::load_config_and_rules(&config).unwrap();
+    let charity_target = ack_target(&mut store, &charity_token, now).unwrap();
+    let view = earlywarn::lifecycle::partner_view(&loaded, &rules, &charity_target).unwrap();
+    assert_eq!(view.partner.id, "charity");
+    assert!(view.withheld.contains("notes"), "{:?}", view.withheld);
+    assert!(!format!("{:?}", view.events).contains("seized near the park"));
     assert!(out(&earlywarn(&["alerts", "show", &id, "--config", cfg])).contains("by nobody yet"));
 
     let (claim, outcome) =
@@ -610,5 +617,44 @@ fn ack_within_reminds_only_the_partner_that_has_not_confirmed() {
         .collect();
     assert_eq!(purposes, ["alert", "alert", "reminder-2", "reminder-3"]);
     assert_eq!(json["acknowledgements"].as_array().unwrap().len(), 2);
+    stop(daemon);
+}
+
+#[test]
+fn an_approved_alert_carries_ack_links_and_its_draft_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(SmtpOptions::new());
+    let config = write_config(dir.path(), &smtp, "review = [\"panel\"]", WEB);
+    let cfg = config.to_str().unwrap();
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_for_log("Ready", WAIT);
+    drop_sample(dir.path(), "results.csv", "S1");
+    let draft = smtp.wait_for(1, WAIT);
+    let id = draft[0].header("X-Earlywarn-Alert").unwrap();
+    assert!(
+        !draft[0]
+            .text_body()
+            .unwrap()
+            .contains("Confirm you have received this"),
+        "a draft is not for confirming"
+    );
+    let o = earlywarn(&["alerts", "approve", &id, "--config", cfg]);
+    assert!(o.status.success(), "{}", err(&o));
+    let mails = smtp.wait_for(3, WAIT);
+    wait_outbox_drained(&config);
+    let (_, token) = ack_link(&to(&mails, "charity@example.org")[0].text_body().unwrap());
+    let mut store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
+    let (claim, _) = earlywarn::lifecycle::acknowledge(
+        &mut store,
+        &token,
+        None,
+        "192.0.2.7",
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    assert_eq!(
+        (claim.alert_id.as_str(), claim.partner_id.as_str()),
+        (id.as_str(), "charity")
+    );
     stop(daemon);
 }
