@@ -152,22 +152,19 @@ pub struct AckTarget {
 
 /// What an acknowledgement link names (the GET of its page): verified under
 /// the database's key; records nothing.
-pub fn ack_target(
-    store: &mut Store,
-    token: &str,
-    now: Timestamp,
-) -> Result<AckTarget, LifecycleError> {
-    store.lifecycle(|tx| {
-        let claim = crate::ack::verify(&tx.ack_key()?, token, now)?;
-        let alert = tx
-            .alert(&claim.alert_id)?
-            .ok_or(LifecycleError::Ack(AckError::Invalid))?;
-        let confirmed = tx.ack_of(&claim.alert_id, &claim.partner_id)?;
-        Ok(AckTarget {
-            claim,
-            alert,
-            confirmed,
-        })
+pub fn ack_target(store: &Store, token: &str, now: Timestamp) -> Result<AckTarget, LifecycleError> {
+    // Reads only, and the token is checked before anything else is read: a
+    // flood of forged links costs a MAC each and never takes the write lock
+    // (once the key exists: the first call ever makes it).
+    let claim = crate::ack::verify(&store.ack_key()?, token, now)?;
+    let alert = store
+        .alert(&claim.alert_id)?
+        .ok_or(LifecycleError::Ack(AckError::Invalid))?;
+    let confirmed = store.ack_of(&claim.alert_id, &claim.partner_id)?;
+    Ok(AckTarget {
+        claim,
+        alert,
+        confirmed,
     })
 }
 
@@ -203,8 +200,9 @@ pub fn acknowledge(
     now: Timestamp,
 ) -> Result<(AckClaim, AckOutcome), LifecycleError> {
     let name = crate::ack::valid_name(name)?;
+    // Checked before the write lock is taken (see `ack_target`).
+    let claim = crate::ack::verify(&store.ack_key()?, token, now)?;
     store.lifecycle(|tx| {
-        let claim = crate::ack::verify(&tx.ack_key()?, token, now)?;
         // A signed token names an alert this database sent; one missing now
         // (a restored older copy) is refused like any unknown link.
         if tx.alert(&claim.alert_id)?.is_none() {
@@ -362,7 +360,12 @@ pub fn send_reminders(
     now: Timestamp,
 ) -> Result<Reminded, LifecycleError> {
     let mut reminded = Reminded::default();
-    for draft in store.drafts_not_reminded()? {
+    let reviews_timed = rules.rules.iter().any(|r| r.review_within.is_some());
+    let drafts = match reviews_timed {
+        true => store.drafts_not_reminded()?,
+        false => Vec::new(),
+    };
+    for draft in drafts {
         let Some(rule) = rules.get(&draft.rule_id) else {
             continue;
         };

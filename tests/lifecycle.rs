@@ -363,7 +363,7 @@ fn each_partner_gets_its_own_ack_link_and_confirming_records_once() {
     let mut store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
     let now = jiff::Timestamp::now();
     // Opening the link (what a mail scanner does) shows the alert and records nothing.
-    let target = ack_target(&mut store, &bolton_token, now).unwrap();
+    let target = ack_target(&store, &bolton_token, now).unwrap();
     assert_eq!(
         (
             target.claim.alert_id.as_str(),
@@ -374,7 +374,7 @@ fn each_partner_gets_its_own_ack_link_and_confirming_records_once() {
     assert!(target.confirmed.is_none());
     // What the page may show charity: its own redacted view, without the sensitive note.
     let (loaded, rules) = earlywarn::daemon::load_config_and_rules(&config).unwrap();
-    let charity_target = ack_target(&mut store, &charity_token, now).unwrap();
+    let charity_target = ack_target(&store, &charity_token, now).unwrap();
     let view = earlywarn::lifecycle::partner_view(&loaded, &rules, &charity_target).unwrap();
     assert_eq!(view.partner.id, "charity");
     assert!(view.withheld.contains("notes"), "{:?}", view.withheld);

@@ -178,6 +178,11 @@ impl Store {
         ack_key(&self.conn)
     }
 
+    /// The partner's acknowledgement of an alert, if it gave one.
+    pub fn ack_of(&self, alert_id: &str, partner_id: &str) -> Result<Option<AckRow>> {
+        ack_of(&self.conn, alert_id, partner_id)
+    }
+
     /// Every acknowledgement of an alert, oldest first.
     pub fn acks_of(&self, alert_id: &str) -> Result<Vec<AckRow>> {
         let mut stmt = self.conn.prepare_cached(
