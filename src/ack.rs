@@ -40,6 +40,9 @@ pub enum AckError {
     Invalid,
     #[error("this confirmation link has expired")]
     Expired,
+    /// The POST did not carry the form token of a page shown for this link within a day.
+    #[error("this confirmation form is out of date; open the link again and press the button")]
+    StaleForm,
     #[error("the name {0}")]
     BadName(&'static str),
 }
@@ -99,6 +102,48 @@ pub fn verify(key: &[u8; 32], token: &str, now: Timestamp) -> Result<AckClaim, A
         partner_id: partner_id.to_string(),
         expires,
     })
+}
+
+/// How long the form of an acknowledgement page may be sent after the page was shown.
+pub const FORM_VALIDITY: SignedDuration = SignedDuration::from_hours(24);
+
+/// What the form token's MAC covers besides the link's token: its own label,
+/// so no form token is ever a valid link token or the other way round.
+const FORM_LABEL: &str = "ack-form";
+
+/// The form token of the page that `ack_token`'s link opens, issued at `now`
+/// (the GET). The POST must carry it: tied to that one link and that page
+/// view, so a scanner that POSTs to the link without reading the page
+/// records nothing.
+pub fn form_token(key: &[u8; 32], ack_token: &str, now: Timestamp) -> String {
+    let issued = now.as_second();
+    let tag = mac(key, form_payload(ack_token, issued).as_bytes())
+        .finalize()
+        .into_bytes();
+    format!("{issued}.{}", URL_SAFE_NO_PAD.encode(tag))
+}
+
+/// Whether `form` is the form token of `ack_token`'s page, shown no more
+/// than [`FORM_VALIDITY`] before `now` (checked in constant time).
+pub fn verify_form_token(key: &[u8; 32], ack_token: &str, form: &str, now: Timestamp) -> bool {
+    let Some((issued, tag)) = form.split_once('.') else {
+        return false;
+    };
+    let (Ok(issued_secs), Ok(tag)) = (issued.parse::<i64>(), URL_SAFE_NO_PAD.decode(tag)) else {
+        return false;
+    };
+    let Ok(issued) = Timestamp::from_second(issued_secs) else {
+        return false;
+    };
+    let fresh = issued <= now && now < issued.saturating_add(FORM_VALIDITY).unwrap_or(issued);
+    fresh
+        && mac(key, form_payload(ack_token, issued_secs).as_bytes())
+            .verify_slice(&tag)
+            .is_ok()
+}
+
+fn form_payload(ack_token: &str, issued: i64) -> String {
+    format!("{FORM_LABEL}{FIELD}{ack_token}{FIELD}{issued}")
 }
 
 /// The name typed beside the button: trimmed, empty means none, bounded, no controls.
@@ -178,6 +223,47 @@ mod tests {
         for junk in ["", ".", "abc", "a.b", &"A".repeat(5000)] {
             assert_eq!(verify(&KEY, junk, now()), Err(AckError::Invalid), "{junk}");
         }
+    }
+
+    #[test]
+    fn a_form_token_belongs_to_one_link_and_one_day() {
+        let link = token(&KEY, "EW-1ABC", "bolton", now());
+        let other = token(&KEY, "EW-1ABC", "charity", now());
+        let form = form_token(&KEY, &link, now());
+        assert!(verify_form_token(&KEY, &link, &form, now()));
+        assert!(verify_form_token(
+            &KEY,
+            &link,
+            &form,
+            now() + SignedDuration::from_hours(23)
+        ));
+        assert!(
+            !verify_form_token(&KEY, &link, &form, now() + FORM_VALIDITY),
+            "expired"
+        );
+        assert!(
+            !verify_form_token(&KEY, &link, &form, now() - SignedDuration::from_secs(1)),
+            "from the future"
+        );
+        assert!(
+            !verify_form_token(&KEY, &other, &form, now()),
+            "another link's page"
+        );
+        assert!(
+            !verify_form_token(&[8; 32], &link, &form, now()),
+            "another key"
+        );
+        let (issued, tag) = form.split_once('.').unwrap();
+        let later = format!("{}.{tag}", issued.parse::<i64>().unwrap() + 3600);
+        assert!(
+            !verify_form_token(&KEY, &link, &later, now() + SignedDuration::from_hours(2)),
+            "its time changed"
+        );
+        for junk in ["", ".", "x.y", "1.", &link] {
+            assert!(!verify_form_token(&KEY, &link, junk, now()), "{junk}");
+        }
+        // Neither kind of token passes for the other.
+        assert_eq!(verify(&KEY, &form, now()), Err(AckError::Invalid));
     }
 
     #[test]

@@ -148,6 +148,8 @@ pub struct AckTarget {
     pub alert: crate::store::StoredAlert,
     /// The partner's confirmation, if it already gave one.
     pub confirmed: Option<AckRow>,
+    /// The form token the page's button sends back ([`acknowledge`]).
+    pub form_token: String,
 }
 
 /// What an acknowledgement link names (the GET of its page): verified under
@@ -156,7 +158,8 @@ pub fn ack_target(store: &Store, token: &str, now: Timestamp) -> Result<AckTarge
     // Reads only, and the token is checked before anything else is read: a
     // flood of forged links costs a MAC each and never takes the write lock
     // (once the key exists: the first call ever makes it).
-    let claim = crate::ack::verify(&store.ack_key()?, token, now)?;
+    let key = store.ack_key()?;
+    let claim = crate::ack::verify(&key, token, now)?;
     let alert = store
         .alert(&claim.alert_id)?
         .ok_or(LifecycleError::Ack(AckError::Invalid))?;
@@ -165,6 +168,7 @@ pub fn ack_target(store: &Store, token: &str, now: Timestamp) -> Result<AckTarge
         claim,
         alert,
         confirmed,
+        form_token: crate::ack::form_token(&key, token, now),
     })
 }
 
@@ -189,19 +193,25 @@ pub fn partner_view<'a>(
 }
 
 /// Records that the partner named by `token` confirmed receipt (the POST of
-/// its page), with the optional `name` the person typed and where from
-/// (`source`: the client's IP address), in one transaction with its audit
-/// row. Pressing again changes nothing: [`AckOutcome::AlreadyConfirmed`].
+/// its page, carrying the page's `form` token from [`ack_target`]), with the
+/// optional `name` the person typed and where from (`source`: the client's
+/// IP address), in one transaction with its audit row. Pressing again
+/// changes nothing: [`AckOutcome::AlreadyConfirmed`].
 pub fn acknowledge(
     store: &mut Store,
     token: &str,
+    form: &str,
     name: Option<&str>,
     source: &str,
     now: Timestamp,
 ) -> Result<(AckClaim, AckOutcome), LifecycleError> {
     let name = crate::ack::valid_name(name)?;
     // Checked before the write lock is taken (see `ack_target`).
-    let claim = crate::ack::verify(&store.ack_key()?, token, now)?;
+    let key = store.ack_key()?;
+    let claim = crate::ack::verify(&key, token, now)?;
+    if !crate::ack::verify_form_token(&key, token, form, now) {
+        return Err(AckError::StaleForm.into());
+    }
     store.lifecycle(|tx| {
         // A signed token names an alert this database sent; one missing now
         // (a restored older copy) is refused like any unknown link.
@@ -768,7 +778,16 @@ emails = ["c@example.org"]
         let at = |m| raised() + minutes(m);
         let key = store.ack_key().unwrap();
         let token = crate::ack::token(&key, "EW-ABC123", "bolton", raised());
-        acknowledge(&mut store, &token, Some("J Smith"), "192.0.2.7", at(30)).unwrap();
+        let form = ack_target(&store, &token, at(29)).unwrap().form_token;
+        acknowledge(
+            &mut store,
+            &token,
+            &form,
+            Some("J Smith"),
+            "192.0.2.7",
+            at(30),
+        )
+        .unwrap();
         assert!(
             send_reminders(&config, &rules, &mut store, at(119))
                 .unwrap()
@@ -804,7 +823,8 @@ emails = ["c@example.org"]
         let key = store.ack_key().unwrap();
         for partner in ["bolton", "charity"] {
             let token = crate::ack::token(&key, "EW-ABC123", partner, raised());
-            acknowledge(&mut store, &token, None, "192.0.2.7", raised()).unwrap();
+            let form = crate::ack::form_token(&key, &token, raised());
+            acknowledge(&mut store, &token, &form, None, "192.0.2.7", raised()).unwrap();
         }
         let reminded =
             send_reminders(&config, &rules, &mut store, raised() + minutes(120)).unwrap();

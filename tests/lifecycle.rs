@@ -332,6 +332,27 @@ fn ack_link(text: &str) -> (String, String) {
     (url, token)
 }
 
+/// What a person does: open the link (the GET shows the page and its form
+/// token), then press the button (the POST sends the form token back).
+fn confirm(
+    store: &mut earlywarn::store::Store,
+    token: &str,
+    name: Option<&str>,
+    ip: &str,
+    now: jiff::Timestamp,
+) -> Result<
+    (
+        earlywarn::ack::AckClaim,
+        earlywarn::store::lifecycle::AckOutcome,
+    ),
+    earlywarn::lifecycle::LifecycleError,
+> {
+    let form = earlywarn::lifecycle::ack_target(store, token, now)
+        .map(|page| page.form_token)
+        .unwrap_or_default();
+    earlywarn::lifecycle::acknowledge(store, token, &form, name, ip, now)
+}
+
 #[test]
 fn each_partner_gets_its_own_ack_link_and_confirming_records_once() {
     use earlywarn::lifecycle::{LifecycleError, ack_target, acknowledge};
@@ -381,11 +402,20 @@ fn each_partner_gets_its_own_ack_link_and_confirming_records_once() {
     assert!(!format!("{:?}", view.events).contains("seized near the park"));
     assert!(out(&earlywarn(&["alerts", "show", &id, "--config", cfg])).contains("by nobody yet"));
 
+    // A POST that did not come from the page (a scanner replaying the link) records nothing.
+    for form in ["", "1.x", &charity_target.form_token] {
+        assert!(matches!(
+            acknowledge(&mut store, &bolton_token, form, None, "192.0.2.6", now),
+            Err(LifecycleError::Ack(earlywarn::ack::AckError::StaleForm))
+        ));
+    }
+    assert!(store.acks_of(&id).unwrap().is_empty());
+
     let (claim, outcome) =
-        acknowledge(&mut store, &bolton_token, Some("J Smith"), "192.0.2.7", now).unwrap();
+        confirm(&mut store, &bolton_token, Some("J Smith"), "192.0.2.7", now).unwrap();
     assert_eq!(claim.partner_id, "bolton");
     assert_eq!(outcome, AckOutcome::Recorded);
-    let (_, again) = acknowledge(
+    let (_, again) = confirm(
         &mut store,
         &bolton_token,
         Some("Someone else"),
@@ -405,12 +435,12 @@ fn each_partner_gets_its_own_ack_link_and_confirming_records_once() {
     tampered[3] = if tampered[3] == b'x' { b'y' } else { b'x' };
     let tampered = String::from_utf8(tampered).unwrap();
     assert!(matches!(
-        acknowledge(&mut store, &tampered, None, "192.0.2.9", now),
+        confirm(&mut store, &tampered, None, "192.0.2.9", now),
         Err(LifecycleError::Ack(earlywarn::ack::AckError::Invalid))
     ));
     let later = now + jiff::SignedDuration::from_hours(31 * 24);
     assert!(matches!(
-        acknowledge(&mut store, &charity_token, None, "192.0.2.9", later),
+        confirm(&mut store, &charity_token, None, "192.0.2.9", later),
         Err(LifecycleError::Ack(earlywarn::ack::AckError::Expired))
     ));
     assert_eq!(store.acks_of(&id).unwrap().len(), 1);
@@ -526,7 +556,6 @@ fn a_draft_left_undecided_past_review_within_reminds_its_reviewers_and_ops_once(
 
 #[test]
 fn ack_within_reminds_only_the_partner_that_has_not_confirmed() {
-    use earlywarn::lifecycle::acknowledge;
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpServer::start(SmtpOptions::new());
     let config = write_config(dir.path(), &smtp, "ack_within = \"6s\"", WEB);
@@ -540,7 +569,7 @@ fn ack_within_reminds_only_the_partner_that_has_not_confirmed() {
     let charity = to(&first, "charity@example.org")[0].clone();
     let (_, token) = ack_link(&bolton.text_body().unwrap());
     let mut store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
-    acknowledge(
+    confirm(
         &mut store,
         &token,
         None,
@@ -596,7 +625,7 @@ fn ack_within_reminds_only_the_partner_that_has_not_confirmed() {
 
     // The reminder's link confirms for charity; the alert is not reminded again.
     let mut store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
-    let (claim, _) = acknowledge(
+    let (claim, _) = confirm(
         &mut store,
         &reminder_token,
         Some("Outreach desk"),
@@ -644,7 +673,7 @@ fn an_approved_alert_carries_ack_links_and_its_draft_none() {
     wait_outbox_drained(&config);
     let (_, token) = ack_link(&to(&mails, "charity@example.org")[0].text_body().unwrap());
     let mut store = earlywarn::store::Store::open(&dir.path().join("state")).unwrap();
-    let (claim, _) = earlywarn::lifecycle::acknowledge(
+    let (claim, _) = confirm(
         &mut store,
         &token,
         None,
