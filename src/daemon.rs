@@ -562,6 +562,11 @@ impl Intake<'_> {
             None => {
                 if self.paused.remove(&feed.name).is_some() {
                     tracing::info!(feed = %feed.name, "Feed resumed: its folders are in order again");
+                    self.ops.cleared(
+                        ProblemKind::FeedUnreadable,
+                        format!("{} resumed: its folders are in order again", feed.name),
+                        Timestamp::now(),
+                    );
                     if let Err(e) = self.store.set_meta(&key, "") {
                         tracing::warn!(error = %e, "Cannot record the resumed feed for status");
                     }
@@ -639,6 +644,18 @@ impl Intake<'_> {
                 self.settler = Settler::new(config.daemon.settle);
                 self.engine.replace_rules(rules.clone());
                 self.config = Arc::new(config);
+                // Ops were told of the refusal: tell them it is over.
+                if self
+                    .store
+                    .meta("last_reload_error")
+                    .is_ok_and(|e| e.is_some_and(|e| !e.is_empty()))
+                {
+                    self.ops.cleared(
+                        ProblemKind::ReloadRefused,
+                        format!("{} rules in force ({why})", rules.rules.len()),
+                        Timestamp::now(),
+                    );
+                }
                 record_reload(self.store, Some(rules.rules.len()), None);
                 self.metrics.reload(true);
                 // Folders may have changed: look at them now.

@@ -11,6 +11,7 @@
 //! only the delivery, never the alert's own values.
 
 pub mod render;
+pub mod wording;
 
 use crate::config::{Config, FeedConfig, Partner, Severity};
 use crate::event::Event;
