@@ -222,19 +222,29 @@ fn subject(config: &Config, problems: &[Problem], more: u64) -> String {
             .iter()
             .any(|p| p.kind == kind && p.cleared && Some(p.at) >= last_report)
     };
-    let Some((&first, rest)) = kinds.split_first() else {
+    if kinds.is_empty() {
         let cleared: Vec<&str> = problems.iter().map(|p| p.kind.cleared()).collect();
         return format!("earlywarn: cleared: {}", cleared.join("; "));
-    };
-    let (n, feeds) = of_kind(first);
-    let mut subject = format!("earlywarn: {}", first.headline(n, &feeds));
-    if since_cleared(first) {
-        subject.push_str(" (since cleared)");
     }
-    let others = rest.len() as u64 + more;
+    // Two kinds are named; more are counted.
+    let named: Vec<String> = kinds
+        .iter()
+        .take(2)
+        .map(|&kind| {
+            let (n, feeds) = of_kind(kind);
+            let cleared = if since_cleared(kind) {
+                " (since cleared)"
+            } else {
+                ""
+            };
+            format!("{}{cleared}", kind.headline(n, &feeds))
+        })
+        .collect();
+    let mut subject = format!("earlywarn: {}", named.join("; "));
+    let others = kinds.len().saturating_sub(2) as u64 + more;
     if others > 0 {
         subject.push_str(&format!(
-            ", and {others} other problem{}",
+            "; and {others} other problem{}",
             if others == 1 { "" } else { "s" }
         ));
     }

@@ -1022,6 +1022,8 @@ fn summary(
     };
     let awaited = wording::sentence_case(&facts.awaited);
     match trigger {
+        // The headline and the facts already say it all for one record.
+        Trigger::Match if count <= 1 => String::new(),
         Trigger::Match => format!("{name}.{records}"),
         Trigger::Threshold {
             count: needed,
@@ -1179,6 +1181,8 @@ struct Sections {
     why: String,
     /// The rule id, record count, feed and reference: for whoever follows it up.
     details: Vec<(&'static str, String)>,
+    /// What the evidence is called: the records, or a self-alert's problems.
+    evidence_title: &'static str,
     reference: String,
     draft_note: Option<String>,
     /// Who assessed and approved it, for an approved alert.
@@ -1205,7 +1209,7 @@ impl Sections {
         let mut facts = vec![("Severity", severity.as_str().to_uppercase())];
         if !ops {
             facts.push(("Alert", rule.name.clone()));
-            let district = delivery.district.clone().unwrap_or_else(|| {
+            let district = delivery.district.clone().or_else(|| {
                 let mut ds: Vec<String> = delivery
                     .events
                     .iter()
@@ -1214,13 +1218,16 @@ impl Sections {
                     .collect();
                 ds.sort();
                 ds.dedup();
-                if ds.is_empty() {
-                    "not stated".into()
-                } else {
-                    ds.join(", ")
+                match (ds.is_empty(), delivery.events.is_empty()) {
+                    // An alert about no record (a silent feed) has no district to state.
+                    (true, true) => None,
+                    (true, false) => Some("not stated".into()),
+                    (false, _) => Some(ds.join(", ")),
                 }
             });
-            facts.push(("District", district));
+            if let Some(district) = district {
+                facts.push(("District", district));
+            }
             let verb = wording::sentence_case(&wording::time_verb(feed));
             let first = delivery.events.iter().map(|e| e.time).min();
             let last = delivery.events.iter().map(|e| e.time).max();
@@ -1255,8 +1262,16 @@ impl Sections {
         // Key fields first: the district, then what the rule looked at. The
         // record's id and time are in its title.
         let mut key_fields: Vec<String> = vec![district_field.to_string()];
+        match &rule.kind {
+            crate::rules::RuleKind::FirstSeen { field, .. } => key_fields.push(field.clone()),
+            crate::rules::RuleKind::Deadline { key, .. } => key_fields.push(key.clone()),
+            _ => {}
+        }
         key_fields.extend(rule.when.fields().into_iter().map(String::from));
         key_fields.extend(rule.group_by.iter().cloned());
+        if ops {
+            key_fields = vec!["what happened".into(), "from the file".into()];
+        }
         let mut seen = std::collections::HashSet::new();
         key_fields.retain(|f| seen.insert(crate::config::field_key(f)));
         let evidence = delivery
@@ -1281,7 +1296,7 @@ impl Sections {
                 };
                 let title = match (&e.record_id, ops) {
                     (_, true) => format!(
-                        "{}. {} ({})",
+                        "{}. {}, {}",
                         i + 1,
                         wording::sentence_case(&e.text("problem")),
                         show_time(e.time)
@@ -1397,6 +1412,7 @@ impl Sections {
             withheld,
             why,
             details,
+            evidence_title: if ops { "What happened" } else { "Evidence" },
             reference: alert.id.clone(),
             draft_note,
             approved,
@@ -1428,7 +1444,9 @@ impl Sections {
             t.push_str(advice.trim());
             t.push_str("\n\n");
         }
-        t.push_str("EVIDENCE\n");
+        if !self.evidence.is_empty() {
+            t.push_str(&format!("{}\n", self.evidence_title.to_uppercase()));
+        }
         for (title, rows) in &self.evidence {
             t.push_str(&format!("{title}\n"));
             for (k, v) in rows {
@@ -1508,7 +1526,12 @@ impl Sections {
             h.push_str(&format!("<h2 style=\"{h2}\">What to do</h2>\n"));
             push_blocks(&mut h, advice);
         }
-        h.push_str(&format!("<h2 style=\"{h2}\">Evidence</h2>\n"));
+        if !self.evidence.is_empty() {
+            h.push_str(&format!(
+                "<h2 style=\"{h2}\">{}</h2>\n",
+                e(self.evidence_title)
+            ));
+        }
         for (title, rows) in &self.evidence {
             h.push_str(&format!(
                 "<h3 style=\"font-size:16px;margin:16px 0 4px\">{}</h3>\n<table role=\"presentation\" style=\"border-collapse:collapse\">\n",
@@ -1608,7 +1631,8 @@ fn human_duration(d: Duration) -> String {
     let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     match s {
         0 => "0 seconds".into(),
-        s if s % 86_400 == 0 => plural(s / 86_400, "day"),
+        // "24 hours", as a deadline is spoken of; "2 days" and more in days.
+        s if s % 86_400 == 0 && s > 86_400 => plural(s / 86_400, "day"),
         s if s % 3600 == 0 => plural(s / 3600, "hour"),
         s if s % 60 == 0 && s < 3600 => plural(s / 60, "minute"),
         s if s < 60 => plural(s, "second"),
