@@ -363,6 +363,12 @@ fn record_reload(store: &Store, loaded: Option<usize>, error: Option<&str>) {
         result = result.and_then(|()| store.set_meta("rules_loaded", &n.to_string()));
     }
     result = result.and_then(|()| store.set_meta("last_reload_error", error.unwrap_or("")));
+    // Kept after a later reload succeeds, so `status` can still say what was refused.
+    if let Some(error) = error {
+        result = result
+            .and_then(|()| store.set_meta("last_refused_at", &now))
+            .and_then(|()| store.set_meta("last_refused_error", error));
+    }
     if let Err(e) = result {
         tracing::warn!(error = %e, "Cannot record the reload in the database");
     }

@@ -324,7 +324,7 @@ pub fn build(
                             p.kind.describe().into()
                         }),
                     ),
-                    ("what happened", Value::Text(p.detail.as_str().into())),
+                    ("detail", Value::Text(p.detail.as_str().into())),
                 ]);
                 if let Some(quoted) = &p.quoted {
                     fields.insert(QUOTED_FIELD, Value::Text(quoted.as_str().into()));

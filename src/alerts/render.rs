@@ -880,14 +880,15 @@ impl Facts {
 fn headline(trigger: &Trigger, rule: &Rule, facts: &Facts, count: u64) -> String {
     let what = &facts.what;
     let place = facts.place.as_deref();
+    // The parts that say something: a district that is also what was found is said once.
     let listed = |parts: &[Option<&str>]| -> String {
-        parts
-            .iter()
-            .flatten()
-            .filter(|p| !p.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut said: Vec<&str> = Vec::new();
+        for part in parts.iter().flatten() {
+            if !part.is_empty() && !said.iter().any(|s| s.eq_ignore_ascii_case(part)) {
+                said.push(part);
+            }
+        }
+        said.join(", ")
     };
     let when = Some(facts.when.as_str());
     let in_place = place.map(|d| format!(" in {d}")).unwrap_or_default();
@@ -1270,7 +1271,7 @@ impl Sections {
         key_fields.extend(rule.when.fields().into_iter().map(String::from));
         key_fields.extend(rule.group_by.iter().cloned());
         if ops {
-            key_fields = vec!["what happened".into(), "from the file".into()];
+            key_fields = vec!["detail".into(), "from the file".into()];
         }
         let mut seen = std::collections::HashSet::new();
         key_fields.retain(|f| seen.insert(crate::config::field_key(f)));
@@ -2363,6 +2364,26 @@ emails = ["c@example.org"]
             with_date(b"Subject: x\r\n\r\nDate: body\r\n", at),
             b"Date: Wed, 5 Nov 2025 08:09:10 +0000\r\nSubject: x\r\n\r\nDate: body\r\n"
         );
+    }
+
+    #[test]
+    fn the_first_line_says_what_was_found_but_never_from_a_sensitive_field() {
+        let config = config();
+        let rule = checked_rule(
+            &config,
+            "when = 'notes ~ \"(?i)park\" or district == \"bolton\"'",
+        );
+        let mails = emails(&config, &rule, &alert("sold at the PARK", "Bolton"));
+        // The panel may read the notes, but a subject shows in previews and
+        // notifications: only the district was found there.
+        assert_eq!(
+            mails[0].subject,
+            "OFFICIAL-SENSITIVE [CRITICAL] Bolton, Tue 4 Nov"
+        );
+        assert!(mails[0].text.contains("Notes: sold at the PARK"));
+        for mail in &mails {
+            assert!(!mail.subject.contains("PARK"), "{}", mail.subject);
+        }
     }
 
     #[test]
