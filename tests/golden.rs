@@ -417,7 +417,10 @@ fn ops(w: &World) -> RenderedEmail {
 
 /// One email per kind. Update, withdrawn and reminder emails (the alert
 /// lifecycle) belong here too.
-const CASES: &[(&str, fn(&World) -> RenderedEmail)] = &[
+/// One email of the table: its file name and how it is made.
+type Case = (&'static str, fn(&World) -> RenderedEmail);
+
+const CASES: &[Case] = &[
     ("match", match_firearm),
     ("threshold", threshold),
     ("deadline_open", deadline_open),

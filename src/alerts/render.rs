@@ -1186,6 +1186,8 @@ struct Sections {
     evidence_title: &'static str,
     reference: String,
     draft_note: Option<String>,
+    /// The draft's console page, made a link in the HTML.
+    console_url: Option<String>,
     /// Who assessed and approved it, for an approved alert.
     approved: Option<String>,
     contact: Option<String>,
@@ -1416,6 +1418,10 @@ impl Sections {
             evidence_title: if ops { "What happened" } else { "Evidence" },
             reference: alert.id.clone(),
             draft_note,
+            console_url: match (&config.web, delivery.audience) {
+                (Some(web), Audience::Review) => Some(web.alert_url(&alert.id)),
+                _ => None,
+            },
             approved,
             contact: config.mail.contact.clone(),
         }
@@ -1494,9 +1500,21 @@ impl Sections {
             e(marking)
         ));
         if let Some(note) = &self.draft_note {
+            // The console address as a link: it is the reviewer's next step.
+            let note = match &self.console_url {
+                Some(url) => e(note).replacen(
+                    &e(url),
+                    &format!(
+                        "<a href=\"{}\" style=\"color:#0b4f9c\">{}</a>",
+                        e(url),
+                        e(url)
+                    ),
+                    1,
+                ),
+                None => e(note),
+            };
             h.push_str(&format!(
-                "<p style=\"background:#fff3cd;border-left:4px solid #9a6700;padding:8px 12px\"><strong>{}</strong></p>\n",
-                e(note)
+                "<p style=\"background:#fff3cd;border-left:4px solid #9a6700;padding:8px 12px\"><strong>{note}</strong></p>\n"
             ));
         }
         h.push_str(&format!(

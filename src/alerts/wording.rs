@@ -133,11 +133,7 @@ fn collect_expected(when: &Condition, negated: bool, out: &mut Vec<String>) {
             op: CompareOp::Eq,
             literal: Literal::Text(text),
             ..
-        } if !negated => {
-            if !out.contains(text) {
-                out.push(text.clone());
-            }
-        }
+        } if !negated && !out.contains(text) => out.push(text.clone()),
         _ => {}
     }
 }
