@@ -244,7 +244,7 @@ fn subject(config: &Config, problems: &[Problem], more: u64) -> String {
     let others = kinds.len().saturating_sub(2) as u64 + more;
     if others > 0 {
         subject.push_str(&format!(
-            "; and {others} other problem{}",
+            "; and {others} more problem{}",
             if others == 1 { "" } else { "s" }
         ));
     }
@@ -461,6 +461,75 @@ mod tests {
         let text = &emails[0].1.text;
         assert!(!text.contains("District:"), "{text}");
         assert!(!text.contains("matching record"), "{text}");
+    }
+
+    #[test]
+    fn the_subject_names_the_problem_and_says_when_it_cleared() {
+        let config = Config::parse(
+            Path::new("/x/c.toml"),
+            "[daemon]\nops = [\"ops\"]\n[mail]\ntransport = \"file\"\n[[feed]]\nname = \"drug_testing\"\ndir = \"in\"\n[[feed]]\nname = \"incidents\"\ndir = \"inc\"\n[[partner]]\nid = \"ops\"\nemails = [\"ops@example.org\"]\n",
+        )
+        .unwrap();
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let problem = |kind, detail: &str, t: i64, cleared| Problem {
+            kind,
+            detail: detail.into(),
+            quoted: None,
+            at: at(t),
+            cleared,
+        };
+        let subject = |problems: &[Problem], more| {
+            let (_, emails) = build(&config, problems, more, at(100)).unwrap();
+            emails[0].1.subject.clone()
+        };
+        let rejected = |feed: &str, t| {
+            problem(
+                ProblemKind::FileRejected,
+                &format!("{feed}/a.csv"),
+                t,
+                false,
+            )
+        };
+        assert_eq!(
+            subject(&[rejected("drug_testing", 1)], 0),
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: 1 file rejected in drug_testing"
+        );
+        assert_eq!(
+            subject(
+                &[
+                    rejected("drug_testing", 1),
+                    rejected("incidents", 2),
+                    rejected("drug_testing", 3)
+                ],
+                4
+            ),
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: 3 files rejected in drug_testing, incidents; and 4 more problems"
+        );
+        let refused = problem(ProblemKind::ReloadRefused, "r.toml:1:1: x", 5, false);
+        let fixed = problem(ProblemKind::ReloadRefused, "24 rules in force", 6, true);
+        assert_eq!(
+            subject(&[refused.clone(), fixed.clone()], 0),
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: new rules refused (since cleared)"
+        );
+        let (_, emails) = build(&config, std::slice::from_ref(&fixed), 0, at(100)).unwrap();
+        assert_eq!(
+            emails[0].1.subject,
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: cleared: rules reloaded: the refused rules were fixed"
+        );
+        assert!(
+            emails[0]
+                .1
+                .text
+                .contains("A problem earlywarn reported earlier has gone away."),
+            "{}",
+            emails[0].1.text
+        );
+        // Refused again after the fix: not cleared.
+        let again = problem(ProblemKind::ReloadRefused, "r.toml:2:1: y", 7, false);
+        assert_eq!(
+            subject(&[refused, fixed, again], 0),
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: new rules refused"
+        );
     }
 
     /// A file without a header line: its first record is echoed as the "header"
