@@ -220,6 +220,17 @@ notify = ["panel"]
 }
 
 /// The `X-Earlywarn-Rule` of each message.
+/// `earlywarn status` as a person reads it.
+fn status_text(config: &Path) -> String {
+    let out = support::earlywarn(&["status", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn rules_of(msgs: &[Received]) -> Vec<String> {
     msgs.iter()
         .map(|m| m.header("X-Earlywarn-Rule").unwrap_or_default())
@@ -684,6 +695,17 @@ fn sighup_refuses_a_broken_rule_set_whole_then_applies_a_good_one() {
         "rules.last_reload_error should name late/extra.toml:{line}:{col}: {err}"
     );
     assert_eq!(status["rules"]["loaded"], 1, "{status:#}");
+    // And in words: the rules in force, and the refusal with its place.
+    let text = status_text(&config);
+    assert!(
+        text.starts_with("Rules\n  1 rule(s) in force; last reload "),
+        "{text}"
+    );
+    assert!(
+        text.contains("(the previous rules stay in force):\n    ")
+            && places(&text, "late/extra.toml").contains(&(line, col)),
+        "{text}"
+    );
 
     // The old rules still work; the refused rule does not.
     write_atomically(
@@ -729,6 +751,15 @@ fn sighup_refuses_a_broken_rule_set_whole_then_applies_a_good_one() {
         "a good reload clears the error: {status:#}"
     );
     assert_eq!(status["rules"]["loaded"], 2, "{status:#}");
+    let text = status_text(&config);
+    assert!(
+        text.starts_with("Rules\n  2 rule(s) in force; last reload "),
+        "{text}"
+    );
+    assert!(
+        text.contains("(fixed since: the rules above are in force):"),
+        "the refusal is still shown, as fixed: {text}"
+    );
 
     write_atomically(
         &feed_dir(dir.path()),
