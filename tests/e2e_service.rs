@@ -1350,10 +1350,34 @@ fn a_burst_of_rejected_files_is_one_ops_email_per_interval_and_a_refused_reload_
             .map(|m| m.text_body())
             .collect::<Vec<_>>()
     );
-    let text = reload_mail.unwrap().text_body().unwrap();
+    let reload_mail = reload_mail.unwrap();
+    let text = reload_mail.text_body().unwrap();
     assert!(
         places(&text, "rules/zz-broken.toml").contains(&(line, col)),
         "the ops email should say rules/zz-broken.toml:{line}:{col}:\n{text}"
+    );
+    assert_eq!(
+        reload_mail.subject().unwrap(),
+        "OFFICIAL-SENSITIVE [WARNING] earlywarn: new rules refused"
+    );
+
+    // The fix: ops hear that it has cleared, in the next email.
+    fs::remove_file(dir.path().join("rules/zz-broken.toml")).unwrap();
+    wait_log(&mut daemon, &["Rules reloaded"], WAIT);
+    let mut cleared = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cleared = ops_emails(&mail).into_iter().find(|m| {
+                m.subject()
+                    .is_some_and(|s| s.contains("earlywarn: cleared: rules reloaded"))
+            });
+            cleared.is_some()
+        }),
+        "no ops email saying the refusal cleared; subjects: {:?}",
+        ops_emails(&mail)
+            .iter()
+            .map(|m| m.subject().map(String::from))
+            .collect::<Vec<_>>()
     );
     stop_daemon(daemon);
 }
