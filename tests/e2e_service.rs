@@ -1376,7 +1376,7 @@ fn a_burst_of_rejected_files_is_one_ops_email_per_interval_and_a_refused_reload_
         "no ops email saying the refusal cleared; subjects: {:?}",
         ops_emails(&mail)
             .iter()
-            .map(|m| m.subject().map(String::from))
+            .map(|m| m.subject())
             .collect::<Vec<_>>()
     );
     stop_daemon(daemon);
