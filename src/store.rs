@@ -1217,6 +1217,8 @@ impl Store {
             loaded: self.meta("rules_loaded")?.and_then(|v| v.parse().ok()),
             last_reload_at: self.meta("last_reload_at")?,
             last_reload_error: self.meta("last_reload_error")?.filter(|e| !e.is_empty()),
+            last_refused_at: self.meta("last_refused_at")?,
+            last_refused_error: self.meta("last_refused_error")?.filter(|e| !e.is_empty()),
         };
         let paused_feeds = {
             let mut stmt = c.prepare(
@@ -1607,6 +1609,10 @@ pub struct RulesStatus {
     pub last_reload_at: Option<String>,
     /// The errors of the last refused reload, if the last reload was refused.
     pub last_reload_error: Option<String>,
+    /// When a reload was last refused, even if a later one succeeded.
+    pub last_refused_at: Option<String>,
+    /// What that refused reload's errors were.
+    pub last_refused_error: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -12,6 +12,7 @@
 
 pub mod notice;
 pub mod render;
+pub mod wording;
 
 use crate::config::{Config, FeedConfig, Partner, Severity};
 use crate::event::Event;
