@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod audit;
+pub mod web;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -274,6 +275,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         what: "the console: accounts, sessions, review decisions and the audit log",
         up: Up::Sql(SCHEMA_V4_CONSOLE),
+    },
+    // The console's history filters (`store::web`), each an index range walked
+    // newest first, so a filtered page stays fast with 100,000 alerts; and a
+    // partner's own alerts found from its outbox rows.
+    Migration {
+        what: "the console: alerts by rule, district and severity; outbox by partner",
+        up: Up::Sql(
+            "CREATE INDEX alerts_by_rule ON alerts(rule_id, created_at);
+             CREATE INDEX alerts_by_district ON alerts(district COLLATE NOCASE, created_at);
+             CREATE INDEX alerts_by_severity ON alerts(severity, created_at);
+             CREATE INDEX outbox_by_partner ON outbox(partner_id, alert_id);",
+        ),
     },
 ];
 
