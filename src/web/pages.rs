@@ -907,9 +907,21 @@ pub fn alert_view(
                 sent: r.sent_at.map(|t| local(t, tz)).unwrap_or_default(),
             })
             .collect(),
-        // The audit names people and decisions, not records' values; a
-        // partner's account sees it too, as its emails' "approved by" line does.
-        history: record.audit.iter().map(|e| audit_view(e, tz)).collect(),
+        // Who decided what and when, as its emails' "approved by" line says;
+        // for a partner's account without the details, which are reviewers'
+        // free text (a reason, edits of a draft it never got) and may quote
+        // what its emails withheld.
+        history: record
+            .audit
+            .iter()
+            .map(|e| {
+                let mut v = audit_view(e, tz);
+                if viewer.partner.is_some() {
+                    v.detail.clear();
+                }
+                v
+            })
+            .collect(),
     })
 }
 
