@@ -51,6 +51,7 @@ kind = "match"
 when = 'substances_major == "xylazine"'
 severity = "warning"
 review = ["panel"]
+review_within = "4h"
 notify = ["police"]
 group_by = ["district"]
 "#
@@ -273,8 +274,8 @@ fn every_page_for(
     let now = jiff::Timestamp::now();
     let mut out = Vec::new();
     let partner = viewer.partner.clone();
-    let drafts = store.review_queue(partner.as_deref(), 500).unwrap();
-    let waiting = store.review_queue_len(partner.as_deref()).unwrap();
+    let drafts = store.console_queue(partner.as_deref(), 500).unwrap();
+    let waiting = store.console_queue_len(partner.as_deref()).unwrap();
     let recent_filter = AlertFilter {
         partner: partner.clone(),
         ..AlertFilter::default()
@@ -311,11 +312,9 @@ fn every_page_for(
         .alert_history(&AlertFilter::default(), Page::First, 1000)
         .unwrap()
     {
-        let record = pages::AlertRecord {
-            receipts: store.receipts_of(&listed.id).unwrap(),
-            audit: store.audit_of_alert(&listed.id).unwrap(),
-            listed,
-        };
+        let record = pages::AlertRecord::read(&store, &listed.id)
+            .unwrap()
+            .unwrap();
         if let Some(view) = pages::alert_view(viewer, config, rules, &record, now) {
             out.push((
                 format!("/alerts/{}", record.listed.id),
@@ -519,4 +518,55 @@ fn a_console_port_already_taken_is_a_start_up_error() {
         "{err}"
     );
     assert!(err.to_string().contains("console"), "{err}");
+}
+
+#[test]
+fn the_queue_shows_the_review_clock_and_the_alert_page_a_decision_from_the_cli() {
+    let dir = tempdir();
+    let (config, base) = console_config(dir.path());
+    let daemon = InProcess::start_ready(&config);
+    write_atomically(
+        &feed_dir(dir.path()),
+        "xylazine.csv",
+        csv(&[row("X-1", "Bolton", "xylazine", "", "n")]),
+    );
+    let draft = wait_alerts(dir.path(), 1).remove(0);
+    assert_eq!(draft.status, "in_review");
+    let (_, _, queue) = get(&base, "/");
+    assert!(
+        queue.contains("due in 3 h 59 min") || queue.contains("due in 4 h"),
+        "review_within = 4h: {queue}"
+    );
+
+    let out = support::earlywarn(&[
+        "alerts",
+        "approve",
+        &draft.id.to_lowercase(),
+        "--config",
+        config.to_str().unwrap(),
+        "--headline",
+        &format!("Xylazine {SCRIPT}"),
+        "--by",
+        "Dr Chair",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, page) = get(&base, &format!("/alerts/{}", draft.id));
+    assert!(page.contains("<h2>As approved</h2>"), "{page}");
+    assert!(
+        page.contains(&format!("Xylazine {}", escaped(SCRIPT))),
+        "{page}"
+    );
+    assert!(
+        page.contains("<strong>approved</strong> by Dr Chair"),
+        "{page}"
+    );
+    assert!(page.contains("<dd>approved</dd>"), "the status: {page}");
+    assert_escaped("/alerts/ID", &page);
+    let (_, _, queue) = get(&base, "/");
+    assert!(queue.contains("No draft is waiting for review."), "{queue}");
+    daemon.stop().unwrap();
 }

@@ -107,17 +107,10 @@ fn contains_pattern(text: &str) -> String {
     p
 }
 
-/// Alert ids are shown upper-case (Crockford base 32 after `EW-`); people may
-/// type them in any case (SPEC §2). Normalised before the lookup so that the
-/// primary key's index is used.
-pub fn normalise_alert_id(id: &str) -> String {
-    id.trim().to_ascii_uppercase()
-}
-
 impl Store {
     /// The alerts awaiting review, oldest first, at most `limit`
     /// (`alerts_by_status`); for a partner's account only those it got.
-    pub fn review_queue(&self, partner: Option<&str>, limit: usize) -> Result<Vec<ListedAlert>> {
+    pub fn console_queue(&self, partner: Option<&str>, limit: usize) -> Result<Vec<ListedAlert>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {LISTED_COLUMNS} FROM alerts INDEXED BY alerts_by_status
              WHERE status = 'in_review'
@@ -130,7 +123,7 @@ impl Store {
 
     /// How many alerts await review (`alerts_by_status`), for a partner's
     /// account only those it got.
-    pub fn review_queue_len(&self, partner: Option<&str>) -> Result<i64> {
+    pub fn console_queue_len(&self, partner: Option<&str>) -> Result<i64> {
         Ok(self.conn.query_row(
             "SELECT COUNT(*) FROM alerts INDEXED BY alerts_by_status
              WHERE status = 'in_review'
@@ -235,7 +228,7 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT {LISTED_COLUMNS} FROM alerts WHERE id = ?1"
             ))?
-            .query_row([normalise_alert_id(id)], listed)
+            .query_row([crate::review::normalise_id(id)], listed)
             .optional()?)
     }
 

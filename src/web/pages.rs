@@ -17,8 +17,9 @@
 use super::{WebError, WebState};
 use crate::alerts::{Alert, Audience, Delivery, Trigger, WITHHELD, route};
 use crate::config::{Config, Severity};
+use crate::review::normalise_id;
 use crate::rules::RuleSet;
-use crate::store::web::{AlertFilter, Cursor, ListedAlert, Page, Receipt, normalise_alert_id};
+use crate::store::web::{AlertFilter, Cursor, ListedAlert, Page, Receipt};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -378,9 +379,9 @@ pub struct QueueView {
     pub recent: Vec<RowView>,
 }
 
-/// The rule's `review_within`, once rules carry it.
-fn review_within(_rules: &RuleSet, _rule_id: &str) -> Option<Duration> {
-    None
+/// The rule's `review_within` (none when the rule is no longer loaded).
+fn review_within(rules: &RuleSet, rule_id: &str) -> Option<Duration> {
+    rules.get(rule_id).and_then(|r| r.review_within)
 }
 
 pub fn queue_view(
@@ -429,8 +430,8 @@ pub async fn queue(
                 ..AlertFilter::default()
             };
             Ok((
-                store.review_queue(p, QUEUE_MAX)?,
-                store.review_queue_len(p)?,
+                store.console_queue(p, QUEUE_MAX)?,
+                store.console_queue_len(p)?,
                 store.alert_history(&filter, Page::First, RECENT)?,
             ))
         })
@@ -489,7 +490,7 @@ fn parse_cursor(s: &str) -> Option<(Timestamp, String)> {
     let (ms, id) = s.split_once('.')?;
     Some((
         Timestamp::from_millisecond(ms.parse().ok()?).ok()?,
-        normalise_alert_id(id),
+        normalise_id(id),
     ))
 }
 
@@ -748,6 +749,8 @@ pub struct AlertView {
     /// Why no evidence is shown, when none is.
     pub no_evidence: Option<&'static str>,
     pub receipts: Vec<ReceiptView>,
+    pub decisions: Vec<DecisionView>,
+    pub assessment: Option<AssessmentView>,
     pub history: Vec<AuditView>,
 }
 
@@ -755,7 +758,69 @@ pub struct AlertView {
 pub struct AlertRecord {
     pub listed: ListedAlert,
     pub receipts: Vec<Receipt>,
+    pub decisions: Vec<crate::store::decisions::DecisionRow>,
     pub audit: Vec<crate::audit::AuditEntry>,
+}
+
+impl AlertRecord {
+    /// Reads alert `id` (any case) and everything its page shows.
+    pub fn read(store: &crate::store::Store, id: &str) -> Result<Option<AlertRecord>, WebError> {
+        let Some(listed) = store.listed_alert(id)? else {
+            return Ok(None);
+        };
+        Ok(Some(AlertRecord {
+            receipts: store.receipts_of(&listed.id)?,
+            decisions: store.decisions_of(&listed.id)?,
+            audit: store.audit_of_alert(&listed.id)?,
+            listed,
+        }))
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecisionView {
+    pub kind: String,
+    pub who: String,
+    pub actor: String,
+    pub partner: String,
+    pub at: String,
+    /// An approval's edits in words, a dismissal's reason ("" for a partner's account).
+    pub detail: String,
+}
+
+/// What the panel approved: the wording that went out and who approved it.
+#[derive(Debug, Serialize)]
+pub struct AssessmentView {
+    pub headline: String,
+    pub advice: String,
+    pub severity: String,
+    pub left_out: Vec<String>,
+    pub approvers: String,
+    pub at: String,
+}
+
+fn edits_words(e: &crate::review::Edits) -> String {
+    let mut parts = Vec::new();
+    if let Some(h) = &e.headline {
+        parts.push(format!("headline: {h}"));
+    }
+    if let Some(a) = &e.advice {
+        parts.push(format!("advice: {a}"));
+    }
+    if let Some(s) = e.severity {
+        parts.push(format!("severity: {}", s.as_str()));
+    }
+    if !e.left_out.is_empty() {
+        parts.push(format!(
+            "left out: {}",
+            e.left_out.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        "as drafted".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn audit_view(e: &crate::audit::AuditEntry, tz: &TimeZone) -> AuditView {
@@ -907,6 +972,52 @@ pub fn alert_view(
                 sent: r.sent_at.map(|t| local(t, tz)).unwrap_or_default(),
             })
             .collect(),
+        decisions: record
+            .decisions
+            .iter()
+            .map(|d| DecisionView {
+                kind: d.kind.clone(),
+                who: d.display.clone(),
+                actor: d.actor.clone(),
+                partner: d.partner.as_deref().map(partner_name).unwrap_or_default(),
+                at: local(d.at, tz),
+                detail: if viewer.partner.is_some() {
+                    String::new()
+                } else if let Some(reason) = &d.reason {
+                    format!("reason: {reason}")
+                } else {
+                    d.edits.as_ref().map(edits_words).unwrap_or_default()
+                },
+            })
+            .collect(),
+        // The wording that went out, to whom it went: not to a partner's
+        // account that got only the draft.
+        assessment: alert
+            .and_then(|a| a.assessment.as_ref())
+            .filter(|_| viewer.partner.is_none() || audiences.contains(&Audience::Notify))
+            .map(|a| AssessmentView {
+                headline: a.headline.clone().unwrap_or_default(),
+                advice: a.advice.clone().unwrap_or_default(),
+                severity: a
+                    .severity
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                left_out: if viewer.partner.is_some() {
+                    Vec::new()
+                } else {
+                    a.left_out.iter().cloned().collect()
+                },
+                approvers: a
+                    .approvers
+                    .iter()
+                    .map(|p| match &p.partner {
+                        Some(partner) => format!("{} ({partner})", p.name),
+                        None => p.name.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                at: local(a.approved_at, tz),
+            }),
         // Who decided what and when, as its emails' "approved by" line says;
         // for a partner's account without the details, which are reviewers'
         // free text (a reason, edits of a draft it never got) and may quote
@@ -932,18 +1043,7 @@ pub async fn alert(
 ) -> Result<Response, WebError> {
     let record = state
         .db
-        .with(move |store| {
-            let Some(listed) = store.listed_alert(&id)? else {
-                return Ok(None);
-            };
-            let receipts = store.receipts_of(&listed.id)?;
-            let audit = store.audit_of_alert(&listed.id)?;
-            Ok(Some(AlertRecord {
-                listed,
-                receipts,
-                audit,
-            }))
-        })
+        .with(move |store| AlertRecord::read(store, &id))
         .await?
         .ok_or(WebError::NotFound)?;
     let now = (state.clock)();
