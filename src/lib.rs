@@ -14,7 +14,8 @@
 //! - [`ops`]: self-alerts to the ops partners; [`metrics`]: the Prometheus endpoint.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
 //! - [`report`]: what the command line prints (status, alerts, replay, check and test results).
-//! - [`review`]: approving or dismissing alerts held for review; [`audit`]: who did what.
+//! - [`review`]: approving or dismissing alerts held for review; [`audit`]: who did what;
+//!   [`accounts`]: console accounts, logins and sessions.
 //! - [`ruletest`]: `earlywarn test`, rule tests for the people who write rules.
 //! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
 //! - [`display`]: untrusted text escaped for logs and terminals.
@@ -23,6 +24,7 @@
 //! The core (`event`, `feeds::parse`, `feeds::decode`, `rules`, `alerts`) does
 //! no I/O and never reads the clock: callers pass `now`.
 
+pub mod accounts;
 pub mod alerts;
 pub mod audit;
 pub mod config;
