@@ -1,9 +1,13 @@
-//! The web console (SPEC §9), read-only pages: the real daemon in-process with
-//! `[web]`, alerts raised by the real pipeline from feed files, a real SQLite
-//! file, and a real HTTP client on loopback. What a user would check: every
-//! page carries the security headers, a hostile value from a feed is shown as
-//! text on every page, the history filters and pages, and an account tied to
-//! a partner without the ISA never sees a value its emails withheld.
+//! The web console (SPEC §9): the real daemon in-process with `[web]`, alerts
+//! raised by the real pipeline from feed files, a real SQLite file, real
+//! accounts (Argon2id), a real HTTP client on loopback and a real SMTP server.
+//! What a user would check: every page carries the security headers, a
+//! hostile value from a feed is shown as text on every page, the history
+//! filters and pages, an account tied to a partner without the ISA never sees
+//! a value its emails withheld; no session means the login page; cookies are
+//! strict; a POST without the form token or from elsewhere changes nothing;
+//! only those allowed may decide; an approval made on the form reaches the
+//! partners with its edits.
 
 mod e2e_support;
 mod support;
@@ -12,6 +16,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use e2e_support::*;
+use earlywarn::accounts::{self, NewAccount, Role};
+use earlywarn::audit::Actor;
 use earlywarn::config::Config;
 use earlywarn::rules::RuleSet;
 use earlywarn::store::Store;
@@ -19,6 +25,8 @@ use earlywarn::store::web::{AlertFilter, Page};
 use earlywarn::web::pages::{self, HistoryQuery, Pages, Viewer};
 use support::in_process::InProcess;
 use support::{wait_until, write_atomically};
+
+const PASSWORD: &str = "correct horse battery staple";
 
 const SCRIPT: &str = "<script>alert(1)</script>";
 const IMG: &str = "\"><img src=x onerror=alert(1)>";
@@ -52,7 +60,7 @@ when = 'substances_major == "xylazine"'
 severity = "warning"
 review = ["panel"]
 review_within = "4h"
-notify = ["police"]
+notify = ["police", "health"]
 group_by = ["district"]
 "#
     )
@@ -67,19 +75,123 @@ fn free_port() -> u16 {
 }
 
 /// A config with the console on a free loopback port; returns it and the console's base URL.
-fn console_config(dir: &Path) -> (std::path::PathBuf, String) {
+fn console_config_with(
+    dir: &Path,
+    mail: String,
+    public_url: Option<&str>,
+) -> (std::path::PathBuf, String) {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    let public_url = public_url.unwrap_or(&base).to_string();
     let partners = partner("panel", &["panel@example.org"], true, &["*"], None)
         + &partner("police", &["police@example.org"], false, &["Bolton"], None)
-        + &format!("[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n");
+        + &partner("health", &["health@example.org"], true, &["*"], None)
+        + &format!("[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public_url}\"\n");
     let config = Cfg {
         partners,
         rules: rules(),
+        mail,
         ..Cfg::default()
     }
     .write(dir);
     (config, base)
+}
+
+/// A config with the console on a free loopback port; returns it and the console's base URL.
+fn console_config(dir: &Path) -> (std::path::PathBuf, String) {
+    console_config_with(dir, FILE_MAIL.to_string(), None)
+}
+
+/// An account made through the library, as `earlywarn users add` makes it.
+fn add_account(dir: &Path, name: &str, role: Role, partner: Option<&str>) {
+    let store = Store::open(&dir.join("state")).unwrap();
+    let actor = Actor::unix(None).unwrap();
+    let new = NewAccount {
+        name: name.to_string(),
+        display: Some(format!("Dr {name}")),
+        role,
+        partner: partner.map(str::to_string),
+        password: PASSWORD.to_string(),
+    };
+    accounts::add(&store, &new, &actor, jiff::Timestamp::now()).unwrap();
+}
+
+/// A logged-in browser, as far as HTTP goes: the session cookie and the form token.
+struct Console {
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+type Reply = (u16, reqwest::header::HeaderMap, String);
+
+fn reply(resp: reqwest::blocking::Response) -> Reply {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().unwrap())
+}
+
+/// POSTs a form with the console's own Origin, as its pages do.
+fn post_form(base: &str, path: &str, cookie: Option<&str>, fields: &[(&str, &str)]) -> Reply {
+    let mut req = client()
+        .post(format!("{base}{path}"))
+        .header("origin", base)
+        .form(fields);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    reply(req.send().unwrap())
+}
+
+fn set_cookie(headers: &reqwest::header::HeaderMap) -> String {
+    header(headers, "set-cookie").to_string()
+}
+
+impl Console {
+    fn login(base: &str, name: &str) -> Console {
+        let (status, headers, body) = post_form(
+            base,
+            "/login",
+            None,
+            &[("username", name), ("password", PASSWORD), ("next", "/")],
+        );
+        assert_eq!(status, 303, "login as {name}: {body}");
+        let cookie = set_cookie(&headers).split(';').next().unwrap().to_string();
+        let mut c = Console {
+            base: base.to_string(),
+            cookie,
+            csrf: String::new(),
+        };
+        let (status, _, page) = c.get("/");
+        assert_eq!(status, 200, "{page}");
+        c.csrf = form_token(&page).expect("the logout form carries the token");
+        c
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        reply(
+            client()
+                .get(format!("{}{path}", self.base))
+                .header("cookie", &self.cookie)
+                .send()
+                .unwrap(),
+        )
+    }
+
+    /// A POST with the session's token added, from the console's origin.
+    fn post(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let mut all = vec![("csrf", self.csrf.as_str())];
+        all.extend_from_slice(fields);
+        post_form(&self.base, path, Some(&self.cookie), &all)
+    }
+}
+
+/// The first `name="csrf" value="…"` of a page.
+fn form_token(page: &str) -> Option<String> {
+    let pattern = "name=\"csrf\" value=\"";
+    let start = page.find(pattern)? + pattern.len();
+    let end = start + page[start..].find('"')?;
+    Some(page[start..end].to_string())
 }
 
 /// One drug-testing row with hostile values in free-text columns and the marker in `notes`.
@@ -118,11 +230,9 @@ fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-fn get(base: &str, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
-    let resp = client().get(format!("{base}{path}")).send().unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.text().unwrap())
+/// A GET without a session.
+fn get(base: &str, path: &str) -> Reply {
+    reply(client().get(format!("{base}{path}")).send().unwrap())
 }
 
 fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> &'h str {
@@ -148,7 +258,9 @@ fn assert_escaped(path: &str, body: &str) {
 fn every_page_sends_the_security_headers_and_shows_hostile_values_as_text() {
     let dir = tempdir();
     let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "chair", Role::Admin, None);
     let daemon = InProcess::start_ready(&config);
+    let admin = Console::login(&base, "chair");
     write_atomically(
         &feed_dir(dir.path()),
         "hostile.csv",
@@ -180,7 +292,7 @@ fn every_page_sends_the_security_headers_and_shows_hostile_values_as_text() {
         "/audit".to_string(),
     ];
     for path in &pages {
-        let (status, headers, body) = get(&base, path);
+        let (status, headers, body) = admin.get(path);
         assert_eq!(status, 200, "{path}: {body}");
         assert_eq!(header(&headers, "content-security-policy"), CSP, "{path}");
         assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
@@ -200,15 +312,15 @@ fn every_page_sends_the_security_headers_and_shows_hostile_values_as_text() {
     }
 
     // The hostile district is on the list pages and its alert's page, as text.
-    let (_, _, listed) = get(&base, "/alerts");
+    let (_, _, listed) = admin.get("/alerts");
     assert!(listed.contains(&escaped(SCRIPT)), "{listed}");
-    let (_, _, filtered) = get(&base, &format!("/alerts?district={}", urlencode(SCRIPT)));
+    let (_, _, filtered) = admin.get(&format!("/alerts?district={}", urlencode(SCRIPT)));
     assert!(
         filtered.contains(&hostile.id),
         "filter by the hostile district: {filtered}"
     );
     assert!(!filtered.contains(&draft.id));
-    let (_, _, page) = get(&base, &format!("/alerts/{}", hostile.id.to_lowercase()));
+    let (_, _, page) = admin.get(&format!("/alerts/{}", hostile.id.to_lowercase()));
     assert!(
         page.contains(&format!("<h1>Alert {}</h1>", hostile.id)),
         "{page}"
@@ -220,7 +332,7 @@ fn every_page_sends_the_security_headers_and_shows_hostile_values_as_text() {
     // district? Only the panel (every district); the police covers Bolton.
     assert!(page.contains("Partner panel"), "{page}");
     assert!(!page.contains("Partner police"), "{page}");
-    let (_, _, queue) = get(&base, "/");
+    let (_, _, queue) = admin.get("/");
     assert!(
         queue.contains(&draft.id),
         "the draft is in the queue: {queue}"
@@ -235,7 +347,7 @@ fn every_page_sends_the_security_headers_and_shows_hostile_values_as_text() {
     assert!(header(&headers, "content-type").starts_with("text/css"));
     assert!(css.contains("prefers-contrast: more") && css.contains("prefers-color-scheme"));
     for missing in ["/nowhere", "/alerts/EW-NOSUCHALERT"] {
-        let (status, headers, body) = get(&base, missing);
+        let (status, headers, body) = admin.get(missing);
         assert_eq!(status, 404, "{missing}");
         assert_eq!(header(&headers, "content-security-policy"), CSP);
         assert!(body.contains("<h1>Not found</h1>"), "{body}");
@@ -361,8 +473,10 @@ fn a_partner_without_the_isa_never_sees_a_withheld_value_on_any_page() {
 
     let police = Viewer {
         name: "analyst".into(),
+        display: "Analyst".into(),
         partner: Some("police".into()),
         admin: false,
+        csrf: "t".into(),
     };
     let pages = every_page_for(&police, dir.path(), &config, &rules);
     for (path, html) in &pages {
@@ -421,7 +535,9 @@ fn a_partner_without_the_isa_never_sees_a_withheld_value_on_any_page() {
 fn the_history_filters_and_pages_through_every_alert() {
     let dir = tempdir();
     let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "chair", Role::Admin, None);
     let daemon = InProcess::start_ready(&config);
+    let admin = Console::login(&base, "chair");
     // One alert per district: 120 of them from one file (max_alerts = 500).
     let rows: Vec<String> = (0..120)
         .map(|i| {
@@ -453,7 +569,7 @@ fn the_history_filters_and_pages_through_every_alert() {
                 .replace("&#x2f;", "/"),
         )
     };
-    let (status, _, first) = get(&base, "/alerts");
+    let (status, _, first) = admin.get("/alerts");
     assert_eq!(status, 200);
     let page1 = ids_on(&first);
     assert_eq!(page1.len(), 50, "50 a page");
@@ -461,10 +577,10 @@ fn the_history_filters_and_pages_through_every_alert() {
         next_link(&first, "prev").is_none(),
         "no newer page before the first"
     );
-    let (_, _, second) = get(&base, &next_link(&first, "next").expect("a next page"));
+    let (_, _, second) = admin.get(&next_link(&first, "next").expect("a next page"));
     let page2 = ids_on(&second);
     assert_eq!(page2.len(), 50);
-    let (_, _, third) = get(&base, &next_link(&second, "next").unwrap());
+    let (_, _, third) = admin.get(&next_link(&second, "next").unwrap());
     let page3 = ids_on(&third);
     assert_eq!(page3.len(), 20);
     assert!(
@@ -476,29 +592,26 @@ fn the_history_filters_and_pages_through_every_alert() {
     all.dedup();
     assert_eq!(all.len(), 120, "every alert once across the pages");
     // Previous from the second page is the first again.
-    let (_, _, back) = get(&base, &next_link(&second, "prev").unwrap());
+    let (_, _, back) = admin.get(&next_link(&second, "prev").unwrap());
     assert_eq!(ids_on(&back), page1);
 
     // Filters: district (any case), severity, status, rule, text, dates.
-    let (_, _, one) = get(&base, "/alerts?district=district+007");
+    let (_, _, one) = admin.get("/alerts?district=district+007");
     assert_eq!(ids_on(&one).len(), 1, "{one}");
-    let (_, _, none) = get(&base, "/alerts?severity=info");
+    let (_, _, none) = admin.get("/alerts?severity=info");
     assert!(ids_on(&none).is_empty() && none.contains("No alert matches."));
-    let (_, _, crit) = get(
-        &base,
-        "/alerts?severity=critical&status=sent&rule=nitazene-detected",
-    );
+    let (_, _, crit) = admin.get("/alerts?severity=critical&status=sent&rule=nitazene-detected");
     assert_eq!(ids_on(&crit).len(), 50);
-    let (_, _, text) = get(&base, "/alerts?q=District+042");
+    let (_, _, text) = admin.get("/alerts?q=District+042");
     assert_eq!(ids_on(&text).len(), 1, "{text}");
     let yesterday = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24))
         .to_zoned_datetime(jiff::tz::TimeZone::UTC)
         .date();
-    let (_, _, recent) = get(&base, &format!("/alerts?from={yesterday}"));
+    let (_, _, recent) = admin.get(&format!("/alerts?from={yesterday}"));
     assert_eq!(ids_on(&recent).len(), 50, "raised since yesterday");
-    let (_, _, past) = get(&base, "/alerts?to=2020-01-01");
+    let (_, _, past) = admin.get("/alerts?to=2020-01-01");
     assert!(ids_on(&past).is_empty());
-    let (status, _, bad) = get(&base, "/alerts?from=yesterday");
+    let (status, _, bad) = admin.get("/alerts?from=yesterday");
     assert_eq!(status, 200);
     assert!(bad.contains("Give dates as YYYY-MM-DD."), "{bad}");
 
@@ -524,7 +637,9 @@ fn a_console_port_already_taken_is_a_start_up_error() {
 fn the_queue_shows_the_review_clock_and_the_alert_page_a_decision_from_the_cli() {
     let dir = tempdir();
     let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "chair", Role::Admin, None);
     let daemon = InProcess::start_ready(&config);
+    let admin = Console::login(&base, "chair");
     write_atomically(
         &feed_dir(dir.path()),
         "xylazine.csv",
@@ -532,7 +647,7 @@ fn the_queue_shows_the_review_clock_and_the_alert_page_a_decision_from_the_cli()
     );
     let draft = wait_alerts(dir.path(), 1).remove(0);
     assert_eq!(draft.status, "in_review");
-    let (_, _, queue) = get(&base, "/");
+    let (_, _, queue) = admin.get("/");
     assert!(
         queue.contains("due in 3 h 59 min") || queue.contains("due in 4 h"),
         "review_within = 4h: {queue}"
@@ -554,7 +669,7 @@ fn the_queue_shows_the_review_clock_and_the_alert_page_a_decision_from_the_cli()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (_, _, page) = get(&base, &format!("/alerts/{}", draft.id));
+    let (_, _, page) = admin.get(&format!("/alerts/{}", draft.id));
     assert!(page.contains("<h2>As approved</h2>"), "{page}");
     assert!(
         page.contains(&format!("Xylazine {}", escaped(SCRIPT))),
@@ -566,7 +681,442 @@ fn the_queue_shows_the_review_clock_and_the_alert_page_a_decision_from_the_cli()
     );
     assert!(page.contains("<dd>approved</dd>"), "the status: {page}");
     assert_escaped("/alerts/ID", &page);
-    let (_, _, queue) = get(&base, "/");
+    let (_, _, queue) = admin.get("/");
     assert!(queue.contains("No draft is waiting for review."), "{queue}");
+    daemon.stop().unwrap();
+}
+
+/// The status of an alert and its decisions, straight from the database.
+fn decided(dir: &Path, id: &str) -> (String, usize, usize) {
+    let store = Store::open(&dir.join("state")).unwrap();
+    let listed = store.listed_alert(id).unwrap().unwrap();
+    let decisions = store.decisions_of(&listed.id).unwrap().len();
+    let notify_rows = store
+        .receipts_of(&listed.id)
+        .unwrap()
+        .iter()
+        .filter(|r| r.audience == "notify")
+        .count();
+    (listed.status, decisions, notify_rows)
+}
+
+fn location(headers: &reqwest::header::HeaderMap) -> &str {
+    header(headers, "location")
+}
+
+#[test]
+fn without_a_session_every_page_but_login_and_health_sends_the_browser_to_log_in() {
+    let dir = tempdir();
+    let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "chair", Role::Admin, None);
+    let daemon = InProcess::start_ready(&config);
+    for (path, next) in [
+        ("/", "/login"),
+        (
+            "/alerts?severity=critical",
+            "/login?next=%2Falerts%3Fseverity%3Dcritical",
+        ),
+        (
+            "/alerts/EW-0000000000",
+            "/login?next=%2Falerts%2FEW-0000000000",
+        ),
+        ("/status", "/login?next=%2Fstatus"),
+        ("/audit", "/login?next=%2Faudit"),
+        ("/nowhere", "/login?next=%2Fnowhere"),
+        // A path that would leave the site is not kept.
+        ("//evil.example/x", "/login"),
+    ] {
+        let (status, headers, _) = get(&base, path);
+        assert_eq!(status, 303, "{path}");
+        assert_eq!(location(&headers), next, "{path}");
+        assert_eq!(header(&headers, "content-security-policy"), CSP, "{path}");
+    }
+    let (status, headers, page) = get(&base, "/login?next=%2Fstatus");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "cache-control"), "no-store");
+    for id in [
+        "id=\"username\"",
+        "id=\"password\"",
+        "id=\"login\"",
+        "<label for=\"username\">",
+    ] {
+        assert!(page.contains(id), "{id}: {page}");
+    }
+    assert!(
+        page.contains("name=\"next\" value=\"&#x2f;status\""),
+        "{page}"
+    );
+    // A login asked to go elsewhere afterwards lands on the console.
+    let (status, headers, _) = post_form(
+        &base,
+        "/login",
+        None,
+        &[
+            ("username", "chair"),
+            ("password", PASSWORD),
+            ("next", "//evil.example/"),
+        ],
+    );
+    assert_eq!(status, 303);
+    assert_eq!(location(&headers), "/");
+    let (status, headers, _) = post_form(
+        &base,
+        "/login",
+        None,
+        &[
+            ("username", "chair"),
+            ("password", PASSWORD),
+            ("next", "/status"),
+        ],
+    );
+    assert_eq!((status, location(&headers)), (303, "/status"));
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn logins_set_a_strict_cookie_refuse_in_one_message_and_lock_after_repeated_failures() {
+    let dir = tempdir();
+    let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "chair", Role::Admin, None);
+    add_account(dir.path(), "analyst", Role::Viewer, Some("police"));
+    let daemon = InProcess::start_ready(&config);
+
+    let login = |name: &str, password: &str| {
+        post_form(
+            &base,
+            "/login",
+            None,
+            &[("username", name), ("password", password)],
+        )
+    };
+    // A login from an address that failed too often waits (429, the same
+    // message) until its turn: try until it is looked at.
+    let login_looked_at = |name: &str, password: &str| {
+        let mut last = None;
+        assert!(wait_until(Duration::from_secs(20), || {
+            let r = login(name, password);
+            let throttled = r.0 == 429;
+            if throttled {
+                assert!(r.2.contains("Wrong name or password, or the account is locked."));
+            }
+            last = Some(r);
+            !throttled
+        }));
+        last.unwrap()
+    };
+    let (status, headers, _) = login("Chair", PASSWORD);
+    assert_eq!(status, 303, "names are case-insensitive");
+    let cookie = set_cookie(&headers);
+    let attrs: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    assert!(
+        attrs[0].starts_with("ew_session=") && attrs[0].len() > 40,
+        "{cookie}"
+    );
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attrs.contains(&flag), "{flag} in {cookie}");
+    }
+    assert!(
+        !attrs.contains(&"Secure"),
+        "plain HTTP on loopback: {cookie}"
+    );
+    // Each login is a new session.
+    let (_, again, _) = login("chair", PASSWORD);
+    assert_ne!(set_cookie(&again).split(';').next(), attrs.first().copied());
+
+    // Five failures lock the analyst's account: the right password is then refused too.
+    for _ in 0..5 {
+        let (status, headers, page) = login_looked_at("analyst", "not the password");
+        assert_eq!(status, 401);
+        assert!(headers.get("set-cookie").is_none());
+        assert!(page.contains("Wrong name or password, or the account is locked."));
+    }
+    let (status, _, page) = login_looked_at("analyst", PASSWORD);
+    assert_eq!(status, 401, "locked: {page}");
+    assert!(page.contains("Wrong name or password, or the account is locked."));
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let failed = store.audit_newest(Some("login_failed"), 100).unwrap();
+    assert_eq!(failed.len(), 6, "every failure is audited: {failed:?}");
+    assert!(failed.iter().all(|e| e.source == "127.0.0.1"), "{failed:?}");
+    assert_eq!(failed[0].detail["reason"], "locked", "{failed:?}");
+
+    // Wrong password and unknown name: the same message as a lock, no cookie.
+    assert_eq!(login_looked_at("chair", PASSWORD).0, 303);
+    for (name, password) in [("chair", "wrong password here"), ("nobody", PASSWORD)] {
+        let (status, headers, page) = login_looked_at(name, password);
+        assert_eq!(status, 401, "{name}");
+        assert!(headers.get("set-cookie").is_none());
+        assert!(
+            page.contains("Wrong name or password, or the account is locked."),
+            "{page}"
+        );
+    }
+    // A login POST from another site is refused before any password is checked.
+    let resp = client()
+        .post(format!("{base}/login"))
+        .header("origin", "https://evil.example")
+        .form(&[("username", "chair"), ("password", PASSWORD)])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+
+    // Logout ends the session: the old cookie then leads to the login page.
+    let chair = Console::login(&base, "chair");
+    let (status, headers, _) = chair.post("/logout", &[]);
+    assert_eq!(status, 200);
+    assert!(set_cookie(&headers).contains("Max-Age=0"));
+    let (status, headers, _) = chair.get("/");
+    assert_eq!((status, location(&headers)), (303, "/login"));
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn behind_an_https_proxy_the_cookie_is_secure_and_hsts_is_sent() {
+    let dir = tempdir();
+    let (config, base) = console_config_with(
+        dir.path(),
+        FILE_MAIL.to_string(),
+        Some("https://ew.example.org"),
+    );
+    add_account(dir.path(), "chair", Role::Admin, None);
+    let daemon = InProcess::start_ready(&config);
+    let resp = client()
+        .post(format!("{base}/login"))
+        .header("origin", "https://ew.example.org")
+        .form(&[("username", "chair"), ("password", PASSWORD)])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    let cookie = set_cookie(resp.headers());
+    assert!(cookie.split(';').any(|a| a.trim() == "Secure"), "{cookie}");
+    assert!(
+        header(resp.headers(), "strict-transport-security").starts_with("max-age="),
+        "HSTS over HTTPS"
+    );
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn a_post_without_the_form_token_or_from_another_origin_is_refused_and_changes_nothing() {
+    let dir = tempdir();
+    let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "chair", Role::Admin, None);
+    let daemon = InProcess::start_ready(&config);
+    write_atomically(
+        &feed_dir(dir.path()),
+        "x.csv",
+        csv(&[row("X-1", "Bolton", "xylazine", "", "n")]),
+    );
+    let draft = wait_alerts(dir.path(), 1).remove(0);
+    let chair = Console::login(&base, "chair");
+    let approve = format!("/alerts/{}/approve", draft.id);
+    let dismiss = format!("/alerts/{}/dismiss", draft.id);
+    let send = |origin: Option<&str>, referer: Option<&str>, csrf: Option<&str>, path: &str| {
+        let mut fields = vec![("reason", "duplicate"), ("partner", "police")];
+        if let Some(t) = csrf {
+            fields.push(("csrf", t));
+        }
+        let mut req = client()
+            .post(format!("{base}{path}"))
+            .header("cookie", &chair.cookie)
+            .form(&fields);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        if let Some(r) = referer {
+            req = req.header("referer", r);
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    let good = chair.csrf.as_str();
+    let here = base.as_str();
+    let page = format!("{base}/alerts/{}", draft.id);
+    for (what, origin, referer, csrf) in [
+        ("no token", Some(here), None, None),
+        ("a wrong token", Some(here), None, Some("0123456789abcdef")),
+        (
+            "another origin",
+            Some("https://evil.example"),
+            None,
+            Some(good),
+        ),
+        ("a null origin", Some("null"), None, Some(good)),
+        ("neither Origin nor Referer", None, None, Some(good)),
+        (
+            "a foreign Referer",
+            None,
+            Some("https://evil.example/x"),
+            Some(good),
+        ),
+    ] {
+        for path in [&approve, &dismiss] {
+            assert_eq!(send(origin, referer, csrf, path), 403, "{what}: {path}");
+        }
+        assert_eq!(
+            decided(dir.path(), &draft.id),
+            ("in_review".to_string(), 0, 0),
+            "{what} changed nothing"
+        );
+    }
+    // Logout too needs the token: without it the session lives on.
+    let (status, _, _) = post_form(&base, "/logout", Some(&chair.cookie), &[]);
+    assert_eq!(status, 403);
+    assert_eq!(chair.get("/").0, 200);
+    // With the token and no Origin but the page as Referer (an older browser): done.
+    assert_eq!(send(None, Some(&page), Some(good), &dismiss), 303);
+    assert_eq!(decided(dir.path(), &draft.id).0, "dismissed");
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn viewers_and_reviewers_of_another_partner_may_not_decide() {
+    let dir = tempdir();
+    let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "analyst", Role::Viewer, Some("panel"));
+    add_account(dir.path(), "officer", Role::Reviewer, Some("police"));
+    let daemon = InProcess::start_ready(&config);
+    write_atomically(
+        &feed_dir(dir.path()),
+        "x.csv",
+        csv(&[row("X-1", "Bolton", "xylazine", "", "n")]),
+    );
+    let draft = wait_alerts(dir.path(), 1).remove(0);
+    let viewer = Console::login(&base, "analyst");
+    let (status, _, page) = viewer.get(&format!("/alerts/{}", draft.id));
+    assert_eq!(status, 200, "the panel's viewer sees the panel's draft");
+    assert!(
+        !page.contains("id=\"approve\""),
+        "but no decision form: {page}"
+    );
+    let officer = Console::login(&base, "officer");
+    for who in [&viewer, &officer] {
+        for (action, fields) in [
+            ("approve", vec![("partner", "police")]),
+            ("dismiss", vec![("reason", "not for us")]),
+        ] {
+            let (status, _, body) = who.post(&format!("/alerts/{}/{action}", draft.id), &fields);
+            assert_eq!(status, 403, "{action}: {body}");
+        }
+    }
+    assert_eq!(
+        decided(dir.path(), &draft.id),
+        ("in_review".to_string(), 0, 0)
+    );
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn an_approval_on_the_form_reaches_the_partners_by_smtp_with_its_edits() {
+    let dir = tempdir();
+    let smtp = support::SmtpServer::start(support::SmtpOptions::new());
+    let mail = smtp_mail_lines(&smtp, dir.path());
+    let (config, base) = console_config_with(dir.path(), mail, None);
+    add_account(dir.path(), "reviewer", Role::Reviewer, Some("panel"));
+    let daemon = InProcess::start_ready(&config);
+    write_atomically(
+        &feed_dir(dir.path()),
+        "x.csv",
+        csv(&[
+            row("X-1", "Bolton", "xylazine", "", MARKER),
+            row("X-2", "Bury", "xylazine", "", "n"),
+        ]),
+    );
+    let drafts = wait_alerts(dir.path(), 2);
+    let bolton = drafts
+        .iter()
+        .find(|a| a.district.as_deref() == Some("Bolton"))
+        .unwrap();
+    let bury = drafts
+        .iter()
+        .find(|a| a.district.as_deref() == Some("Bury"))
+        .unwrap();
+    smtp.wait_for(2, WAIT); // the two drafts, to the panel
+    let reviewer = Console::login(&base, "reviewer");
+    let (_, _, page) = reviewer.get(&format!("/alerts/{}", bolton.id.to_lowercase()));
+    for id in [
+        "id=\"headline\"",
+        "id=\"advice\"",
+        "id=\"severity\"",
+        "id=\"approve\"",
+        "id=\"reason\"",
+        "id=\"dismiss\"",
+    ] {
+        assert!(page.contains(id), "{id}: {page}");
+    }
+    assert!(
+        page.contains("name=\"partner\" value=\"police\" checked"),
+        "{page}"
+    );
+    assert!(
+        page.contains("name=\"partner\" value=\"health\" checked"),
+        "{page}"
+    );
+    assert!(
+        page.contains("withheld from it: notes"),
+        "the police has no ISA: {page}"
+    );
+
+    let (status, headers, body) = reviewer.post(
+        &format!("/alerts/{}/approve", bolton.id.to_lowercase()),
+        &[
+            ("headline", "Xylazine found in heroin in Bolton"),
+            ("advice", "Do not use alone; wounds need care."),
+            ("severity", "critical"),
+            ("partner", "police"),
+        ],
+    );
+    assert_eq!(status, 303, "{body}");
+    let back = location(&headers).to_string();
+    assert_eq!(back, format!("/alerts/{}?done=approved", bolton.id));
+    let (_, _, done) = reviewer.get(&back);
+    assert!(done.contains("id=\"flash\""), "{done}");
+    assert!(done.contains("Approved: the alert is on its way"), "{done}");
+    assert!(
+        !done.contains("id=\"approve\""),
+        "decided: no form any more"
+    );
+
+    let mails = smtp.wait_for(3, WAIT);
+    let approved: Vec<_> = mails.iter().filter(|m| m.seq > 2).collect();
+    assert_eq!(approved.len(), 1, "only the police: health was unticked");
+    let police = approved[0];
+    assert_eq!(police.rcpt_tos, ["police@example.org"]);
+    assert!(
+        police
+            .subject()
+            .unwrap()
+            .contains("Xylazine found in heroin in Bolton")
+    );
+    let text = police.text_body().unwrap();
+    assert!(
+        text.contains("Do not use alone; wounds need care."),
+        "{text}"
+    );
+    assert!(
+        text.contains("Assessed and approved by Dr reviewer"),
+        "{text}"
+    );
+    assert!(!text.contains(MARKER), "redacted as ever: {text}");
+    assert_eq!(decided(dir.path(), &bolton.id).0, "approved");
+
+    // A dismissal needs a reason; with one, the draft is closed.
+    let (status, _, body) =
+        reviewer.post(&format!("/alerts/{}/dismiss", bury.id), &[("reason", " ")]);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("A dismissal needs a reason"), "{body}");
+    assert_eq!(decided(dir.path(), &bury.id).0, "in_review");
+    let (status, headers, _) = reviewer.post(
+        &format!("/alerts/{}/dismiss", bury.id),
+        &[("reason", "a duplicate of another report")],
+    );
+    assert_eq!(
+        (status, location(&headers)),
+        (303, format!("/alerts/{}?done=dismissed", bury.id).as_str())
+    );
+    assert_eq!(decided(dir.path(), &bury.id).0, "dismissed");
+    let (_, _, page) = reviewer.get(&format!("/alerts/{}", bury.id));
+    assert!(
+        page.contains("reason: a duplicate of another report"),
+        "{page}"
+    );
     daemon.stop().unwrap();
 }

@@ -8,9 +8,15 @@
 //! (SQLite blocks). The pages themselves are in [`pages`], their HTML in
 //! `templates/` with auto-escaping on, so a value from a feed is text, never markup.
 //!
-//! What it must not do: write to the database to show a page, or show a
-//! partner's account anything its emails withheld (see [`pages`]).
+//! Every page but `/login`, `/healthz` and the stylesheet needs a session
+//! ([`auth`]); every state change is a POST that passes [`auth::check_post`].
+//!
+//! What it must not do: write to the database to show a page (beyond a
+//! session's last use, at most once a minute), or show a partner's account
+//! anything its emails withheld (see [`pages`]).
 
+pub mod auth;
+pub mod decisions;
 pub mod pages;
 
 use crate::config::Config;
@@ -18,7 +24,7 @@ use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::routing::get;
+use axum::routing::{get, post};
 use jiff::Timestamp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +62,9 @@ pub struct WebState {
     /// The wall clock, read once per request by the handlers (the pages take
     /// `now`); a test may fix it.
     pub clock: fn() -> Timestamp,
+    /// Failed logins per client address (the account lockout is in the database).
+    pub throttle: auth::Throttle,
+    pub login_policy: crate::accounts::LoginPolicy,
 }
 
 impl WebState {
@@ -67,6 +76,8 @@ impl WebState {
             db,
             pages: pages::Pages::get(),
             clock: Timestamp::now,
+            throttle: auth::Throttle::default(),
+            login_policy: crate::accounts::LoginPolicy::default(),
         }
     }
 
@@ -83,6 +94,9 @@ pub enum WebError {
     NotFound,
     #[error("forbidden")]
     Forbidden,
+    /// A request the user can fix (a dismissal without a reason): said on the page.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("template: {0}")]
@@ -154,6 +168,10 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/", get(pages::queue))
         .route("/alerts", get(pages::history))
         .route("/alerts/{id}", get(pages::alert))
+        .route("/alerts/{id}/approve", post(decisions::approve))
+        .route("/alerts/{id}/dismiss", post(decisions::dismiss))
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/logout", post(auth::logout))
         .route("/status", get(pages::status))
         .route("/audit", get(pages::audit))
         .route("/healthz", get(pages::healthz))

@@ -20,15 +20,13 @@ use crate::config::{Config, Severity};
 use crate::review::normalise_id;
 use crate::rules::RuleSet;
 use crate::store::web::{AlertFilter, Cursor, ListedAlert, Page, Receipt};
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use minijinja::{AutoEscape, Environment};
 use serde::Serialize;
-use std::convert::Infallible;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -57,6 +55,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("audit.html", include_str!("templates/audit.html")),
     ("error.html", include_str!("templates/error.html")),
     ("macros.html", include_str!("templates/macros.html")),
+    ("login.html", include_str!("templates/login.html")),
 ];
 
 const STYLESHEET: &str = include_str!("static/style.css");
@@ -90,55 +89,52 @@ impl Pages {
     }
 }
 
-/// Who is looking: what the page may show.
+/// Who is looking: what the page may show (from the session, see `auth`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Viewer {
     pub name: String,
+    pub display: String,
     /// An account tied to a partner sees only that partner's alerts, redacted.
     pub partner: Option<String>,
     pub admin: bool,
+    /// The session's form token, for the forms of the page (logout, decisions).
+    pub csrf: String,
 }
 
 impl Viewer {
-    /// Someone who may see everything (an admin, or the CLI's equivalent).
+    /// Someone who may see everything: an admin.
     pub fn unrestricted(name: &str) -> Viewer {
         Viewer {
             name: name.to_string(),
+            display: name.to_string(),
             partner: None,
             admin: true,
+            csrf: String::new(),
         }
-    }
-}
-
-// Until sessions (SPEC §9 accounts) are merged, the console serves only
-// unrestricted pages: it listens on loopback unless TLS is set, and the
-// session extractor replaces this one.
-impl<S: Send + Sync> FromRequestParts<S> for Viewer {
-    type Rejection = Infallible;
-    async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Viewer, Infallible> {
-        Ok(Viewer::unrestricted("console"))
     }
 }
 
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
-        let (status, title, message) = match &self {
+        let (status, title, message) = match self {
             WebError::NotFound => (
                 StatusCode::NOT_FOUND,
                 "Not found",
-                "There is no such page, or no alert with that reference that you may see.",
+                "There is no such page, or no alert with that reference that you may see."
+                    .to_string(),
             ),
             WebError::Forbidden => (
                 StatusCode::FORBIDDEN,
                 "Not allowed",
-                "Your account may not see or do this.",
+                "Your account may not see or do this.".to_string(),
             ),
+            WebError::Refused(why) => (StatusCode::UNPROCESSABLE_ENTITY, "Not done", why),
             other => {
                 tracing::error!(error = %other, "Console page failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "Something went wrong",
-                    "The page could not be made; the error is in the daemon's log.",
+                    "The page could not be made; the error is in the daemon's log.".to_string(),
                 )
             }
         };
@@ -157,7 +153,7 @@ impl IntoResponse for WebError {
 #[derive(Serialize)]
 struct ErrorView {
     title: &'static str,
-    message: &'static str,
+    message: String,
     viewer: Option<Viewer>,
 }
 
@@ -219,7 +215,7 @@ fn local(t: Timestamp, tz: &TimeZone) -> String {
 }
 
 /// The link of an alert's page.
-fn alert_href(id: &str) -> String {
+pub(super) fn alert_href(id: &str) -> String {
     format!("/alerts/{}", urlencode(id))
 }
 
@@ -749,6 +745,10 @@ pub struct AlertView {
     /// Why no evidence is shown, when none is.
     pub no_evidence: Option<&'static str>,
     pub receipts: Vec<ReceiptView>,
+    /// The decision form, for an account that may decide this draft.
+    pub decision: Option<super::decisions::DecisionForm>,
+    /// What the last decision did, after its redirect.
+    pub flash: Option<&'static str>,
     pub decisions: Vec<DecisionView>,
     pub assessment: Option<AssessmentView>,
     pub history: Vec<AuditView>,
@@ -799,7 +799,7 @@ pub struct AssessmentView {
     pub at: String,
 }
 
-fn edits_words(e: &crate::review::Edits) -> String {
+pub(super) fn edits_words(e: &crate::review::Edits) -> String {
     let mut parts = Vec::new();
     if let Some(h) = &e.headline {
         parts.push(format!("headline: {h}"));
@@ -883,6 +883,13 @@ pub fn alert_view(
     }
     let alert = listed.alert.as_ref();
     let sight = sight(viewer, config, rules, alert, &audiences);
+    // Reviewers' free text (a reason, edits, the audit's details) may quote
+    // any value of the draft: shown to a partner's account only when its
+    // partner has the ISA, so nothing is withheld from it.
+    let free_text_ok = viewer
+        .partner
+        .as_deref()
+        .is_none_or(|p| config.partner(p).is_some_and(|p| p.isa));
     let (district, group, trigger, count, evidence, withheld, no_evidence) = match (&sight, alert) {
         (Sight::All, Some(a)) => (
             a.district.clone().unwrap_or_default(),
@@ -972,6 +979,8 @@ pub fn alert_view(
                 sent: r.sent_at.map(|t| local(t, tz)).unwrap_or_default(),
             })
             .collect(),
+        decision: None,
+        flash: None,
         decisions: record
             .decisions
             .iter()
@@ -981,7 +990,7 @@ pub fn alert_view(
                 actor: d.actor.clone(),
                 partner: d.partner.as_deref().map(partner_name).unwrap_or_default(),
                 at: local(d.at, tz),
-                detail: if viewer.partner.is_some() {
+                detail: if !free_text_ok {
                     String::new()
                 } else if let Some(reason) = &d.reason {
                     format!("reason: {reason}")
@@ -1002,7 +1011,7 @@ pub fn alert_view(
                     .severity
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_default(),
-                left_out: if viewer.partner.is_some() {
+                left_out: if !free_text_ok {
                     Vec::new()
                 } else {
                     a.left_out.iter().cloned().collect()
@@ -1018,16 +1027,13 @@ pub fn alert_view(
                     .join(" and "),
                 at: local(a.approved_at, tz),
             }),
-        // Who decided what and when, as its emails' "approved by" line says;
-        // for a partner's account without the details, which are reviewers'
-        // free text (a reason, edits of a draft it never got) and may quote
-        // what its emails withheld.
+        // Who decided what and when, as its emails' "approved by" line says.
         history: record
             .audit
             .iter()
             .map(|e| {
                 let mut v = audit_view(e, tz);
-                if viewer.partner.is_some() {
+                if !free_text_ok {
                     v.detail.clear();
                 }
                 v
@@ -1036,19 +1042,53 @@ pub fn alert_view(
     })
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct DoneQuery {
+    /// What the decision just made did: `approved`, `recorded`, `dismissed`.
+    pub done: String,
+}
+
+/// The message after a decision (fixed texts: a link cannot put words on the page).
+fn flash_of(done: &str) -> Option<&'static str> {
+    Some(match done {
+        "approved" => "Approved: the alert is on its way to the partners ticked.",
+        "recorded" => {
+            "Your approval is recorded. The alert needs another reviewer's approval before it goes out."
+        }
+        "dismissed" => "Dismissed: the alert goes no further.",
+        _ => return None,
+    })
+}
+
 pub async fn alert(
     State(state): State<Arc<WebState>>,
-    viewer: Viewer,
+    session: super::auth::Session,
     Path(id): Path<String>,
+    Query(done): Query<DoneQuery>,
 ) -> Result<Response, WebError> {
+    let viewer = session.viewer();
     let record = state
         .db
         .with(move |store| AlertRecord::read(store, &id))
         .await?
         .ok_or(WebError::NotFound)?;
     let now = (state.clock)();
-    let view = alert_view(&viewer, &state.config, &state.rules(), &record, now)
-        .ok_or(WebError::NotFound)?;
+    let rules = state.rules();
+    let mut view =
+        alert_view(&viewer, &state.config, &rules, &record, now).ok_or(WebError::NotFound)?;
+    if let Some(alert) = &record.listed.alert {
+        view.decision = super::decisions::form(
+            &state.config,
+            &rules,
+            alert,
+            &record.listed.status,
+            &record.decisions,
+            session.authority().as_ref(),
+            &session.csrf,
+        );
+    }
+    view.flash = flash_of(&done.done);
     html(&state, "alert.html", &view)
 }
 
@@ -1267,7 +1307,8 @@ pub async fn stylesheet() -> Response {
         .into_response()
 }
 
-pub async fn not_found() -> WebError {
+/// Any other path: not found, once logged in (without a session, the login page).
+pub async fn not_found(_viewer: Viewer) -> WebError {
     WebError::NotFound
 }
 
@@ -1313,7 +1354,7 @@ mod tests {
     fn every_template_renders_hostile_text_as_text() {
         let view = ErrorView {
             title: "Not found",
-            message: "<script>alert(1)</script>",
+            message: "<script>alert(1)</script>".to_string(),
             viewer: None,
         };
         let html = Pages::get().render("error.html", &view).unwrap();
