@@ -1120,3 +1120,108 @@ fn an_approval_on_the_form_reaches_the_partners_by_smtp_with_its_edits() {
     );
     daemon.stop().unwrap();
 }
+
+#[test]
+fn over_http_a_police_account_sees_only_what_the_police_got_redacted_as_its_emails() {
+    let dir = tempdir();
+    let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "analyst", Role::Viewer, Some("police"));
+    let daemon = InProcess::start_ready(&config);
+    write_atomically(
+        &feed_dir(dir.path()),
+        "marked.csv",
+        csv(&[
+            hostile_row("S-1", "Bolton", "isotonitazene"),
+            hostile_row("S-2", "Bury", "isotonitazene"),
+            hostile_row("S-3", "Bolton", "xylazine"),
+            hostile_row("S-4", "Bury", "xylazine"),
+        ]),
+    );
+    let alerts = wait_alerts(dir.path(), 4);
+    let id_of = |status: &str, district: &str| -> Vec<String> {
+        alerts
+            .iter()
+            .filter(|a| a.status == status && a.district.as_deref() == Some(district))
+            .map(|a| a.id.clone())
+            .collect()
+    };
+    let (sent_bolton, sent_bury) = (
+        id_of("sent", "Bolton")[0].clone(),
+        id_of("sent", "Bury")[0].clone(),
+    );
+    let drafts = [
+        id_of("in_review", "Bolton")[0].clone(),
+        id_of("in_review", "Bury")[0].clone(),
+    ];
+    // One draft approved (so it reaches the police), one still a draft (the panel's only).
+    let out = support::earlywarn(&[
+        "alerts",
+        "approve",
+        &drafts[0],
+        "--config",
+        config.to_str().unwrap(),
+        "--by",
+        "Dr Chair",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let police = Console::login(&base, "analyst");
+    let mut visible = Vec::new();
+    let mut pages = vec![
+        "/".to_string(),
+        "/alerts".to_string(),
+        "/alerts?district=Bolton".to_string(),
+        format!("/alerts?q={MARKER}"),
+        "/alerts?q=Nitazene".to_string(),
+    ];
+    pages.extend(alerts.iter().map(|a| format!("/alerts/{}", a.id)));
+    for path in &pages {
+        let (status, _, body) = police.get(path);
+        if status == 200 {
+            visible.push(path.clone());
+        } else {
+            assert_eq!(status, 404, "{path}");
+        }
+        let body = body.replace(&format!("value=\"{MARKER}\""), "");
+        assert!(
+            !body.contains(MARKER),
+            "{path} shows the police a withheld value:\n{body}"
+        );
+        assert_escaped(path, &body);
+        if path.starts_with("/alerts?") || path == "/" {
+            assert!(!body.contains(&sent_bury), "{path} lists the Bury alert");
+            assert!(!body.contains(&drafts[1]), "{path} lists the panel's draft");
+        }
+    }
+    for id in [&sent_bolton, &drafts[0]] {
+        assert!(
+            visible.contains(&format!("/alerts/{id}")),
+            "{id}: {visible:?}"
+        );
+    }
+    for id in [&sent_bury, &drafts[1]] {
+        assert!(
+            !visible.contains(&format!("/alerts/{id}")),
+            "{id}: {visible:?}"
+        );
+    }
+    let (_, _, own) = police.get(&format!("/alerts/{sent_bolton}"));
+    assert!(
+        own.contains("Withheld from your organisation: notes."),
+        "{own}"
+    );
+    let (_, _, found) = police.get("/alerts?q=Nitazene");
+    assert!(
+        found.contains(&sent_bolton),
+        "its subjects are searched: {found}"
+    );
+    let (_, _, none) = police.get(&format!("/alerts?q={MARKER}"));
+    assert!(none.contains("No alert matches."), "{none}");
+    for admin_only in ["/status", "/audit"] {
+        assert_eq!(police.get(admin_only).0, 403, "{admin_only}");
+    }
+    daemon.stop().unwrap();
+}

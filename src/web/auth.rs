@@ -78,7 +78,18 @@ impl Session {
     }
 }
 
-/// The client's address, from the connection (`0.0.0.0` if the listener did not say).
+/// The client's address, from the connection (`0.0.0.0` if the listener did
+/// not say: the router is served `into_make_service_with_connect_info`).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientIp, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts)))
+    }
+}
+
 fn client_ip(parts: &Parts) -> IpAddr {
     parts
         .extensions
@@ -374,7 +385,7 @@ fn session_cookie(state: &WebState, token: &str) -> String {
 /// `POST /login`: a new session, or one message for every refusal.
 pub async fn login(
     State(state): State<Arc<WebState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, WebError> {
@@ -387,7 +398,6 @@ pub async fn login(
     if !same_origin(&headers, &public_url) {
         return Err(WebError::Forbidden);
     }
-    let ip = peer.ip();
     if state.throttle.check(ip, Instant::now()).is_err() {
         tracing::warn!(%ip, "Login refused unchecked: too many failures from this address");
         return login_page(
