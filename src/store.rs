@@ -278,17 +278,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         what: "the console: accounts, sessions, review decisions and the audit log",
         up: Up::Sql(SCHEMA_V4_CONSOLE),
     },
-    // The console's history filters (`store::web`), each an index range walked
-    // newest first, so a filtered page stays fast with 100,000 alerts; and a
-    // partner's own alerts found from its outbox rows.
     Migration {
-        what: "the console: alerts by rule, district and severity; outbox by partner",
-        up: Up::Sql(
-            "CREATE INDEX alerts_by_rule ON alerts(rule_id, created_at);
-             CREATE INDEX alerts_by_district ON alerts(district COLLATE NOCASE, created_at);
-             CREATE INDEX alerts_by_severity ON alerts(severity, created_at);
-             CREATE INDEX outbox_by_partner ON outbox(partner_id, alert_id);",
-        ),
+        what: "the console: history indexes and its text search",
+        up: Up::Sql(SCHEMA_V5_CONSOLE_SEARCH),
     },
 ];
 
@@ -356,6 +348,41 @@ CREATE TRIGGER audit_rows_are_never_changed BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows are never changed'); END;
 CREATE TRIGGER audit_rows_are_never_removed BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows are never removed'); END;
+"#;
+
+/// Version 5: what the console's history (`store::web`) reads fast with
+/// 100,000 alerts: each filter an index range walked newest first, a
+/// partner's alerts found from its outbox rows, and `alert_text`, a full-text
+/// index of what each reader may search. Rows with `partner = ''` hold the
+/// alert's id, rule and every text value of the stored alert (for accounts
+/// that see everything); one row per email holds its subject under the
+/// partner it went to (all a partner's account may search). Kept by
+/// triggers, so no writer of alerts or emails has to remember it; the
+/// `CASE` keeps an unreadable summary from failing the insert of its alert.
+const SCHEMA_V5_CONSOLE_SEARCH: &str = r#"
+CREATE INDEX alerts_by_rule ON alerts(rule_id, created_at);
+CREATE INDEX alerts_by_district ON alerts(district COLLATE NOCASE, created_at);
+CREATE INDEX alerts_by_severity ON alerts(severity, created_at);
+CREATE INDEX outbox_by_partner ON outbox(partner_id, alert_id);
+
+CREATE VIRTUAL TABLE alert_text USING fts5(
+    alert_id UNINDEXED, partner UNINDEXED, body, tokenize = 'unicode61 remove_diacritics 2'
+);
+INSERT INTO alert_text (alert_id, partner, body)
+    SELECT id, '', id || ' ' || rule_id || ' ' || CASE WHEN json_valid(summary)
+        THEN COALESCE((SELECT group_concat(value, ' ') FROM json_tree(summary) WHERE type = 'text'), '')
+        ELSE '' END
+    FROM alerts;
+INSERT INTO alert_text (alert_id, partner, body) SELECT alert_id, partner_id, subject FROM outbox;
+CREATE TRIGGER alert_text_of_a_new_alert AFTER INSERT ON alerts BEGIN
+    INSERT INTO alert_text (alert_id, partner, body) VALUES (new.id, '',
+        new.id || ' ' || new.rule_id || ' ' || CASE WHEN json_valid(new.summary)
+            THEN COALESCE((SELECT group_concat(value, ' ') FROM json_tree(new.summary) WHERE type = 'text'), '')
+            ELSE '' END);
+END;
+CREATE TRIGGER alert_text_of_a_new_email AFTER INSERT ON outbox BEGIN
+    INSERT INTO alert_text (alert_id, partner, body) VALUES (new.alert_id, new.partner_id, new.subject);
+END;
 "#;
 
 /// The schema version this binary reads and writes.

@@ -1225,3 +1225,117 @@ fn over_http_a_police_account_sees_only_what_the_police_got_redacted_as_its_emai
     }
     daemon.stop().unwrap();
 }
+
+/// Page times with 100,000 alerts in history (SPEC §9; target p99 under
+/// 50 ms). Prints figures, asserts none: run it alone, on a quiet machine,
+/// `cargo test --release --test web_console -- --ignored --nocapture console_page_times`.
+#[test]
+#[ignore]
+fn console_page_times_with_100000_alerts() {
+    const ALERTS: usize = 100_000;
+    let dir = tempdir();
+    let (config_path, base) = console_config(dir.path());
+    add_account(dir.path(), "chair", Role::Admin, None);
+    add_account(dir.path(), "analyst", Role::Viewer, Some("police"));
+    let daemon = InProcess::start_ready(&config_path);
+    write_atomically(
+        &feed_dir(dir.path()),
+        "one.csv",
+        csv(&[hostile_row("S-1", "Bolton", "isotonitazene")]),
+    );
+    let model = wait_alerts(dir.path(), 1).remove(0);
+    daemon.stop().unwrap();
+
+    // Copies of the real alert and its outbox rows, spread over a year, in
+    // 40 districts, 3 severities, a few drafts.
+    let db = rusqlite::Connection::open(dir.path().join("state/earlywarn.db")).unwrap();
+    let (summary, rule): (String, String) = db
+        .query_row(
+            "SELECT summary, rule_id FROM alerts WHERE id = ?1",
+            [&model.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let outbox: Vec<(String, String, String, Vec<u8>)> = db
+        .prepare("SELECT partner_id, audience, subject, message FROM outbox WHERE alert_id = ?1")
+        .unwrap()
+        .query_map([&model.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut alert: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let year = 365 * 86_400_000i64;
+    db.execute_batch("BEGIN").unwrap();
+    for i in 0..ALERTS {
+        let id = format!("EW-B{i:09}");
+        let district = if i % 40 == 0 {
+            "Bolton".to_string()
+        } else {
+            format!("District {}", i % 40)
+        };
+        let severity = ["info", "warning", "critical"][i % 3];
+        let status = if i % 1000 == 7 { "in_review" } else { "sent" };
+        let at = now - year + (i as i64) * (year / ALERTS as i64);
+        alert["id"] = id.clone().into();
+        alert["district"] = district.clone().into();
+        alert["severity"] = severity.into();
+        alert["created_at"] = jiff::Timestamp::from_millisecond(at)
+            .unwrap()
+            .to_string()
+            .into();
+        db.execute(
+            "INSERT INTO alerts (id, rule_id, district, severity, status, created_at, event_count, summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+            rusqlite::params![id, rule, district, severity, status, at, alert.to_string()],
+        )
+        .unwrap();
+        for (partner, audience, subject, message) in &outbox {
+            if partner == "police" && district != "Bolton" {
+                continue;
+            }
+            db.execute(
+                "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message,
+                                     status, next_attempt_at, created_at, sent_at, thread)
+                 VALUES (?1, ?2, ?3, ?1 || ?2, 'f', '[]', ?4, ?5, 'sent', ?6, ?6, ?6, ?1)",
+                rusqlite::params![id, partner, audience, subject, message, at],
+            )
+            .unwrap();
+        }
+    }
+    db.execute_batch("COMMIT; ANALYZE;").unwrap();
+    drop(db);
+
+    let daemon = InProcess::start_ready(&config_path);
+    let chair = Console::login(&base, "chair");
+    let police = Console::login(&base, "analyst");
+    let draft = format!("/alerts/EW-B{:09}", 99_007);
+    for (who, console) in [("admin", &chair), ("police", &police)] {
+        for path in [
+            "/",
+            "/alerts",
+            "/alerts?district=Bolton&severity=critical",
+            "/alerts?rule=nitazene-detected&status=in_review",
+            "/alerts?q=EW-B000050000",
+            "/alerts/EW-B000099960",
+            draft.as_str(),
+        ] {
+            let mut times = Vec::new();
+            for _ in 0..100 {
+                let start = std::time::Instant::now();
+                let (status, _, _) = console.get(path);
+                times.push(start.elapsed());
+                assert!(status == 200 || status == 404, "{path}: {status}");
+            }
+            times.sort();
+            println!(
+                "{who:7} {path:50} p50 {:6.1} ms  p99 {:6.1} ms",
+                times[49].as_secs_f64() * 1e3,
+                times[98].as_secs_f64() * 1e3
+            );
+        }
+    }
+    daemon.stop().unwrap();
+}

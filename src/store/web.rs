@@ -6,7 +6,7 @@
 //! keyset (`created_at`, `id`), never by `OFFSET`, and counts nothing.
 //! A query for a partner's account (`partner`) only ever sees alerts that
 //! partner has an outbox row for, and searches only what it received (the
-//! subjects of its emails), never the stored alert.
+//! subjects of its emails, in `alert_text` under its id), never the stored alert.
 
 use super::{Result, Store, from_ms, ms};
 use crate::alerts::Alert;
@@ -25,8 +25,9 @@ pub struct AlertFilter {
     pub from: Option<Timestamp>,
     /// Raised before this time.
     pub to: Option<Timestamp>,
-    /// Text to search for: the alert as stored, or for a partner's account
-    /// only the subjects of the emails that partner got.
+    /// Words to search for (see [`text_query`]): in the alert as stored and
+    /// its emails' subjects, or for a partner's account only in the subjects
+    /// of the emails that partner got.
     pub text: Option<String>,
     /// Only alerts this partner has an outbox row for.
     pub partner: Option<String>,
@@ -94,17 +95,16 @@ fn listed(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListedAlert> {
     })
 }
 
-/// `text` as a LIKE pattern that matches it anywhere, its own `%` and `_` literal.
-fn contains_pattern(text: &str) -> String {
-    let mut p = String::from("%");
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
+/// Typed text as a full-text query: each word must appear (as a word or the
+/// start of one), whatever its case and accents. Every word is quoted, so
+/// nothing typed is read as query syntax; `None` when no word is left.
+pub fn text_query(text: &str) -> Option<String> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
 }
 
 impl Store {
@@ -168,26 +168,35 @@ impl Store {
             clauses.push("created_at < ?".into());
             params.push(SqlValue::Integer(ms(to)));
         }
-        match (&filter.partner, &filter.text) {
+        let search = filter.text.as_deref().and_then(text_query);
+        match (&filter.partner, search) {
             (Some(partner), search) => {
-                let mut exists = String::from(
-                    "EXISTS (SELECT 1 FROM outbox o WHERE o.alert_id = alerts.id AND o.partner_id = ?",
+                clauses.push(
+                    "EXISTS (SELECT 1 FROM outbox o WHERE o.alert_id = alerts.id AND o.partner_id = ?)"
+                        .into(),
                 );
                 params.push(text(partner));
                 if let Some(search) = search {
                     // Only what this partner was sent: the subjects of its emails.
-                    exists.push_str(" AND o.subject LIKE ? ESCAPE '\\'");
-                    params.push(SqlValue::Text(contains_pattern(search)));
+                    clauses.push(
+                        "id IN (SELECT alert_id FROM alert_text WHERE alert_text MATCH ? AND partner = ?)"
+                            .into(),
+                    );
+                    params.push(SqlValue::Text(search));
+                    params.push(text(partner));
                 }
-                exists.push(')');
-                clauses.push(exists);
             }
             (None, Some(search)) => {
-                clauses.push("(id LIKE ? ESCAPE '\\' OR summary LIKE ? ESCAPE '\\')".into());
-                params.push(SqlValue::Text(contains_pattern(search)));
-                params.push(SqlValue::Text(contains_pattern(search)));
+                clauses.push(
+                    "id IN (SELECT alert_id FROM alert_text WHERE alert_text MATCH ?)".into(),
+                );
+                params.push(SqlValue::Text(search));
             }
             (None, None) => {}
+        }
+        // Words that are all punctuation search for nothing: no alert has them.
+        if filter.text.is_some() && filter.text.as_deref().and_then(text_query).is_none() {
+            clauses.push("0".into());
         }
         let order = match page {
             Page::First => "created_at DESC, id DESC",
@@ -271,5 +280,76 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_text_is_quoted_word_by_word() {
+        assert_eq!(text_query("  "), None);
+        assert_eq!(text_query("!!! --"), None);
+        assert_eq!(
+            text_query("ew-abc \"Bolton\" OR"),
+            Some(r#""ew-abc"* """Bolton"""* "OR"*"#.to_string())
+        );
+    }
+
+    #[test]
+    fn searches_find_words_of_the_alert_or_of_a_partners_subjects_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .conn
+            .execute_batch(
+                r#"INSERT INTO alerts (id, rule_id, district, severity, status, created_at, event_count, summary)
+                   VALUES ('EW-1', 'r', 'Bolton', 'critical', 'sent', 1, 1, '{"events":[{"notes":"Secret Ünïcode"}]}'),
+                          ('EW-2', 'r', 'Bury', 'critical', 'sent', 2, 1, 'not json');
+                   INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject,
+                                       message, status, next_attempt_at, created_at)
+                   VALUES ('EW-1', 'police', 'notify', 'm1', 'f', '[]', 'Nitazene in Bolton', x'00', 'sent', 1, 1),
+                          ('EW-2', 'police', 'notify', 'm2', 'f', '[]', 'Nitazene in Bury', x'00', 'sent', 2, 2);"#,
+            )
+            .unwrap();
+        let ids = |text: &str, partner: Option<&str>| -> Vec<String> {
+            let filter = AlertFilter {
+                text: Some(text.to_string()),
+                partner: partner.map(str::to_string),
+                ..AlertFilter::default()
+            };
+            store
+                .alert_history(&filter, Page::First, 10)
+                .unwrap()
+                .into_iter()
+                .map(|a| a.id)
+                .collect()
+        };
+        assert_eq!(
+            ids("secret unicode", None),
+            ["EW-1"],
+            "values, any case and accent"
+        );
+        assert_eq!(
+            ids("ew-2", None),
+            ["EW-2"],
+            "an unreadable summary is still found by id"
+        );
+        assert_eq!(
+            ids("nitaz", None),
+            ["EW-2", "EW-1"],
+            "subjects too, newest first"
+        );
+        assert!(
+            ids("secret", Some("police")).is_empty(),
+            "a partner searches its subjects only"
+        );
+        assert_eq!(ids("bury nitazene", Some("police")), ["EW-2"]);
+        assert!(
+            ids("bolton", Some("health")).is_empty(),
+            "nor another partner's"
+        );
+        assert!(ids("%%", None).is_empty());
     }
 }
