@@ -360,6 +360,9 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows are never removed'
 /// triggers, so no writer of alerts or emails has to remember it; the
 /// `CASE` keeps an unreadable summary from failing the insert of its alert.
 const SCHEMA_V5_CONSOLE_SEARCH: &str = r#"
+-- Newest first with the id in the index: a partner's history checks each
+-- alert's outbox row without reading the alert itself.
+CREATE INDEX alerts_by_time_and_id ON alerts(created_at, id);
 CREATE INDEX alerts_by_rule ON alerts(rule_id, created_at);
 CREATE INDEX alerts_by_district ON alerts(district COLLATE NOCASE, created_at);
 CREATE INDEX alerts_by_severity ON alerts(severity, created_at);

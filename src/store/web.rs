@@ -62,8 +62,16 @@ pub struct ListedAlert {
     pub status: String,
     pub created_at: Timestamp,
     pub event_count: i64,
-    /// The stored alert, when it can be read.
-    pub alert: Option<Alert>,
+    /// The stored alert as JSON: read ([`ListedAlert::alert`]) only where a
+    /// page needs more than the columns (a partner's redacted view).
+    pub summary: String,
+}
+
+impl ListedAlert {
+    /// The stored alert, when the current code can read it.
+    pub fn alert(&self) -> Option<Alert> {
+        serde_json::from_str(&self.summary).ok()
+    }
 }
 
 /// One outbox row of an alert as its page shows it: who received what, and when.
@@ -81,7 +89,6 @@ const LISTED_COLUMNS: &str =
     "id, rule_id, district, severity, status, created_at, event_count, summary";
 
 fn listed(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListedAlert> {
-    let summary: String = r.get(7)?;
     Ok(ListedAlert {
         id: r.get(0)?,
         rule_id: r.get(1)?,
@@ -90,8 +97,7 @@ fn listed(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListedAlert> {
         status: r.get(4)?,
         created_at: from_ms(r.get(5)?),
         event_count: r.get(6)?,
-        // An alert the current code cannot read is still listed, without its detail.
-        alert: serde_json::from_str(&summary).ok(),
+        summary: r.get(7)?,
     })
 }
 

@@ -328,11 +328,13 @@ fn row_view(
     rules: &RuleSet,
     now: Timestamp,
 ) -> RowView {
+    // Only a partner's view needs the stored alert (to route it).
+    let parsed = viewer.partner.as_ref().and_then(|_| row.alert());
     let district = match sight(
         viewer,
         config,
         rules,
-        row.alert.as_ref(),
+        parsed.as_ref(),
         &[Audience::Notify, Audience::Review],
     ) {
         Sight::All => row.district.clone().unwrap_or_default(),
@@ -757,6 +759,8 @@ pub struct AlertView {
 /// Everything the alert page reads from the store.
 pub struct AlertRecord {
     pub listed: ListedAlert,
+    /// The stored alert, when the current code can read it.
+    pub alert: Option<Alert>,
     pub receipts: Vec<Receipt>,
     pub decisions: Vec<crate::store::decisions::DecisionRow>,
     pub audit: Vec<crate::audit::AuditEntry>,
@@ -769,6 +773,7 @@ impl AlertRecord {
             return Ok(None);
         };
         Ok(Some(AlertRecord {
+            alert: listed.alert(),
             receipts: store.receipts_of(&listed.id)?,
             decisions: store.decisions_of(&listed.id)?,
             audit: store.audit_of_alert(&listed.id)?,
@@ -881,7 +886,7 @@ pub fn alert_view(
             }
         }
     }
-    let alert = listed.alert.as_ref();
+    let alert = record.alert.as_ref();
     let sight = sight(viewer, config, rules, alert, &audiences);
     // Reviewers' free text (a reason, edits, the audit's details) may quote
     // any value of the draft: shown to a partner's account only when its
@@ -1077,7 +1082,7 @@ pub async fn alert(
     let rules = state.rules();
     let mut view =
         alert_view(&viewer, &state.config, &rules, &record, now).ok_or(WebError::NotFound)?;
-    if let Some(alert) = &record.listed.alert {
+    if let Some(alert) = &record.alert {
         view.decision = super::decisions::form(
             &state.config,
             &rules,
@@ -1175,7 +1180,7 @@ pub fn status_view(
                 status: a.status.clone(),
                 created_at: a.created_at,
                 event_count: a.event_count,
-                alert: None,
+                summary: String::new(),
             };
             row_view(&listed, viewer, config, rules, now)
         })
