@@ -62,6 +62,17 @@ review = ["panel"]
 review_within = "4h"
 notify = ["police", "health"]
 group_by = ["district"]
+
+[[rule]]
+id = "fentanyl-two-approvals"
+name = "Fentanyl, two approvals"
+feed = "drug_testing"
+kind = "match"
+when = 'substances_major == "fentanyl"'
+severity = "critical"
+review = ["panel"]
+approvals = 2
+notify = ["health"]
 "#
     )
 }
@@ -1337,5 +1348,82 @@ fn console_page_times_with_100000_alerts() {
             );
         }
     }
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn with_two_approvals_the_form_shows_the_first_and_the_second_sends_it() {
+    let dir = tempdir();
+    let (config, base) = console_config(dir.path());
+    add_account(dir.path(), "first", Role::Reviewer, Some("panel"));
+    add_account(dir.path(), "second", Role::Reviewer, Some("panel"));
+    let daemon = InProcess::start_ready(&config);
+    write_atomically(
+        &feed_dir(dir.path()),
+        "f.csv",
+        csv(&[row("F-1", "Bolton", "fentanyl", "", "n")]),
+    );
+    let draft = wait_alerts(dir.path(), 1).remove(0);
+    let mail = dir.path().join("mail");
+    wait_eml(&mail, 1, WAIT); // the draft, to the panel
+    let first = Console::login(&base, "first");
+    let page = format!("/alerts/{}", draft.id);
+    let (_, _, form) = first.get(&page);
+    assert!(
+        form.contains("needs 2 approvals from different reviewers; 0 so far"),
+        "{form}"
+    );
+    let approve = format!("{page}/approve");
+    let (status, headers, _) = first.post(
+        &approve,
+        &[("headline", "Fentanyl in heroin"), ("partner", "health")],
+    );
+    assert_eq!(
+        (status, location(&headers)),
+        (303, format!("{page}?done=recorded").as_str())
+    );
+    let (_, _, after) = first.get(&format!("{page}?done=recorded"));
+    assert!(after.contains("Your approval is recorded."), "{after}");
+    assert!(
+        after.contains("1 so far: Dr first (headline: Fentanyl in heroin)"),
+        "{after}"
+    );
+    assert!(
+        after.contains("value=\"Fentanyl in heroin\""),
+        "the pending edit is the form's start: {after}"
+    );
+    let (status, _, body) = first.post(&approve, &[("partner", "health")]);
+    assert_eq!(status, 422, "the same reviewer twice: {body}");
+    assert!(body.contains("already approved"), "{body}");
+    assert_eq!(
+        decided(dir.path(), &draft.id),
+        ("in_review".to_string(), 1, 0)
+    );
+    assert_eq!(
+        eml_messages(&mail).len(),
+        1,
+        "nothing sent after one approval"
+    );
+
+    let second = Console::login(&base, "second");
+    let (status, headers, _) = second.post(
+        &approve,
+        &[("headline", "Fentanyl in heroin"), ("partner", "health")],
+    );
+    assert_eq!(
+        (status, location(&headers)),
+        (303, format!("{page}?done=approved").as_str())
+    );
+    let sent = wait_eml(&mail, 2, WAIT);
+    let health = sent
+        .iter()
+        .find(|m| m.to() == ["health@example.org"])
+        .expect("health got it");
+    assert!(health.subject().unwrap().contains("Fentanyl in heroin"));
+    let text = health.text_body().unwrap();
+    assert!(
+        text.contains("Dr first") && text.contains("Dr second"),
+        "{text}"
+    );
     daemon.stop().unwrap();
 }
