@@ -781,6 +781,15 @@ fn without_a_session_every_page_but_login_and_health_sends_the_browser_to_log_in
         ],
     );
     assert_eq!((status, location(&headers)), (303, "/status"));
+    // A body over 64 KiB is refused unread.
+    let big = "a".repeat(70 * 1024);
+    let (status, _, _) = post_form(
+        &base,
+        "/login",
+        None,
+        &[("username", "chair"), ("password", &big)],
+    );
+    assert_eq!(status, 413);
     daemon.stop().unwrap();
 }
 
