@@ -357,7 +357,10 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
             }
             _ = tokio::time::sleep(settle_wait) => intake.process_ready(),
             _ = rescan_timer.tick() => intake.rescan(),
-            _ = clock_timer.tick() => intake.tick(),
+            _ = clock_timer.tick() => {
+                intake.tick();
+                intake.remind();
+            }
             _ = ops_timer.tick() => intake.flush_ops(),
             _ = heartbeat_timer.tick() => {}
         }
@@ -722,6 +725,22 @@ impl Intake<'_> {
             Err(e) => {
                 tracing::error!(error = %e, "Cannot record overdue deadlines or silent feeds; will retry")
             }
+        }
+    }
+
+    /// Queues the `review_within` and `ack_within` reminders due now (`lifecycle`).
+    fn remind(&mut self) {
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        let now = Timestamp::now();
+        let rules = self.engine.rules();
+        match tokio::task::block_in_place(|| {
+            crate::lifecycle::send_reminders(&self.config, rules, self.store, now)
+        }) {
+            Ok(reminded) if reminded.is_empty() => {}
+            Ok(_) => self.wake_outbox.notify_one(),
+            Err(e) => tracing::error!(error = %e, "Cannot send the reminders due; will retry"),
         }
     }
 

@@ -25,6 +25,7 @@
 //! no I/O and never reads the clock: callers pass `now`.
 
 pub mod accounts;
+pub mod ack;
 pub mod alerts;
 pub mod audit;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod diagnostic;
 pub mod display;
 pub mod event;
 pub mod feeds;
+pub mod lifecycle;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;

@@ -148,6 +148,7 @@ pub fn ops_rule(config: &Config) -> Rule {
         review: Vec::new(),
         approvals: 1,
         review_within: None,
+        ack_within: None,
         advice: Some(
             "Look at `earlywarn status` and the daemon's log (journalctl -u earlywarn). Rejected files and their reasons are in each feed's rejected/ folder; fix and drop them again. A refused rule set: run `earlywarn check`.".into(),
         ),

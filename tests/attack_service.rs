@@ -451,9 +451,9 @@ fn fill_outbox(config: &Path, n: usize, critical: usize) {
         let message = format!("Subject: {id}\r\nMessage-ID: <{id}@example.org>\r\n\r\n{body}\r\n");
         tx.execute(
             "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message,
-                status, next_attempt_at, created_at, priority)
+                status, next_attempt_at, created_at, priority, purpose)
              VALUES (?1, 'panel', 'notify', ?2, 'earlywarn@example.org', '[\"panel@example.org\"]', ?1, ?3,
-                'pending', ?4, ?4, ?5)",
+                'pending', ?4, ?4, ?5, 'alert')",
             rusqlite::params![
                 id,
                 format!("<{id}@example.org>"),

@@ -464,6 +464,37 @@ pub fn render_in_thread(
     config: &Config,
     first_in_thread: Option<&str>,
 ) -> Result<RenderedEmail, RenderError> {
+    render_with(
+        alert,
+        rule,
+        templates,
+        delivery,
+        config,
+        first_in_thread,
+        Extras::default(),
+    )
+}
+
+/// What the alert's lifecycle (SPEC §10) adds to an email; the caller makes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// The partner's acknowledgement link (`ack::link`), shown in text and HTML.
+    pub ack_link: Option<&'a str>,
+    /// The email sent again as a reminder: its own purpose (so its own
+    /// Message-ID) and the subject marked `REMINDER: `.
+    pub reminder: Option<Purpose>,
+}
+
+/// [`render_in_thread`] with the lifecycle's [`Extras`].
+pub fn render_with(
+    alert: &Alert,
+    rule: &Rule,
+    templates: &Templates,
+    delivery: &Delivery<'_>,
+    config: &Config,
+    first_in_thread: Option<&str>,
+    extras: Extras<'_>,
+) -> Result<RenderedEmail, RenderError> {
     let feed = config.feed(&rule.feed);
     let show_time = time_shower(config);
     let (ctx, subject) = subject_and_context(alert, rule, templates, delivery, config)?;
@@ -473,6 +504,14 @@ pub fn render_in_thread(
     let sections = Sections::build(alert, rule, delivery, feed, config, &show_time);
     let text = sections.text(&config.mail.marking, &lead, &severity_tag);
     let html = sections.html(&config.mail.marking, &lead, &severity_tag);
+    let (text, html) = match extras.ack_link {
+        Some(link) => super::notice::with_ack_line(text, html, link),
+        None => (text, html),
+    };
+    let subject = match extras.reminder {
+        Some(_) => format!("REMINDER: {subject}"),
+        None => subject,
+    };
 
     let from: Mailbox = config
         .mail
@@ -483,7 +522,9 @@ pub fn render_in_thread(
     let mut message_id = message_id(
         &alert.id,
         &delivery.partner.id,
-        Purpose::of(delivery.audience),
+        extras
+            .reminder
+            .unwrap_or_else(|| Purpose::of(delivery.audience)),
         &domain,
     );
     let parent = first_in_thread.filter(|p| is_safe_message_id(p));
