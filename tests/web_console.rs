@@ -342,6 +342,13 @@ fn every_page_sends_the_security_headers_and_shows_hostile_values_as_text() {
     // Who received it: both partners of the nitazene rule cover the hostile
     // district? Only the panel (every district); the police covers Bolton.
     assert!(page.contains("Partner panel"), "{page}");
+    assert!(page.contains("<td>alert</td>"), "{page}");
+    let (_, _, draft_page) = admin.get(&format!("/alerts/{}", draft.id));
+    assert!(
+        draft_page.contains("<td>draft for review</td>"),
+        "{draft_page}"
+    );
+    assert!(draft_page.contains("<th scope=\"col\">Acknowledged</th>"));
     assert!(!page.contains("Partner police"), "{page}");
     let (_, _, queue) = admin.get("/");
     assert!(

@@ -79,6 +79,8 @@ impl ListedAlert {
 pub struct Receipt {
     pub partner_id: String,
     pub audience: String,
+    /// `alert`, `draft`, `update-N`, `reminder-N` or `withdrawn`.
+    pub purpose: String,
     pub status: String,
     pub subject: String,
     pub created_at: Timestamp,
@@ -251,7 +253,7 @@ impl Store {
     /// oldest first, through the outbox's `(alert_id, partner_id, audience)` key.
     pub fn receipts_of(&self, alert_id: &str) -> Result<Vec<Receipt>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT partner_id, audience, status, subject, created_at, sent_at FROM outbox
+            "SELECT partner_id, audience, status, subject, created_at, sent_at, purpose FROM outbox
              WHERE alert_id = ?1 ORDER BY id LIMIT 1000",
         )?;
         let rows = stmt.query_map([alert_id], |r| {
@@ -262,6 +264,7 @@ impl Store {
                 subject: r.get(3)?,
                 created_at: from_ms(r.get(4)?),
                 sent_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+                purpose: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

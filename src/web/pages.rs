@@ -713,6 +713,8 @@ pub struct ReceiptView {
     pub subject: String,
     pub queued: String,
     pub sent: String,
+    /// "by NAME, DATE" once the partner confirmed receipt ("" until then).
+    pub acknowledged: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -763,6 +765,7 @@ pub struct AlertRecord {
     pub alert: Option<Alert>,
     pub receipts: Vec<Receipt>,
     pub decisions: Vec<crate::store::decisions::DecisionRow>,
+    pub acks: Vec<crate::store::lifecycle::AckRow>,
     pub audit: Vec<crate::audit::AuditEntry>,
 }
 
@@ -776,6 +779,7 @@ impl AlertRecord {
             alert: listed.alert(),
             receipts: store.receipts_of(&listed.id)?,
             decisions: store.decisions_of(&listed.id)?,
+            acks: store.acks_of(&listed.id)?,
             audit: store.audit_of_alert(&listed.id)?,
             listed,
         }))
@@ -973,11 +977,21 @@ pub fn alert_view(
             .map(|r| ReceiptView {
                 partner: r.partner_id.clone(),
                 partner_name: partner_name(&r.partner_id),
-                audience: if r.audience == "review" {
-                    "draft for review".into()
-                } else {
-                    "alert".into()
+                audience: match r.purpose.as_str() {
+                    "draft" => "draft for review".to_string(),
+                    "alert" => "alert".to_string(),
+                    "withdrawn" => "withdrawal".to_string(),
+                    other => other.replace('-', " "),
                 },
+                acknowledged: record
+                    .acks
+                    .iter()
+                    .find(|a| a.partner_id == r.partner_id && r.purpose == "alert")
+                    .map(|a| match &a.name {
+                        Some(name) => format!("by {name}, {}", local(a.at, tz)),
+                        _ => local(a.at, tz),
+                    })
+                    .unwrap_or_default(),
                 status: r.status.clone(),
                 subject: r.subject.clone(),
                 queued: local(r.created_at, tz),
