@@ -1946,7 +1946,8 @@ mod tests {
             }
             tx.commit().unwrap();
         }
-        let mut store = Store::open(dir.path()).unwrap();
+        // Version 5 exactly: later steps add indexes of their own.
+        let mut store = Store::open_with(dir.path(), &MIGRATIONS[..5]).unwrap();
         let rows: Vec<(i64, String, String, String, i64)> = store
             .conn
             .prepare("SELECT id, partner_id, audience, purpose, priority FROM outbox ORDER BY id")

@@ -1283,11 +1283,13 @@ fn console_page_times_with_100000_alerts() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    let outbox: Vec<(String, String, String, Vec<u8>)> = db
-        .prepare("SELECT partner_id, audience, subject, message FROM outbox WHERE alert_id = ?1")
+    let outbox: Vec<(String, String, String, Vec<u8>, String)> = db
+        .prepare(
+            "SELECT partner_id, audience, subject, message, purpose FROM outbox WHERE alert_id = ?1",
+        )
         .unwrap()
         .query_map([&model.id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .unwrap()
         .collect::<Result<_, _>>()
@@ -1319,15 +1321,15 @@ fn console_page_times_with_100000_alerts() {
             rusqlite::params![id, rule, district, severity, status, at, alert.to_string()],
         )
         .unwrap();
-        for (partner, audience, subject, message) in &outbox {
+        for (partner, audience, subject, message, purpose) in &outbox {
             if partner == "police" && district != "Bolton" {
                 continue;
             }
             db.execute(
-                "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message,
-                                     status, next_attempt_at, created_at, sent_at, thread)
-                 VALUES (?1, ?2, ?3, ?1 || ?2, 'f', '[]', ?4, ?5, 'sent', ?6, ?6, ?6, ?1)",
-                rusqlite::params![id, partner, audience, subject, message, at],
+                "INSERT INTO outbox (alert_id, partner_id, audience, purpose, message_id, mail_from, recipients, subject,
+                                     message, status, next_attempt_at, created_at, sent_at, thread)
+                 VALUES (?1, ?2, ?3, ?7, ?1 || ?2, 'f', '[]', ?4, ?5, 'sent', ?6, ?6, ?6, ?1)",
+                rusqlite::params![id, partner, audience, subject, message, at, purpose],
             )
             .unwrap();
         }

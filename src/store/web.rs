@@ -316,10 +316,10 @@ mod tests {
                 r#"INSERT INTO alerts (id, rule_id, district, severity, status, created_at, event_count, summary)
                    VALUES ('EW-1', 'r', 'Bolton', 'critical', 'sent', 1, 1, '{"events":[{"notes":"Secret Ünïcode"}]}'),
                           ('EW-2', 'r', 'Bury', 'critical', 'sent', 2, 1, 'not json');
-                   INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject,
-                                       message, status, next_attempt_at, created_at)
-                   VALUES ('EW-1', 'police', 'notify', 'm1', 'f', '[]', 'Nitazene in Bolton', x'00', 'sent', 1, 1),
-                          ('EW-2', 'police', 'notify', 'm2', 'f', '[]', 'Nitazene in Bury', x'00', 'sent', 2, 2);"#,
+                   INSERT INTO outbox (alert_id, partner_id, audience, purpose, message_id, mail_from, recipients,
+                                       subject, message, status, next_attempt_at, created_at)
+                   VALUES ('EW-1', 'police', 'notify', 'alert', 'm1', 'f', '[]', 'Nitazene in Bolton', x'00', 'sent', 1, 1),
+                          ('EW-2', 'police', 'notify', 'alert', 'm2', 'f', '[]', 'Nitazene in Bury', x'00', 'sent', 2, 2);"#,
             )
             .unwrap();
         let ids = |text: &str, partner: Option<&str>| -> Vec<String> {
