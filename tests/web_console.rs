@@ -1240,7 +1240,7 @@ fn over_http_a_police_account_sees_only_what_the_police_got_redacted_as_its_emai
         own.contains("Withheld from your organisation: notes."),
         "{own}"
     );
-    let (_, _, found) = police.get("/alerts?q=Nitazene");
+    let (_, _, found) = police.get("/alerts?q=isotonitazene");
     assert!(
         found.contains(&sent_bolton),
         "its subjects are searched: {found}"
