@@ -12,7 +12,7 @@
 //! - [`delivery`]: mail out, over SMTP or to files, with retries.
 //! - [`daemon`]: the long-running process that ties these together.
 //! - [`ops`]: self-alerts to the ops partners; [`metrics`]: the Prometheus endpoint;
-//!   [`accept`]: what accept loops share.
+//!   [`web`]: the console; [`accept`]: what accept loops share.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
 //! - [`report`]: what the command line prints (status, alerts, replay, check and test results).
 //! - [`review`]: approving or dismissing alerts held for review; [`audit`]: who did what.
@@ -42,3 +42,4 @@ pub mod review;
 pub mod rules;
 pub mod ruletest;
 pub mod store;
+pub mod web;
