@@ -151,6 +151,19 @@ impl Browser {
             .to_string()
     }
 
+    /// Waits until the browser shows `url` (after a form it submitted itself).
+    pub async fn wait_for_url(&self, url: &str) {
+        let deadline = Instant::now() + FIND_TIMEOUT;
+        loop {
+            let now = self.current_url().await;
+            if now == url {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still on {now}, not {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Clears the field with this id and types `text` into it.
     pub async fn fill(&self, id: &str, text: &str) {
         let field = self.find(&format!("#{id}")).await;
