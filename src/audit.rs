@@ -15,7 +15,7 @@ pub struct Actor {
     /// `web:NAME` (a console account) or `unix:NAME` (the CLI's uid).
     pub id: String,
     /// How the person is named in emails and pages: an account's display
-    /// name, or for the CLI the optional `--by` name beside the account.
+    /// name, or for the CLI the `--by` name if given, else the Unix account.
     pub display: String,
     /// Where from: the client's IP address, or `unix:NAME` for the CLI.
     pub source: String,
@@ -25,7 +25,7 @@ impl Actor {
     /// The CLI's actor: the Unix account of this process's real uid.
     pub fn unix(display_name: Option<&str>) -> Result<Actor, crate::review::ReviewError> {
         let account = crate::review::unix_account();
-        let display = crate::review::decider(display_name)?;
+        let display = crate::review::display_name(display_name)?;
         Ok(Actor {
             id: format!("unix:{account}"),
             display,

@@ -119,29 +119,63 @@ enum OutboxAction {
 
 #[derive(Subcommand)]
 enum AlertsAction {
-    /// Alerts awaiting review (with --all, recent alerts of every status).
+    /// Alerts awaiting review, oldest first (with --all, recent alerts of every status).
     List {
         #[arg(long)]
         all: bool,
+        /// `age`: oldest first; `severity`: critical first, oldest first within each.
+        #[arg(long, value_enum, default_value_t = QueueSort::Age)]
+        sort: QueueSort,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
-    /// One alert: its records and where its emails went.
-    Show { id: String },
-    /// Send a reviewed alert to its rule's `notify` partners.
+    /// One alert: its records, its decisions, its history and where its emails went.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Approve a reviewed alert: it goes to its rule's `notify` partners (once
+    /// the rule's `approvals` are in), with the wording you give.
     Approve {
         id: String,
-        /// A display name recorded beside your Unix account (which is always recorded, from your uid).
+        /// The first line of the email and its subject, instead of the rule's.
+        #[arg(long)]
+        headline: Option<String>,
+        /// What partners should do, instead of the rule's advice.
+        #[arg(long)]
+        advice: Option<String>,
+        /// info, warning or critical, instead of the rule's (also decides who gets it).
+        #[arg(long)]
+        severity: Option<String>,
+        /// A `notify` partner not to tell (may be given more than once).
+        #[arg(long = "leave-out", value_name = "PARTNER")]
+        leave_out: Vec<String>,
+        /// Your name as the email shows it; your Unix account (from your uid) is always recorded.
         #[arg(long)]
         by: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
     /// Close a reviewed alert without sending it further.
     Dismiss {
         id: String,
-        /// A display name recorded beside your Unix account (which is always recorded, from your uid).
+        /// Why it goes no further (required).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Your name as recorded beside your Unix account (which is always recorded, from your uid).
         #[arg(long)]
         by: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
+}
+
+/// `alerts list --sort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QueueSort {
+    Age,
+    Severity,
 }
 
 /// A failure that is the user's to fix (exit 1), as opposed to an internal one (exit 2).
@@ -426,9 +460,9 @@ fn status(config: Option<PathBuf>, format: OutputFormat) -> anyhow::Result<ExitC
 }
 
 fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitCode> {
-    use earlywarn::alerts::AlertStatus;
-    use earlywarn::review::{ReviewError, approve, decider, dismiss};
-    use std::io::Write;
+    use earlywarn::audit::Actor;
+    use earlywarn::review::{Authority, Decision, Edits, ReviewError, decide, normalise_id};
+    use earlywarn::store::decisions::QueueOrder;
     let config = load_config(config)?;
     let mut store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
     let tz = &config.daemon.timezone;
@@ -440,43 +474,96 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
     };
     let out = &mut std::io::stdout().lock();
     match action {
-        AlertsAction::List { all, format } => {
-            let statuses: &[AlertStatus] = if all { &[] } else { &[AlertStatus::InReview] };
-            let rows = store.alerts_with_status(statuses, 100)?;
+        AlertsAction::List { all, sort, format } => {
+            let order = match sort {
+                QueueSort::Age => QueueOrder::Age,
+                QueueSort::Severity => QueueOrder::Severity,
+            };
+            let rows = if all {
+                let mut rows = store.alerts_with_status(&[], 100)?;
+                report::alerts::sort_rows(&mut rows, order);
+                rows
+            } else {
+                store.review_queue(order, 100)?
+            };
             match format {
                 OutputFormat::Json => report::write_json(out, &rows)?,
                 OutputFormat::Text => report::alerts::write_list(out, &rows, all, tz)?,
             }
         }
-        AlertsAction::Show { id } => {
+        AlertsAction::Show { id, format } => {
+            let id = normalise_id(&id);
             let Some(stored) = store.alert(&id)? else {
                 return Err(user_error(ReviewError::NotFound(id)));
             };
-            let deliveries = store.deliveries_of(&id)?;
-            report::alerts::write_alert(out, &stored, &deliveries, tz)?;
+            let history = report::alerts::History {
+                deliveries: store.deliveries_of(&id)?,
+                decisions: store.decisions_of(&id)?,
+                audit: store.audit_of_alert(&id)?,
+            };
+            match format {
+                OutputFormat::Json => {
+                    report::write_json(out, &report::alerts::shown_json(&stored, &history))?
+                }
+                OutputFormat::Text => report::alerts::write_alert(out, &stored, &history, tz)?,
+            }
         }
-        AlertsAction::Approve { id, by } => {
-            let by = decider(by.as_deref()).map_err(user_error)?;
+        AlertsAction::Approve {
+            id,
+            headline,
+            advice,
+            severity,
+            leave_out,
+            by,
+            format,
+        } => {
+            let actor = Actor::unix(by.as_deref()).map_err(user_error)?;
+            let severity = severity
+                .map(|s| earlywarn::config::Severity::choose(&s))
+                .transpose()
+                .map_err(|message| UserError(format!("--severity: {message}")))?;
+            let edits = Edits {
+                headline,
+                advice,
+                severity,
+                left_out: leave_out.into_iter().collect(),
+            };
             let rules = load_rules(&config)?;
-            let approved = approve(
+            let decided = decide(
                 &config,
                 &rules,
                 &mut store,
                 &id,
-                &by,
+                &actor,
+                &Authority::Admin,
+                Decision::Approve(edits),
                 jiff::Timestamp::now(),
             )
             .map_err(user_error)?;
-            writeln!(
-                out,
-                "{}",
-                report::alerts::approved(&id, &by, &approved.partners)
-            )?;
+            report::alerts::write_decided(out, &normalise_id(&id), &actor, &decided, format)?;
         }
-        AlertsAction::Dismiss { id, by } => {
-            let by = decider(by.as_deref()).map_err(user_error)?;
-            dismiss(&mut store, &id, &by, jiff::Timestamp::now()).map_err(user_error)?;
-            writeln!(out, "{}", report::alerts::dismissed(&id, &by))?;
+        AlertsAction::Dismiss {
+            id,
+            reason,
+            by,
+            format,
+        } => {
+            let actor = Actor::unix(by.as_deref()).map_err(user_error)?;
+            let rules = load_rules(&config)?;
+            let decided = decide(
+                &config,
+                &rules,
+                &mut store,
+                &id,
+                &actor,
+                &Authority::Admin,
+                Decision::Dismiss {
+                    reason: reason.unwrap_or_default(),
+                },
+                jiff::Timestamp::now(),
+            )
+            .map_err(user_error)?;
+            report::alerts::write_decided(out, &normalise_id(&id), &actor, &decided, format)?;
         }
     }
     Ok(ExitCode::SUCCESS)

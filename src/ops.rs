@@ -146,6 +146,8 @@ pub fn ops_rule(config: &Config) -> Rule {
         severity: Severity::Warning,
         notify: config.daemon.ops.clone(),
         review: Vec::new(),
+        approvals: 1,
+        review_within: None,
         advice: Some(
             "Look at `earlywarn status` and the daemon's log (journalctl -u earlywarn). Rejected files and their reasons are in each feed's rejected/ folder; fix and drop them again. A refused rule set: run `earlywarn check`.".into(),
         ),
@@ -209,6 +211,7 @@ pub fn build(
         events: events.clone(),
         status: AlertStatus::Sent,
         trigger: Trigger::Match,
+        assessment: None,
     };
     let mut deliveries = Vec::new();
     for id in &config.daemon.ops {

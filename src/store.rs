@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod audit;
+pub mod decisions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -609,11 +610,39 @@ fn first_in_thread(
     .optional()
 }
 
-fn ms(t: Timestamp) -> i64 {
+/// An alert row by its exact id, inside the caller's transaction when given one.
+pub(crate) fn stored_alert(conn: &Connection, id: &str) -> Result<Option<StoredAlert>> {
+    conn.query_row(
+        "SELECT summary, status, reviewed_by, reviewed_at FROM alerts WHERE id = ?1",
+        [id],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        },
+    )
+    .optional()?
+    .map(|(summary, status, reviewed_by, reviewed_at)| {
+        let alert: Alert = serde_json::from_str(&summary)
+            .map_err(|e| StoreError::Corrupt(format!("alert {id}: {e}")))?;
+        Ok(StoredAlert {
+            status: AlertStatus::parse(&status).unwrap_or(alert.status),
+            alert,
+            reviewed_by,
+            reviewed_at: reviewed_at.map(from_ms),
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
 
-fn from_ms(v: i64) -> Timestamp {
+pub(crate) fn from_ms(v: i64) -> Timestamp {
     Timestamp::from_millisecond(v).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
@@ -1183,33 +1212,10 @@ impl Store {
         })
     }
 
-    /// A stored alert with its review record.
+    /// A stored alert with its review record. Ids are case-insensitive on
+    /// input (SPEC §2): `ew-abc` finds `EW-ABC`.
     pub fn alert(&self, id: &str) -> Result<Option<StoredAlert>> {
-        self.conn
-            .query_row(
-                "SELECT summary, status, reviewed_by, reviewed_at FROM alerts WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<i64>>(3)?,
-                    ))
-                },
-            )
-            .optional()?
-            .map(|(summary, status, reviewed_by, reviewed_at)| {
-                let alert: Alert = serde_json::from_str(&summary)
-                    .map_err(|e| StoreError::Corrupt(format!("alert {id}: {e}")))?;
-                Ok(StoredAlert {
-                    status: AlertStatus::parse(&status).unwrap_or(alert.status),
-                    alert,
-                    reviewed_by,
-                    reviewed_at: reviewed_at.map(from_ms),
-                })
-            })
-            .transpose()
+        stored_alert(&self.conn, &crate::review::normalise_id(id))
     }
 
     /// Alerts by status (newest first), for `alerts list`.
@@ -1259,34 +1265,6 @@ impl Store {
         });
         out.truncate(limit);
         Ok(out)
-    }
-
-    /// Records a review decision, and for an approval enqueues the emails to
-    /// `notify`, in one transaction. Fails if the alert is not awaiting review.
-    pub fn decide_review(
-        &mut self,
-        id: &str,
-        decision: AlertStatus,
-        by: &str,
-        emails: &[(String, RenderedEmail)],
-        now: Timestamp,
-    ) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = tx.execute(
-            "UPDATE alerts SET status = ?2, reviewed_by = ?3, reviewed_at = ?4 WHERE id = ?1 AND status = 'in_review'",
-            params![id, decision.as_str(), by, ms(now)],
-        )?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        let file_tx = FileTx { tx };
-        for (partner, email) in emails {
-            file_tx.enqueue(id, partner, Audience::Notify, email, now)?;
-        }
-        file_tx.commit()?;
-        Ok(true)
     }
 
     /// Outbox rows of one alert: partner, status, attempts, audience, last error.
@@ -1799,6 +1777,7 @@ mod tests {
             events: Vec::new(),
             status: AlertStatus::Sent,
             trigger: Default::default(),
+            assessment: None,
         }
     }
 

@@ -266,7 +266,17 @@ fn a_display_name_is_recorded_beside_the_account() {
     let cfg = config.to_str().unwrap();
     let id = drafted_alert(dir.path(), &config);
     let out = earlywarn_with_env(
-        &["alerts", "dismiss", &id, "--by", "J Smith", "--config", cfg],
+        &[
+            "alerts",
+            "dismiss",
+            &id,
+            "--by",
+            "J Smith",
+            "--reason",
+            "a duplicate",
+            "--config",
+            cfg,
+        ],
         &[("SUDO_USER", "Dr A. Chair")],
     );
     assert!(out.status.success(), "{}", stderr(&out));

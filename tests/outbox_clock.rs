@@ -121,6 +121,7 @@ fn alert() -> Alert {
         events: Vec::new(),
         status: AlertStatus::Sent,
         trigger: Default::default(),
+        assessment: None,
     }
 }
 

@@ -39,6 +39,36 @@ pub struct Alert {
     /// What made the rule fire.
     #[serde(default)]
     pub trigger: Trigger,
+    /// The panel's assessment, once approved (SPEC §5.4): what went out and who approved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assessment: Option<Assessment>,
+}
+
+/// What a review panel decided an approved alert says, and who approved it.
+/// The renderer reads it so the partners' emails carry the panel's wording.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Assessment {
+    /// Replaces the rule's headline (the subject's and the email's first line).
+    pub headline: Option<String>,
+    /// Replaces the rule's advice.
+    pub advice: Option<String>,
+    /// Replaces the rule's severity (also applied to the alert, for routing).
+    pub severity: Option<Severity>,
+    /// `notify` partners the panel chose not to tell.
+    #[serde(default)]
+    pub left_out: BTreeSet<String>,
+    /// Who approved it, in order.
+    pub approvers: Vec<Approver>,
+    /// When the last approval made it go out.
+    pub approved_at: Timestamp,
+}
+
+/// One approver as the email names them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Approver {
+    pub name: String,
+    /// The name of the partner they decided for, if any.
+    pub partner: Option<String>,
 }
 
 /// What made a rule fire; decides the audience and the wording of the email.
@@ -511,6 +541,7 @@ min_severity = "critical"
             events,
             status: AlertStatus::Sent,
             trigger: Trigger::Match,
+            assessment: None,
         }
     }
 

@@ -467,9 +467,10 @@ pub fn render_in_thread(
     let feed = config.feed(&rule.feed);
     let show_time = time_shower(config);
     let (ctx, subject) = subject_and_context(alert, rule, templates, delivery, config)?;
-    let severity_tag = rule.severity.as_str().to_uppercase();
+    let severity = assessed_severity(alert, rule);
+    let severity_tag = severity.as_str().to_uppercase();
     let lead = render_template(rule, &templates.get(alert, rule, Part::Lead)?, &ctx)?;
-    let sections = Sections::build(alert, rule, delivery, feed, &show_time);
+    let sections = Sections::build(alert, rule, delivery, feed, config, &show_time);
     let text = sections.text(&config.mail.marking, &lead, &severity_tag);
     let html = sections.html(&config.mail.marking, &lead, &severity_tag);
 
@@ -514,7 +515,7 @@ pub fn render_in_thread(
         ))
         .raw_header(HeaderValue::new(
             header_name("X-Earlywarn-Severity"),
-            rule.severity.as_str().to_string(),
+            severity.as_str().to_string(),
         ));
     if let Some(reply_to) = reply_to_mailbox(config)? {
         builder = builder.reply_to(reply_to);
@@ -710,12 +711,19 @@ fn subject_and_context(
         trigger: &delivery.trigger,
     };
     let ctx = Value::from(minijinja::value::Serde(&ctx));
-    let headline = one_line(&render_template(
-        rule,
-        &templates.get(alert, rule, Part::Subject)?,
-        &ctx,
-    )?);
-    let severity_tag = rule.severity.as_str().to_uppercase();
+    let headline = match alert
+        .assessment
+        .as_ref()
+        .and_then(|a| a.headline.as_deref())
+    {
+        Some(assessed) => one_line(assessed),
+        None => one_line(&render_template(
+            rule,
+            &templates.get(alert, rule, Part::Subject)?,
+            &ctx,
+        )?),
+    };
+    let severity_tag = assessed_severity(alert, rule).as_str().to_uppercase();
     let subject = if draft {
         format!(
             "{} [DRAFT FOR ASSESSMENT] [{severity_tag}] {headline}",
@@ -725,6 +733,39 @@ fn subject_and_context(
         format!("{} [{severity_tag}] {headline}", config.mail.marking)
     };
     Ok((ctx, subject))
+}
+
+/// The severity an email states: the panel's, once assessed, else the rule's.
+fn assessed_severity(alert: &Alert, rule: &Rule) -> crate::config::Severity {
+    alert
+        .assessment
+        .as_ref()
+        .and_then(|a| a.severity)
+        .unwrap_or(rule.severity)
+}
+
+/// "Assessed and approved by A (P) and B on DATE" (SPEC §5.4).
+fn approved_line(
+    assessment: &crate::alerts::Assessment,
+    show_time: &dyn Fn(Timestamp) -> String,
+) -> String {
+    let names: Vec<String> = assessment
+        .approvers
+        .iter()
+        .map(|a| match &a.partner {
+            Some(partner) => format!("{} ({partner})", one_line(&a.name)),
+            None => one_line(&a.name),
+        })
+        .collect();
+    let by = match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => "the review panel".to_string(),
+    };
+    format!(
+        "Assessed and approved by {by} on {}.",
+        show_time(assessment.approved_at)
+    )
 }
 
 /// One line saying what made the rule fire: the default subject.
@@ -962,6 +1003,10 @@ struct Sections {
     why: String,
     reference: String,
     draft_note: Option<String>,
+    /// Who assessed and approved it, for an approved alert.
+    approved: Option<String>,
+    /// The panel's headline: the email's first line, before the rule's lead.
+    headline: Option<String>,
 }
 
 impl Sections {
@@ -970,6 +1015,7 @@ impl Sections {
         rule: &Rule,
         delivery: &Delivery<'_>,
         feed: Option<&FeedConfig>,
+        config: &Config,
         show_time: &dyn Fn(Timestamp) -> String,
     ) -> Sections {
         let district_field = feed
@@ -1068,11 +1114,28 @@ impl Sections {
             ),
         };
         let draft_note = (delivery.audience == Audience::Review).then(|| {
-            format!(
-                "DRAFT FOR ASSESSMENT: this alert has not been sent to partners. To send it: earlywarn alerts approve {id}. To close it: earlywarn alerts dismiss {id}.",
+            let cli = format!(
+                "earlywarn alerts approve {id}; to close it: earlywarn alerts dismiss {id} --reason TEXT",
                 id = alert.id
-            )
+            );
+            match &config.web {
+                Some(web) => format!(
+                    "DRAFT FOR ASSESSMENT: this alert has not been sent to partners. Assess it at {} (or on the server: {cli}).",
+                    web.alert_url(&alert.id)
+                ),
+                None => format!(
+                    "DRAFT FOR ASSESSMENT: this alert has not been sent to partners. To send it: {cli}."
+                ),
+            }
         });
+        let approved = match (&alert.assessment, delivery.audience) {
+            (Some(assessment), Audience::Notify) => Some(approved_line(assessment, show_time)),
+            _ => None,
+        };
+        let advice = match alert.assessment.as_ref().and_then(|a| a.advice.clone()) {
+            Some(assessed) => Some(assessed),
+            None => rule.advice.clone(),
+        };
         Sections {
             rule_line: format!("{} ({})", rule.name, rule.id),
             due: delivery
@@ -1082,13 +1145,19 @@ impl Sections {
             district,
             when,
             records,
-            advice: rule.advice.clone(),
+            advice,
             evidence,
             more_records,
             withheld,
             why,
             reference: alert.id.clone(),
             draft_note,
+            approved,
+            headline: alert
+                .assessment
+                .as_ref()
+                .and_then(|a| a.headline.as_deref())
+                .map(one_line),
         }
     }
 
@@ -1097,6 +1166,12 @@ impl Sections {
         t.push_str(&format!("{marking}\n\n"));
         if let Some(note) = &self.draft_note {
             t.push_str(&format!("{note}\n\n"));
+        }
+        if let Some(approved) = &self.approved {
+            t.push_str(&format!("{approved}\n\n"));
+        }
+        if let Some(headline) = &self.headline {
+            t.push_str(&format!("{headline}\n\n"));
         }
         t.push_str(lead.trim());
         t.push_str("\n\n");
@@ -1148,6 +1223,12 @@ impl Sections {
                 "<p style=\"background:#fff3cd;padding:8px\"><strong>{}</strong></p>\n",
                 e(note)
             ));
+        }
+        if let Some(approved) = &self.approved {
+            h.push_str(&format!("<p><strong>{}</strong></p>\n", e(approved)));
+        }
+        if let Some(headline) = &self.headline {
+            h.push_str(&format!("<p><strong>{}</strong></p>\n", e(headline)));
         }
         h.push_str(&format!("<p>{}</p>\n", e(lead.trim())));
         h.push_str("<table>\n");
@@ -1340,6 +1421,7 @@ emails = ["c@example.org"]
             }],
             status: AlertStatus::Sent,
             trigger: crate::alerts::Trigger::Match,
+            assessment: None,
         }
     }
 

@@ -1,8 +1,11 @@
-//! `earlywarn alerts`: the review queue listed, one alert shown, and the
-//! verdicts of `approve` and `dismiss`.
+//! `earlywarn alerts`: the review queue listed, one alert shown with its
+//! decisions and history, and the verdicts of `approve` and `dismiss`.
 
-use super::local;
+use super::{OutputFormat, local};
+use crate::audit::{Actor, AuditEntry};
 use crate::display::escape_controls as esc;
+use crate::review::Decided;
+use crate::store::decisions::{DecisionRow, QueueOrder};
 use crate::store::{AlertRow, DeliveryRow, StoredAlert};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -44,11 +47,48 @@ pub fn write_list(
     Ok(())
 }
 
-/// `alerts show ID`: the alert, its records and where its emails went.
+/// `rows` in `order` (`alerts list --all`): oldest first, or by severity.
+pub fn sort_rows(rows: &mut [AlertRow], order: QueueOrder) {
+    let rank = |s: &str| match s {
+        "critical" => 0,
+        "warning" => 1,
+        _ => 2,
+    };
+    match order {
+        QueueOrder::Age => rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id))),
+        QueueOrder::Severity => rows.sort_by(|a, b| {
+            (rank(&a.severity), a.created_at, &a.id).cmp(&(rank(&b.severity), b.created_at, &b.id))
+        }),
+    }
+}
+
+/// What happened to an alert after it was raised, for `alerts show`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct History {
+    pub deliveries: Vec<DeliveryRow>,
+    pub decisions: Vec<DecisionRow>,
+    pub audit: Vec<AuditEntry>,
+}
+
+/// `alerts show ID --format json`.
+pub fn shown_json(stored: &StoredAlert, history: &History) -> serde_json::Value {
+    serde_json::json!({
+        "alert": stored.alert,
+        "status": stored.status.as_str(),
+        "reviewed_by": stored.reviewed_by,
+        "reviewed_at": stored.reviewed_at,
+        "decisions": history.decisions,
+        "audit": history.audit,
+        "deliveries": history.deliveries,
+    })
+}
+
+/// `alerts show ID`: the alert, its records, its decisions and history, and
+/// where its emails went.
 pub fn write_alert(
     out: &mut impl Write,
     stored: &StoredAlert,
-    deliveries: &[DeliveryRow],
+    history: &History,
     tz: &TimeZone,
 ) -> io::Result<()> {
     let a = &stored.alert;
@@ -87,8 +127,59 @@ pub fn write_alert(
             fields.join("  ")
         )?;
     }
+    if let Some(assessment) = &a.assessment {
+        if let Some(h) = &assessment.headline {
+            writeln!(out, "Headline  {}", esc(h))?;
+        }
+        if let Some(advice) = &assessment.advice {
+            writeln!(out, "Advice    {}", esc(advice))?;
+        }
+        if !assessment.left_out.is_empty() {
+            let left: Vec<String> = assessment
+                .left_out
+                .iter()
+                .map(|p| esc(p).into_owned())
+                .collect();
+            writeln!(out, "Left out  {}", left.join(", "))?;
+        }
+    }
+    writeln!(out, "Decisions")?;
+    if history.decisions.is_empty() {
+        writeln!(out, "  none yet")?;
+    }
+    for d in &history.decisions {
+        let partner = d
+            .partner
+            .as_deref()
+            .map(|p| format!(" for {}", esc(p)))
+            .unwrap_or_default();
+        let what = match (&d.edits, &d.reason) {
+            (_, Some(reason)) => format!(": {}", esc(reason)),
+            (Some(edits), None) => edits_summary(edits),
+            (None, None) => String::new(),
+        };
+        writeln!(
+            out,
+            "  {} {:<7} by {} ({}){partner}{what}",
+            show(d.at, tz),
+            esc(&d.kind),
+            esc(&d.display),
+            esc(&d.actor),
+        )?;
+    }
+    writeln!(out, "History")?;
+    for e in &history.audit {
+        writeln!(
+            out,
+            "  {} {:<12} {} from {}",
+            show(e.at, tz),
+            esc(&e.action),
+            esc(&e.actor),
+            esc(&e.source)
+        )?;
+    }
     writeln!(out, "Emails")?;
-    for d in deliveries {
+    for d in &history.deliveries {
         writeln!(
             out,
             "  {:<20} {:<6} {:<7} attempts={} {}",
@@ -102,8 +193,70 @@ pub fn write_alert(
     Ok(())
 }
 
+/// The edits of an approval in one line: ": headline, severity critical, left out x".
+fn edits_summary(edits: &crate::review::Edits) -> String {
+    let mut parts = Vec::new();
+    if edits.headline.is_some() {
+        parts.push("headline".to_string());
+    }
+    if edits.advice.is_some() {
+        parts.push("advice".to_string());
+    }
+    if let Some(s) = edits.severity {
+        parts.push(format!("severity {s}"));
+    }
+    if !edits.left_out.is_empty() {
+        let left: Vec<String> = edits.left_out.iter().map(|p| esc(p).into_owned()).collect();
+        parts.push(format!("left out {}", left.join(", ")));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": edited {}", parts.join(", "))
+    }
+}
+
+/// What `alerts approve` and `dismiss` say, as text or JSON.
+pub fn write_decided(
+    out: &mut impl Write,
+    id: &str,
+    actor: &Actor,
+    decided: &Decided,
+    format: OutputFormat,
+) -> io::Result<()> {
+    let by = if actor.id.ends_with(&format!(":{}", actor.display)) {
+        actor.id.clone()
+    } else {
+        format!("{} ({})", actor.display, actor.id)
+    };
+    if format == OutputFormat::Json {
+        let value = match decided {
+            Decided::Approved { partners } => {
+                serde_json::json!({ "id": id, "decided": "approved", "by": actor.id, "partners": partners })
+            }
+            Decided::ApprovalRecorded { have, need } => {
+                serde_json::json!({ "id": id, "decided": "approval_recorded", "by": actor.id, "have": have, "need": need })
+            }
+            Decided::Dismissed => {
+                serde_json::json!({ "id": id, "decided": "dismissed", "by": actor.id })
+            }
+        };
+        return super::write_json(out, &value);
+    }
+    let line = match decided {
+        Decided::Approved { partners } => approved(id, &by, partners),
+        Decided::ApprovalRecorded { have, need } => format!(
+            "approval {have} of {need} recorded for {} by {}: it goes out when another reviewer approves it",
+            esc(id),
+            esc(&by)
+        ),
+        Decided::Dismissed => dismissed(id, &by),
+    };
+    writeln!(out, "{line}")
+}
+
 /// What `alerts approve` says: who approved it and who it is queued for.
-pub fn approved(id: &str, by: &str, partners: &[String]) -> String {
+fn approved(id: &str, by: &str, partners: &[String]) -> String {
     format!(
         "approved {} by {}: queued for {}",
         esc(id),
@@ -117,7 +270,7 @@ pub fn approved(id: &str, by: &str, partners: &[String]) -> String {
 }
 
 /// What `alerts dismiss` says.
-pub fn dismissed(id: &str, by: &str) -> String {
+fn dismissed(id: &str, by: &str) -> String {
     format!("dismissed {} by {}", esc(id), esc(by))
 }
 
@@ -148,6 +301,55 @@ mod tests {
             list(&[row], false),
             "a1  2026-03-01 10:00 UTC  critical nitazene                         Bol\\x1bton   2 record(s)  in review\n"
         );
+    }
+
+    fn row(id: &str, severity: &str, at: &str) -> AlertRow {
+        AlertRow {
+            id: id.into(),
+            rule_id: "r".into(),
+            district: String::new(),
+            severity: severity.into(),
+            status: "in_review".into(),
+            created_at: at.parse().unwrap(),
+            event_count: 1,
+        }
+    }
+
+    #[test]
+    fn rows_sort_oldest_first_or_by_severity() {
+        let mut rows = vec![
+            row("c", "info", "2026-03-01T08:00:00Z"),
+            row("a", "critical", "2026-03-01T10:00:00Z"),
+            row("b", "warning", "2026-03-01T09:00:00Z"),
+            row("d", "critical", "2026-03-01T11:00:00Z"),
+        ];
+        sort_rows(&mut rows, QueueOrder::Age);
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["c", "b", "a", "d"]);
+        sort_rows(&mut rows, QueueOrder::Severity);
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "d", "b", "c"]);
+    }
+
+    #[test]
+    fn a_recorded_approval_says_how_many_are_in() {
+        let actor = Actor {
+            id: "unix:ana".into(),
+            display: "Dr Ana".into(),
+            source: "unix:ana".into(),
+        };
+        let mut out = Vec::new();
+        let decided = Decided::ApprovalRecorded { have: 1, need: 2 };
+        write_decided(&mut out, "EW-A", &actor, &decided, OutputFormat::Text).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "approval 1 of 2 recorded for EW-A by Dr Ana (unix:ana): it goes out when another reviewer approves it\n"
+        );
+        let mut out = Vec::new();
+        write_decided(&mut out, "EW-A", &actor, &decided, OutputFormat::Json).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["decided"], "approval_recorded");
+        assert_eq!(json["need"], 2);
     }
 
     #[test]

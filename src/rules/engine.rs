@@ -1472,6 +1472,7 @@ fn make_alert(
             AlertStatus::Sent
         },
         trigger,
+        assessment: None,
     }
 }
 

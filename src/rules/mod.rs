@@ -32,6 +32,10 @@ pub struct Rule {
     pub severity: Severity,
     pub notify: Vec<String>,
     pub review: Vec<String>,
+    /// How many different reviewers must approve before it goes to `notify` (1..=5).
+    pub approvals: u32,
+    /// Reviewers (and `ops`) are reminded once if a draft is still undecided this long after it was raised.
+    pub review_within: Option<Duration>,
     pub advice: Option<String>,
     pub cooldown: Option<Duration>,
     /// At most this many alerts from one file; further matches are folded
@@ -666,6 +670,7 @@ fn load_rule(
             .ok()
     });
     let max_alerts = max_alerts(&raw, report);
+    let (approvals, review_within) = review_keys(&raw, !review.is_empty(), report);
     if let (Some(fc), Some(when)) = (feed_config, &when) {
         check_rule_fields(&raw, fc, when, report);
     }
@@ -692,6 +697,8 @@ fn load_rule(
         severity,
         notify,
         review,
+        approvals,
+        review_within,
         advice: raw.advice,
         cooldown,
         max_alerts,
@@ -771,6 +778,44 @@ fn max_alerts(raw: &RawRule, report: &mut Report) -> u64 {
         Some(m) => *m.get_ref() as u64,
     }
 }
+
+/// `approvals` and `review_within`, which only mean something with a `review` list.
+fn review_keys(raw: &RawRule, reviewed: bool, report: &mut Report) -> (u32, Option<Duration>) {
+    let approvals = match &raw.approvals {
+        None => 1,
+        Some(a) if !(1..=i64::from(MAX_APPROVALS)).contains(a.get_ref()) => {
+            report.at(
+                a.span().start,
+                format!("`approvals` must be a whole number from 1 to {MAX_APPROVALS} (how many different reviewers must approve; default 1)"),
+            );
+            1
+        }
+        Some(a) => {
+            if *a.get_ref() > 1 && !reviewed {
+                report.at(
+                    a.span().start,
+                    "`approvals` needs reviewers: add `review = [\"partner-id\", ...]`",
+                );
+            }
+            *a.get_ref() as u32
+        }
+    };
+    let review_within = raw.review_within.as_ref().and_then(|w| {
+        if !reviewed {
+            report.at(
+                w.span().start,
+                "`review_within` needs reviewers: add `review = [\"partner-id\", ...]`",
+            );
+        }
+        parse_duration(w.get_ref())
+            .map_err(|message| report.at(w.span().start, message))
+            .ok()
+    });
+    (approvals, review_within)
+}
+
+/// The most `approvals` a rule may ask for: a panel is a handful of people.
+pub const MAX_APPROVALS: u32 = 5;
 
 /// The message for a field a feed that declares its columns does not have.
 fn no_such_field(name: &str, columns: &[String], feed: &str) -> Option<String> {
@@ -939,6 +984,8 @@ struct RawRule {
     notify: Vec<Spanned<String>>,
     #[serde(default)]
     review: Vec<Spanned<String>>,
+    approvals: Option<Spanned<i64>>,
+    review_within: Option<Spanned<String>>,
     advice: Option<String>,
     cooldown: Option<Spanned<String>>,
     max_alerts: Option<Spanned<i64>>,
@@ -1153,6 +1200,49 @@ group_by = ["district"]
                 .to_string();
             assert!(err.starts_with("r.toml:5:"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn approvals_and_review_within_need_reviewers_and_sane_values() {
+        let rule = "[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\n";
+        let reviewed = format!("{rule}review = [\"dews-panel\"]\n");
+        let loaded = load(&reviewed).unwrap();
+        assert_eq!(loaded.rules[0].approvals, 1);
+        assert_eq!(loaded.rules[0].review_within, None);
+        let loaded = load(&format!(
+            "{reviewed}approvals = 2\nreview_within = \"4h\"\n"
+        ))
+        .unwrap();
+        assert_eq!(loaded.rules[0].approvals, 2);
+        assert_eq!(
+            loaded.rules[0].review_within,
+            Some(Duration::from_secs(4 * 3600))
+        );
+        let err = load(&format!("{reviewed}approvals = 6\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "r.toml:6:13: `approvals` must be a whole number from 1 to 5 (how many different reviewers must approve; default 1)"
+        );
+        let err = load(&format!("{rule}approvals = 2\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "r.toml:5:13: `approvals` needs reviewers: add `review = [\"partner-id\", ...]`"
+        );
+        let err = load(&format!("{rule}review_within = \"4h\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("r.toml:5:17: `review_within` needs reviewers"),
+            "{err}"
+        );
+        let err = load(&format!("{reviewed}review_within = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("r.toml:6:17: "), "{err}");
     }
 
     #[test]
