@@ -15,7 +15,8 @@
 //!   [`web`]: the console; [`accept`]: what accept loops share.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
 //! - [`report`]: what the command line prints (status, alerts, replay, check and test results).
-//! - [`review`]: approving or dismissing alerts held for review; [`audit`]: who did what.
+//! - [`review`]: approving or dismissing alerts held for review; [`audit`]: who did what;
+//!   [`accounts`]: console accounts, logins and sessions.
 //! - [`ruletest`]: `earlywarn test`, rule tests for the people who write rules.
 //! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
 //! - [`display`]: untrusted text escaped for logs and terminals.
@@ -24,6 +25,7 @@
 //! no I/O and never reads the clock: callers pass `now`.
 
 pub mod accept;
+pub mod accounts;
 pub mod alerts;
 pub mod audit;
 pub mod config;

@@ -90,6 +90,56 @@ enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+    /// Console accounts: add, list, set a password, disable, enable.
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+    /// The audit log: every login, decision and account change, who, when and from where.
+    Audit {
+        /// Only entries this recent: "1h", "7d", "1h30m".
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Add an account. The password is asked twice on the terminal, or read from standard input.
+    Add {
+        /// The login: letters a-z, digits, `.`, `_`, `-` (any case is taken as lower case).
+        name: String,
+        /// viewer (sees alerts), reviewer (decides drafts for its partner) or admin.
+        #[arg(long)]
+        role: String,
+        /// The partner (a config `[[partner]]` id) the person works for.
+        #[arg(long)]
+        partner: Option<String>,
+        /// The person's name as emails and pages show it [default: the login].
+        #[arg(long)]
+        display: Option<String>,
+        /// Read the password from the first line of standard input instead of the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Every account with its role, partner and state.
+    List {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Set a new password (ends the account's sessions and lifts a lock).
+    Passwd {
+        name: String,
+        /// Read the password from the first line of standard input instead of the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable an account: it cannot log in, and its sessions end now.
+    Disable { name: String },
+    /// Enable a disabled account again.
+    Enable { name: String },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +376,8 @@ fn dispatch(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCod
         Command::Alerts { action } => alerts(config, action),
         Command::SendTestEmail { to } => send_test_email(config, &to),
         Command::Outbox { action } => outbox(config, action),
+        Command::Users { action } => users(config, action),
+        Command::Audit { since, format } => audit(config, since.as_deref(), format),
     }
 }
 
@@ -647,6 +699,176 @@ fn outbox(config: Option<PathBuf>, action: OutboxAction) -> anyhow::Result<ExitC
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn users(config: Option<PathBuf>, action: UsersAction) -> anyhow::Result<ExitCode> {
+    use earlywarn::accounts::{self, AccountError, NewAccount, Role};
+    let account_error = |e: AccountError| -> anyhow::Error {
+        if e.is_user_error() {
+            UserError(e.to_string()).into()
+        } else {
+            e.into()
+        }
+    };
+    let config = load_config(config)?;
+    let store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
+    // The Unix account of this process's uid; with no display name this cannot fail.
+    let actor = earlywarn::audit::Actor::unix(None)?;
+    let now = jiff::Timestamp::now();
+    let out = &mut std::io::stdout().lock();
+    use std::io::Write;
+    match action {
+        UsersAction::Add {
+            name,
+            role,
+            partner,
+            display,
+            password_stdin,
+        } => {
+            // Everything but the password is checked first: nobody types a
+            // password twice to hear that the name was wrong.
+            let name = accounts::normalise_name(&name).map_err(account_error)?;
+            let role = Role::parse(&role).ok_or_else(|| {
+                UserError(format!(
+                    "unknown role `{}`; the roles are viewer, reviewer, admin",
+                    esc(&role)
+                ))
+            })?;
+            if let Some(p) = &partner
+                && !config.partners.iter().any(|known| &known.id == p)
+            {
+                return Err(UserError(earlywarn::config::unknown_partner_message(
+                    &esc(p),
+                    &config.partners,
+                ))
+                .into());
+            }
+            if store.account(&name)?.is_some() {
+                return Err(account_error(AccountError::Exists(name)));
+            }
+            let password = read_password(password_stdin)?;
+            let new = NewAccount {
+                name,
+                display,
+                role,
+                partner,
+                password,
+            };
+            let added = accounts::add(&store, &new, &actor, now).map_err(account_error)?;
+            writeln!(out, "{}", report::users::added(&added))?;
+        }
+        UsersAction::List { format } => {
+            let all = store.accounts()?;
+            match format {
+                OutputFormat::Json => report::write_json(out, &all)?,
+                OutputFormat::Text => {
+                    report::users::write_list(out, &all, &config.daemon.timezone, now)?
+                }
+            }
+        }
+        UsersAction::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let name = accounts::normalise_name(&name).map_err(account_error)?;
+            if store.account(&name)?.is_none() {
+                return Err(account_error(AccountError::NotFound(name)));
+            }
+            let password = read_password(password_stdin)?;
+            let changed = accounts::set_password(&store, &name, &password, &actor, now)
+                .map_err(account_error)?;
+            writeln!(
+                out,
+                "{}; its sessions have ended",
+                report::users::changed(&changed, "set a new password for")
+            )?;
+        }
+        UsersAction::Disable { name } => {
+            let changed =
+                accounts::set_disabled(&store, &name, true, &actor, now).map_err(account_error)?;
+            writeln!(
+                out,
+                "{}; its sessions have ended",
+                report::users::changed(&changed, "disabled")
+            )?;
+        }
+        UsersAction::Enable { name } => {
+            let changed =
+                accounts::set_disabled(&store, &name, false, &actor, now).map_err(account_error)?;
+            writeln!(out, "{}", report::users::changed(&changed, "enabled"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new password: the first line of standard input, or typed twice on the
+/// terminal without echo. Never logged or printed.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    use earlywarn::accounts::{MAX_PASSWORD_BYTES, check_password};
+    let password = if from_stdin {
+        use std::io::{BufRead, Read};
+        let mut line = String::new();
+        // Bounded: a longer line is refused as too long all the same.
+        std::io::stdin()
+            .lock()
+            .take(MAX_PASSWORD_BYTES as u64 + 2)
+            .read_line(&mut line)
+            .map_err(|e| UserError(format!("cannot read the password from standard input: {e}")))?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            return Err(UserError(
+                "no password on standard input (--password-stdin reads its first line)".into(),
+            )
+            .into());
+        }
+        line.to_string()
+    } else {
+        let no_terminal = |e: std::io::Error| {
+            UserError(format!(
+                "cannot ask for the password on the terminal ({e}); give it on standard input with --password-stdin"
+            ))
+        };
+        let first = rpassword::prompt_password("New password: ").map_err(no_terminal)?;
+        check_password(&first).map_err(|e| UserError(e.to_string()))?;
+        let again = rpassword::prompt_password("The same again: ").map_err(no_terminal)?;
+        if first != again {
+            return Err(UserError("the two passwords differ; nothing was changed".into()).into());
+        }
+        first
+    };
+    check_password(&password).map_err(|e| UserError(e.to_string()))?;
+    Ok(password)
+}
+
+fn audit(
+    config: Option<PathBuf>,
+    since: Option<&str>,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    /// The newest this many are shown: more is for `--format json` and a script.
+    const MAX_ENTRIES: usize = 100_000;
+    let config = load_config(config)?;
+    let now = jiff::Timestamp::now();
+    let since = match since {
+        None => None,
+        Some(text) => {
+            let d = earlywarn::config::parse_duration(text)
+                .map_err(|e| UserError(format!("--since: {e}")))?;
+            // A span reaching before the epoch means everything.
+            jiff::SignedDuration::try_from(d)
+                .ok()
+                .and_then(|d| now.checked_sub(d).ok())
+        }
+    };
+    let store = earlywarn::store::Store::open(&config.daemon.state_dir)?;
+    let entries = store.audit_since(since, MAX_ENTRIES)?;
+    let out = &mut std::io::stdout().lock();
+    match format {
+        OutputFormat::Json => report::write_json(out, &entries)?,
+        OutputFormat::Text => report::audit::write_list(out, &entries, &config.daemon.timezone)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,10 +8,12 @@
 //! output is escaped by serde.
 
 pub mod alerts;
+pub mod audit;
 pub mod check;
 pub mod outbox;
 pub mod replay;
 pub mod status;
+pub mod users;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
