@@ -99,6 +99,8 @@ pub struct MailConfig {
     pub from: String,
     /// `Reply-To` of every email, where partners' replies should go (a mailbox like `from`).
     pub reply_to: Option<String>,
+    /// Who to contact about an alert, in words: the last line of every alert email.
+    pub contact: Option<String>,
     pub marking: String,
     pub transport: Transport,
     /// Bound on every SMTP exchange (connect, each command, the whole send).
@@ -202,6 +204,8 @@ pub struct FeedConfig {
     pub max_future: Duration,
     /// xlsx/ods: the sheet to read; `None` means the first.
     pub sheet: Option<String>,
+    /// Field name → the label emails show for it (`linked_harm` → "Linked harm").
+    pub labels: BTreeMap<String, String>,
 }
 
 impl FeedConfig {
@@ -232,6 +236,16 @@ impl FeedConfig {
         self.field_keys
             .as_ref()
             .is_none_or(|keys| keys.contains(&field_key(field)))
+    }
+
+    /// The label emails show for `field`: the feed's `labels` (matched like
+    /// redaction matches names), else `None` and the caller words the name.
+    pub fn label(&self, field: &str) -> Option<&str> {
+        let key = field_key(field);
+        self.labels
+            .iter()
+            .find(|(name, _)| field_key(name) == key)
+            .map(|(_, label)| label.as_str())
     }
 }
 
@@ -576,6 +590,10 @@ impl<'a> Sections<'a> {
         MailConfig {
             from,
             reply_to: m.reply_to.map(Spanned::into_inner),
+            contact: m
+                .contact
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty()),
             marking: m.marking.unwrap_or_else(|| "OFFICIAL-SENSITIVE".into()),
             transport,
             timeout,
@@ -762,6 +780,12 @@ impl<'a> Sections<'a> {
             delimiter,
             max_future,
             sheet: f.sheet,
+            labels: f
+                .labels
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.into_inner(), v))
+                .collect(),
         }
     }
 
@@ -822,6 +846,21 @@ impl<'a> Sections<'a> {
                     format!(
                         "feed `{}`: {label} `{v}` is not among its `fields`",
                         f.name.get_ref()
+                    ),
+                );
+            }
+        }
+        // A label for a column the feed does not have is a typo: it would
+        // silently label nothing.
+        for field in f.labels.iter().flat_map(|l| l.keys()) {
+            let key = field_key(field.get_ref());
+            if !columns.iter().any(|c| field_key(c) == key) {
+                self.error(
+                    field.span(),
+                    format!(
+                        "feed `{}`: labels names `{}`, which is not among its `fields`",
+                        f.name.get_ref(),
+                        field.get_ref()
                     ),
                 );
             }
@@ -1091,6 +1130,7 @@ struct RawDaemon {
 struct RawMail {
     from: Option<Spanned<String>>,
     reply_to: Option<Spanned<String>>,
+    contact: Option<String>,
     transport: Option<Spanned<String>>,
     file_dir: Option<String>,
     host: Option<Spanned<String>>,
@@ -1126,6 +1166,7 @@ struct RawFeed {
     delimiter: Option<Spanned<String>>,
     max_future: Option<Spanned<String>>,
     sheet: Option<String>,
+    labels: Option<BTreeMap<Spanned<String>, String>>,
 }
 
 #[derive(Deserialize)]
@@ -1390,6 +1431,43 @@ districts = ["Bolton"]
             ),
             "the default district field counts too: {shown}"
         );
+    }
+
+    #[test]
+    fn labels_name_declared_columns_and_a_contact_line_is_kept() {
+        let text = MINIMAL
+            .replace(
+                "dir = \"in/drug\"",
+                "dir = \"in/drug\"\nfields = [\"sample_id\", \"linked_harm\"]\nlabels = { linked_harm = \"Linked harm\", linked_harms = \"Typo\" }",
+            )
+            .replace(
+                "transport = \"file\"",
+                "transport = \"file\"\ncontact = \"  Call the panel on 0161 000 0000.  \"",
+            );
+        let shown = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            shown,
+            "c.toml:11:41: feed `drug_testing`: labels names `linked_harms`, which is not among its `fields`"
+        );
+        let config = Config::parse(
+            Path::new("c.toml"),
+            &text.replace(", linked_harms = \"Typo\"", ""),
+        )
+        .unwrap();
+        assert_eq!(config.feeds[0].label("Linked Harm"), Some("Linked harm"));
+        assert_eq!(config.feeds[0].label("sample_id"), None);
+        assert_eq!(
+            config.mail.contact.as_deref(),
+            Some("Call the panel on 0161 000 0000.")
+        );
+        // Without `fields`, any column may be labelled.
+        let free = MINIMAL.replace(
+            "dir = \"in/drug\"",
+            "dir = \"in/drug\"\nlabels = { anything = \"Anything\" }",
+        );
+        assert!(Config::parse(Path::new("c.toml"), &free).is_ok());
     }
 
     #[test]

@@ -332,7 +332,10 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
             }
             _ = tokio::time::sleep(settle_wait) => intake.process_ready(),
             _ = rescan_timer.tick() => intake.rescan(),
-            _ = clock_timer.tick() => intake.tick(),
+            _ = clock_timer.tick() => {
+                intake.tick();
+                intake.remind();
+            }
             _ = ops_timer.tick() => intake.flush_ops(),
             _ = heartbeat_timer.tick() => {}
         }
@@ -363,6 +366,12 @@ fn record_reload(store: &Store, loaded: Option<usize>, error: Option<&str>) {
         result = result.and_then(|()| store.set_meta("rules_loaded", &n.to_string()));
     }
     result = result.and_then(|()| store.set_meta("last_reload_error", error.unwrap_or("")));
+    // Kept after a later reload succeeds, so `status` can still say what was refused.
+    if let Some(error) = error {
+        result = result
+            .and_then(|()| store.set_meta("last_refused_at", &now))
+            .and_then(|()| store.set_meta("last_refused_error", error));
+    }
     if let Err(e) = result {
         tracing::warn!(error = %e, "Cannot record the reload in the database");
     }
@@ -562,6 +571,11 @@ impl Intake<'_> {
             None => {
                 if self.paused.remove(&feed.name).is_some() {
                     tracing::info!(feed = %feed.name, "Feed resumed: its folders are in order again");
+                    self.ops.cleared(
+                        ProblemKind::FeedUnreadable,
+                        format!("{} resumed: its folders are in order again", feed.name),
+                        Timestamp::now(),
+                    );
                     if let Err(e) = self.store.set_meta(&key, "") {
                         tracing::warn!(error = %e, "Cannot record the resumed feed for status");
                     }
@@ -639,6 +653,18 @@ impl Intake<'_> {
                 self.settler = Settler::new(config.daemon.settle);
                 self.engine.replace_rules(rules.clone());
                 self.config = Arc::new(config);
+                // Ops were told of the refusal: tell them it is over.
+                if self
+                    .store
+                    .meta("last_reload_error")
+                    .is_ok_and(|e| e.is_some_and(|e| !e.is_empty()))
+                {
+                    self.ops.cleared(
+                        ProblemKind::ReloadRefused,
+                        format!("{} rules in force ({why})", rules.rules.len()),
+                        Timestamp::now(),
+                    );
+                }
                 record_reload(self.store, Some(rules.rules.len()), None);
                 self.metrics.reload(true);
                 // Folders may have changed: look at them now.
@@ -685,6 +711,22 @@ impl Intake<'_> {
             Err(e) => {
                 tracing::error!(error = %e, "Cannot record overdue deadlines or silent feeds; will retry")
             }
+        }
+    }
+
+    /// Queues the `review_within` and `ack_within` reminders due now (`lifecycle`).
+    fn remind(&mut self) {
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        let now = Timestamp::now();
+        let rules = self.engine.rules();
+        match tokio::task::block_in_place(|| {
+            crate::lifecycle::send_reminders(&self.config, rules, self.store, now)
+        }) {
+            Ok(reminded) if reminded.is_empty() => {}
+            Ok(_) => self.wake_outbox.notify_one(),
+            Err(e) => tracing::error!(error = %e, "Cannot send the reminders due; will retry"),
         }
     }
 

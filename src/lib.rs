@@ -26,6 +26,7 @@
 
 pub mod accept;
 pub mod accounts;
+pub mod ack;
 pub mod alerts;
 pub mod audit;
 pub mod config;
@@ -35,6 +36,7 @@ pub mod diagnostic;
 pub mod display;
 pub mod event;
 pub mod feeds;
+pub mod lifecycle;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;

@@ -219,6 +219,30 @@ enum AlertsAction {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// Send `UPDATE N:` with the alert's subject and your text to every partner that received it.
+    Update {
+        id: String,
+        /// What partners should know now.
+        #[arg(long)]
+        text: String,
+        /// Your name as recorded beside your Unix account (which is always recorded, from your uid).
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Send `WITHDRAWN:` with the alert's subject and your reason to every partner that received it.
+    Withdraw {
+        id: String,
+        /// Why partners should disregard it.
+        #[arg(long)]
+        reason: String,
+        /// Your name as recorded beside your Unix account (which is always recorded, from your uid).
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
 }
 
 /// `alerts list --sort`.
@@ -552,6 +576,7 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
                 deliveries: store.deliveries_of(&id)?,
                 decisions: store.decisions_of(&id)?,
                 audit: store.audit_of_alert(&id)?,
+                acks: store.acks_of(&id)?,
             };
             match format {
                 OutputFormat::Json => {
@@ -617,8 +642,53 @@ fn alerts(config: Option<PathBuf>, action: AlertsAction) -> anyhow::Result<ExitC
             .map_err(user_error)?;
             report::alerts::write_decided(out, &normalise_id(&id), &actor, &decided, format)?;
         }
+        AlertsAction::Update {
+            id,
+            text,
+            by,
+            format,
+        } => {
+            let actor = Actor::unix(by.as_deref()).map_err(user_error)?;
+            let notified = earlywarn::lifecycle::update(
+                &config,
+                &mut store,
+                &id,
+                &text,
+                &actor,
+                jiff::Timestamp::now(),
+            )
+            .map_err(lifecycle_error)?;
+            report::alerts::write_notified(out, &notified, format)?;
+        }
+        AlertsAction::Withdraw {
+            id,
+            reason,
+            by,
+            format,
+        } => {
+            let actor = Actor::unix(by.as_deref()).map_err(user_error)?;
+            let notified = earlywarn::lifecycle::withdraw(
+                &config,
+                &mut store,
+                &id,
+                &reason,
+                &actor,
+                jiff::Timestamp::now(),
+            )
+            .map_err(lifecycle_error)?;
+            report::alerts::write_notified(out, &notified, format)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A lifecycle error as the CLI reports it: the person's to fix (exit 1) or ours (exit 2).
+fn lifecycle_error(e: earlywarn::lifecycle::LifecycleError) -> anyhow::Error {
+    if e.is_user_error() {
+        UserError(e.to_string()).into()
+    } else {
+        e.into()
+    }
 }
 
 fn outbox(config: Option<PathBuf>, action: OutboxAction) -> anyhow::Result<ExitCode> {

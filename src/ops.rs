@@ -40,6 +40,7 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    /// The problem in a few words, for one problem of the email.
     fn describe(self) -> &'static str {
         match self {
             ProblemKind::ReloadRefused => "rule reload refused (the previous rules stay in force)",
@@ -50,6 +51,38 @@ impl ProblemKind {
             ProblemKind::AlertReachesNobody => {
                 "alert reaches nobody (no partner on the rule's list covers it)"
             }
+        }
+    }
+
+    /// What `n` problems of this kind are, for the subject
+    /// ("1 file rejected in drug_testing"); `feeds` are the feeds they are in.
+    fn headline(self, n: usize, feeds: &[String]) -> String {
+        let s = if n == 1 { "" } else { "s" };
+        let of_feeds = if feeds.is_empty() {
+            String::new()
+        } else {
+            format!(" in {}", feeds.join(", "))
+        };
+        match self {
+            ProblemKind::ReloadRefused => "new rules refused".into(),
+            ProblemKind::DeliveryFailed => {
+                format!("{n} email{s} refused for good by the mail server")
+            }
+            ProblemKind::FileRejected => format!("{n} file{s} rejected{of_feeds}"),
+            ProblemKind::RowsRejected => format!("rows rejected in {n} file{s}{of_feeds}"),
+            ProblemKind::FeedUnreadable => format!("feed folder cannot be read{of_feeds}"),
+            ProblemKind::AlertReachesNobody => format!("{n} alert{s} reached nobody"),
+        }
+    }
+
+    /// The same problem, once it has gone away.
+    fn cleared(self) -> &'static str {
+        match self {
+            ProblemKind::ReloadRefused => "rules reloaded: the refused rules were fixed",
+            ProblemKind::FeedUnreadable => "feed folder readable again",
+            ProblemKind::DeliveryFailed => "the mail server accepts emails again",
+            ProblemKind::FileRejected | ProblemKind::RowsRejected => "files accepted again",
+            ProblemKind::AlertReachesNobody => "alerts reach partners again",
         }
     }
 }
@@ -64,6 +97,17 @@ pub struct Problem {
     /// from ops partners without the ISA, like any record's sensitive fields.
     pub quoted: Option<String>,
     pub at: Timestamp,
+    /// This is not a problem but the news that one of its kind has gone away.
+    pub cleared: bool,
+}
+
+impl Problem {
+    /// The feed a problem is in. The daemon writes a file's problems as
+    /// `FEED/FILE...` and a folder's as `FEED ...`: feed names have neither.
+    fn feed(&self, config: &Config) -> Option<String> {
+        let first = self.detail.split(['/', ' ', ':']).next()?;
+        config.feed(first).map(|f| f.name.clone())
+    }
 }
 
 /// The field of a self-alert record that holds [`Problem::quoted`].
@@ -88,7 +132,13 @@ pub struct OpsNotifier {
 
 impl OpsNotifier {
     pub fn report(&self, kind: ProblemKind, detail: impl Into<String>, at: Timestamp) {
-        self.push(kind, detail.into(), None, at);
+        self.push(kind, detail.into(), None, at, false);
+    }
+
+    /// Reports that a problem reported earlier has gone away (a refused rule
+    /// set fixed, a feed folder readable again), so ops are not left worrying.
+    pub fn cleared(&self, kind: ProblemKind, detail: impl Into<String>, at: Timestamp) {
+        self.push(kind, detail.into(), None, at, true);
     }
 
     /// Reports a problem whose `quoted` part may hold a file's contents (see [`Problem::quoted`]).
@@ -99,10 +149,17 @@ impl OpsNotifier {
         quoted: impl Into<String>,
         at: Timestamp,
     ) {
-        self.push(kind, detail.into(), Some(quoted.into()), at);
+        self.push(kind, detail.into(), Some(quoted.into()), at, false);
     }
 
-    fn push(&self, kind: ProblemKind, detail: String, quoted: Option<String>, at: Timestamp) {
+    fn push(
+        &self,
+        kind: ProblemKind,
+        detail: String,
+        quoted: Option<String>,
+        at: Timestamp,
+        cleared: bool,
+    ) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.problems.len() < MAX_LISTED {
             s.problems.push(Problem {
@@ -110,6 +167,7 @@ impl OpsNotifier {
                 detail,
                 quoted,
                 at,
+                cleared,
             });
         } else {
             s.more += 1;
@@ -133,7 +191,83 @@ impl OpsNotifier {
     }
 }
 
-/// The rule that self-alerts are rendered as.
+/// The subject of a self-alert after its marking: the problem named
+/// ("earlywarn: 1 file rejected in drug_testing"), and whether it has
+/// since cleared.
+fn subject(config: &Config, problems: &[Problem], more: u64) -> String {
+    let mut kinds: Vec<ProblemKind> = Vec::new();
+    for p in problems.iter().filter(|p| !p.cleared) {
+        if !kinds.contains(&p.kind) {
+            kinds.push(p.kind);
+        }
+    }
+    let of_kind = |kind: ProblemKind| -> (usize, Vec<String>) {
+        let of: Vec<&Problem> = problems
+            .iter()
+            .filter(|p| p.kind == kind && !p.cleared)
+            .collect();
+        let mut feeds: Vec<String> = of.iter().filter_map(|p| p.feed(config)).collect();
+        feeds.sort();
+        feeds.dedup();
+        (of.len(), feeds)
+    };
+    // Cleared after it was reported, within this one email.
+    let since_cleared = |kind: ProblemKind| {
+        let last_report = problems
+            .iter()
+            .filter(|p| p.kind == kind && !p.cleared)
+            .map(|p| p.at)
+            .max();
+        problems
+            .iter()
+            .any(|p| p.kind == kind && p.cleared && Some(p.at) >= last_report)
+    };
+    if kinds.is_empty() {
+        let cleared: Vec<&str> = problems.iter().map(|p| p.kind.cleared()).collect();
+        return format!("earlywarn: cleared: {}", cleared.join("; "));
+    }
+    // Two kinds are named; more are counted.
+    let named: Vec<String> = kinds
+        .iter()
+        .take(2)
+        .map(|&kind| {
+            let (n, feeds) = of_kind(kind);
+            let cleared = if since_cleared(kind) {
+                " (since cleared)"
+            } else {
+                ""
+            };
+            format!("{}{cleared}", kind.headline(n, &feeds))
+        })
+        .collect();
+    let mut subject = format!("earlywarn: {}", named.join("; "));
+    let others = kinds.len().saturating_sub(2) as u64 + more;
+    if others > 0 {
+        subject.push_str(&format!(
+            "; and {others} more problem{}",
+            if others == 1 { "" } else { "s" }
+        ));
+    }
+    subject
+}
+
+/// The email's lead: how many problems, and what has cleared since.
+fn lead(problems: &[Problem], more: u64) -> String {
+    let open = problems.iter().filter(|p| !p.cleared).count() as u64 + more;
+    let cleared: Vec<&Problem> = problems.iter().filter(|p| p.cleared).collect();
+    let mut lead = match open {
+        0 => String::from("A problem earlywarn reported earlier has gone away."),
+        1 => String::from("earlywarn has a problem that needs someone to look at it."),
+        n => format!("earlywarn has {n} problems that need someone to look at them."),
+    };
+    if open > 0 && !cleared.is_empty() {
+        lead.push_str(" Some have cleared since: see below.");
+    }
+    lead
+}
+
+/// The rule that self-alerts are rendered as: its name is the subject and
+/// its description the lead, so the email says what is wrong.
 pub fn ops_rule(config: &Config) -> Rule {
     Rule {
         id: OPS_RULE_ID.into(),
@@ -148,6 +282,7 @@ pub fn ops_rule(config: &Config) -> Rule {
         review: Vec::new(),
         approvals: 1,
         review_within: None,
+        ack_within: None,
         advice: Some(
             "Look at `earlywarn status` and the daemon's log (journalctl -u earlywarn). Rejected files and their reasons are in each feed's rejected/ folder; fix and drop them again. A refused rule set: run `earlywarn check`.".into(),
         ),
@@ -171,7 +306,9 @@ pub fn build(
     if problems.is_empty() || config.daemon.ops.is_empty() {
         return None;
     }
-    let rule = ops_rule(config);
+    let mut rule = ops_rule(config);
+    rule.name = subject(config, problems, more);
+    rule.description = Some(lead(problems, more));
     let events: Vec<Event> = problems
         .iter()
         .map(|p| Event {
@@ -180,7 +317,14 @@ pub fn build(
             time: p.at,
             fields: {
                 let mut fields = crate::event::Fields::from([
-                    ("problem", Value::Text(p.kind.describe().into())),
+                    (
+                        "problem",
+                        Value::Text(if p.cleared {
+                            format!("cleared: {}", p.kind.cleared()).into()
+                        } else {
+                            p.kind.describe().into()
+                        }),
+                    ),
                     ("detail", Value::Text(p.detail.as_str().into())),
                 ]);
                 if let Some(quoted) = &p.quoted {
@@ -301,6 +445,7 @@ mod tests {
             detail: "rules/x.toml:3:8: unknown feed".into(),
             quoted: None,
             at: Timestamp::UNIX_EPOCH,
+            cleared: false,
         }];
         let (alert, emails) = build(&config, &problems, 0, Timestamp::UNIX_EPOCH).unwrap();
         assert!(alert.id.starts_with(OPS_ALERT_PREFIX));
@@ -310,7 +455,82 @@ mod tests {
             "ops partners get it whatever districts they cover"
         );
         assert!(emails[0].1.text.contains("rules/x.toml:3:8: unknown feed"));
-        assert!(emails[0].1.subject.contains("earlywarn needs attention"));
+        assert_eq!(
+            emails[0].1.subject,
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: new rules refused"
+        );
+        let text = &emails[0].1.text;
+        assert!(!text.contains("District:"), "{text}");
+        assert!(!text.contains("matching record"), "{text}");
+    }
+
+    #[test]
+    fn the_subject_names_the_problem_and_says_when_it_cleared() {
+        let config = Config::parse(
+            Path::new("/x/c.toml"),
+            "[daemon]\nops = [\"ops\"]\n[mail]\ntransport = \"file\"\n[[feed]]\nname = \"drug_testing\"\ndir = \"in\"\n[[feed]]\nname = \"incidents\"\ndir = \"inc\"\n[[partner]]\nid = \"ops\"\nemails = [\"ops@example.org\"]\n",
+        )
+        .unwrap();
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let problem = |kind, detail: &str, t: i64, cleared| Problem {
+            kind,
+            detail: detail.into(),
+            quoted: None,
+            at: at(t),
+            cleared,
+        };
+        let subject = |problems: &[Problem], more| {
+            let (_, emails) = build(&config, problems, more, at(100)).unwrap();
+            emails[0].1.subject.clone()
+        };
+        let rejected = |feed: &str, t| {
+            problem(
+                ProblemKind::FileRejected,
+                &format!("{feed}/a.csv"),
+                t,
+                false,
+            )
+        };
+        assert_eq!(
+            subject(&[rejected("drug_testing", 1)], 0),
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: 1 file rejected in drug_testing"
+        );
+        assert_eq!(
+            subject(
+                &[
+                    rejected("drug_testing", 1),
+                    rejected("incidents", 2),
+                    rejected("drug_testing", 3)
+                ],
+                4
+            ),
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: 3 files rejected in drug_testing, incidents; and 4 more problems"
+        );
+        let refused = problem(ProblemKind::ReloadRefused, "r.toml:1:1: x", 5, false);
+        let fixed = problem(ProblemKind::ReloadRefused, "24 rules in force", 6, true);
+        assert_eq!(
+            subject(&[refused.clone(), fixed.clone()], 0),
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: new rules refused (since cleared)"
+        );
+        let (_, emails) = build(&config, std::slice::from_ref(&fixed), 0, at(100)).unwrap();
+        assert_eq!(
+            emails[0].1.subject,
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: cleared: rules reloaded: the refused rules were fixed"
+        );
+        assert!(
+            emails[0]
+                .1
+                .text
+                .contains("A problem earlywarn reported earlier has gone away."),
+            "{}",
+            emails[0].1.text
+        );
+        // Refused again after the fix: not cleared.
+        let again = problem(ProblemKind::ReloadRefused, "r.toml:2:1: y", 7, false);
+        assert_eq!(
+            subject(&[refused, fixed, again], 0),
+            "OFFICIAL-SENSITIVE [WARNING] earlywarn: new rules refused"
+        );
     }
 
     /// A file without a header line: its first record is echoed as the "header"
@@ -329,6 +549,7 @@ mod tests {
                 "the header has no `sample_id` column: S1 | Bolton | 12 Market St ZZSECRET".into(),
             ),
             at: Timestamp::UNIX_EPOCH,
+            cleared: false,
         }];
         let (_, emails) = build(&config, &problems, 0, Timestamp::UNIX_EPOCH).unwrap();
         let by_partner: BTreeMap<&str, &RenderedEmail> =

@@ -34,7 +34,7 @@
 //! was made, and every alert is recorded with its emails when it is raised,
 //! so a deadline opened and closed by one batch finds its opening notice.
 
-use crate::alerts::render::{RenderedEmail, Templates, render_in_thread, thread_key};
+use crate::alerts::render::{Extras, RenderedEmail, Templates, render_with, thread_key};
 use crate::alerts::{Alert, Audience, Delivery, first_audience, route};
 use crate::config::Config;
 use crate::event::Event;
@@ -64,6 +64,12 @@ pub trait Ledger {
         thread: &str,
         partner_id: &str,
     ) -> Result<Option<String>, Self::Error>;
+
+    /// The key that signs acknowledgement links (SPEC §10), if this ledger
+    /// keeps one: replay and rule tests send nothing, so need none.
+    fn ack_key(&mut self) -> Result<Option<[u8; 32]>, Self::Error> {
+        Ok(None)
+    }
 
     /// An alert with its outbound emails (none when it reaches nobody).
     fn record_alert(
@@ -253,13 +259,18 @@ impl<'a> Pipeline<'a> {
                 });
                 continue;
             }
-            let emails = render_deliveries(
+            let ack_key = match &self.config.web {
+                Some(_) => ledger.ack_key()?,
+                None => None,
+            };
+            let emails = render_deliveries_with_acks(
                 self.config,
                 &alert,
                 rule,
                 &rules.templates,
                 &deliveries,
                 |thread, partner| ledger.first_in_thread(thread, partner),
+                ack_links(self.config, ack_key.as_ref(), &alert.id, now),
             )?;
             ledger.record_alert(&alert, &emails, now)?;
             let first_email = emails.first().map(|o| EmailGist {
@@ -375,17 +386,64 @@ pub fn render_deliveries<E>(
     rule: &Rule,
     templates: &Templates,
     deliveries: &[Delivery<'_>],
+    first_in_thread: impl FnMut(&str, &str) -> Result<Option<String>, E>,
+) -> Result<Vec<Outbound>, E> {
+    render_deliveries_with_acks(
+        config,
+        alert,
+        rule,
+        templates,
+        deliveries,
+        first_in_thread,
+        |_| None,
+    )
+}
+
+/// The acknowledgement link of each `notify` delivery of alert `alert_id`
+/// (SPEC §10), when `[web]` is set and the ledger keeps a key; signed at `now`.
+pub fn ack_links<'k>(
+    config: &'k Config,
+    key: Option<&'k [u8; 32]>,
+    alert_id: &'k str,
+    now: Timestamp,
+) -> impl FnMut(&Delivery<'_>) -> Option<String> + 'k {
+    move |delivery| {
+        let web = config.web.as_ref()?;
+        let key = key?;
+        (delivery.audience == Audience::Notify).then(|| {
+            crate::ack::link(
+                &web.public_url,
+                &crate::ack::token(key, alert_id, &delivery.partner.id, now),
+            )
+        })
+    }
+}
+
+/// [`render_deliveries`], each email carrying the link `ack_link` gives its delivery.
+pub fn render_deliveries_with_acks<E>(
+    config: &Config,
+    alert: &Alert,
+    rule: &Rule,
+    templates: &Templates,
+    deliveries: &[Delivery<'_>],
     mut first_in_thread: impl FnMut(&str, &str) -> Result<Option<String>, E>,
+    mut ack_link: impl FnMut(&Delivery<'_>) -> Option<String>,
 ) -> Result<Vec<Outbound>, E> {
     let thread = thread_key(alert);
     let mut emails = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         let parent = first_in_thread(&thread, &delivery.partner.id)?;
         let parent = parent.as_deref();
-        let rendered = render_in_thread(alert, rule, templates, delivery, config, parent)
+        let link = ack_link(delivery);
+        let link = link.as_deref();
+        let extras = Extras {
+            ack_link: link,
+            reminder: None,
+        };
+        let rendered = render_with(alert, rule, templates, delivery, config, parent, extras)
             .or_else(|e| {
                 tracing::error!(alert = %alert.id, rule = %rule.id, error = %e, "Template failed; using the default template");
-                render_in_thread(alert, rule, Templates::defaults(), delivery, config, parent)
+                render_with(alert, rule, Templates::defaults(), delivery, config, parent, extras)
             });
         match rendered {
             Ok(email) => emails.push(Outbound {
@@ -511,6 +569,10 @@ impl Ledger for FileTx<'_> {
         FileTx::first_in_thread(self, thread, partner_id)
     }
 
+    fn ack_key(&mut self) -> Result<Option<[u8; 32]>, StoreError> {
+        FileTx::ack_key(self).map(Some)
+    }
+
     fn record_alert(
         &mut self,
         alert: &Alert,
@@ -521,7 +583,8 @@ impl Ledger for FileTx<'_> {
         // Before the outbox rows: their priority comes from the alert's row.
         self.insert_alert(alert, &summary)?;
         for o in emails {
-            self.enqueue(&alert.id, &o.partner_id, o.audience, &o.email, now)?;
+            let purpose = crate::alerts::render::Purpose::of(o.audience);
+            self.enqueue(&alert.id, &o.partner_id, o.audience, purpose, &o.email, now)?;
         }
         if emails.is_empty() {
             // Stored (status shows it), but no partner in the rule's list covers it: someone must act.

@@ -205,9 +205,20 @@ pub fn decide(
                     .collect();
                 by.push(recorded(actor));
                 let alert = assessed(stored.alert, &edits, approvers, now);
-                let emails = render_approved(config, rules, rule, &alert, &edits, |t, p| {
-                    tx.first_in_thread(t, p)
-                })?;
+                let ack_key = match &config.web {
+                    Some(_) => Some(tx.ack_key()?),
+                    None => None,
+                };
+                let emails = render_approved(
+                    config,
+                    rules,
+                    rule,
+                    &alert,
+                    &edits,
+                    |t, p| tx.first_in_thread(t, p),
+                    ack_key.as_ref(),
+                    now,
+                )?;
                 close(
                     tx,
                     &id,
@@ -242,7 +253,9 @@ fn assessed(mut alert: Alert, edits: &Edits, approvers: Vec<Approver>, now: Time
 }
 
 /// The approved alert's emails to `notify`, without the partners left out,
-/// through the pipeline's own routing and rendering.
+/// through the pipeline's own routing and rendering, with their
+/// acknowledgement links when `ack_key` is given (signed at `now`).
+#[allow(clippy::too_many_arguments)]
 fn render_approved(
     config: &Config,
     rules: &RuleSet,
@@ -250,6 +263,8 @@ fn render_approved(
     alert: &Alert,
     edits: &Edits,
     first_in_thread: impl FnMut(&str, &str) -> Result<Option<String>, StoreError>,
+    ack_key: Option<&[u8; 32]>,
+    now: Timestamp,
 ) -> Result<Vec<(String, crate::alerts::render::RenderedEmail)>, ReviewError> {
     let deliveries: Vec<_> = route(alert, rule, config, Audience::Notify)
         .into_iter()
@@ -257,13 +272,14 @@ fn render_approved(
         .collect();
     // A reviewer who is also on `notify` gets the approved alert as a reply
     // to its draft: one conversation, draft then decision.
-    Ok(crate::pipeline::render_deliveries(
+    Ok(crate::pipeline::render_deliveries_with_acks(
         config,
         alert,
         rule,
         &rules.templates,
         &deliveries,
         first_in_thread,
+        crate::pipeline::ack_links(config, ack_key, &alert.id, now),
     )?
     .into_iter()
     .map(|o| (o.partner_id, o.email))
@@ -1040,8 +1056,17 @@ min_severity = "critical"
             partner: Some("Drug Panel".into()),
         }];
         let assessed = assessed(alert("Bolton"), &edits, approvers, now());
-        let emails =
-            render_approved(&config, &rules, rule, &assessed, &edits, |_, _| Ok(None)).unwrap();
+        let emails = render_approved(
+            &config,
+            &rules,
+            rule,
+            &assessed,
+            &edits,
+            |_, _| Ok(None),
+            None,
+            now(),
+        )
+        .unwrap();
         let partners: Vec<&str> = emails.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(partners, ["bolton", "charity"]);
         let email = &emails[0].1;

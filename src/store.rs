@@ -15,7 +15,7 @@
 //!
 //! Times are stored as UTC milliseconds since the Unix epoch.
 
-use crate::alerts::render::RenderedEmail;
+use crate::alerts::render::{Purpose, RenderedEmail};
 use crate::alerts::{Alert, AlertStatus, Audience};
 use crate::rules::engine::{EngineState, OpenDeadline, StateChange};
 use jiff::Timestamp;
@@ -26,6 +26,7 @@ use std::time::Duration;
 pub mod accounts;
 pub mod audit;
 pub mod decisions;
+pub mod lifecycle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -277,6 +278,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         what: "the console: accounts, sessions, review decisions and the audit log",
         up: Up::Sql(SCHEMA_V4_CONSOLE),
     },
+    Migration {
+        what: "outbox: a purpose per row (updates, reminders, withdrawals); acknowledgements; reminders sent",
+        up: Up::Sql(SCHEMA_V5_LIFECYCLE),
+    },
 ];
 
 /// Version 4: what the console (SPEC §9) and review decisions (SPEC §5.4) keep.
@@ -343,6 +348,75 @@ CREATE TRIGGER audit_rows_are_never_changed BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows are never changed'); END;
 CREATE TRIGGER audit_rows_are_never_removed BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows are never removed'); END;
+"#;
+
+/// Version 5: the alert's lifecycle (SPEC §10).
+///
+/// - `outbox` is rebuilt (SQLite cannot change a UNIQUE constraint in place)
+///   with a `purpose` (`alert` | `draft` | `update-N` | `reminder-N` |
+///   `withdrawn`, render::Purpose): one alert sends a partner several emails
+///   now, so a row is unique per alert, partner and purpose. Older rows get
+///   the purpose their audience meant. Every column, row and index is kept.
+/// - `acks`: who confirmed receipt of which alert for which partner; one row
+///   per alert and partner, so a second press changes nothing.
+/// - `reminders`: the `review_within` and `ack_within` reminders already
+///   sent, one per alert and kind, so a restart never sends one twice.
+const SCHEMA_V5_LIFECYCLE: &str = r#"
+CREATE TABLE outbox_v5 (
+    id              INTEGER PRIMARY KEY,
+    alert_id        TEXT NOT NULL,
+    partner_id      TEXT NOT NULL,
+    audience        TEXT NOT NULL,   -- notify | review
+    purpose         TEXT NOT NULL,   -- alert | draft | update-N | reminder-N | withdrawn
+    message_id      TEXT NOT NULL,
+    mail_from       TEXT NOT NULL,
+    recipients      TEXT NOT NULL,   -- JSON array
+    subject         TEXT NOT NULL,
+    message         BLOB NOT NULL,
+    status          TEXT NOT NULL,   -- pending | sent | failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    sent_at         INTEGER,
+    priority        INTEGER NOT NULL DEFAULT 1,
+    thread          TEXT,
+    handed_off_at   INTEGER,
+    remaining_recipients TEXT,
+    failed_recipients    TEXT,
+    UNIQUE (alert_id, partner_id, purpose)
+);
+INSERT INTO outbox_v5 (id, alert_id, partner_id, audience, purpose, message_id, mail_from, recipients,
+    subject, message, status, attempts, next_attempt_at, last_error, created_at, sent_at, priority,
+    thread, handed_off_at, remaining_recipients, failed_recipients)
+SELECT id, alert_id, partner_id, audience, CASE audience WHEN 'review' THEN 'draft' ELSE 'alert' END,
+    message_id, mail_from, recipients, subject, message, status, attempts, next_attempt_at, last_error,
+    created_at, sent_at, priority, thread, handed_off_at, remaining_recipients, failed_recipients
+FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v5 RENAME TO outbox;
+CREATE INDEX outbox_due ON outbox(status, next_attempt_at);
+CREATE INDEX outbox_by_status ON outbox(status, created_at);
+CREATE INDEX outbox_problems ON outbox(id)
+    WHERE status = 'failed' OR (status = 'pending' AND attempts > 0);
+CREATE INDEX outbox_by_priority ON outbox(status, priority, next_attempt_at, id);
+CREATE INDEX outbox_by_thread ON outbox(thread, partner_id, id);
+
+CREATE TABLE acks (
+    alert_id   TEXT NOT NULL,
+    partner_id TEXT NOT NULL,
+    name       TEXT,                 -- typed by the person, optional
+    at         INTEGER NOT NULL,
+    ip         TEXT NOT NULL,
+    PRIMARY KEY (alert_id, partner_id)
+) WITHOUT ROWID;
+
+CREATE TABLE reminders (
+    alert_id   TEXT NOT NULL,
+    kind       TEXT NOT NULL,        -- review | ack
+    at         INTEGER NOT NULL,
+    PRIMARY KEY (alert_id, kind)
+) WITHOUT ROWID;
 "#;
 
 /// The schema version this binary reads and writes.
@@ -767,7 +841,14 @@ impl Store {
         let tx = self.begin()?;
         tx.insert_alert(alert, &serde_json::to_string(alert).unwrap_or_default())?;
         for (partner, email) in emails {
-            tx.enqueue(&alert.id, partner, Audience::Notify, email, now)?;
+            tx.enqueue(
+                &alert.id,
+                partner,
+                Audience::Notify,
+                Purpose::Alert,
+                email,
+                now,
+            )?;
         }
         tx.commit()
     }
@@ -1136,6 +1217,8 @@ impl Store {
             loaded: self.meta("rules_loaded")?.and_then(|v| v.parse().ok()),
             last_reload_at: self.meta("last_reload_at")?,
             last_reload_error: self.meta("last_reload_error")?.filter(|e| !e.is_empty()),
+            last_refused_at: self.meta("last_refused_at")?,
+            last_refused_error: self.meta("last_refused_error")?.filter(|e| !e.is_empty()),
         };
         let paused_feeds = {
             let mut stmt = c.prepare(
@@ -1271,12 +1354,13 @@ impl Store {
     /// Outbox rows of one alert: partner, status, attempts, audience, last error.
     pub fn deliveries_of(&self, alert_id: &str) -> Result<Vec<DeliveryRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT partner_id, audience, status, attempts, last_error, sent_at FROM outbox WHERE alert_id = ?1 ORDER BY id",
+            "SELECT partner_id, audience, status, attempts, last_error, sent_at, purpose FROM outbox WHERE alert_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([alert_id], |r| {
             Ok(DeliveryRow {
                 partner_id: r.get(0)?,
                 audience: r.get(1)?,
+                purpose: r.get(6)?,
                 status: r.get(2)?,
                 attempts: r.get(3)?,
                 last_error: r.get(4)?,
@@ -1366,6 +1450,7 @@ impl FileTx<'_> {
         alert_id: &str,
         partner_id: &str,
         audience: Audience,
+        purpose: Purpose,
         email: &RenderedEmail,
         now: Timestamp,
     ) -> Result<()> {
@@ -1373,11 +1458,11 @@ impl FileTx<'_> {
             serde_json::to_string(&email.to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // The priority comes from the alert's row, written earlier in this transaction.
         let mut insert = self.tx.prepare_cached(concat!(
-            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at, thread, priority)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9, ?10, ",
+            "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at, thread, purpose, priority)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9, ?10, ?11, ",
             priority_of_alert!("?1"),
             ")
-             ON CONFLICT (alert_id, partner_id, audience) DO NOTHING"
+             ON CONFLICT (alert_id, partner_id, purpose) DO NOTHING"
         ))?;
         insert.execute(params![
             alert_id,
@@ -1392,7 +1477,8 @@ impl FileTx<'_> {
             email.subject,
             email.bytes,
             ms(now),
-            email.thread
+            email.thread,
+            purpose.key()
         ])?;
         Ok(())
     }
@@ -1523,6 +1609,10 @@ pub struct RulesStatus {
     pub last_reload_at: Option<String>,
     /// The errors of the last refused reload, if the last reload was refused.
     pub last_reload_error: Option<String>,
+    /// When a reload was last refused, even if a later one succeeded.
+    pub last_refused_at: Option<String>,
+    /// What that refused reload's errors were.
+    pub last_refused_error: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -1594,6 +1684,8 @@ pub struct StoredAlert {
 pub struct DeliveryRow {
     pub partner_id: String,
     pub audience: String,
+    /// `alert`, `draft`, `update-N`, `reminder-N`, `withdrawn`.
+    pub purpose: String,
     pub status: String,
     pub attempts: i64,
     pub last_error: Option<String>,
@@ -1793,6 +1885,91 @@ mod tests {
             to: vec!["p@example.org".into()],
             bytes: b"message".to_vec(),
         }
+    }
+
+    #[test]
+    fn version_5_gives_every_outbox_row_a_purpose_and_keeps_it_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        {
+            let mut v4 = Store::open_with(dir.path(), &MIGRATIONS[..4]).unwrap();
+            let tx = v4.begin().unwrap();
+            let alert = test_alert("EW-A", crate::config::Severity::Critical, now);
+            tx.insert_alert(&alert, &serde_json::to_string(&alert).unwrap())
+                .unwrap();
+            // Version 4's enqueue had no purpose: write its rows as it did.
+            for (partner, audience) in [("p", "notify"), ("p", "review"), ("q", "notify")] {
+                tx.tx
+                    .execute(
+                        "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message, status, next_attempt_at, created_at, thread, priority)
+                         VALUES ('EW-A', ?1, ?2, ?1 || ?2, 'e@x', '[\"p@x\"]', 's', x'00', 'pending', 1, 1, 't', 0)",
+                        params![partner, audience],
+                    )
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let mut store = Store::open(dir.path()).unwrap();
+        let rows: Vec<(i64, String, String, String, i64)> = store
+            .conn
+            .prepare("SELECT id, partner_id, audience, purpose, priority FROM outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "p".into(), "notify".into(), "alert".into(), 0),
+                (2, "p".into(), "review".into(), "draft".into(), 0),
+                (3, "q".into(), "notify".into(), "alert".into(), 0),
+            ]
+        );
+        assert_eq!(store.due(from_ms(1), 10).unwrap().len(), 3);
+        let indexes: Vec<String> = store
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "outbox_by_priority",
+                "outbox_by_status",
+                "outbox_by_thread",
+                "outbox_due",
+                "outbox_problems"
+            ]
+        );
+        // An update to a partner that already has the alert is a row of its own now.
+        let tx = store.begin().unwrap();
+        let email = test_email("EW-A");
+        tx.enqueue(
+            "EW-A",
+            "p",
+            Audience::Notify,
+            Purpose::Update(1),
+            &email,
+            now,
+        )
+        .unwrap();
+        tx.enqueue(
+            "EW-A",
+            "p",
+            Audience::Notify,
+            Purpose::Update(1),
+            &email,
+            now,
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(store.outbox_rows_of_alert("EW-A").unwrap().len(), 4);
     }
 
     #[test]

@@ -126,7 +126,12 @@ fn an_idle_connection_flood_on_metrics_starves_nothing() {
     // Meanwhile a real file arrives: it must be read, committed and delivered.
     write_atomically_in(&feed_dir(dir.path()), "nitazene.csv", &nitazene_file("S-1"));
     let mails = wait_eml(&dir.path().join("mail"), 1, Duration::from_secs(30));
-    assert!(mails[0].subject().unwrap().contains("Nitazene"));
+    assert!(
+        mails[0]
+            .subject()
+            .unwrap()
+            .contains("Isotonitazene, Bolton")
+    );
     let fds = open_descriptors(daemon.pid());
     assert!(
         fds < 128,
@@ -451,9 +456,9 @@ fn fill_outbox(config: &Path, n: usize, critical: usize) {
         let message = format!("Subject: {id}\r\nMessage-ID: <{id}@example.org>\r\n\r\n{body}\r\n");
         tx.execute(
             "INSERT INTO outbox (alert_id, partner_id, audience, message_id, mail_from, recipients, subject, message,
-                status, next_attempt_at, created_at, priority)
+                status, next_attempt_at, created_at, priority, purpose)
              VALUES (?1, 'panel', 'notify', ?2, 'earlywarn@example.org', '[\"panel@example.org\"]', ?1, ?3,
-                'pending', ?4, ?4, ?5)",
+                'pending', ?4, ?4, ?5, 'alert')",
             rusqlite::params![
                 id,
                 format!("<{id}@example.org>"),

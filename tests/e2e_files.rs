@@ -583,7 +583,22 @@ fn ops_are_told_about_a_rejected_file() {
     wait_log(&mut daemon, &["Rejected file", "junk.csv"], WAIT);
     let mails = wait_eml(&mail_dir(dir.path()), 1, WAIT);
     assert_eq!(mails[0].to(), ["ops@example.org"]);
-    assert!(mails[0].text_body().unwrap().contains("junk.csv"));
+    // The subject names the problem; the body gives it and its reason, and
+    // nothing of a drug alert's dress.
+    assert_eq!(
+        mails[0].subject().unwrap(),
+        "OFFICIAL-SENSITIVE [WARNING] earlywarn: 1 file rejected in drug_testing"
+    );
+    let text = mails[0].text_body().unwrap().replace("\r\n", "\n");
+    assert!(text.contains("1. File rejected, "), "{text}");
+    assert!(
+        text.contains("   Detail: drug_testing/junk.csv\n"),
+        "{text}"
+    );
+    assert!(text.contains("   From the file: "), "the reason: {text}");
+    for dress in ["District:", "matching record", "Records:", "not stated"] {
+        assert!(!text.contains(dress), "{dress}: {text}");
+    }
     stop_daemon(daemon);
 }
 

@@ -220,6 +220,17 @@ notify = ["panel"]
 }
 
 /// The `X-Earlywarn-Rule` of each message.
+/// `earlywarn status` as a person reads it.
+fn status_text(config: &Path) -> String {
+    let out = support::earlywarn(&["status", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn rules_of(msgs: &[Received]) -> Vec<String> {
     msgs.iter()
         .map(|m| m.header("X-Earlywarn-Rule").unwrap_or_default())
@@ -684,6 +695,17 @@ fn sighup_refuses_a_broken_rule_set_whole_then_applies_a_good_one() {
         "rules.last_reload_error should name late/extra.toml:{line}:{col}: {err}"
     );
     assert_eq!(status["rules"]["loaded"], 1, "{status:#}");
+    // And in words: the rules in force, and the refusal with its place.
+    let text = status_text(&config);
+    assert!(
+        text.starts_with("Rules\n  1 rule(s) in force; last reload "),
+        "{text}"
+    );
+    assert!(
+        text.contains("(the previous rules stay in force):\n    ")
+            && places(&text, "late/extra.toml").contains(&(line, col)),
+        "{text}"
+    );
 
     // The old rules still work; the refused rule does not.
     write_atomically(
@@ -729,6 +751,15 @@ fn sighup_refuses_a_broken_rule_set_whole_then_applies_a_good_one() {
         "a good reload clears the error: {status:#}"
     );
     assert_eq!(status["rules"]["loaded"], 2, "{status:#}");
+    let text = status_text(&config);
+    assert!(
+        text.starts_with("Rules\n  2 rule(s) in force; last reload "),
+        "{text}"
+    );
+    assert!(
+        text.contains("(fixed since: the rules above are in force):"),
+        "the refusal is still shown, as fixed: {text}"
+    );
 
     write_atomically(
         &feed_dir(dir.path()),
@@ -1319,10 +1350,34 @@ fn a_burst_of_rejected_files_is_one_ops_email_per_interval_and_a_refused_reload_
             .map(|m| m.text_body())
             .collect::<Vec<_>>()
     );
-    let text = reload_mail.unwrap().text_body().unwrap();
+    let reload_mail = reload_mail.unwrap();
+    let text = reload_mail.text_body().unwrap();
     assert!(
         places(&text, "rules/zz-broken.toml").contains(&(line, col)),
         "the ops email should say rules/zz-broken.toml:{line}:{col}:\n{text}"
+    );
+    assert_eq!(
+        reload_mail.subject().unwrap(),
+        "OFFICIAL-SENSITIVE [WARNING] earlywarn: new rules refused"
+    );
+
+    // The fix: ops hear that it has cleared, in the next email.
+    fs::remove_file(dir.path().join("rules/zz-broken.toml")).unwrap();
+    wait_log(&mut daemon, &["Rules reloaded"], WAIT);
+    let mut cleared = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cleared = ops_emails(&mail).into_iter().find(|m| {
+                m.subject()
+                    .is_some_and(|s| s.contains("earlywarn: cleared: rules reloaded"))
+            });
+            cleared.is_some()
+        }),
+        "no ops email saying the refusal cleared; subjects: {:?}",
+        ops_emails(&mail)
+            .iter()
+            .map(|m| m.subject())
+            .collect::<Vec<_>>()
     );
     stop_daemon(daemon);
 }

@@ -239,7 +239,7 @@ fn the_draft_and_the_approved_alert_are_two_emails_with_their_own_ids_and_dates(
         .iter()
         .find(|m| m.to() == ["panel@example.org"] && id_of(m) != id_of(panel_draft))
         .expect("the approved alert to the panel");
-    let bolton_alert = one(&mails, "bolton@example.org", "Nitazene");
+    let bolton_alert = one(&mails, "bolton@example.org", "Protonitazene, Bolton");
     assert_eq!(
         id_of(panel_draft),
         format!("{alert}.panel.draft@example.org")

@@ -10,7 +10,9 @@
 //! reach nobody. [`render`] turns one such delivery into an email and reads
 //! only the delivery, never the alert's own values.
 
+pub mod notice;
 pub mod render;
+pub mod wording;
 
 use crate::config::{Config, FeedConfig, Partner, Severity};
 use crate::event::Event;
@@ -186,6 +188,8 @@ pub enum AlertStatus {
     Approved,
     /// Closed by a reviewer without going to `notify`.
     Dismissed,
+    /// Sent, then withdrawn (SPEC §10): partners were told to disregard it.
+    Withdrawn,
 }
 
 impl AlertStatus {
@@ -195,6 +199,7 @@ impl AlertStatus {
             AlertStatus::InReview => "in_review",
             AlertStatus::Approved => "approved",
             AlertStatus::Dismissed => "dismissed",
+            AlertStatus::Withdrawn => "withdrawn",
         }
     }
     pub fn parse(s: &str) -> Option<AlertStatus> {
@@ -203,6 +208,7 @@ impl AlertStatus {
             "in_review" => AlertStatus::InReview,
             "approved" => AlertStatus::Approved,
             "dismissed" => AlertStatus::Dismissed,
+            "withdrawn" => AlertStatus::Withdrawn,
             _ => return None,
         })
     }

@@ -15,7 +15,7 @@
 //! configured. `Date` is only a placeholder here: delivery replaces it with
 //! the time of the first hand-off to the transport ([`with_date`]).
 
-use super::{Alert, Audience, Delivery, Trigger};
+use super::{Alert, Audience, Delivery, Trigger, wording};
 use crate::config::{Config, FeedConfig};
 use crate::event::{Event, Value as FieldValue};
 use crate::rules::Rule;
@@ -228,7 +228,7 @@ pub fn field_references(source: &str) -> Vec<FieldReference> {
     /// value in `trigger`) are refused where the rule chooses that field.
     const CONTEXT: &[&str] = &[
         "rule", "alert_id", "group", "district", "events", "event", "count", "partner", "marking",
-        "draft", "due", "key", "headline", "summary", "trigger", "loop",
+        "draft", "due", "key", "headline", "summary", "trigger", "loop", "found", "when",
     ];
     let bytes = source.as_bytes();
     let mut found = Vec::new();
@@ -432,6 +432,11 @@ struct TemplateContext<'a> {
     headline: String,
     /// What happened, in a sentence or two (the default lead).
     summary: String,
+    /// What was found, in words: the values that made `when` true
+    /// ("Protonitazene"), or the rule's name when there are none.
+    found: String,
+    /// When, as a headline says it: "tested Tue 4 Nov".
+    when: String,
     trigger: &'a Trigger,
 }
 
@@ -464,15 +469,50 @@ pub fn render_in_thread(
     config: &Config,
     first_in_thread: Option<&str>,
 ) -> Result<RenderedEmail, RenderError> {
+    render_with(
+        alert,
+        rule,
+        templates,
+        delivery,
+        config,
+        first_in_thread,
+        Extras::default(),
+    )
+}
+
+/// What the alert's lifecycle (SPEC §10) adds to an email; the caller makes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// The partner's acknowledgement link (`ack::link`), shown in text and HTML.
+    pub ack_link: Option<&'a str>,
+    /// The email sent again as a reminder: its own purpose (so its own
+    /// Message-ID) and the subject marked `REMINDER: `.
+    pub reminder: Option<Purpose>,
+}
+
+/// [`render_in_thread`] with the lifecycle's [`Extras`].
+pub fn render_with(
+    alert: &Alert,
+    rule: &Rule,
+    templates: &Templates,
+    delivery: &Delivery<'_>,
+    config: &Config,
+    first_in_thread: Option<&str>,
+    extras: Extras<'_>,
+) -> Result<RenderedEmail, RenderError> {
     let feed = config.feed(&rule.feed);
     let show_time = time_shower(config);
-    let (ctx, subject) = subject_and_context(alert, rule, templates, delivery, config)?;
+    let (ctx, subject, headline) = subject_and_context(alert, rule, templates, delivery, config)?;
     let severity = assessed_severity(alert, rule);
-    let severity_tag = severity.as_str().to_uppercase();
     let lead = render_template(rule, &templates.get(alert, rule, Part::Lead)?, &ctx)?;
-    let sections = Sections::build(alert, rule, delivery, feed, config, &show_time);
-    let text = sections.text(&config.mail.marking, &lead, &severity_tag);
-    let html = sections.html(&config.mail.marking, &lead, &severity_tag);
+    let mut sections = Sections::build(alert, rule, delivery, feed, config, headline, &show_time);
+    sections.ack_link = extras.ack_link.map(str::to_string);
+    let text = sections.text(&config.mail.marking, &lead);
+    let html = sections.html(&config.mail.marking, &lead);
+    let subject = match extras.reminder {
+        Some(_) => format!("REMINDER: {subject}"),
+        None => subject,
+    };
 
     let from: Mailbox = config
         .mail
@@ -483,7 +523,9 @@ pub fn render_in_thread(
     let mut message_id = message_id(
         &alert.id,
         &delivery.partner.id,
-        Purpose::of(delivery.audience),
+        extras
+            .reminder
+            .unwrap_or_else(|| Purpose::of(delivery.audience)),
         &domain,
     );
     let parent = first_in_thread.filter(|p| is_safe_message_id(p));
@@ -652,18 +694,21 @@ pub fn subject(
     delivery: &Delivery<'_>,
     config: &Config,
 ) -> Result<String, RenderError> {
-    subject_and_context(alert, rule, templates, delivery, config).map(|(_, subject)| subject)
+    subject_and_context(alert, rule, templates, delivery, config).map(|(_, subject, _)| subject)
 }
 
-/// The template context (SPEC §5) and the finished subject line.
+/// The template context (SPEC §5), the finished subject line and the
+/// headline in it (the email's first line).
 fn subject_and_context(
     alert: &Alert,
     rule: &Rule,
     templates: &Templates,
     delivery: &Delivery<'_>,
     config: &Config,
-) -> Result<(Value, String), RenderError> {
+) -> Result<(Value, String, String), RenderError> {
     let show_time = time_shower(config);
+    let feed = config.feed(&rule.feed);
+    let facts = Facts::of(alert, rule, delivery, feed, config);
     let events: Vec<BTreeMap<String, serde_json::Value>> = delivery
         .events
         .iter()
@@ -694,20 +739,25 @@ fn subject_and_context(
         draft,
         due: delivery.trigger.deadline().map(|(_, due)| show_time(due)),
         key: delivery.trigger.deadline().map(|(key, _)| key.to_string()),
-        headline: headline(
-            &delivery.trigger,
-            rule,
-            district,
-            delivery.count,
-            &show_time,
-        ),
-        summary: summary(
-            &delivery.trigger,
-            rule,
-            district,
-            delivery.count,
-            &show_time,
-        ),
+        // A self-alert's rule says it all: it is about the daemon, not records.
+        headline: if alert.rule_id == crate::ops::OPS_RULE_ID {
+            rule.name.clone()
+        } else {
+            headline(&delivery.trigger, rule, &facts, delivery.count)
+        },
+        summary: match (&rule.description, alert.rule_id == crate::ops::OPS_RULE_ID) {
+            (Some(description), true) => description.clone(),
+            _ => summary(
+                &delivery.trigger,
+                rule,
+                &facts,
+                feed,
+                delivery.count,
+                &show_time,
+            ),
+        },
+        found: facts.what.clone(),
+        when: facts.when.clone(),
         trigger: &delivery.trigger,
     };
     let ctx = Value::from(minijinja::value::Serde(&ctx));
@@ -732,7 +782,7 @@ fn subject_and_context(
     } else {
         format!("{} [{severity_tag}] {headline}", config.mail.marking)
     };
-    Ok((ctx, subject))
+    Ok((ctx, subject, headline))
 }
 
 /// The severity an email states: the panel's, once assessed, else the rule's.
@@ -768,65 +818,221 @@ fn approved_line(
     )
 }
 
-/// One line saying what made the rule fire: the default subject.
-fn headline(
-    trigger: &Trigger,
-    rule: &Rule,
-    district: Option<&str>,
-    count: u64,
-    show_time: &dyn Fn(Timestamp) -> String,
-) -> String {
-    let name = &rule.name;
-    let in_district = district.map(|d| format!(" in {d}")).unwrap_or_default();
-    match trigger {
-        Trigger::Match => format!("{name}{in_district}"),
-        Trigger::Threshold { within_secs, .. } => {
-            format!(
-                "{name}{in_district}: {count} within {}",
-                human_duration(Duration::from_secs(*within_secs))
-            )
+/// What an email's first line and facts say, worked out once per delivery
+/// from what this partner may see (the delivery, never the alert).
+struct Facts {
+    /// What was found, in words ("Protonitazene"), or the rule's name.
+    what: String,
+    /// The district, if the alert has one.
+    place: Option<String>,
+    /// When, as a headline says it: "tested Tue 4 Nov".
+    when: String,
+    /// For a deadline: what closes it, as a phrase ("a support provided record").
+    awaited: String,
+    /// For a deadline: how long it gives.
+    within: Option<Duration>,
+    /// When the alert was raised: a deadline already due by then says so.
+    raised: Timestamp,
+    tz: jiff::tz::TimeZone,
+}
+
+/// A notice raised this long after its due time was late in coming (old
+/// data, or the daemon was down): its first line says so.
+const LATE_NOTICE: Duration = Duration::from_secs(5 * 60);
+
+impl Facts {
+    fn of(
+        alert: &Alert,
+        rule: &Rule,
+        delivery: &Delivery<'_>,
+        feed: Option<&FeedConfig>,
+        config: &Config,
+    ) -> Facts {
+        use crate::rules::RuleKind;
+        let tz = config.daemon.timezone.clone();
+        // A sensitive field's value never goes into a first line, even for a
+        // partner allowed to see it: subjects show in previews and notifications.
+        let found = match &delivery.trigger {
+            Trigger::FirstSeen { value, .. } => vec![value.clone()],
+            _ => wording::found_values(&rule.when, &delivery.events, &|field| {
+                feed.is_some_and(|f| f.is_sensitive(field))
+            }),
+        };
+        let found = wording::found_phrase(&found);
+        let verb = wording::time_verb(feed);
+        let first = delivery.events.iter().map(|e| e.time).min();
+        let last = delivery.events.iter().map(|e| e.time).max();
+        let when = match (first, last) {
+            (Some(a), Some(b)) if wording::short_date(a, &tz) != wording::short_date(b, &tz) => {
+                format!(
+                    "{verb} {} to {}",
+                    wording::short_date(a, &tz),
+                    wording::short_date(b, &tz)
+                )
+            }
+            (Some(a), _) => format!("{verb} {}", wording::short_date(a, &tz)),
+            _ => format!("raised {}", wording::short_date(alert.created_at, &tz)),
+        };
+        let when = when.trim().to_string();
+        let (awaited, within) = match &rule.kind {
+            RuleKind::Deadline {
+                until_when, within, ..
+            } => {
+                let expected: Vec<String> = wording::expected_values(until_when)
+                    .iter()
+                    .map(|v| wording::as_words(v))
+                    .collect();
+                let awaited = match expected.as_slice() {
+                    [] => "a closing record".to_string(),
+                    [one] => format!("a {one} record"),
+                    many => format!("a {} record", many.join(" or ")),
+                };
+                (awaited, Some(*within))
+            }
+            _ => ("a closing record".to_string(), None),
+        };
+        Facts {
+            what: found.unwrap_or_else(|| rule.name.clone()),
+            place: delivery.district.clone(),
+            when,
+            awaited,
+            within,
+            raised: alert.created_at,
+            tz,
         }
+    }
+
+    fn short(&self, t: Timestamp) -> String {
+        wording::short_time(t, &self.tz)
+    }
+
+    /// How late a notice about a deadline due at `due` was raised, if late.
+    fn late_by(&self, due: Timestamp) -> Option<Duration> {
+        let late = self.raised.duration_since(due);
+        (late.is_positive() && late.unsigned_abs() >= LATE_NOTICE).then(|| late.unsigned_abs())
+    }
+}
+
+/// One line saying what was found, where and when: the default subject and
+/// the email's first line ("Protonitazene, Bolton, tested Tue 4 Nov").
+fn headline(trigger: &Trigger, rule: &Rule, facts: &Facts, count: u64) -> String {
+    let what = &facts.what;
+    let place = facts.place.as_deref();
+    // The parts that say something: a district that is also what was found is said once.
+    let listed = |parts: &[Option<&str>]| -> String {
+        let mut said: Vec<&str> = Vec::new();
+        for part in parts.iter().flatten() {
+            if !part.is_empty() && !said.iter().any(|s| s.eq_ignore_ascii_case(part)) {
+                said.push(part);
+            }
+        }
+        said.join(", ")
+    };
+    let when = Some(facts.when.as_str());
+    let in_place = place.map(|d| format!(" in {d}")).unwrap_or_default();
+    let awaited = &facts.awaited;
+    let within = facts
+        .within
+        .map(|d| format!(" within {}", human_duration(d)))
+        .unwrap_or_default();
+    match trigger {
+        Trigger::Match => listed(&[Some(what), place, when]),
+        Trigger::Threshold { within_secs, .. } => format!(
+            "{what}: {count} within {}, {}",
+            human_duration(Duration::from_secs(*within_secs)),
+            listed(&[place, when])
+        ),
         Trigger::DeadlineOpened {
             key,
             due,
             closed: false,
-        } => format!("{name}{in_district}: {key}, due by {}", show_time(*due)),
+        } if *due <= facts.raised => format!(
+            "ALREADY OVERDUE: {what} {key}{in_place}: {awaited} was due by {}",
+            facts.short(*due)
+        ),
+        Trigger::DeadlineOpened {
+            key,
+            due,
+            closed: false,
+        } => format!(
+            "{what} {key}{in_place}: {awaited} is due by {}",
+            facts.short(*due)
+        ),
         Trigger::DeadlineOpened {
             key, closed: true, ..
-        } => format!("{name}{in_district}: {key} (already closed)"),
-        Trigger::DeadlineOverdue { key, due } => format!(
-            "OVERDUE: {name}{in_district}: {key} not closed by {}",
-            show_time(*due)
-        ),
-        Trigger::DeadlineClosed { key, late, .. } => {
+        } => format!("{what} {key}{in_place}: already closed by {awaited}"),
+        Trigger::DeadlineOverdue { key, due } => {
+            let late = facts
+                .late_by(*due)
+                .map(|d| format!(", raised {} late", human_duration_rounded(d)))
+                .unwrap_or_default();
             format!(
-                "{}: {name}{in_district}: {key}",
-                if *late { "Closed late" } else { "Closed" }
+                "OVERDUE: {what} {key}{in_place}: no {}{within} (due {}{late})",
+                awaited.trim_start_matches("a "),
+                facts.short(*due)
             )
         }
-        Trigger::FirstSeen { value, .. } => format!("{name}: {value}{in_district}"),
+        Trigger::DeadlineClosed { key, due, late } => format!(
+            "{}: {what} {key}{in_place}: {awaited} arrived {} (due {})",
+            if *late { "Closed late" } else { "Closed" },
+            if *late {
+                "after the due time"
+            } else {
+                "in time"
+            },
+            facts.short(*due)
+        ),
+        Trigger::FirstSeen { .. } => {
+            format!("Never seen before: {}", listed(&[Some(what), place, when]))
+        }
         Trigger::Rate {
             current,
             baseline_average,
             within_secs,
         } => format!(
-            "{name}{in_district}: {current} in {} (usually {baseline_average})",
-            human_duration(Duration::from_secs(*within_secs))
+            "{what}: {current} in {}, usually {}{}",
+            human_duration(Duration::from_secs(*within_secs)),
+            round_average(*baseline_average),
+            place.map(|d| format!(", {d}")).unwrap_or_default()
         ),
         Trigger::Silence {
-            feed, silent_secs, ..
-        } => {
-            format!(
-                "{name}: nothing from {feed} for {}",
-                human_duration(Duration::from_secs(*silent_secs))
-            )
-        }
+            feed,
+            silent_secs,
+            last,
+        } => format!(
+            "{}: nothing from {feed} for {} (last file {})",
+            rule.name,
+            human_duration(Duration::from_secs(*silent_secs)),
+            facts.short(*last)
+        ),
         Trigger::Folded {
             alerts, feed, file, ..
         } => format!(
-            "SUMMARY: {name}: {alerts} more alerts from {feed} file {}",
+            "SUMMARY: {}: {alerts} more alerts from {feed} file {}",
+            rule.name,
             crate::display::escape_controls(file)
         ),
+    }
+}
+
+/// A usual rate as people say it: 1.5, 2, 0.3.
+fn round_average(average: f64) -> String {
+    let rounded = (average * 10.0).round() / 10.0;
+    if rounded.fract() == 0.0 {
+        format!("{}", rounded as i64)
+    } else {
+        format!("{rounded:.1}")
+    }
+}
+
+/// A lateness in the largest unit that fits: "3 days", "5 hours", "20 minutes".
+fn human_duration_rounded(d: Duration) -> String {
+    let s = d.as_secs();
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match s {
+        s if s >= 86_400 => plural(s / 86_400, "day"),
+        s if s >= 3600 => plural(s / 3600, "hour"),
+        s => plural((s / 60).max(1), "minute"),
     }
 }
 
@@ -834,65 +1040,74 @@ fn headline(
 fn summary(
     trigger: &Trigger,
     rule: &Rule,
-    district: Option<&str>,
+    facts: &Facts,
+    feed: Option<&FeedConfig>,
     count: u64,
     show_time: &dyn Fn(Timestamp) -> String,
 ) -> String {
     let name = &rule.name;
     let records = if count == 1 {
-        "1 matching record".to_string()
+        String::new()
     } else {
-        format!("{count} matching records")
+        format!(" {count} records are in this alert.")
     };
-    let in_district = district.map(|d| format!(" in {d}")).unwrap_or_default();
+    let late = |due: Timestamp| {
+        facts
+            .late_by(due)
+            .map(|_| {
+                " The records arrived after this deadline had passed (old data, or the daemon was not running), so this notice comes late.".to_string()
+            })
+            .unwrap_or_default()
+    };
+    let awaited = wording::sentence_case(&facts.awaited);
     match trigger {
-        Trigger::Match => format!("{name}: {records}{in_district}."),
+        // The headline and the facts already say it all for one record.
+        Trigger::Match if count <= 1 => String::new(),
+        Trigger::Match => format!("{name}.{records}"),
         Trigger::Threshold {
             count: needed,
             within_secs,
         } => format!(
-            "{name}: {count} records{in_district} within {} (the rule alerts at {needed}).",
+            "{name}: {count} records within {} (the rule alerts at {needed}).",
             human_duration(Duration::from_secs(*within_secs))
         ),
         Trigger::DeadlineOpened {
-            key,
-            due,
-            closed: false,
-        } => format!(
-            "{name}: {key}{in_district}. It must be closed (for example by a support record) by {}; if it is not, an escalation goes out.",
+            due, closed: false, ..
+        } if *due <= facts.raised => format!(
+            "{name}. {awaited} was due by {}, before these records arrived: the deadline had already passed, so the escalation follows at once.",
             show_time(*due)
         ),
         Trigger::DeadlineOpened {
-            key, closed: true, ..
-        } => {
-            format!(
-                "{name}: {key}{in_district}. Its closing record had already arrived, so no escalation will follow."
-            )
-        }
-        Trigger::DeadlineOverdue { key, due } => format!(
-            "ESCALATION. {name}: {key}{in_district} was due to be closed by {} and no closing record has arrived.",
+            due, closed: false, ..
+        } => format!(
+            "{name}. {awaited} must arrive by {}; if none does, an escalation goes out.",
             show_time(*due)
         ),
-        Trigger::DeadlineClosed { key, due, late } => format!(
-            "{name}: {key}{in_district} was closed{}.",
-            if *late {
-                format!(", after it was due ({})", show_time(*due))
-            } else {
-                format!(" before it was due ({})", show_time(*due))
-            }
-        ),
-        Trigger::FirstSeen { field, value } => {
-            format!(
-                "{name}: `{value}` in {field} has never been seen before ({records}{in_district})."
-            )
+        Trigger::DeadlineOpened { closed: true, .. } => {
+            format!("{name}. Its closing record had already arrived, so no escalation will follow.")
         }
+        Trigger::DeadlineOverdue { key, due } => format!(
+            "ESCALATION. {name}: {key} was due to be closed by {} and no closing record has arrived.{}",
+            show_time(*due),
+            late(*due)
+        ),
+        Trigger::DeadlineClosed { key, due, late } => format!(
+            "{name}: {key} was closed {} it was due ({}).",
+            if *late { "after" } else { "before" },
+            show_time(*due)
+        ),
+        Trigger::FirstSeen { field, value } => format!(
+            "{name}: {value} ({}) has not been seen in this feed before.{records}",
+            wording::label(feed, field)
+        ),
         Trigger::Rate {
             current,
             baseline_average,
             within_secs,
         } => format!(
-            "{name}: {current} records{in_district} in the last {}, against a usual {baseline_average} in the same time.",
-            human_duration(Duration::from_secs(*within_secs))
+            "{name}: {current} records in the last {}, against a usual {} in the same time.",
+            human_duration(Duration::from_secs(*within_secs)),
+            round_average(*baseline_average)
         ),
         Trigger::Silence {
             feed,
@@ -987,62 +1202,91 @@ fn event_map(
     map
 }
 
-/// The fixed parts of every alert email, computed once and written as text and HTML.
+/// The fixed parts of every alert email, computed once and written as text
+/// and HTML in the same order: the marking, a draft's note, the headline,
+/// who approved it, the lead, the facts, what to do, the evidence, what was
+/// withheld, why this partner got it, the technical details, the contact.
 struct Sections {
-    rule_line: String,
-    /// For deadlines: when it is (or was) due.
-    due: Option<String>,
-    district: String,
-    when: String,
-    records: String,
+    /// The first line: what was found, where and when (or the panel's headline).
+    headline: String,
+    /// The partner's acknowledgement link (SPEC §10): right after what to do,
+    /// where a reader looks for what is asked of them.
+    ack_link: Option<String>,
+    severity: crate::config::Severity,
+    /// Severity, alert, district, when, due: labelled lines under the lead.
+    facts: Vec<(&'static str, String)>,
     advice: Option<String>,
-    /// Per record: a title and its fields, key fields first.
+    /// Per record: a title and its fields, labelled and in words, key fields first.
     evidence: Vec<(String, Vec<(String, String)>)>,
     more_records: u64,
     withheld: Option<String>,
     why: String,
+    /// The rule id, record count, feed and reference: for whoever follows it up.
+    details: Vec<(&'static str, String)>,
+    /// What the evidence is called: the records, or a self-alert's problems.
+    evidence_title: &'static str,
     reference: String,
     draft_note: Option<String>,
+    /// The draft's console page, made a link in the HTML.
+    console_url: Option<String>,
     /// Who assessed and approved it, for an approved alert.
     approved: Option<String>,
-    /// The panel's headline: the email's first line, before the rule's lead.
-    headline: Option<String>,
+    contact: Option<String>,
 }
 
 impl Sections {
+    #[allow(clippy::too_many_arguments)]
     fn build(
         alert: &Alert,
         rule: &Rule,
         delivery: &Delivery<'_>,
         feed: Option<&FeedConfig>,
         config: &Config,
+        headline: String,
         show_time: &dyn Fn(Timestamp) -> String,
     ) -> Sections {
+        let ops = alert.rule_id == crate::ops::OPS_RULE_ID;
         let district_field = feed
             .map(|f| f.district_field.as_str())
             .unwrap_or("district");
-        let district = delivery.district.clone().unwrap_or_else(|| {
-            let mut ds: Vec<String> = delivery
-                .events
-                .iter()
-                .map(|e| e.text(district_field))
-                .filter(|d| !d.is_empty())
-                .collect();
-            ds.sort();
-            ds.dedup();
-            if ds.is_empty() {
-                "not stated".into()
-            } else {
-                ds.join(", ")
+        let severity = assessed_severity(alert, rule);
+        let mut facts = vec![("Severity", severity.as_str().to_uppercase())];
+        if !ops {
+            facts.push(("Alert", rule.name.clone()));
+            let district = delivery.district.clone().or_else(|| {
+                let mut ds: Vec<String> = delivery
+                    .events
+                    .iter()
+                    .map(|e| e.text(district_field))
+                    .filter(|d| !d.is_empty())
+                    .collect();
+                ds.sort();
+                ds.dedup();
+                match (ds.is_empty(), delivery.events.is_empty()) {
+                    // An alert about no record (a silent feed) has no district to state.
+                    (true, true) => None,
+                    (true, false) => Some("not stated".into()),
+                    (false, _) => Some(ds.join(", ")),
+                }
+            });
+            if let Some(district) = district {
+                facts.push(("District", district));
             }
-        });
-        let first = delivery.events.iter().map(|e| e.time).min();
-        let last = delivery.events.iter().map(|e| e.time).max();
-        let when = match (first, last) {
-            (Some(a), Some(b)) if a != b => format!("{} to {}", show_time(a), show_time(b)),
-            (Some(a), _) => show_time(a),
-            _ => show_time(alert.created_at),
-        };
+            let verb = wording::sentence_case(&wording::time_verb(feed));
+            let first = delivery.events.iter().map(|e| e.time).min();
+            let last = delivery.events.iter().map(|e| e.time).max();
+            let when = match (first, last) {
+                (Some(a), Some(b)) if a != b => {
+                    format!("{verb} {} to {}", show_time(a), show_time(b))
+                }
+                (Some(a), _) => format!("{verb} {}", show_time(a)),
+                _ => format!("Raised {}", show_time(alert.created_at)),
+            };
+            facts.push(("When", when.trim().to_string()));
+            if let Some((key, due)) = delivery.trigger.deadline() {
+                facts.push(("Due", format!("{} ({key})", show_time(due))));
+            }
+        }
         let mut records = format!("{}", delivery.count);
         if alert.suppressed_before > 0 {
             let cd = rule
@@ -1059,33 +1303,85 @@ impl Sections {
                 }
             ));
         }
-        // Key fields first: the record id, time and district, then what the rule looked at.
-        let mut key_fields: Vec<String> = Vec::new();
-        if let Some(f) = feed {
-            key_fields.extend(f.id_field.iter().cloned());
-            key_fields.extend(f.time_field.iter().cloned());
+        // Key fields first: the district, then what the rule looked at. The
+        // record's id and time are in its title.
+        let mut key_fields: Vec<String> = vec![district_field.to_string()];
+        match &rule.kind {
+            crate::rules::RuleKind::FirstSeen { field, .. } => key_fields.push(field.clone()),
+            crate::rules::RuleKind::Deadline { key, .. } => key_fields.push(key.clone()),
+            _ => {}
         }
-        key_fields.push(district_field.to_string());
         key_fields.extend(rule.when.fields().into_iter().map(String::from));
         key_fields.extend(rule.group_by.iter().cloned());
+        if ops {
+            key_fields = vec!["detail".into(), "from the file".into()];
+        }
         let mut seen = std::collections::HashSet::new();
-        key_fields.retain(|f| seen.insert(f.clone()));
+        key_fields.retain(|f| seen.insert(crate::config::field_key(f)));
         let evidence = delivery
             .events
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let title = match &e.record_id {
-                    Some(id) => format!("{}. {} ({}, {})", i + 1, id, show_time(e.time), e.feed),
-                    None => format!("{}. {} ({})", i + 1, show_time(e.time), e.feed),
+                let record_feed = config.feed(&e.feed).or(feed);
+                let in_title = |name: &str| {
+                    let key = crate::config::field_key(name);
+                    record_feed.is_some_and(|f| {
+                        [&f.id_field, &f.time_field].iter().any(|k| {
+                            k.as_deref().map(crate::config::field_key) == Some(key.clone())
+                        })
+                    })
                 };
-                let mut rows: Vec<(String, String)> = key_fields
-                    .iter()
-                    .filter_map(|f| e.get(f).map(|v| (f.clone(), v.to_string())))
-                    .collect();
+                let verb = wording::time_verb(record_feed);
+                let from = if *e.feed != *rule.feed && !ops {
+                    format!(" ({} feed)", e.feed)
+                } else {
+                    String::new()
+                };
+                let title = match (&e.record_id, ops) {
+                    (_, true) => format!(
+                        "{}. {}, {}",
+                        i + 1,
+                        wording::sentence_case(&e.text("problem")),
+                        show_time(e.time)
+                    ),
+                    (Some(id), _) => format!(
+                        "{}. {}, {}{from}",
+                        i + 1,
+                        id,
+                        format!("{verb} {}", show_time(e.time)).trim()
+                    ),
+                    (None, _) => format!(
+                        "{}. {}{from}",
+                        i + 1,
+                        format!("{verb} {}", show_time(e.time)).trim()
+                    ),
+                };
+                let mut rows: Vec<(String, String)> = Vec::new();
+                let mut push = |name: &str, value: &FieldValue| {
+                    if ops && name == "problem" {
+                        return;
+                    }
+                    let shown = wording::show_value(value, show_time).replace(['\r', '\n'], " ");
+                    if !shown.is_empty() {
+                        rows.push((wording::label(record_feed, name), shown));
+                    }
+                };
+                for f in &key_fields {
+                    if let Some(v) = e.get(f)
+                        && !in_title(f)
+                    {
+                        push(f, v);
+                    }
+                }
                 for (k, v) in &e.fields {
-                    if !key_fields.iter().any(|f| **f == **k) && !v.is_empty() {
-                        rows.push((k.to_string(), v.to_string()));
+                    let key = crate::config::field_key(k);
+                    if !key_fields
+                        .iter()
+                        .any(|f| crate::config::field_key(f) == key)
+                        && !in_title(k)
+                    {
+                        push(k, v);
                     }
                 }
                 (title, rows)
@@ -1103,14 +1399,18 @@ impl Sections {
             None => "all districts".to_string(),
             Some(ds) => ds.join(", "),
         };
-        let why = match delivery.audience {
-            Audience::Notify => format!(
-                "{} is on the notify list of rule \"{}\" ({}) and covers {}.",
-                delivery.partner.name, rule.name, rule.id, coverage
+        let why = match (delivery.audience, ops) {
+            (_, true) => format!(
+                "{} is on the ops list ([daemon] ops): it is told about earlywarn's own problems.",
+                delivery.partner.name
             ),
-            Audience::Review => format!(
-                "{} reviews alerts of rule \"{}\" ({}) before they go to partners.",
-                delivery.partner.name, rule.name, rule.id
+            (Audience::Notify, _) => format!(
+                "{} is on the notify list of the rule \"{}\" and covers {}.",
+                delivery.partner.name, rule.name, coverage
+            ),
+            (Audience::Review, _) => format!(
+                "{} reviews alerts of the rule \"{}\" before they go to partners.",
+                delivery.partner.name, rule.name
             ),
         };
         let draft_note = (delivery.audience == Audience::Review).then(|| {
@@ -1136,135 +1436,179 @@ impl Sections {
             Some(assessed) => Some(assessed),
             None => rule.advice.clone(),
         };
+        let mut details = vec![("Reference", alert.id.clone())];
+        if ops {
+            details.push(("Problems", records));
+        } else {
+            details.push(("Rule", rule.id.clone()));
+            details.push(("Records", records));
+            if !rule.feed.is_empty() {
+                details.push(("Feed", rule.feed.clone()));
+            }
+        }
         Sections {
-            rule_line: format!("{} ({})", rule.name, rule.id),
-            due: delivery
-                .trigger
-                .deadline()
-                .map(|(key, due)| format!("{} ({key})", show_time(due))),
-            district,
-            when,
-            records,
+            ack_link: None,
+            headline,
+            severity,
+            facts,
             advice,
             evidence,
             more_records,
             withheld,
             why,
+            details,
+            evidence_title: if ops { "What happened" } else { "Evidence" },
             reference: alert.id.clone(),
             draft_note,
+            console_url: match (&config.web, delivery.audience) {
+                (Some(web), Audience::Review) => Some(web.alert_url(&alert.id)),
+                _ => None,
+            },
             approved,
-            headline: alert
-                .assessment
-                .as_ref()
-                .and_then(|a| a.headline.as_deref())
-                .map(one_line),
+            contact: config.mail.contact.clone(),
         }
     }
 
-    fn text(&self, marking: &str, lead: &str, severity: &str) -> String {
+    fn text(&self, marking: &str, lead: &str) -> String {
         let mut t = String::new();
         t.push_str(&format!("{marking}\n\n"));
         if let Some(note) = &self.draft_note {
             t.push_str(&format!("{note}\n\n"));
         }
+        t.push_str(&format!("{}\n", self.headline));
         if let Some(approved) = &self.approved {
-            t.push_str(&format!("{approved}\n\n"));
+            t.push_str(&format!("{approved}\n"));
         }
-        if let Some(headline) = &self.headline {
-            t.push_str(&format!("{headline}\n\n"));
+        t.push('\n');
+        if !lead.trim().is_empty() {
+            t.push_str(lead.trim());
+            t.push_str("\n\n");
         }
-        t.push_str(lead.trim());
-        t.push_str("\n\n");
-        t.push_str(&format!("Severity:  {severity}\n"));
-        t.push_str(&format!("Rule:      {}\n", self.rule_line));
-        t.push_str(&format!("District:  {}\n", self.district));
-        t.push_str(&format!("When:      {}\n", self.when));
-        t.push_str(&format!("Records:   {}\n", self.records));
-        if let Some(due) = &self.due {
-            t.push_str(&format!("Due:       {due}\n"));
+        for (k, v) in &self.facts {
+            t.push_str(&format!("{:<10} {v}\n", format!("{k}:")));
         }
-        t.push_str(&format!("Reference: {}\n\n", self.reference));
+        t.push('\n');
         if let Some(advice) = &self.advice {
             t.push_str("WHAT TO DO\n");
             t.push_str(advice.trim());
             t.push_str("\n\n");
         }
-        t.push_str("EVIDENCE\n");
+        if let Some(link) = &self.ack_link {
+            t.push_str(&super::notice::ack_line_text(link));
+            t.push_str("\n\n");
+        }
+        if !self.evidence.is_empty() {
+            t.push_str(&format!("{}\n", self.evidence_title.to_uppercase()));
+        }
         for (title, rows) in &self.evidence {
             t.push_str(&format!("{title}\n"));
             for (k, v) in rows {
-                t.push_str(&format!("   {k}: {}\n", v.replace(['\r', '\n'], " ")));
+                t.push_str(&format!("   {k}: {v}\n"));
             }
         }
         if self.more_records > 0 {
             t.push_str(&format!(
-                "... and {} more matching records (see earlywarn status).\n",
-                self.more_records
+                "... and {} more records (earlywarn alerts show {}).\n",
+                self.more_records, self.reference
             ));
         }
         if let Some(w) = &self.withheld {
             t.push_str(&format!("\n{w}\n"));
         }
         t.push_str(&format!("\nWHY YOU RECEIVED THIS\n{}\n", self.why));
-        t.push_str(&format!(
-            "\nQuote {} in any reply.\n\n{marking}\n",
-            self.reference
-        ));
+        t.push_str("\nDETAILS\n");
+        for (k, v) in &self.details {
+            t.push_str(&format!("{:<10} {v}\n", format!("{k}:")));
+        }
+        t.push_str(&format!("Quote {} in any reply.\n", self.reference));
+        if let Some(contact) = &self.contact {
+            t.push_str(&format!("\n{contact}\n"));
+        }
+        t.push_str(&format!("\n{marking}\n"));
         t
     }
 
-    fn html(&self, marking: &str, lead: &str, severity: &str) -> String {
+    fn html(&self, marking: &str, lead: &str) -> String {
         let e = html_escape;
+        let (badge_bg, badge_fg) = match self.severity {
+            crate::config::Severity::Critical => ("#b00020", "#ffffff"),
+            crate::config::Severity::Warning => ("#f2b705", "#1a1a1a"),
+            crate::config::Severity::Info => ("#1f5fa8", "#ffffff"),
+        };
+        let th = "text-align:left;vertical-align:top;padding:2px 12px 2px 0;font-weight:bold;white-space:nowrap";
+        let td = "vertical-align:top;padding:2px 0";
+        let h2 = "font-size:18px;margin:24px 0 8px";
         let mut h = String::new();
-        h.push_str("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body style=\"font-family:sans-serif\">\n");
-        h.push_str(&format!("<p><strong>{}</strong></p>\n", e(marking)));
+        h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n</head>\n");
+        h.push_str("<body style=\"margin:0;padding:0;background:#f3f3f3\">\n<div style=\"max-width:680px;margin:0 auto;padding:16px;background:#ffffff;font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5;color:#1a1a1a;overflow-wrap:anywhere\">\n");
+        h.push_str(&format!(
+            "<p style=\"margin:0 0 12px;font-weight:bold;letter-spacing:0.05em\">{}</p>\n",
+            e(marking)
+        ));
         if let Some(note) = &self.draft_note {
+            // The console address as a link: it is the reviewer's next step.
+            let note = match &self.console_url {
+                Some(url) => e(note).replacen(
+                    &e(url),
+                    &format!(
+                        "<a href=\"{}\" style=\"color:#0b4f9c\">{}</a>",
+                        e(url),
+                        e(url)
+                    ),
+                    1,
+                ),
+                None => e(note),
+            };
             h.push_str(&format!(
-                "<p style=\"background:#fff3cd;padding:8px\"><strong>{}</strong></p>\n",
-                e(note)
+                "<p style=\"background:#fff3cd;border-left:4px solid #9a6700;padding:8px 12px\"><strong>{note}</strong></p>\n"
             ));
         }
+        h.push_str(&format!(
+            "<p style=\"margin:0 0 8px\"><span style=\"display:inline-block;padding:2px 10px;border-radius:3px;background:{badge_bg};color:{badge_fg};font-weight:bold\">{}</span></p>\n",
+            e(&self.severity.as_str().to_uppercase())
+        ));
+        h.push_str(&format!(
+            "<h1 style=\"font-size:22px;line-height:1.3;margin:0 0 12px\">{}</h1>\n",
+            e(&self.headline)
+        ));
         if let Some(approved) = &self.approved {
-            h.push_str(&format!("<p><strong>{}</strong></p>\n", e(approved)));
-        }
-        if let Some(headline) = &self.headline {
-            h.push_str(&format!("<p><strong>{}</strong></p>\n", e(headline)));
-        }
-        h.push_str(&format!("<p>{}</p>\n", e(lead.trim())));
-        h.push_str("<table>\n");
-        for (k, v) in [
-            ("Severity", severity),
-            ("Rule", &self.rule_line),
-            ("District", &self.district),
-            ("When", &self.when),
-            ("Records", &self.records),
-            ("Reference", &self.reference),
-        ] {
             h.push_str(&format!(
-                "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
+                "<p style=\"background:#e8f5e9;border-left:4px solid #1b5e20;padding:8px 12px\"><strong>{}</strong></p>\n",
+                e(approved)
+            ));
+        }
+        push_blocks(&mut h, lead);
+        h.push_str("<table role=\"presentation\" style=\"border-collapse:collapse\">\n");
+        for (k, v) in &self.facts {
+            h.push_str(&format!(
+                "<tr><th style=\"{th}\">{}</th><td style=\"{td}\">{}</td></tr>\n",
                 e(k),
                 e(v)
             ));
         }
-        if let Some(due) = &self.due {
-            h.push_str(&format!(
-                "<tr><th align=\"left\">Due</th><td>{}</td></tr>\n",
-                e(due)
-            ));
-        }
         h.push_str("</table>\n");
         if let Some(advice) = &self.advice {
+            h.push_str(&format!("<h2 style=\"{h2}\">What to do</h2>\n"));
+            push_blocks(&mut h, advice);
+        }
+        if let Some(link) = &self.ack_link {
+            h.push_str(&super::notice::ack_line_html(link));
+            h.push('\n');
+        }
+        if !self.evidence.is_empty() {
             h.push_str(&format!(
-                "<h3>What to do</h3>\n<p>{}</p>\n",
-                e(advice.trim()).replace('\n', "<br>")
+                "<h2 style=\"{h2}\">{}</h2>\n",
+                e(self.evidence_title)
             ));
         }
-        h.push_str("<h3>Evidence</h3>\n");
         for (title, rows) in &self.evidence {
-            h.push_str(&format!("<p><strong>{}</strong></p>\n<table>\n", e(title)));
+            h.push_str(&format!(
+                "<h3 style=\"font-size:16px;margin:16px 0 4px\">{}</h3>\n<table role=\"presentation\" style=\"border-collapse:collapse\">\n",
+                e(title)
+            ));
             for (k, v) in rows {
                 h.push_str(&format!(
-                    "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
+                    "<tr><th style=\"{th}\">{}</th><td style=\"{td}\">{}</td></tr>\n",
                     e(k),
                     e(v)
                 ));
@@ -1273,23 +1617,64 @@ impl Sections {
         }
         if self.more_records > 0 {
             h.push_str(&format!(
-                "<p>… and {} more matching records.</p>\n",
-                self.more_records
+                "<p>… and {} more records (earlywarn alerts show {}).</p>\n",
+                self.more_records,
+                e(&self.reference)
             ));
         }
         if let Some(w) = &self.withheld {
             h.push_str(&format!("<p><em>{}</em></p>\n", e(w)));
         }
         h.push_str(&format!(
-            "<h3>Why you received this</h3>\n<p>{}</p>\n",
+            "<h2 style=\"{h2}\">Why you received this</h2>\n<p>{}</p>\n",
             e(&self.why)
         ));
         h.push_str(&format!(
-            "<p>Quote {} in any reply.</p>\n<p><strong>{}</strong></p>\n</body></html>\n",
-            e(&self.reference),
+            "<h2 style=\"{h2};color:#555555\">Details</h2>\n<table role=\"presentation\" style=\"border-collapse:collapse;font-size:14px;color:#555555\">\n"
+        ));
+        for (k, v) in &self.details {
+            h.push_str(&format!(
+                "<tr><th style=\"{th}\">{}</th><td style=\"{td}\">{}</td></tr>\n",
+                e(k),
+                e(v)
+            ));
+        }
+        h.push_str(&format!(
+            "</table>\n<p style=\"font-size:14px;color:#555555\">Quote {} in any reply.</p>\n",
+            e(&self.reference)
+        ));
+        if let Some(contact) = &self.contact {
+            h.push_str(&format!(
+                "<p style=\"border-top:1px solid #cccccc;padding-top:8px\">{}</p>\n",
+                e(contact)
+            ));
+        }
+        h.push_str(&format!(
+            "<p style=\"font-weight:bold;letter-spacing:0.05em\">{}</p>\n</div>\n</body></html>\n",
             e(marking)
         ));
         h
+    }
+}
+
+/// Text written in a rule file as HTML paragraphs and lists (see [`wording::blocks`]), escaped.
+fn push_blocks(h: &mut String, text: &str) {
+    for block in wording::blocks(text) {
+        match block {
+            wording::Block::Paragraph(p) => {
+                h.push_str(&format!("<p>{}</p>\n", html_escape(&p)));
+            }
+            wording::Block::List(items) => {
+                h.push_str("<ul style=\"padding-left:24px\">\n");
+                for item in items {
+                    h.push_str(&format!(
+                        "<li style=\"margin-bottom:4px\">{}</li>\n",
+                        html_escape(&item)
+                    ));
+                }
+                h.push_str("</ul>\n");
+            }
+        }
     }
 }
 
@@ -1315,7 +1700,8 @@ fn human_duration(d: Duration) -> String {
     let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     match s {
         0 => "0 seconds".into(),
-        s if s % 86_400 == 0 => plural(s / 86_400, "day"),
+        // "24 hours", as a deadline is spoken of; "2 days" and more in days.
+        s if s % 86_400 == 0 && s > 86_400 => plural(s / 86_400, "day"),
         s if s % 3600 == 0 => plural(s / 3600, "hour"),
         s if s % 60 == 0 && s < 3600 => plural(s / 60, "minute"),
         s if s < 60 => plural(s, "second"),
@@ -1462,7 +1848,7 @@ emails = ["c@example.org"]
         let panel = &mails[0];
         assert_eq!(
             panel.subject,
-            "OFFICIAL-SENSITIVE [CRITICAL] Nitazene detected in Bolton"
+            "OFFICIAL-SENSITIVE [CRITICAL] Nitazene detected, Bolton, Tue 4 Nov"
         );
         assert_eq!(panel.to, ["p@example.org", "q@example.org"]);
         assert_eq!(panel.message_id, "<EW-0123456789.panel@example.org>");
@@ -2046,6 +2432,26 @@ emails = ["c@example.org"]
             with_date(b"Subject: x\r\n\r\nDate: body\r\n", at),
             b"Date: Wed, 5 Nov 2025 08:09:10 +0000\r\nSubject: x\r\n\r\nDate: body\r\n"
         );
+    }
+
+    #[test]
+    fn the_first_line_says_what_was_found_but_never_from_a_sensitive_field() {
+        let config = config();
+        let rule = checked_rule(
+            &config,
+            "when = 'notes ~ \"(?i)park\" or district == \"bolton\"'",
+        );
+        let mails = emails(&config, &rule, &alert("sold at the PARK", "Bolton"));
+        // The panel may read the notes, but a subject shows in previews and
+        // notifications: only the district was found there.
+        assert_eq!(
+            mails[0].subject,
+            "OFFICIAL-SENSITIVE [CRITICAL] Bolton, Tue 4 Nov"
+        );
+        assert!(mails[0].text.contains("Notes: sold at the PARK"));
+        for mail in &mails {
+            assert!(!mail.subject.contains("PARK"), "{}", mail.subject);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::audit::{Actor, AuditEntry};
 use crate::display::escape_controls as esc;
 use crate::review::Decided;
 use crate::store::decisions::{DecisionRow, QueueOrder};
+use crate::store::lifecycle::AckRow;
 use crate::store::{AlertRow, DeliveryRow, StoredAlert};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -68,6 +69,8 @@ pub struct History {
     pub deliveries: Vec<DeliveryRow>,
     pub decisions: Vec<DecisionRow>,
     pub audit: Vec<AuditEntry>,
+    /// Who confirmed receipt, for which partner.
+    pub acks: Vec<AckRow>,
 }
 
 /// `alerts show ID --format json`.
@@ -80,6 +83,7 @@ pub fn shown_json(stored: &StoredAlert, history: &History) -> serde_json::Value 
         "decisions": history.decisions,
         "audit": history.audit,
         "deliveries": history.deliveries,
+        "acknowledgements": history.acks,
     })
 }
 
@@ -168,29 +172,91 @@ pub fn write_alert(
         )?;
     }
     writeln!(out, "History")?;
+    writeln!(out, "  {} raised", show(a.created_at, tz))?;
     for e in &history.audit {
         writeln!(
             out,
-            "  {} {:<12} {} from {}",
+            "  {} {:<12} {} from {}{}",
             show(e.at, tz),
             esc(&e.action),
             esc(&e.actor),
-            esc(&e.source)
+            esc(&e.source),
+            audit_detail(e)
         )?;
     }
     writeln!(out, "Emails")?;
     for d in &history.deliveries {
         writeln!(
             out,
-            "  {:<20} {:<6} {:<7} attempts={} {}",
+            "  {:<20} {:<10} {:<7} attempts={} {}",
             esc(&d.partner_id),
-            d.audience,
+            esc(&d.purpose),
             d.status,
             d.attempts,
             esc(d.last_error.as_deref().unwrap_or_default())
         )?;
     }
+    writeln!(out, "Acknowledged")?;
+    if history.acks.is_empty() {
+        writeln!(out, "  by nobody yet")?;
+    }
+    for ack in &history.acks {
+        let name = ack
+            .name
+            .as_deref()
+            .map(|n| format!(" by {}", esc(n)))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  {} for {}{name} from {}",
+            show(ack.at, tz),
+            esc(&ack.partner_id),
+            esc(&ack.ip)
+        )?;
+    }
     Ok(())
+}
+
+/// What an update, a withdrawal or an acknowledgement said, for its history line.
+fn audit_detail(e: &AuditEntry) -> String {
+    let text = |key: &str| e.detail.get(key).and_then(|v| v.as_str());
+    match e.action.as_str() {
+        "update" => format!(
+            ": update {}: {}",
+            e.detail.get("n").and_then(|n| n.as_u64()).unwrap_or(0),
+            esc(text("text").unwrap_or_default())
+        ),
+        "withdraw" => format!(": {}", esc(text("reason").unwrap_or_default())),
+        "acknowledge" => format!(" for {}", esc(text("partner").unwrap_or_default())),
+        _ => String::new(),
+    }
+}
+
+/// What `alerts update` and `alerts withdraw` say: who was told.
+pub fn write_notified(
+    out: &mut impl Write,
+    notified: &crate::lifecycle::Notified,
+    format: OutputFormat,
+) -> io::Result<()> {
+    if format == OutputFormat::Json {
+        return super::write_json(out, notified);
+    }
+    let what = match notified.update {
+        Some(n) => format!("update {n} of {}", esc(&notified.alert_id)),
+        None => format!("{} withdrawn", esc(&notified.alert_id)),
+    };
+    if notified.partners.is_empty() {
+        return writeln!(
+            out,
+            "{what}: recorded; no partner had received it, so nobody is emailed"
+        );
+    }
+    let partners: Vec<String> = notified
+        .partners
+        .iter()
+        .map(|p| esc(p).into_owned())
+        .collect();
+    writeln!(out, "{what}: queued for {}", partners.join(", "))
 }
 
 /// The edits of an approval in one line: ": headline, severity critical, left out x".

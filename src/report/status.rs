@@ -1,5 +1,6 @@
-//! `earlywarn status` as text: feeds, open deadlines, the review queue, the
-//! outbox, rejected files and recent alerts.
+//! `earlywarn status` as text: the rules in force and the last refused
+//! reload, feeds, open deadlines, the review queue, the outbox, rejected
+//! files and recent alerts.
 
 use super::local;
 use crate::config::FeedConfig;
@@ -19,6 +20,7 @@ pub fn write_text(
     now: Timestamp,
 ) -> io::Result<()> {
     let show = |t: Timestamp| local(t, tz, "%Y-%m-%d %H:%M:%S %Z");
+    write_rules(out, report, &show)?;
     writeln!(out, "Feeds")?;
     for paused in &report.paused_feeds {
         writeln!(
@@ -79,6 +81,40 @@ pub fn write_text(
             a.event_count,
             esc(&a.status)
         )?;
+    }
+    Ok(())
+}
+
+/// The rules in force and, if a reload was ever refused, the last refusal
+/// with its errors (the daemon keeps the rules it had: SPEC §8).
+fn write_rules(
+    out: &mut impl Write,
+    report: &StatusReport,
+    show: &impl Fn(Timestamp) -> String,
+) -> io::Result<()> {
+    let rules = &report.rules;
+    // Stored by the daemon as RFC 3339; anything else is shown as it is.
+    let shown = |t: &str| {
+        t.parse::<Timestamp>()
+            .map(show)
+            .unwrap_or_else(|_| esc(t).into_owned())
+    };
+    writeln!(out, "Rules")?;
+    match (rules.loaded, &rules.last_reload_at) {
+        (Some(n), Some(at)) => writeln!(out, "  {n} rule(s) in force; last reload {}", shown(at))?,
+        (Some(n), None) => writeln!(out, "  {n} rule(s) in force")?,
+        (None, _) => writeln!(out, "  not known: the daemon has not run on this database")?,
+    }
+    if let (Some(at), Some(errors)) = (&rules.last_refused_at, &rules.last_refused_error) {
+        let state = if rules.last_reload_error.is_some() {
+            "the previous rules stay in force"
+        } else {
+            "fixed since: the rules above are in force"
+        };
+        writeln!(out, "  last refused reload {} ({state}):", shown(at))?;
+        for line in errors.lines() {
+            writeln!(out, "    {}", esc(line))?;
+        }
     }
     Ok(())
 }
@@ -180,6 +216,8 @@ mod tests {
                 loaded: None,
                 last_reload_at: None,
                 last_reload_error: None,
+                last_refused_at: None,
+                last_refused_error: None,
             },
             paused_feeds: Vec::new(),
             open_deadlines: Vec::new(),
@@ -205,7 +243,7 @@ mod tests {
     fn a_new_install_says_none_everywhere() {
         assert_eq!(
             text(&empty(), at("2026-03-01T12:00:00Z")),
-            "Feeds\n  drug_testing     no file yet\n  incidents        no file yet\nOpen deadlines\n  none\nReview queue\n  0 alert(s) awaiting review (earlywarn alerts list)\nOutbox\n  pending 0, failed 0\nRejected in the last 7 days\n  none\nRecent alerts\n  none\n"
+            "Rules\n  not known: the daemon has not run on this database\nFeeds\n  drug_testing     no file yet\n  incidents        no file yet\nOpen deadlines\n  none\nReview queue\n  0 alert(s) awaiting review (earlywarn alerts list)\nOutbox\n  pending 0, failed 0\nRejected in the last 7 days\n  none\nRecent alerts\n  none\n"
         );
     }
 
@@ -264,9 +302,20 @@ mod tests {
             created_at: at("2026-03-01T10:00:00Z"),
             event_count: 4,
         });
+        report.rules = RulesStatus {
+            loaded: Some(24),
+            last_reload_at: Some("2026-03-01T11:40:00Z".into()),
+            last_reload_error: Some("rules/x.toml:3:8: unknown feed\n\u{1b}[2Jx".into()),
+            last_refused_at: Some("2026-03-01T11:40:00Z".into()),
+            last_refused_error: Some("rules/x.toml:3:8: unknown feed\n\u{1b}[2Jx".into()),
+        };
         let text = text(&report, at("2026-03-01T12:00:00Z"));
         assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
         for line in [
+            "  24 rule(s) in force; last reload 2026-03-01 11:40:00 UTC".into(),
+            "  last refused reload 2026-03-01 11:40:00 UTC (the previous rules stay in force):".into(),
+            "    rules/x.toml:3:8: unknown feed".into(),
+            "    \\x1b[2Jx".into(),
             format!("  incidents        PAUSED: {shown} is a link"),
             format!("  drug_testing     last file {shown} at 2026-03-01 09:00:00 UTC (processed)"),
             "  handover                     late                 due 2026-03-01 11:00:00 UTC  OVERDUE".into(),
@@ -279,5 +328,22 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_refused_reload_stays_shown_once_fixed() {
+        let mut report = empty();
+        report.rules = RulesStatus {
+            loaded: Some(25),
+            last_reload_at: Some("2026-03-01T11:50:00Z".into()),
+            last_reload_error: None,
+            last_refused_at: Some("2026-03-01T11:40:00Z".into()),
+            last_refused_error: Some("rules/x.toml:3:8: unknown feed `drugs`".into()),
+        };
+        let text = text(&report, at("2026-03-01T12:00:00Z"));
+        assert!(
+            text.starts_with("Rules\n  25 rule(s) in force; last reload 2026-03-01 11:50:00 UTC\n  last refused reload 2026-03-01 11:40:00 UTC (fixed since: the rules above are in force):\n    rules/x.toml:3:8: unknown feed `drugs`\nFeeds\n"),
+            "{text}"
+        );
     }
 }

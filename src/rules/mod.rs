@@ -36,6 +36,9 @@ pub struct Rule {
     pub approvals: u32,
     /// Reviewers (and `ops`) are reminded once if a draft is still undecided this long after it was raised.
     pub review_within: Option<Duration>,
+    /// A partner that has not confirmed receipt this long after the alert went out
+    /// is sent it again marked REMINDER, and `ops` are told, once (SPEC §10).
+    pub ack_within: Option<Duration>,
     pub advice: Option<String>,
     pub cooldown: Option<Duration>,
     /// At most this many alerts from one file; further matches are folded
@@ -671,6 +674,17 @@ fn load_rule(
     });
     let max_alerts = max_alerts(&raw, report);
     let (approvals, review_within) = review_keys(&raw, !review.is_empty(), report);
+    let ack_within = raw.ack_within.as_ref().and_then(|w| {
+        if config.web.is_none() {
+            report.at(
+                w.span().start,
+                "`ack_within` needs acknowledgement links, which need the console: set `[web] public_url` in the config",
+            );
+        }
+        parse_duration(w.get_ref())
+            .map_err(|message| report.at(w.span().start, message))
+            .ok()
+    });
     if let (Some(fc), Some(when)) = (feed_config, &when) {
         check_rule_fields(&raw, fc, when, report);
     }
@@ -699,6 +713,7 @@ fn load_rule(
         review,
         approvals,
         review_within,
+        ack_within,
         advice: raw.advice,
         cooldown,
         max_alerts,
@@ -986,6 +1001,7 @@ struct RawRule {
     review: Vec<Spanned<String>>,
     approvals: Option<Spanned<i64>>,
     review_within: Option<Spanned<String>>,
+    ack_within: Option<Spanned<String>>,
     advice: Option<String>,
     cooldown: Option<Spanned<String>>,
     max_alerts: Option<Spanned<i64>>,
@@ -1200,6 +1216,37 @@ group_by = ["district"]
                 .to_string();
             assert!(err.starts_with("r.toml:5:"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn ack_within_is_a_duration_placed_when_wrong() {
+        let rule = "[[rule]]\nid = \"x\"\nfeed = \"drug_testing\"\nnotify = [\"dews-panel\"]\n";
+        let mut with_web = config();
+        with_web.web = Some(crate::config::WebConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            public_url: "https://ew.example.org".into(),
+            tls: None,
+            session_idle: Duration::from_secs(3600),
+            max_connections: 8,
+        });
+        let load_with_web = |text: &str| {
+            RuleSet::from_sources(&with_web, &[(PathBuf::from("r.toml"), text.to_string())])
+        };
+        let loaded = load_with_web(&format!("{rule}ack_within = \"2h\"\n")).unwrap();
+        assert_eq!(loaded.rules[0].ack_within, Some(Duration::from_secs(7200)));
+        assert_eq!(load_with_web(rule).unwrap().rules[0].ack_within, None);
+        let err = load_with_web(&format!("{rule}ack_within = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("r.toml:5:14: "), "{err}");
+        // Without the console there is no link to confirm with.
+        let err = load(&format!("{rule}ack_within = \"2h\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("r.toml:5:14: `ack_within` needs acknowledgement links"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! No policy lives here (who may decide, how many approvals): that is `review`.
 
 use super::{FileTx, Result, Store, StoreError, StoredAlert, from_ms, ms};
-use crate::alerts::render::RenderedEmail;
+use crate::alerts::render::{Purpose, RenderedEmail};
 use crate::alerts::{Alert, AlertStatus, Audience};
 use crate::audit::{Action, Actor};
 use crate::review::Edits;
@@ -131,6 +131,11 @@ impl DecisionTx<'_> {
         self.file_tx.first_in_thread(thread, partner_id)
     }
 
+    /// The acknowledgement signing key (SPEC §10) for the approved alert's links.
+    pub fn ack_key(&self) -> Result<[u8; 32]> {
+        self.file_tx.ack_key()
+    }
+
     /// Adds the decision's row and its audit row (`approve` with the edits as
     /// detail, `dismiss` with the reason).
     pub fn record(&self, d: &NewDecision<'_>) -> Result<()> {
@@ -212,7 +217,7 @@ impl DecisionTx<'_> {
         }
         for (partner, email) in approved.map(|(_, emails)| emails).unwrap_or_default() {
             self.file_tx
-                .enqueue(id, partner, Audience::Notify, email, now)?;
+                .enqueue(id, partner, Audience::Notify, Purpose::Alert, email, now)?;
         }
         Ok(true)
     }
