@@ -65,6 +65,11 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve the console on {addr}: {source}")]
+    Web {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Loads and validates the rule set named by the config.
@@ -216,6 +221,25 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
         ));
     }
 
+    // The console reads the rules in force from this channel: each reload sends its set.
+    let (rules_tx, rules_rx) = tokio::sync::watch::channel(rules.clone());
+    let web = match &config.web {
+        Some(web) => {
+            let addr = web.listen;
+            let listener = crate::web::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Web { addr, source })?;
+            tracing::info!(%addr, url = %web.public_url, "Serving the console");
+            Some(tokio::spawn(crate::web::run(
+                listener,
+                config.clone(),
+                rules_rx,
+                stop_tasks.clone(),
+            )))
+        }
+        None => None,
+    };
+
     let (hint_tx, mut hints) = mpsc::unbounded_channel();
     let (reload_tx, mut reload_requests) = mpsc::unbounded_channel();
     let watchers = Watchers::new(&config, hint_tx.clone(), reload_tx.clone())?;
@@ -266,6 +290,7 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
         watchers,
         hint_tx,
         reload_tx,
+        rules_tx,
         stopping: stopping.clone(),
         stop_requested: stop_requested.clone(),
         liveness: liveness.clone(),
@@ -353,6 +378,14 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
         tracing::warn!(
             "Outbox still busy at shutdown; pending mail stays queued for the next start"
         );
+    }
+    if let Some(web) = web {
+        // Pages in progress finish (each is bounded by the request timeout).
+        match tokio::time::timeout(config.daemon.shutdown_timeout, web).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "The console stopped with an error"),
+            Err(_) => tracing::warn!("Console requests still running at shutdown"),
+            _ => {}
+        }
     }
     tracing::info!("Stopped");
     Ok(())
@@ -476,6 +509,8 @@ struct Intake<'a> {
     watchers: Watchers,
     hint_tx: mpsc::UnboundedSender<Hint>,
     reload_tx: mpsc::UnboundedSender<()>,
+    /// Each rule set in force, for the console.
+    rules_tx: tokio::sync::watch::Sender<Arc<RuleSet>>,
     /// Cancelled on SIGTERM/SIGINT: no new file is started after that.
     stopping: CancellationToken,
     /// When SIGTERM/SIGINT came: the file being read then gets half of
@@ -652,6 +687,8 @@ impl Intake<'_> {
                 );
                 self.settler = Settler::new(config.daemon.settle);
                 self.engine.replace_rules(rules.clone());
+                // No receiver (no console) is not an error: nobody needs the set.
+                let _ = self.rules_tx.send(rules.clone());
                 self.config = Arc::new(config);
                 // Ops were told of the refusal: tell them it is over.
                 if self

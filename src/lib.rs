@@ -20,6 +20,7 @@
 //! - [`ruletest`]: `earlywarn test`, rule tests for the people who write rules.
 //! - [`config`], [`diagnostic`]: the config file and `file:line:col` errors.
 //! - [`display`]: untrusted text escaped for logs and terminals.
+//! - [`web`]: the console, server-rendered pages served by the daemon when `[web]` is set.
 //!
 //! The core (`event`, `feeds::parse`, `feeds::decode`, `rules`, `alerts`) does
 //! no I/O and never reads the clock: callers pass `now`.

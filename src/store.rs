@@ -27,6 +27,7 @@ pub mod accounts;
 pub mod audit;
 pub mod decisions;
 pub mod lifecycle;
+pub mod web;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -282,6 +283,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         what: "outbox: a purpose per row (updates, reminders, withdrawals); acknowledgements; reminders sent",
         up: Up::Sql(SCHEMA_V5_LIFECYCLE),
     },
+    Migration {
+        what: "the console: history indexes and its text search",
+        up: Up::Sql(SCHEMA_V6_CONSOLE_SEARCH),
+    },
 ];
 
 /// Version 4: what the console (SPEC §9) and review decisions (SPEC §5.4) keep.
@@ -417,6 +422,44 @@ CREATE TABLE reminders (
     at         INTEGER NOT NULL,
     PRIMARY KEY (alert_id, kind)
 ) WITHOUT ROWID;
+"#;
+
+/// Version 6: what the console's history (`store::web`) reads fast with
+/// 100,000 alerts: each filter an index range walked newest first, a
+/// partner's alerts found from its outbox rows, and `alert_text`, a full-text
+/// index of what each reader may search. Rows with `partner = ''` hold the
+/// alert's id, rule and every text value of the stored alert (for accounts
+/// that see everything); one row per email holds its subject under the
+/// partner it went to (all a partner's account may search). Kept by
+/// triggers, so no writer of alerts or emails has to remember it; the
+/// `CASE` keeps an unreadable summary from failing the insert of its alert.
+const SCHEMA_V6_CONSOLE_SEARCH: &str = r#"
+-- Newest first with the id in the index: a partner's history checks each
+-- alert's outbox row without reading the alert itself.
+CREATE INDEX alerts_by_time_and_id ON alerts(created_at, id);
+CREATE INDEX alerts_by_rule ON alerts(rule_id, created_at);
+CREATE INDEX alerts_by_district ON alerts(district COLLATE NOCASE, created_at);
+CREATE INDEX alerts_by_severity ON alerts(severity, created_at);
+CREATE INDEX outbox_by_partner ON outbox(partner_id, alert_id);
+
+CREATE VIRTUAL TABLE alert_text USING fts5(
+    alert_id UNINDEXED, partner UNINDEXED, body, tokenize = 'unicode61 remove_diacritics 2'
+);
+INSERT INTO alert_text (alert_id, partner, body)
+    SELECT id, '', id || ' ' || rule_id || ' ' || CASE WHEN json_valid(summary)
+        THEN COALESCE((SELECT group_concat(value, ' ') FROM json_tree(summary) WHERE type = 'text'), '')
+        ELSE '' END
+    FROM alerts;
+INSERT INTO alert_text (alert_id, partner, body) SELECT alert_id, partner_id, subject FROM outbox;
+CREATE TRIGGER alert_text_of_a_new_alert AFTER INSERT ON alerts BEGIN
+    INSERT INTO alert_text (alert_id, partner, body) VALUES (new.id, '',
+        new.id || ' ' || new.rule_id || ' ' || CASE WHEN json_valid(new.summary)
+            THEN COALESCE((SELECT group_concat(value, ' ') FROM json_tree(new.summary) WHERE type = 'text'), '')
+            ELSE '' END);
+END;
+CREATE TRIGGER alert_text_of_a_new_email AFTER INSERT ON outbox BEGIN
+    INSERT INTO alert_text (alert_id, partner, body) VALUES (new.alert_id, new.partner_id, new.subject);
+END;
 "#;
 
 /// The schema version this binary reads and writes.
@@ -1909,7 +1952,8 @@ mod tests {
             }
             tx.commit().unwrap();
         }
-        let mut store = Store::open(dir.path()).unwrap();
+        // Version 5 exactly: later steps add indexes of their own.
+        let mut store = Store::open_with(dir.path(), &MIGRATIONS[..5]).unwrap();
         let rows: Vec<(i64, String, String, String, i64)> = store
             .conn
             .prepare("SELECT id, partner_id, audience, purpose, priority FROM outbox ORDER BY id")

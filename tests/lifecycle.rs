@@ -313,7 +313,8 @@ fn a_draft_in_review_cannot_be_updated_or_withdrawn() {
     stop(daemon);
 }
 
-const WEB: &str = "[web]\npublic_url = \"https://ew.example.org\"";
+// A port of its own (0: any free one): the daemon serves the console when `[web]` is set.
+const WEB: &str = "[web]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://ew.example.org\"";
 
 /// The link `Confirm you have received this: URL` in a text body, and its token.
 fn ack_link(text: &str) -> (String, String) {

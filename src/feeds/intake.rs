@@ -602,7 +602,6 @@ impl Incoming<'_> {
     /// file leaves the folder only once its fate is on record.
     fn reject_whole(&self, store: &mut Store, reason: &str) -> Result<Disposition, IntakeError> {
         let feed = self.feed;
-        tracing::warn!(feed = %feed.name, file = %Escaped(self.name), reason = %Escaped(reason), "Rejected file");
         let base = self
             .folders
             .free_rejected_base(&safe_base_name(self.file_name));
@@ -630,6 +629,8 @@ impl Incoming<'_> {
         self.folders
             .move_to_rejected(self.file_name, &base)
             .map_err(io_err("cannot move to rejected/", self.path))?;
+        // Logged once it is done, so whoever reads the line finds the file in rejected/.
+        tracing::warn!(feed = %feed.name, file = %Escaped(self.name), reason = %Escaped(reason), "Rejected file");
         Ok(Disposition::Rejected(reason.to_string()))
     }
 
