@@ -219,12 +219,17 @@ pub async fn run(
     rules: watch::Receiver<Arc<RuleSet>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // Only called with [web] set; without it, nothing is served.
+    let Some(web) = config.web.clone() else {
+        return Ok(());
+    };
     let app = router(Arc::new(WebState::new(config, rules)));
-    // Until `web::listener` (TLS, the connection bound) is merged: axum's own loop.
-    axum::serve(
+    listener::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        web.tls.as_ref(),
+        web.max_connections,
+        app,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
 }
