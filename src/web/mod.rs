@@ -194,7 +194,10 @@ pub fn router(state: Arc<WebState>) -> Router {
             CONTENT_SECURITY_POLICY,
         ))
         .layer(static_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .layer(static_header(header::REFERRER_POLICY, "no-referrer"))
+        // Not `no-referrer`: under it browsers send `Origin: null` with every form
+        // POST, which the same-origin check must refuse (the login too). `same-origin`
+        // still gives other sites no referrer.
+        .layer(static_header(header::REFERRER_POLICY, "same-origin"))
         .layer(static_header(header::X_FRAME_OPTIONS, "DENY"));
     if https {
         app = app.layer(static_header(
