@@ -314,7 +314,6 @@ fn users_add(config: &Path, args: &[&str], password: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the console's login and decision forms (branch console-web), whose pages must not send `Referrer-Policy: no-referrer`: with it Chromium posts forms with `Origin: null` and the same-origin check refuses the login"]
 async fn a_reviewer_edits_the_advice_leaves_a_partner_out_and_approves() {
     let console = Console::start();
     let browser = Browser::start(1000).await;
@@ -372,7 +371,6 @@ async fn a_reviewer_edits_the_advice_leaves_a_partner_out_and_approves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the console's login and decision forms (branch console-web), whose pages must not send `Referrer-Policy: no-referrer`: with it Chromium posts forms with `Origin: null` and the same-origin check refuses the login"]
 async fn dismissing_needs_a_reason_and_with_one_closes_the_draft() {
     let console = Console::start();
     let browser = Browser::start(1000).await;
@@ -418,7 +416,6 @@ async fn dismissing_needs_a_reason_and_with_one_closes_the_draft() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the console's login and decision forms (branch console-web), whose pages must not send `Referrer-Policy: no-referrer`: with it Chromium posts forms with `Origin: null` and the same-origin check refuses the login"]
 async fn a_viewer_gets_no_decision_form_and_a_forged_approval_is_refused() {
     let console = Console::start();
     let browser = Browser::start(1000).await;
@@ -457,7 +454,6 @@ async fn a_viewer_gets_no_decision_form_and_a_forged_approval_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the console's login and decision forms (branch console-web), whose pages must not send `Referrer-Policy: no-referrer`: with it Chromium posts forms with `Origin: null` and the same-origin check refuses the login"]
 async fn every_page_fits_a_phone_with_a_hostile_feed_value_on_it() {
     let console = Console::start();
     let browser = Browser::start(400).await;
