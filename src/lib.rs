@@ -11,7 +11,8 @@
 //! - [`store`]: the SQLite database: checkpoints, rule state, the durable outbox.
 //! - [`delivery`]: mail out, over SMTP or to files, with retries.
 //! - [`daemon`]: the long-running process that ties these together.
-//! - [`ops`]: self-alerts to the ops partners; [`metrics`]: the Prometheus endpoint.
+//! - [`ops`]: self-alerts to the ops partners; [`metrics`]: the Prometheus endpoint;
+//!   [`web`]: the console; [`accept`]: what accept loops share.
 //! - [`replay`]: the same pipeline offline, with a simulated clock.
 //! - [`report`]: what the command line prints (status, alerts, replay, check and test results).
 //! - [`review`]: approving or dismissing alerts held for review; [`audit`]: who did what;
@@ -24,6 +25,7 @@
 //! The core (`event`, `feeds::parse`, `feeds::decode`, `rules`, `alerts`) does
 //! no I/O and never reads the clock: callers pass `now`.
 
+pub mod accept;
 pub mod accounts;
 pub mod ack;
 pub mod alerts;

@@ -307,7 +307,7 @@ fn every_page_sends_the_security_headers_and_shows_hostile_values_as_text() {
         assert_eq!(status, 200, "{path}: {body}");
         assert_eq!(header(&headers, "content-security-policy"), CSP, "{path}");
         assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
-        assert_eq!(header(&headers, "referrer-policy"), "no-referrer");
+        assert_eq!(header(&headers, "referrer-policy"), "same-origin");
         assert_eq!(header(&headers, "x-frame-options"), "DENY");
         assert_eq!(header(&headers, "cache-control"), "no-store", "{path}");
         assert!(

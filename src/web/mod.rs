@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod decisions;
+pub mod listener;
 pub mod pages;
 
 use crate::config::Config;
@@ -193,7 +194,10 @@ pub fn router(state: Arc<WebState>) -> Router {
             CONTENT_SECURITY_POLICY,
         ))
         .layer(static_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .layer(static_header(header::REFERRER_POLICY, "no-referrer"))
+        // Not `no-referrer`: under it browsers send `Origin: null` with every form
+        // POST, which the same-origin check must refuse (the login too). `same-origin`
+        // still gives other sites no referrer.
+        .layer(static_header(header::REFERRER_POLICY, "same-origin"))
         .layer(static_header(header::X_FRAME_OPTIONS, "DENY"));
     if https {
         app = app.layer(static_header(
@@ -218,12 +222,17 @@ pub async fn run(
     rules: watch::Receiver<Arc<RuleSet>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // Only called with [web] set; without it, nothing is served.
+    let Some(web) = config.web.clone() else {
+        return Ok(());
+    };
     let app = router(Arc::new(WebState::new(config, rules)));
-    // Until `web::listener` (TLS, the connection bound) is merged: axum's own loop.
-    axum::serve(
+    listener::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        web.tls.as_ref(),
+        web.max_connections,
+        app,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
 }
