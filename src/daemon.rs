@@ -70,6 +70,8 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve the console over HTTPS: {0}")]
+    WebTls(#[from] crate::web::listener::TlsError),
 }
 
 /// Loads and validates the rule set named by the config.
@@ -225,6 +227,11 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
     let (rules_tx, rules_rx) = tokio::sync::watch::channel(rules.clone());
     let web = match &config.web {
         Some(web) => {
+            // A certificate or key that does not load stops the start, before
+            // READY=1, rather than leaving the daemon running without its console.
+            if let Some(tls) = &web.tls {
+                crate::web::listener::tls_acceptor(tls)?;
+            }
             let addr = web.listen;
             let listener = crate::web::bind(addr)
                 .await

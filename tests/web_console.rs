@@ -652,6 +652,26 @@ fn a_console_port_already_taken_is_a_start_up_error() {
 }
 
 #[test]
+fn a_certificate_that_does_not_load_is_a_start_up_error_naming_the_file() {
+    let dir = tempdir();
+    let (config, _) = console_config(dir.path());
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate\n").unwrap();
+    std::fs::write(dir.path().join("key.pem"), "not a key\n").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[web]\n",
+        "[web]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = InProcess::start(&config);
+    let err = daemon.stop().expect_err("the console cannot serve HTTPS");
+    assert!(
+        matches!(err, earlywarn::daemon::DaemonError::WebTls(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cert.pem"), "{err}");
+}
+
+#[test]
 fn the_queue_shows_the_review_clock_and_the_alert_page_a_decision_from_the_cli() {
     let dir = tempdir();
     let (config, base) = console_config(dir.path());
