@@ -271,12 +271,14 @@ fn the_link_from_a_real_email_records_only_when_its_button_is_pressed_and_only_o
     assert_eq!(status, 422, "the charity page's token is not bolton's");
     let (status, _, _) = post(&bolton_url, &[], &[("form", "1764590000.AAAA")]);
     assert_eq!(status, 422, "a made-up token");
-    let (status, _, _) = post(
+    let (status, headers, body) = post(
         &bolton_url,
         &[("origin", "https://evil.example")],
         &[("form", &bolton_form)],
     );
     assert_eq!(status, 403, "a foreign origin");
+    assert_eq!(header(&headers, "content-security-policy"), CSP);
+    assert!(body.contains("not recorded"), "{body}");
     let (status, _, _) = post(
         &bolton_url,
         &[("referer", "https://evil.example/page")],

@@ -39,6 +39,8 @@ struct AckPageView {
     viewer: Option<super::pages::Viewer>,
     /// The link was refused: the page says only that.
     invalid: bool,
+    /// The POST was refused (no valid form token, another site): why, and nothing else.
+    refused: Option<String>,
     /// What the POST did ("Confirmed, thank you" and the like).
     flash: Option<String>,
     /// A problem with what was typed.
@@ -158,6 +160,16 @@ fn invalid(state: &WebState) -> Result<Response, WebError> {
     render(state, StatusCode::NOT_FOUND, &view)
 }
 
+/// A refused POST: why, and nothing of the alert.
+fn refused(state: &WebState, status: StatusCode, why: String) -> Result<Response, WebError> {
+    let view = AckPageView {
+        title: "Not recorded",
+        refused: Some(why),
+        ..AckPageView::default()
+    };
+    render(state, status, &view)
+}
+
 /// `GET /ack/TOKEN`: records nothing.
 pub async fn page(
     State(state): State<Arc<WebState>>,
@@ -223,7 +235,11 @@ pub async fn confirm(
         .unwrap_or("");
     if !from_acceptable_origin(&headers, public_url) {
         tracing::warn!(ip = %ip, "Acknowledgement refused: posted from another site");
-        return Err(WebError::Forbidden);
+        return refused(
+            &state,
+            StatusCode::FORBIDDEN,
+            "This confirmation was sent from another website, so it was not recorded. Open the link from your email and press the button there.".into(),
+        );
     }
     let now = (state.clock)();
     let link = token.clone();
@@ -276,7 +292,12 @@ pub async fn confirm(
         (Err(LifecycleError::Ack(AckError::Invalid | AckError::Expired)), _) => invalid(&state),
         (Err(LifecycleError::Ack(AckError::StaleForm)), _) => {
             tracing::warn!(ip = %ip, "Acknowledgement refused: no valid form token");
-            Err(WebError::Refused(AckError::StaleForm.to_string()))
+            let why = AckError::StaleForm.to_string();
+            refused(
+                &state,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Nothing was recorded: {why}."),
+            )
         }
         (Err(LifecycleError::Store(e)), _) => Err(WebError::Store(e)),
         (Err(other), _) => Err(WebError::Refused(other.to_string())),
