@@ -15,8 +15,10 @@
 //! session's last use, at most once a minute), or show a partner's account
 //! anything its emails withheld (see [`pages`]).
 
+pub mod ack;
 pub mod auth;
 pub mod decisions;
+pub mod lifecycle;
 pub mod listener;
 pub mod pages;
 
@@ -171,6 +173,9 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/alerts/{id}", get(pages::alert))
         .route("/alerts/{id}/approve", post(decisions::approve))
         .route("/alerts/{id}/dismiss", post(decisions::dismiss))
+        .route("/alerts/{id}/update", post(lifecycle::update))
+        .route("/alerts/{id}/withdraw", post(lifecycle::withdraw))
+        .route("/ack/{token}", get(ack::page).post(ack::confirm))
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/status", get(pages::status))

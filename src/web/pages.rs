@@ -56,6 +56,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("error.html", include_str!("templates/error.html")),
     ("macros.html", include_str!("templates/macros.html")),
     ("login.html", include_str!("templates/login.html")),
+    ("ack.html", include_str!("templates/ack.html")),
 ];
 
 const STYLESHEET: &str = include_str!("static/style.css");
@@ -208,7 +209,7 @@ pub fn review_clock(
     })
 }
 
-fn local(t: Timestamp, tz: &TimeZone) -> String {
+pub(super) fn local(t: Timestamp, tz: &TimeZone) -> String {
     t.to_zoned_datetime(tz.clone())
         .strftime("%Y-%m-%d %H:%M %Z")
         .to_string()
@@ -226,7 +227,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// The trigger in words, from the view the page may show.
-fn trigger_words(trigger: &Trigger, tz: &TimeZone) -> String {
+pub(super) fn trigger_words(trigger: &Trigger, tz: &TimeZone) -> String {
     match trigger {
         Trigger::Match => "records matched the rule".into(),
         Trigger::Threshold { count, within_secs } => format!(
@@ -717,6 +718,15 @@ pub struct ReceiptView {
     pub acknowledged: String,
 }
 
+/// One partner that was sent the alert, and whether it confirmed receipt.
+#[derive(Debug, Serialize)]
+pub struct AckView {
+    pub partner: String,
+    pub partner_name: String,
+    /// "by NAME, DATE" (or just the date when no name was typed); "" = not yet.
+    pub confirmed: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct AuditView {
     pub at: String,
@@ -749,6 +759,10 @@ pub struct AlertView {
     /// Why no evidence is shown, when none is.
     pub no_evidence: Option<&'static str>,
     pub receipts: Vec<ReceiptView>,
+    /// Each partner sent the alert itself, with its confirmation, in the order sent.
+    pub acks: Vec<AckView>,
+    /// The update and withdraw forms, for an account that may follow it up.
+    pub follow_up: Option<super::lifecycle::FollowUpForm>,
     /// The decision form, for an account that may decide this draft.
     pub decision: Option<super::decisions::DecisionForm>,
     /// What the last decision did, after its redirect.
@@ -847,7 +861,7 @@ fn audit_view(e: &crate::audit::AuditEntry, tz: &TimeZone) -> AuditView {
     }
 }
 
-fn event_view(e: &crate::event::Event, config: &Config, tz: &TimeZone) -> EventView {
+pub(super) fn event_view(e: &crate::event::Event, config: &Config, tz: &TimeZone) -> EventView {
     let feed = config.feed(&e.feed);
     EventView {
         record: e.record_id.clone().unwrap_or_default(),
@@ -952,6 +966,28 @@ pub fn alert_view(
             .map(|p| p.name.clone())
             .unwrap_or_default()
     };
+    let confirmed = |partner: &str| {
+        record
+            .acks
+            .iter()
+            .find(|a| a.partner_id == partner)
+            .map(|a| match &a.name {
+                Some(name) => format!("by {name}, {}", local(a.at, tz)),
+                None => local(a.at, tz),
+            })
+            .unwrap_or_default()
+    };
+    // Only the alert email carries a link: drafts, updates and reminders are not confirmed.
+    let mut acks: Vec<AckView> = Vec::new();
+    for r in receipts.iter().filter(|r| r.purpose == "alert") {
+        if !acks.iter().any(|a| a.partner == r.partner_id) {
+            acks.push(AckView {
+                partner: r.partner_id.clone(),
+                partner_name: partner_name(&r.partner_id),
+                confirmed: confirmed(&r.partner_id),
+            });
+        }
+    }
     Some(AlertView {
         title: format!("Alert {}", listed.id),
         viewer: viewer.clone(),
@@ -983,21 +1019,19 @@ pub fn alert_view(
                     "withdrawn" => "withdrawal".to_string(),
                     other => other.replace('-', " "),
                 },
-                acknowledged: record
-                    .acks
-                    .iter()
-                    .find(|a| a.partner_id == r.partner_id && r.purpose == "alert")
-                    .map(|a| match &a.name {
-                        Some(name) => format!("by {name}, {}", local(a.at, tz)),
-                        _ => local(a.at, tz),
-                    })
-                    .unwrap_or_default(),
+                acknowledged: if r.purpose == "alert" {
+                    confirmed(&r.partner_id)
+                } else {
+                    String::new()
+                },
                 status: r.status.clone(),
                 subject: r.subject.clone(),
                 queued: local(r.created_at, tz),
                 sent: r.sent_at.map(|t| local(t, tz)).unwrap_or_default(),
             })
             .collect(),
+        acks,
+        follow_up: None,
         decision: None,
         flash: None,
         decisions: record
@@ -1076,6 +1110,12 @@ fn flash_of(done: &str) -> Option<&'static str> {
             "Your approval is recorded. The alert needs another reviewer's approval before it goes out."
         }
         "dismissed" => "Dismissed: the alert goes no further.",
+        "updated" => {
+            "Update sent: every partner that received the alert gets it, under the same reference."
+        }
+        "withdrawn" => {
+            "Withdrawn: every partner that received the alert is told, under the same reference."
+        }
         _ => return None,
     })
 }
@@ -1103,6 +1143,13 @@ pub async fn alert(
             alert,
             &record.listed.status,
             &record.decisions,
+            session.authority().as_ref(),
+            &session.csrf,
+        );
+        view.follow_up = super::lifecycle::form(
+            &rules,
+            alert,
+            &record.listed.status,
             session.authority().as_ref(),
             &session.csrf,
         );
