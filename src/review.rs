@@ -661,6 +661,7 @@ min_severity = "critical"
             status: AlertStatus::InReview,
             trigger: Trigger::Match,
             assessment: None,
+            reasons: Vec::new(),
         }
     }
 

@@ -1871,6 +1871,7 @@ mod tests {
             status: AlertStatus::Sent,
             trigger: Default::default(),
             assessment: None,
+            reasons: Vec::new(),
         }
     }
 

@@ -1808,6 +1808,7 @@ emails = ["c@example.org"]
             status: AlertStatus::Sent,
             trigger: crate::alerts::Trigger::Match,
             assessment: None,
+            reasons: Vec::new(),
         }
     }
 
