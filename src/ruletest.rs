@@ -483,11 +483,7 @@ fn compare(test: &RawTest, raised: &[Raised]) -> Vec<String> {
 }
 
 /// Whether `r` meets `expect` through `finding` (its rule, or a reason's).
-fn matches(
-    expect: &RawExpect,
-    r: &Raised,
-    finding: (&str, &BTreeMap<String, String>),
-) -> bool {
+fn matches(expect: &RawExpect, r: &Raised, finding: (&str, &BTreeMap<String, String>)) -> bool {
     finding.0 == expect.rule.get_ref() && mismatches(expect, r, finding).is_empty()
 }
 

@@ -756,10 +756,7 @@ fn check_merge_group(
     let Some(name) = &rule.merge else {
         return;
     };
-    let is_identifier = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic())
+    let is_identifier = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
