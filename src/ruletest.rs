@@ -103,7 +103,7 @@ impl Raised {
             format!(" (also {})", rules.join(", "))
         };
         format!(
-            "`{}`{also}{group}, {} record(s), {} {} — subject: \"{}\"",
+            "`{}`{group}{also}, {} record(s), {} {} — subject: \"{}\"",
             self.rule,
             self.count,
             if self.review { "as a draft to" } else { "to" },

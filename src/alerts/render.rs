@@ -1484,7 +1484,11 @@ impl Sections {
                     names.push(format!("\"{}\"", rule.name));
                 }
                 for r in delivery.reasons.iter().filter(|r| r.notify.contains(id)) {
-                    names.push(format!("\"{}\"", r.rule_name));
+                    let name = format!("\"{}\"", r.rule_name);
+                    // A rule that found two new values is one rule here.
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
                 }
                 let names = match names.split_last() {
                     Some((last, [])) => format!("the rule {last}"),
