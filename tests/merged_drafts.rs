@@ -230,3 +230,43 @@ merge = "sample"
     daemon.sigterm();
     assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
 }
+
+#[test]
+fn replay_prints_each_merged_alerts_reasons() {
+    let root = Path::new(ROOT);
+    let out = earlywarn(&[
+        "replay",
+        "--config",
+        root.join("config.example.toml").to_str().unwrap(),
+        "--feed",
+        "drug_testing",
+        "--format",
+        "json",
+        root.join("examples/drug-testing-2025-11-04.csv")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 4, "one alert per sample with a finding");
+    let bolton = alerts
+        .iter()
+        .find(|a| a["rule"] == "nitazene-detected" && a["district"] == "Bolton")
+        .unwrap();
+    assert_eq!(
+        bolton["reasons"],
+        serde_json::json!([{
+            "rule": "new-substance-major",
+            "name": "Substance never detected before",
+            "severity": "warning",
+            "found": ["protonitazene"]
+        }])
+    );
+}

@@ -13,7 +13,7 @@
 use crate::alerts::{Alert, Found, Reason, Trigger};
 use crate::config::Config;
 use crate::rules::{Rule, RuleSet};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 /// What makes two alerts "about the same records": the group and the records.
 type MergeKey = (String, BTreeSet<(String, String)>);
@@ -27,18 +27,19 @@ pub fn merge(alerts: Vec<Alert>, rules: &RuleSet, config: &Config) -> Vec<Alert>
     // Load order decides ties, so each alert's rule position is looked up once.
     let position = |id: &str| rules.rules.iter().position(|r| r.id == id);
     let mut slots: Vec<Vec<Alert>> = Vec::with_capacity(alerts.len());
-    let mut keys: Vec<Option<MergeKey>> = Vec::with_capacity(alerts.len());
+    // A file can raise thousands of alerts: each finds its slot by hash.
+    let mut slot_of: HashMap<MergeKey, usize> = HashMap::new();
     for alert in alerts {
         let key = rules.get(&alert.rule_id).and_then(|r| merge_key(&alert, r));
-        match key
-            .as_ref()
-            .and_then(|k| keys.iter().position(|other| other.as_ref() == Some(k)))
-        {
-            Some(slot) => slots[slot].push(alert),
-            None => {
-                slots.push(vec![alert]);
-                keys.push(key);
-            }
+        match key {
+            Some(key) => match slot_of.get(&key) {
+                Some(&slot) => slots[slot].push(alert),
+                None => {
+                    slot_of.insert(key, slots.len());
+                    slots.push(vec![alert]);
+                }
+            },
+            None => slots.push(vec![alert]),
         }
     }
     slots
@@ -60,7 +61,6 @@ pub fn merge(alerts: Vec<Alert>, rules: &RuleSet, config: &Config) -> Vec<Alert>
                 let Some(rule) = rules.get(&other.rule_id) else {
                     continue;
                 };
-                primary.suppressed_before += other.suppressed_before;
                 primary.reasons.push(reason(&other, rule, config));
             }
             primary
