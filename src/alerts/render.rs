@@ -853,7 +853,8 @@ fn reason_lines(
             headline(&reason.trigger, rule, &facts, delivery.count)
         ));
     }
-    lines
+    // Values from records: a line break in one must not start a line of its own.
+    lines.iter().map(|l| one_line(l)).collect()
 }
 
 /// The severity an email states: the panel's, once assessed, else the rule's.
