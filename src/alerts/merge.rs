@@ -404,6 +404,23 @@ merge = "sample"
                 assert!(!part.contains(hidden), "`{hidden}` reached Bolton: {part}");
             }
         }
+        // A reviewer may leave out a partner of any of its rules, and the
+        // preview lists them all.
+        let leave_out = |id: &str| crate::review::Edits {
+            left_out: [id.to_string()].into(),
+            ..Default::default()
+        };
+        assert!(crate::review::validated_for(leave_out("salford"), rule, &alert).is_ok());
+        assert!(crate::review::validated_for(leave_out("nobody"), rule, &alert).is_err());
+        let preview = crate::review::preview(&config, &set, &alert, &leave_out("salford")).unwrap();
+        let shown: Vec<(&str, bool)> = preview
+            .iter()
+            .map(|p| (p.partner_id.as_str(), p.receives))
+            .collect();
+        assert_eq!(
+            shown,
+            [("bolton", true), ("salford", false), ("panel", true)]
+        );
         // The panel has the ISA, yet a reason names no sensitive value either.
         let panel = &emails[2].email;
         assert!(

@@ -324,6 +324,21 @@ fn audience_ids<'r>(alert: &Alert, rule: &'r Rule, audience: Audience) -> &'r [S
     }
 }
 
+/// The `notify` partner ids of `alert`: its rule's, then its reasons' (a
+/// merged alert), each once. What a reviewer may leave out.
+pub fn notify_ids(alert: &Alert, rule: &Rule) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in std::iter::once(&rule.notify)
+        .chain(alert.reasons.iter().map(|r| &r.notify))
+        .flatten()
+    {
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
+    ids
+}
+
 /// The partner ids `alert` goes to for `audience`: the rule's, and for a
 /// merged alert's `notify` every reason's too (reviewers are shared: `check`
 /// holds a merge group to one `review` list).
