@@ -670,6 +670,7 @@ emails = ["c@example.org"]
             status,
             trigger: Trigger::Match,
             assessment: None,
+            reasons: Vec::new(),
         }
     }
 

@@ -288,6 +288,7 @@ pub fn ops_rule(config: &Config) -> Rule {
         ),
         cooldown: None,
         max_alerts: crate::rules::DEFAULT_MAX_ALERTS,
+        merge: None,
         group_by: Vec::new(),
         subject: None,
         body: None,
@@ -356,6 +357,7 @@ pub fn build(
         status: AlertStatus::Sent,
         trigger: Trigger::Match,
         assessment: None,
+        reasons: Vec::new(),
     };
     let mut deliveries = Vec::new();
     for id in &config.daemon.ops {
@@ -381,6 +383,7 @@ pub fn build(
             withheld,
             group: BTreeMap::new(),
             district: None,
+            reasons: Vec::new(),
             trigger: Trigger::Match,
         });
     }

@@ -2,7 +2,7 @@
 //! `earlywarn replay` and `earlywarn test`.
 //!
 //! ```text
-//! rows ──► engine ──► alerts ──► route ──► render (defaults if the rule's templates fail) ──► Ledger
+//! rows ──► engine ──► alerts ──► merge ──► route ──► render (defaults if the rule's templates fail) ──► Ledger
 //! ```
 //!
 //! Pure: no I/O and no clock. What a batch writes goes through a [`Ledger`]:
@@ -227,7 +227,8 @@ impl<'a> Pipeline<'a> {
         Ok(raised)
     }
 
-    /// Routes, renders and records each alert, in order.
+    /// Merges (see [`crate::alerts::merge`]), then routes, renders and
+    /// records each alert, in order.
     fn record<L: Ledger>(
         &self,
         rules: &RuleSet,
@@ -236,6 +237,7 @@ impl<'a> Pipeline<'a> {
         by_clock: bool,
         now: Timestamp,
     ) -> Result<Vec<Raised>, L::Error> {
+        let alerts = crate::alerts::merge::merge(alerts, rules, self.config);
         let mut raised = Vec::with_capacity(alerts.len());
         for alert in alerts {
             // The engine raises alerts only for its own rules.

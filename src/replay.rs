@@ -45,6 +45,18 @@ pub struct ReplayedAlert {
     pub count: u64,
     pub events: Vec<serde_json::Value>,
     pub file: String,
+    /// The other rules of its merge group that found the same records.
+    pub reasons: Vec<ReplayedReason>,
+}
+
+/// A merged alert's other reason, as replay reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayedReason {
+    pub rule: String,
+    pub name: String,
+    pub severity: String,
+    /// The values that made its `when` true (a first-seen rule's value).
+    pub found: Vec<String>,
 }
 
 /// Totals of a replay.
@@ -256,5 +268,18 @@ fn describe(raised: Raised, file: &str) -> ReplayedAlert {
             })
             .collect(),
         file: file.to_string(),
+        reasons: alert
+            .reasons
+            .iter()
+            .map(|r| ReplayedReason {
+                rule: r.rule_id.clone(),
+                name: r.rule_name.clone(),
+                severity: r.severity.to_string(),
+                found: match &r.trigger {
+                    crate::alerts::Trigger::FirstSeen { value, .. } => vec![value.clone()],
+                    _ => r.found.iter().map(|f| f.value.clone()).collect(),
+                },
+            })
+            .collect(),
     }
 }

@@ -164,7 +164,7 @@ pub fn decide(
                     id: id.clone(),
                     rule: stored.alert.rule_id.clone(),
                 })?;
-                let edits = validated(edits, rule)?;
+                let edits = validated_for(edits, rule, &stored.alert)?;
                 let earlier: Vec<DecisionRow> = tx
                     .decisions_of(&id)?
                     .into_iter()
@@ -322,6 +322,16 @@ fn recorded_as(display: &str, actor_id: &str) -> String {
 /// The edits checked against the rule (SPEC §5.4), trimmed; untrusted text
 /// that would break a subject line or smuggle controls into a terminal is refused.
 pub fn validated(edits: Edits, rule: &Rule) -> Result<Edits, ReviewError> {
+    validate(edits, rule, &rule.notify)
+}
+
+/// [`validated`] for `alert`: a merged alert's partners to leave out are
+/// those of every rule it names (`alerts::notify_ids`).
+pub fn validated_for(edits: Edits, rule: &Rule, alert: &Alert) -> Result<Edits, ReviewError> {
+    validate(edits, rule, &crate::alerts::notify_ids(alert, rule))
+}
+
+fn validate(edits: Edits, rule: &Rule, notify: &[String]) -> Result<Edits, ReviewError> {
     let headline = edits
         .headline
         .map(|h| {
@@ -367,12 +377,12 @@ pub fn validated(edits: Edits, rule: &Rule) -> Result<Edits, ReviewError> {
         })
         .transpose()?;
     for partner in &edits.left_out {
-        if !rule.notify.iter().any(|n| n == partner) {
-            let hint =
-                match crate::diagnostic::suggest(partner, rule.notify.iter().map(String::as_str)) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("its notify partners are: {}", rule.notify.join(", ")),
-                };
+        if !notify.iter().any(|n| n == partner) {
+            let hint = match crate::diagnostic::suggest(partner, notify.iter().map(String::as_str))
+            {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("its notify partners are: {}", notify.join(", ")),
+            };
             return Err(ReviewError::BadEdit(format!(
                 "cannot leave out `{}`: it is not a notify partner of rule `{}`; {hint}",
                 crate::display::escape_controls(partner),
@@ -435,7 +445,7 @@ pub fn preview(
             id: alert.id.clone(),
             rule: alert.rule_id.clone(),
         })?;
-    let edits = validated(edits.clone(), rule)?;
+    let edits = validated_for(edits.clone(), rule, alert)?;
     let mut assessed = alert.clone();
     if let Some(severity) = edits.severity {
         assessed.severity = severity;
@@ -443,7 +453,7 @@ pub fn preview(
     let deliveries = route(&assessed, rule, config, Audience::Notify);
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for id in &rule.notify {
+    for id in &crate::alerts::notify_ids(alert, rule) {
         let Some(partner) = config.partner(id) else {
             continue;
         };
@@ -661,6 +671,7 @@ min_severity = "critical"
             status: AlertStatus::InReview,
             trigger: Trigger::Match,
             assessment: None,
+            reasons: Vec::new(),
         }
     }
 

@@ -60,6 +60,9 @@ impl TestResult {
 #[derive(Debug, Clone)]
 struct Raised {
     rule: String,
+    /// The other rules of its merge group that found the same records, and
+    /// their groups: an expectation naming one of them matches this alert too.
+    reasons: Vec<(String, BTreeMap<String, String>)>,
     group: BTreeMap<String, String>,
     recipients: Vec<String>,
     review: bool,
@@ -69,6 +72,17 @@ struct Raised {
 }
 
 impl Raised {
+    /// Whether `rule` raised this alert or is one of its reasons.
+    fn names(&self, rule: &str) -> bool {
+        self.findings().any(|(r, _)| r == rule)
+    }
+
+    /// Its rule and group, then each reason's: each can meet one expectation.
+    fn findings(&self) -> impl Iterator<Item = (&str, &BTreeMap<String, String>)> {
+        std::iter::once((self.rule.as_str(), &self.group))
+            .chain(self.reasons.iter().map(|(r, g)| (r.as_str(), g)))
+    }
+
     fn describe(&self) -> String {
         let group = if self.group.is_empty() {
             String::new()
@@ -82,8 +96,14 @@ impl Raised {
                     .join(", ")
             )
         };
+        let also = if self.reasons.is_empty() {
+            String::new()
+        } else {
+            let rules: Vec<&str> = self.reasons.iter().map(|(r, _)| r.as_str()).collect();
+            format!(" (also {})", rules.join(", "))
+        };
         format!(
-            "`{}`{group}, {} record(s), {} {} — subject: \"{}\"",
+            "`{}`{group}{also}, {} record(s), {} {} — subject: \"{}\"",
             self.rule,
             self.count,
             if self.review { "as a draft to" } else { "to" },
@@ -350,6 +370,11 @@ fn evaluate(
             let email = raised.first_email;
             Raised {
                 rule: alert.rule_id.clone(),
+                reasons: alert
+                    .reasons
+                    .iter()
+                    .map(|r| (r.rule_id.clone(), r.group.clone()))
+                    .collect(),
                 group: alert.group.clone(),
                 recipients: raised.recipients,
                 review: first_audience(alert) == Audience::Review,
@@ -382,20 +407,31 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
 /// Matches expectations against what was raised; returns the failures in words.
 fn compare(test: &RawTest, raised: &[Raised]) -> Vec<String> {
     let mut failures = Vec::new();
-    let mut used = vec![false; raised.len()];
+    // Per alert, which of its findings (its rule, then each reason) met an
+    // expectation: a merged alert meets one expectation per finding.
+    let mut used: Vec<Vec<bool>> = raised
+        .iter()
+        .map(|r| vec![false; r.findings().count()])
+        .collect();
     for expect in &test.expect {
         let wanted = expect.count.unwrap_or(1);
-        let matching: Vec<usize> = (0..raised.len())
-            .filter(|&i| !used[i] && matches(expect, &raised[i]))
+        let matching: Vec<(usize, usize)> = (0..raised.len())
+            .filter_map(|i| {
+                let j = raised[i]
+                    .findings()
+                    .enumerate()
+                    .position(|(j, finding)| !used[i][j] && matches(expect, &raised[i], finding))?;
+                Some((i, j))
+            })
             .collect();
-        for &i in matching.iter().take(wanted) {
-            used[i] = true;
+        for &(i, j) in matching.iter().take(wanted) {
+            used[i][j] = true;
         }
         if matching.len() < wanted {
             let mut msg = format!("expected {}", describe_expectation(expect, wanted));
             let same_rule: Vec<&Raised> = raised
                 .iter()
-                .filter(|r| r.rule == *expect.rule.get_ref())
+                .filter(|r| r.names(expect.rule.get_ref()))
                 .collect();
             if same_rule.is_empty() {
                 msg.push_str(&format!(
@@ -406,7 +442,11 @@ fn compare(test: &RawTest, raised: &[Raised]) -> Vec<String> {
                 msg.push_str(&format!("\n  but rule `{}` raised:", expect.rule.get_ref()));
                 for r in same_rule {
                     msg.push_str(&format!("\n    - {}", r.describe()));
-                    for why in mismatches(expect, r) {
+                    let finding = r
+                        .findings()
+                        .find(|(rule, _)| rule == expect.rule.get_ref())
+                        .unwrap_or((&r.rule, &r.group));
+                    for why in mismatches(expect, r, finding) {
                         msg.push_str(&format!("\n      ({why})"));
                     }
                 }
@@ -423,7 +463,8 @@ fn compare(test: &RawTest, raised: &[Raised]) -> Vec<String> {
         .iter()
         .enumerate()
         .filter(|(i, r)| {
-            !used[*i] && (!test.ignore_other_rules || named.contains(&r.rule.as_str()))
+            !used[*i].contains(&true)
+                && (!test.ignore_other_rules || named.iter().any(|rule| r.names(rule)))
         })
         .map(|(_, r)| r)
         .collect();
@@ -441,16 +482,22 @@ fn compare(test: &RawTest, raised: &[Raised]) -> Vec<String> {
     failures
 }
 
-fn matches(expect: &RawExpect, r: &Raised) -> bool {
-    r.rule == *expect.rule.get_ref() && mismatches(expect, r).is_empty()
+/// Whether `r` meets `expect` through `finding` (its rule, or a reason's).
+fn matches(expect: &RawExpect, r: &Raised, finding: (&str, &BTreeMap<String, String>)) -> bool {
+    finding.0 == expect.rule.get_ref() && mismatches(expect, r, finding).is_empty()
 }
 
-/// The ways `r` differs from `expect`, in words.
-fn mismatches(expect: &RawExpect, r: &Raised) -> Vec<String> {
+/// The ways `r` differs from `expect`, in words; the group compared is
+/// `finding`'s (a reason keeps its own rule's group).
+fn mismatches(
+    expect: &RawExpect,
+    r: &Raised,
+    finding: (&str, &BTreeMap<String, String>),
+) -> Vec<String> {
     let mut why = Vec::new();
     if let Some(group) = &expect.group {
         for (k, v) in group {
-            match r.group.get(k) {
+            match finding.1.get(k) {
                 Some(actual) if actual.eq_ignore_ascii_case(v) => {}
                 Some(actual) => why.push(format!("its {k} is \"{actual}\", not \"{v}\"")),
                 None => why.push(format!("it is not grouped by {k}")),

@@ -1914,6 +1914,7 @@ mod tests {
             status: AlertStatus::Sent,
             trigger: Default::default(),
             assessment: None,
+            reasons: Vec::new(),
         }
     }
 

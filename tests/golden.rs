@@ -139,6 +139,7 @@ fn alert(rule: &str, district: Option<&str>, events: Vec<Event>, trigger: Trigge
         status: AlertStatus::Sent,
         trigger,
         assessment: None,
+        reasons: Vec::new(),
     }
 }
 

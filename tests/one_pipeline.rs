@@ -4,7 +4,8 @@
 //!
 //! The input has a match rule, a threshold, a deadline closed in its own file
 //! (once in time, once late), one closed by the next file and one never
-//! closed, a first_seen rule and a cooldown. Event times are in the past relative to the wall clock, so the
+//! closed, a first_seen rule and a cooldown, and a merge group (a seizure of a
+//! substance never seen before is one alert, to both rules' partners). Event times are in the past relative to the wall clock, so the
 //! never-closed deadline is overdue in every path (its due time passes while
 //! the first file's later events are read), and the one closed later is due
 //! only after the wall clock, so the daemon cannot escalate it between files.
@@ -71,6 +72,7 @@ field = "substance"
 known = ["heroin"]
 severity = "info"
 notify = ["panel"]
+merge = "finding"
 
 [[rule]]
 id = "seizure"
@@ -82,6 +84,7 @@ group_by = ["district"]
 cooldown = "7d"
 severity = "info"
 notify = ["bolton", "salford"]
+merge = "finding"
 "#;
 
 fn config_text() -> String {
@@ -161,7 +164,8 @@ fn files(wall: Timestamp) -> [Vec<[String; 6]>; 2] {
             row("R9", "INC-B", "support", 0.5, "Salford", ""),
             // Inside the cooldown of the first file's seizure alert.
             row("R10", "", "seizure", 0.4, "Bolton", "fentanyl"),
-            row("R11", "", "seizure", 0.3, "Salford", "heroin"),
+            // A new substance: merged with its first sighting.
+            row("R11", "", "seizure", 0.3, "Salford", "carfentanil"),
             // Seen before: raised nothing new.
             row("R12", "", "overdose", 0.2, "Salford", "fentanyl"),
         ],
@@ -424,10 +428,12 @@ fn the_daemon_replay_and_rule_tests_raise_the_same_alerts() {
             names(&["bolton"]),
             1,
         ),
+        // The seizure and its first sighting: one alert (equal severity, so
+        // the rule loaded first leads), to both rules' partners.
         (
-            "seizure".into(),
-            group(&[("district", "Salford")]),
-            names(&["salford"]),
+            "new-substance".into(),
+            group(&[("substance", "carfentanil")]),
+            names(&["panel", "salford"]),
             1,
         ),
     ]);
@@ -437,8 +443,8 @@ fn the_daemon_replay_and_rule_tests_raise_the_same_alerts() {
     });
     assert_eq!(
         kinds.get("new-substance"),
-        Some(&1),
-        "fentanyl is new once: {replayed:#?}"
+        Some(&2),
+        "fentanyl is new once, carfentanil once: {replayed:#?}"
     );
     for e in &expected {
         assert!(
@@ -448,6 +454,12 @@ fn the_daemon_replay_and_rule_tests_raise_the_same_alerts() {
     }
     // The deadline: four opening notices; closes in time in the file and in
     // the next, one late close; the never-closed and the late one overdue.
+    let salford_seizure =
+        |s: &Seen| s.0 == "seizure" && s.1.get("district").map(String::as_str) == Some("Salford");
+    assert!(
+        !replayed.iter().any(salford_seizure),
+        "the Salford seizure merged into its first sighting: {replayed:#?}"
+    );
     assert_eq!(
         kinds.get("support-deadline"),
         Some(&9),

@@ -122,6 +122,7 @@ fn alert() -> Alert {
         status: AlertStatus::Sent,
         trigger: Default::default(),
         assessment: None,
+        reasons: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! reach nobody. [`render`] turns one such delivery into an email and reads
 //! only the delivery, never the alert's own values.
 
+pub mod merge;
 pub mod notice;
 pub mod render;
 pub mod wording;
@@ -44,6 +45,40 @@ pub struct Alert {
     /// The panel's assessment, once approved (SPEC §5.4): what went out and who approved it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assessment: Option<Assessment>,
+    /// The other rules of its merge group that raised an alert about the
+    /// same records in the same batch (see `merge`), highest severity first.
+    #[serde(default)]
+    pub reasons: Vec<Reason>,
+}
+
+/// Another rule's finding, merged into an alert about the same records.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reason {
+    pub rule_id: String,
+    pub rule_name: String,
+    pub severity: Severity,
+    /// That rule's `group_by` values (a first-seen rule's value): what rule
+    /// tests compare. Emails do not show it: `trigger` and `found` say the same.
+    #[serde(default)]
+    pub group: BTreeMap<String, String>,
+    /// What made that rule fire; redacted per partner like the alert's own.
+    pub trigger: Trigger,
+    /// The values that made that rule's `when` true, by record and field.
+    /// An email names only those its partner's view still holds, so what a
+    /// reason says is built from the delivery, as the alert's own first line is.
+    #[serde(default)]
+    pub found: Vec<Found>,
+    /// That rule's `notify` when raised: the merged alert goes to the union.
+    #[serde(default)]
+    pub notify: Vec<String>,
+}
+
+/// One value that made a rule's `when` true.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Found {
+    pub record_id: String,
+    pub field: String,
+    pub value: String,
 }
 
 /// What a review panel decided an approved alert says, and who approved it.
@@ -244,6 +279,8 @@ pub struct Delivery<'a> {
     pub district: Option<String>,
     /// What made the rule fire, with a withheld key or value replaced by [`WITHHELD`].
     pub trigger: Trigger,
+    /// The alert's merged reasons, their triggers redacted like `trigger`.
+    pub reasons: Vec<Reason>,
 }
 
 /// The text that replaces a withheld value (e.g. a location in a subject).
@@ -287,6 +324,32 @@ fn audience_ids<'r>(alert: &Alert, rule: &'r Rule, audience: Audience) -> &'r [S
     }
 }
 
+/// The `notify` partner ids of `alert`: its rule's, then its reasons' (a
+/// merged alert), each once. What a reviewer may leave out.
+pub fn notify_ids(alert: &Alert, rule: &Rule) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in std::iter::once(&rule.notify)
+        .chain(alert.reasons.iter().map(|r| &r.notify))
+        .flatten()
+    {
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
+    ids
+}
+
+/// The partner ids `alert` goes to for `audience`: the rule's, and for a
+/// merged alert's `notify` every reason's too (reviewers are shared: `check`
+/// holds a merge group to one `review` list).
+fn audience_of<'r>(alert: &'r Alert, rule: &'r Rule, audience: Audience) -> Vec<&'r String> {
+    let mut ids: Vec<&String> = audience_ids(alert, rule, audience).iter().collect();
+    if audience == Audience::Notify && alert.trigger.deadline().is_none() {
+        ids.extend(alert.reasons.iter().flat_map(|r| &r.notify));
+    }
+    ids
+}
+
 /// Decides who receives `alert` and what each sees.
 pub fn route<'a>(
     alert: &Alert,
@@ -294,7 +357,7 @@ pub fn route<'a>(
     config: &'a Config,
     audience: Audience,
 ) -> Vec<Delivery<'a>> {
-    let ids = audience_ids(alert, rule, audience);
+    let ids = audience_of(alert, rule, audience);
     let feed = config.feed(&rule.feed);
     let mut deliveries = Vec::new();
     let mut seen = BTreeSet::new();
@@ -356,6 +419,15 @@ pub fn route<'a>(
             (district, _) => district.clone(),
         };
         let trigger = redact_trigger(&alert.trigger, rule, config, partner, &mut withheld);
+        // A merge group shares the feed, so each reason redacts as the rule does.
+        let reasons = alert
+            .reasons
+            .iter()
+            .map(|r| Reason {
+                trigger: redact_trigger(&r.trigger, rule, config, partner, &mut withheld),
+                ..r.clone()
+            })
+            .collect();
         deliveries.push(Delivery {
             partner,
             audience,
@@ -365,6 +437,7 @@ pub fn route<'a>(
             group,
             district,
             trigger,
+            reasons,
         });
     }
     deliveries
@@ -548,6 +621,7 @@ min_severity = "critical"
             status: AlertStatus::Sent,
             trigger: Trigger::Match,
             assessment: None,
+            reasons: Vec::new(),
         }
     }
 

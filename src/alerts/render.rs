@@ -774,15 +774,87 @@ fn subject_and_context(
         )?),
     };
     let severity_tag = assessed_severity(alert, rule).as_str().to_uppercase();
+    let more = more_reasons(delivery.reasons.len());
     let subject = if draft {
         format!(
-            "{} [DRAFT FOR ASSESSMENT] [{severity_tag}] {headline}",
+            "{} [DRAFT FOR ASSESSMENT] [{severity_tag}] {headline}{more}",
             config.mail.marking
         )
     } else {
-        format!("{} [{severity_tag}] {headline}", config.mail.marking)
+        format!("{} [{severity_tag}] {headline}{more}", config.mail.marking)
     };
     Ok((ctx, subject, headline))
+}
+
+/// What a merged alert's subject adds: " and one more reason", " and 3 more reasons".
+fn more_reasons(n: usize) -> String {
+    const WORDS: [&str; 10] = [
+        "", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    let count = WORDS
+        .get(n)
+        .map_or_else(|| n.to_string(), |w| w.to_string());
+    match n {
+        0 => String::new(),
+        1 => " and one more reason".to_string(),
+        _ => format!(" and {count} more reasons"),
+    }
+}
+
+/// A merged alert's "Why this was raised": each rule's name, severity and
+/// what it found, the alert's own rule first. Built from the delivery, as the
+/// first line is: a reason names only values this partner's view still
+/// holds, never a sensitive one, and its trigger is redacted by `route`.
+fn reason_lines(
+    alert: &Alert,
+    rule: &Rule,
+    delivery: &Delivery<'_>,
+    feed: Option<&FeedConfig>,
+    config: &Config,
+) -> Vec<String> {
+    if delivery.reasons.is_empty() {
+        return Vec::new();
+    }
+    let own = Facts::of(alert, rule, delivery, feed, config);
+    let mut lines = vec![format!(
+        "{} ({}): {}",
+        rule.name,
+        rule.severity.as_str(),
+        headline(&delivery.trigger, rule, &own, delivery.count)
+    )];
+    for reason in &delivery.reasons {
+        let mut facts = Facts::of(alert, rule, delivery, feed, config);
+        let found: Vec<String> = match &reason.trigger {
+            Trigger::FirstSeen { value, .. } => vec![value.clone()],
+            _ => reason
+                .found
+                .iter()
+                .filter(|f| !feed.is_some_and(|fc| fc.is_sensitive(&f.field)))
+                .filter(|f| {
+                    delivery.events.iter().any(|e| {
+                        e.record_id.as_deref() == Some(f.record_id.as_str())
+                            && e.get(&f.field).is_some()
+                    })
+                })
+                .map(|f| f.value.clone())
+                .collect(),
+        };
+        let mut unique: Vec<String> = Vec::new();
+        for value in found {
+            if !unique.iter().any(|u| u.eq_ignore_ascii_case(&value)) {
+                unique.push(value);
+            }
+        }
+        facts.what = wording::found_phrase(&unique).unwrap_or_else(|| reason.rule_name.clone());
+        lines.push(format!(
+            "{} ({}): {}",
+            reason.rule_name,
+            reason.severity.as_str(),
+            headline(&reason.trigger, rule, &facts, delivery.count)
+        ));
+    }
+    // Values from records: a line break in one must not start a line of its own.
+    lines.iter().map(|l| one_line(l)).collect()
 }
 
 /// The severity an email states: the panel's, once assessed, else the rule's.
@@ -1220,6 +1292,8 @@ struct Sections {
     evidence: Vec<(String, Vec<(String, String)>)>,
     more_records: u64,
     withheld: Option<String>,
+    /// A merged alert's "Why this was raised": one line per rule.
+    reasons: Vec<String>,
     why: String,
     /// The rule id, record count, feed and reference: for whoever follows it up.
     details: Vec<(&'static str, String)>,
@@ -1404,6 +1478,29 @@ impl Sections {
                 "{} is on the ops list ([daemon] ops): it is told about earlywarn's own problems.",
                 delivery.partner.name
             ),
+            (Audience::Notify, _) if !delivery.reasons.is_empty() => {
+                let id = &delivery.partner.id;
+                let mut names: Vec<String> = Vec::new();
+                if rule.notify.contains(id) {
+                    names.push(format!("\"{}\"", rule.name));
+                }
+                for r in delivery.reasons.iter().filter(|r| r.notify.contains(id)) {
+                    let name = format!("\"{}\"", r.rule_name);
+                    // A rule that found two new values is one rule here.
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                let names = match names.split_last() {
+                    Some((last, [])) => format!("the rule {last}"),
+                    Some((last, rest)) => format!("the rules {} and {last}", rest.join(", ")),
+                    None => "the rules of this alert".to_string(),
+                };
+                format!(
+                    "{} is on the notify list of {names} and covers {coverage}.",
+                    delivery.partner.name
+                )
+            }
             (Audience::Notify, _) => format!(
                 "{} is on the notify list of the rule \"{}\" and covers {}.",
                 delivery.partner.name, rule.name, coverage
@@ -1441,6 +1538,10 @@ impl Sections {
             details.push(("Problems", records));
         } else {
             details.push(("Rule", rule.id.clone()));
+            if !alert.reasons.is_empty() {
+                let ids: Vec<&str> = alert.reasons.iter().map(|r| r.rule_id.as_str()).collect();
+                details.push(("Also", ids.join(", ")));
+            }
             details.push(("Records", records));
             if !rule.feed.is_empty() {
                 details.push(("Feed", rule.feed.clone()));
@@ -1448,6 +1549,7 @@ impl Sections {
         }
         Sections {
             ack_link: None,
+            reasons: reason_lines(alert, rule, delivery, feed, config),
             headline,
             severity,
             facts,
@@ -1488,6 +1590,13 @@ impl Sections {
             t.push_str(&format!("{:<10} {v}\n", format!("{k}:")));
         }
         t.push('\n');
+        if !self.reasons.is_empty() {
+            t.push_str("WHY THIS WAS RAISED\n");
+            for line in &self.reasons {
+                t.push_str(&format!("- {line}\n"));
+            }
+            t.push('\n');
+        }
         if let Some(advice) = &self.advice {
             t.push_str("WHAT TO DO\n");
             t.push_str(advice.trim());
@@ -1587,6 +1696,15 @@ impl Sections {
             ));
         }
         h.push_str("</table>\n");
+        if !self.reasons.is_empty() {
+            h.push_str(&format!(
+                "<h2 style=\"{h2}\">Why this was raised</h2>\n<ul>\n"
+            ));
+            for line in &self.reasons {
+                h.push_str(&format!("<li>{}</li>\n", e(line)));
+            }
+            h.push_str("</ul>\n");
+        }
         if let Some(advice) = &self.advice {
             h.push_str(&format!("<h2 style=\"{h2}\">What to do</h2>\n"));
             push_blocks(&mut h, advice);
@@ -1808,6 +1926,7 @@ emails = ["c@example.org"]
             status: AlertStatus::Sent,
             trigger: crate::alerts::Trigger::Match,
             assessment: None,
+            reasons: Vec::new(),
         }
     }
 

@@ -98,6 +98,15 @@ pub fn write_alert(
     let a = &stored.alert;
     writeln!(out, "Alert     {}", esc(&a.id))?;
     writeln!(out, "Rule      {}", esc(&a.rule_id))?;
+    if !a.reasons.is_empty() {
+        // A merged alert: the other rules that found the same records.
+        let also: Vec<String> = a
+            .reasons
+            .iter()
+            .map(|r| format!("{} ({})", esc(&r.rule_id), r.severity))
+            .collect();
+        writeln!(out, "Also      {}", also.join(", "))?;
+    }
     writeln!(out, "Severity  {}", a.severity)?;
     writeln!(
         out,

@@ -13,7 +13,7 @@ pub fn alert(alert: &ReplayedAlert, format: OutputFormat) -> String {
         // A plain struct of strings and numbers: serialising it cannot fail.
         OutputFormat::Json => serde_json::to_string(alert).unwrap_or_default(),
         OutputFormat::Text => format!(
-            "{}  {:<8} {}  {}  records={}  to={}{}\n    {}",
+            "{}  {:<8} {}  {}  records={}  to={}{}{}\n    {}",
             alert.id,
             alert.severity,
             alert.rule,
@@ -24,6 +24,12 @@ pub fn alert(alert: &ReplayedAlert, format: OutputFormat) -> String {
                 " (draft for review)"
             } else {
                 ""
+            },
+            if alert.reasons.is_empty() {
+                String::new()
+            } else {
+                let rules: Vec<&str> = alert.reasons.iter().map(|r| r.rule.as_str()).collect();
+                format!("  also={}", rules.join(","))
             },
             alert.subject
         ),
@@ -92,6 +98,7 @@ mod tests {
             count: 2,
             events: Vec::new(),
             file: "in.csv".into(),
+            reasons: Vec::new(),
         };
         assert_eq!(
             super::alert(&alert, OutputFormat::Text),

@@ -1473,6 +1473,7 @@ fn make_alert(
         },
         trigger,
         assessment: None,
+        reasons: Vec::new(),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Rule {
     /// At most this many alerts from one file; further matches are folded
     /// into one summary alert, counted among them (SPEC §5.2).
     pub max_alerts: u64,
+    /// The merge group (`merge = "NAME"`): this rule's and its partners' alerts
+    /// about the same records in one batch become one alert naming every reason.
+    pub merge: Option<String>,
     pub group_by: Vec<String>,
     pub subject: Option<String>,
     pub body: Option<String>,
@@ -534,6 +537,7 @@ impl RuleSet {
         let ParsedFiles { lists, files } = parse_files(sources, &mut errors);
         let mut rules = Vec::new();
         let mut ids: HashMap<String, PathBuf> = HashMap::new();
+        let mut groups: HashMap<String, MergeGroup> = HashMap::new();
         for (path, text, file) in files {
             let mut report = Report {
                 path,
@@ -542,7 +546,12 @@ impl RuleSet {
             };
             for raw in file.rule {
                 check_id(&raw, &mut ids, &mut report);
-                rules.extend(load_rule(raw, config, &lists, &mut report));
+                let merge_at = raw.merge.as_ref().map(|m| report.string_at(m.span().start));
+                let rule = load_rule(raw, config, &lists, &mut report);
+                if let (Some(rule), Some(at)) = (&rule, merge_at) {
+                    check_merge_group(rule, at, &mut groups, &mut report);
+                }
+                rules.extend(rule);
             }
         }
         if !errors.is_empty() {
@@ -717,6 +726,7 @@ fn load_rule(
         advice: raw.advice,
         cooldown,
         max_alerts,
+        merge: raw.merge.map(|m| m.into_inner()),
         group_by: raw.group_by.into_iter().map(|g| g.into_inner()).collect(),
         subject: raw.subject.map(|s| s.into_inner()),
         body: raw.body.map(|s| s.into_inner()),
@@ -725,6 +735,73 @@ fn load_rule(
             .unwrap_or_else(|| "district".into()),
         source: report.path.to_path_buf(),
     })
+}
+
+/// The first rule of a merge group, which every later one must agree with.
+struct MergeGroup {
+    rule_id: String,
+    feed: String,
+    review: Vec<String>,
+}
+
+/// A rule's `merge` group is an identifier, and its rules share the feed and
+/// the `review` list: a merged alert is one draft to one panel, about one
+/// feed's records. `at` is where the group's name starts.
+fn check_merge_group(
+    rule: &Rule,
+    at: usize,
+    groups: &mut HashMap<String, MergeGroup>,
+    report: &mut Report,
+) {
+    let Some(name) = &rule.merge else {
+        return;
+    };
+    let is_identifier = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !is_identifier {
+        report.at(
+            at,
+            format!("`merge` must name a group: letters, digits, `-` and `_`, starting with a letter (not `{name}`)"),
+        );
+        return;
+    }
+    let Some(first) = groups.get(name) else {
+        groups.insert(
+            name.clone(),
+            MergeGroup {
+                rule_id: rule.id.clone(),
+                feed: rule.feed.clone(),
+                review: rule.review.clone(),
+            },
+        );
+        return;
+    };
+    if first.feed != rule.feed {
+        report.at(
+            at,
+            format!(
+                "merge group `{name}` has rules of two feeds: `{}` reads `{}`, this rule `{}`; the rules of a group must share the feed",
+                first.rule_id, first.feed, rule.feed
+            ),
+        );
+    } else if sorted(&first.review) != sorted(&rule.review) {
+        report.at(
+            at,
+            format!(
+                "merge group `{name}`: rule `{}` has review = {:?}, this rule {:?}; the rules of a group must share the `review` list (their merged alert is one draft)",
+                first.rule_id, first.review, rule.review
+            ),
+        );
+    }
+}
+
+fn sorted(ids: &[String]) -> Vec<&str> {
+    let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// A rule's id is there and used once in the whole set (`ids`: each id's file).
@@ -1005,6 +1082,7 @@ struct RawRule {
     advice: Option<String>,
     cooldown: Option<Spanned<String>>,
     max_alerts: Option<Spanned<i64>>,
+    merge: Option<Spanned<String>>,
     #[serde(default)]
     group_by: Vec<Spanned<String>>,
     subject: Option<Spanned<String>>,
