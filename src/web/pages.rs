@@ -272,7 +272,7 @@ enum Sight<'c> {
     All,
     /// The partner's routed view (what its email was rendered from); `None`
     /// when it cannot be made now (the rule is gone, or no longer routes to it).
-    Partner(Option<Delivery<'c>>),
+    Partner(Option<Box<Delivery<'c>>>),
 }
 
 /// The view `partner` was sent of `alert`: its notify delivery if it has one,
@@ -301,9 +301,11 @@ fn sight<'c>(
 ) -> Sight<'c> {
     match &viewer.partner {
         None => Sight::All,
-        Some(p) => {
-            Sight::Partner(alert.and_then(|a| partner_delivery(config, rules, a, p, audiences)))
-        }
+        Some(p) => Sight::Partner(
+            alert
+                .and_then(|a| partner_delivery(config, rules, a, p, audiences))
+                .map(Box::new),
+        ),
     }
 }
 
