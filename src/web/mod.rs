@@ -3,13 +3,17 @@
 //! and ops (status, the audit log).
 //!
 //! The shell of the console: the router, the headers every response carries
-//! (a CSP that allows no script at all, no framing, no sniffing, no referrer),
+//! (a CSP that allows no script at all, no framing, no sniffing, and no
+//! referrer to other sites: `same-origin`, since under `no-referrer` a browser
+//! sends `Origin: null` on form POSTs and the origin check could not pass),
 //! the request limits, and [`Db`], a few [`Store`]s used on the blocking pool
 //! (SQLite blocks). The pages themselves are in [`pages`], their HTML in
 //! `templates/` with auto-escaping on, so a value from a feed is text, never markup.
 //!
-//! Every page but `/login`, `/healthz` and the stylesheet needs a session
-//! ([`auth`]); every state change is a POST that passes [`auth::check_post`].
+//! Every page but `/login`, `/healthz`, the stylesheet and `/ack/...` needs a
+//! session ([`auth`]); every state change is a POST that passes
+//! [`auth::check_post`], except an acknowledgement, whose page's form token
+//! stands in for the session's ([`ack`]).
 //!
 //! What it must not do: write to the database to show a page (beyond a
 //! session's last use, at most once a minute), or show a partner's account
