@@ -10,9 +10,7 @@
 
 use super::render::{Purpose, RenderError, RenderedEmail, html_escape, message_id};
 use crate::config::Config;
-use lettre::Message;
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::Mailbox;
 
 impl Purpose {
     /// How the outbox names the purpose (`outbox.purpose`): `alert`, `draft`,
@@ -131,56 +129,23 @@ pub fn render(notice: &Notice<'_>, config: &Config) -> Result<RenderedEmail, Ren
     let text = format!("{}\n", paragraphs.join("\n\n"));
     let html = html_of(&paragraphs, notice.ack_link);
 
-    let mut builder = Message::builder()
-        .from(from.clone())
-        .subject(subject.clone())
-        .message_id(Some(message_id.clone()))
-        .raw_header(HeaderValue::new(
-            header("Auto-Submitted"),
-            "auto-generated".into(),
-        ))
-        .raw_header(HeaderValue::new(
-            header("X-Earlywarn-Alert"),
-            one_line(notice.alert_id),
-        ))
-        .raw_header(HeaderValue::new(
-            header("X-Earlywarn-Rule"),
-            one_line(notice.rule_id),
-        ));
-    if let Some(reply_to) = super::render::reply_to_mailbox(config)? {
-        builder = builder.reply_to(reply_to);
-    }
-    if let Some(parent) = notice.in_reply_to {
-        builder = builder
-            .in_reply_to(parent.to_string())
-            .references(parent.to_string());
-    }
-    let mut to = Vec::new();
-    for address in notice.to {
-        let mailbox: Mailbox = address.parse().map_err(|e| {
-            RenderError::Build(format!(
-                "partner `{}` email `{address}`: {e}",
-                notice.partner_id
-            ))
-        })?;
-        to.push(mailbox.email.to_string());
-        builder = builder.to(mailbox);
-    }
-    let message = builder
-        .multipart(
-            MultiPart::alternative()
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_PLAIN)
-                        .body(text.clone()),
-                )
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_HTML)
-                        .body(html.clone()),
-                ),
-        )
-        .map_err(|e| RenderError::Build(e.to_string()))?;
+    let (to, bytes) = super::render::assemble(
+        &super::render::Envelope {
+            from: &from,
+            subject: &subject,
+            message_id: &message_id,
+            date: None,
+            alert_id: notice.alert_id,
+            rule_id: notice.rule_id,
+            severity: None,
+            parent: notice.in_reply_to,
+            partner_id: notice.partner_id,
+            addresses: notice.to,
+        },
+        config,
+        &text,
+        &html,
+    )?;
     Ok(RenderedEmail {
         subject,
         text,
@@ -189,7 +154,7 @@ pub fn render(notice: &Notice<'_>, config: &Config) -> Result<RenderedEmail, Ren
         thread: notice.thread.to_string(),
         from: from.email.to_string(),
         to,
-        bytes: message.formatted(),
+        bytes,
     })
 }
 
@@ -245,10 +210,6 @@ fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
-}
-
-fn header(name: &'static str) -> HeaderName {
-    HeaderName::new_from_ascii_str(name)
 }
 
 #[cfg(test)]

@@ -534,45 +534,106 @@ pub fn render_with(
         // approved copy's id: the approval must not repeat it.
         message_id = message_id.replacen('@', ".approved@", 1);
     }
+    let (to, bytes) = assemble(
+        &Envelope {
+            from: &from,
+            subject: &subject,
+            message_id: &message_id,
+            // A placeholder: delivery writes the time of the first hand-off (SPEC §7).
+            date: Some(alert.created_at),
+            alert_id: &alert.id,
+            rule_id: &rule.id,
+            severity: Some(severity),
+            parent,
+            partner_id: &delivery.partner.id,
+            addresses: &delivery.partner.emails,
+        },
+        config,
+        &text,
+        &html,
+    )?;
+    Ok(RenderedEmail {
+        subject,
+        text,
+        html,
+        message_id,
+        thread: thread_key(alert),
+        from: from.email.to_string(),
+        to,
+        bytes,
+    })
+}
+
+/// What every email earlywarn sends has in its header, whatever its kind
+/// (an alert, a draft, a notice about an alert): see [`assemble`].
+pub(crate) struct Envelope<'a> {
+    pub from: &'a Mailbox,
+    pub subject: &'a str,
+    pub message_id: &'a str,
+    /// A `Date` placeholder (delivery sets the hand-off time either way).
+    pub date: Option<Timestamp>,
+    pub alert_id: &'a str,
+    pub rule_id: &'a str,
+    pub severity: Option<crate::config::Severity>,
+    /// The `Message-ID` this email replies to; one that is not a plain
+    /// `<...@...>` id is left out rather than written into a header.
+    pub parent: Option<&'a str>,
+    pub partner_id: &'a str,
+    pub addresses: &'a [String],
+}
+
+/// The one place an email is put together: the headers of SPEC §7
+/// (`Auto-Submitted`, `X-Earlywarn-*`, `Reply-To`, threading), one `To` per
+/// address, and the text and HTML as `multipart/alternative`. Returns the
+/// addresses (as sent in RCPT TO) and the message bytes.
+pub(crate) fn assemble(
+    envelope: &Envelope<'_>,
+    config: &Config,
+    text: &str,
+    html: &str,
+) -> Result<(Vec<String>, Vec<u8>), RenderError> {
     let mut builder = Message::builder()
-        .from(from.clone())
-        .subject(subject.clone())
-        .message_id(Some(message_id.clone()))
-        // A placeholder: delivery writes the time of the first hand-off (SPEC §7).
-        .date(
-            std::time::SystemTime::try_from(alert.created_at)
-                .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
-        )
+        .from(envelope.from.clone())
+        .subject(envelope.subject.to_string())
+        .message_id(Some(envelope.message_id.to_string()));
+    if let Some(date) = envelope.date {
+        builder = builder.date(
+            std::time::SystemTime::try_from(date).unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+        );
+    }
+    builder = builder
         .raw_header(HeaderValue::new(
             header_name("Auto-Submitted"),
             "auto-generated".to_string(),
         ))
         .raw_header(HeaderValue::new(
             header_name("X-Earlywarn-Alert"),
-            one_line(&alert.id),
+            one_line(envelope.alert_id),
         ))
         .raw_header(HeaderValue::new(
             header_name("X-Earlywarn-Rule"),
-            one_line(&rule.id),
-        ))
-        .raw_header(HeaderValue::new(
+            one_line(envelope.rule_id),
+        ));
+    if let Some(severity) = envelope.severity {
+        builder = builder.raw_header(HeaderValue::new(
             header_name("X-Earlywarn-Severity"),
             severity.as_str().to_string(),
         ));
+    }
     if let Some(reply_to) = reply_to_mailbox(config)? {
         builder = builder.reply_to(reply_to);
     }
-    if let Some(parent) = parent {
+    if let Some(parent) = envelope.parent.filter(|p| is_safe_message_id(p)) {
         builder = builder
             .in_reply_to(parent.to_string())
             .references(parent.to_string());
     }
     let mut to = Vec::new();
-    for address in &delivery.partner.emails {
+    for address in envelope.addresses {
         let mailbox: Mailbox = address.parse().map_err(|e| {
             RenderError::Build(format!(
                 "partner `{}` email `{address}`: {e}",
-                delivery.partner.id
+                envelope.partner_id
             ))
         })?;
         to.push(mailbox.email.to_string());
@@ -584,25 +645,16 @@ pub fn render_with(
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_PLAIN)
-                        .body(text.clone()),
+                        .body(text.to_string()),
                 )
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_HTML)
-                        .body(html.clone()),
+                        .body(html.to_string()),
                 ),
         )
         .map_err(|e| RenderError::Build(e.to_string()))?;
-    Ok(RenderedEmail {
-        subject,
-        text,
-        html,
-        message_id,
-        thread: thread_key(alert),
-        from: from.email.to_string(),
-        to,
-        bytes: message.formatted(),
-    })
+    Ok((to, message.formatted()))
 }
 
 /// `[mail] reply_to` as a mailbox (validated by `check`; parsed again here
