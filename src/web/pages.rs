@@ -1184,6 +1184,11 @@ pub fn status_view(
     now: Timestamp,
 ) -> StatusView {
     let tz = &config.daemon.timezone;
+    // The daemon stores these as RFC 3339 (`meta`); anything else is shown as it is.
+    let stored_time = |t: &str| {
+        t.parse::<Timestamp>()
+            .map_or_else(|_| t.to_string(), |t| local(t, tz))
+    };
     let feeds = config
         .feeds
         .iter()
@@ -1253,8 +1258,11 @@ pub fn status_view(
         viewer: viewer.clone(),
         report: serde_json::json!({
             "rules_loaded": report.rules.loaded,
-            "last_reload_at": report.rules.last_reload_at,
+            "rules_in_force": report.rules.in_force,
+            "last_reload_at": report.rules.last_reload_at.as_deref().map(stored_time),
             "last_reload_error": report.rules.last_reload_error,
+            "last_refused_at": report.rules.last_refused_at.as_deref().map(stored_time),
+            "last_refused_error": report.rules.last_refused_error,
             "in_review": report.in_review,
             "outbox_pending": report.outbox_pending,
             "outbox_failed": report.outbox_failed,
