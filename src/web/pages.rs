@@ -863,8 +863,25 @@ fn audit_view(e: &crate::audit::AuditEntry, tz: &TimeZone) -> AuditView {
     }
 }
 
+/// A record as its email's evidence shows it: labelled fields (`labels`, else
+/// the name in words), values in words and times in the zone; the record's
+/// id and time are its heading, not fields again.
 pub(super) fn event_view(e: &crate::event::Event, config: &Config, tz: &TimeZone) -> EventView {
+    use crate::alerts::wording;
     let feed = config.feed(&e.feed);
+    let heading = |name: &str| {
+        let key = crate::config::field_key(name);
+        feed.is_some_and(|f| {
+            [&f.id_field, &f.time_field]
+                .iter()
+                .any(|k| k.as_deref().map(crate::config::field_key) == Some(key.clone()))
+        })
+    };
+    let show_time = |t: Timestamp| {
+        t.to_zoned_datetime(tz.clone())
+            .strftime("%a %-d %b %Y %H:%M %Z")
+            .to_string()
+    };
     EventView {
         record: e.record_id.clone().unwrap_or_default(),
         time: local(e.time, tz),
@@ -872,10 +889,12 @@ pub(super) fn event_view(e: &crate::event::Event, config: &Config, tz: &TimeZone
             .fields
             .iter()
             // A column the feed does not list reaches nobody, on a page as in an email.
-            .filter(|(name, value)| !value.is_empty() && feed.is_some_and(|f| f.is_listed(name)))
+            .filter(|(name, value)| {
+                !value.is_empty() && feed.is_some_and(|f| f.is_listed(name)) && !heading(name)
+            })
             .map(|(name, value)| FieldView {
-                name: name.to_string(),
-                value: value.to_string(),
+                name: wording::label(feed, name),
+                value: wording::show_value(value, &show_time),
             })
             .collect(),
     }
