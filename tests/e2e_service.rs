@@ -768,12 +768,14 @@ fn sighup_refuses_a_broken_rule_set_whole_then_applies_a_good_one() {
     for rule in ["nitazene-detected", "xylazine-detected"] {
         assert!(text.contains(&format!("\n    {rule} ")), "{rule}: {text}");
     }
-    let in_force: Vec<&str> = status["rules"]["in_force"]
+    let mut in_force: Vec<&str> = status["rules"]["in_force"]
         .as_array()
         .unwrap_or_else(|| panic!("no rules.in_force: {status:#}"))
         .iter()
         .map(|r| r["id"].as_str().unwrap_or_default())
         .collect();
+    // In load order, which follows the files' paths, not the patterns' order.
+    in_force.sort_unstable();
     assert_eq!(
         in_force,
         ["nitazene-detected", "xylazine-detected"],

@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(lines[1], "  1000 rule(s) in force");
         assert_eq!(
             lines[2],
-            "    nitazene\\n\\x1b[2J                     match      warning"
+            "    nitazene\\n\\x1b[2J                  match      warning"
         );
         assert_eq!(
             lines[3],
