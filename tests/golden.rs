@@ -675,7 +675,10 @@ fn reminder_ack_ops(w: &World) -> RenderedEmail {
 }
 
 /// One email of the table: its file name and how it is made.
-type Case = (&'static str, fn(&World) -> RenderedEmail);
+type Case = (&'static str, Build);
+
+/// How one email of the table is made.
+type Build = fn(&World) -> RenderedEmail;
 
 const CASES: &[Case] = &[
     ("match", match_firearm),
@@ -703,7 +706,7 @@ const CASES: &[Case] = &[
 ];
 
 /// The notices that follow an email, with the `Message-ID` each must reply to.
-const THREADED: &[(&str, fn(&World) -> RenderedEmail, &str)] = &[
+const THREADED: &[(&str, Build, &str)] = &[
     ("update", update, "<EW-7Q3K9D2M1A.lead-bolton@"),
     ("withdrawn", withdrawn, "<EW-7Q3K9D2M1A.lead-bolton@"),
     (
