@@ -192,7 +192,7 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
     let mut store = Store::open(&config.daemon.state_dir)?;
     let state = store.load_engine_state()?;
     let mut engine = Engine::new(rules.clone(), state);
-    record_reload(&store, Some(rules.rules.len()), None);
+    record_reload(&store, Some(&*rules), None);
     tracing::info!(rules = rules.rules.len(), files = rules.files.len(), feeds = config.feeds.len(), database = %store.path().display(), "Starting");
 
     let metrics = Arc::new(Metrics::default());
@@ -399,11 +399,23 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
 }
 
 /// Records the rules in force and the last reload's outcome, for `status`.
-fn record_reload(store: &Store, loaded: Option<usize>, error: Option<&str>) {
+fn record_reload(store: &Store, loaded: Option<&RuleSet>, error: Option<&str>) {
     let now = Timestamp::now().to_string();
     let mut result = store.set_meta("last_reload_at", &now);
-    if let Some(n) = loaded {
-        result = result.and_then(|()| store.set_meta("rules_loaded", &n.to_string()));
+    if let Some(rules) = loaded {
+        let in_force: Vec<_> = rules
+            .rules
+            .iter()
+            .map(|r| crate::store::RuleInForce {
+                id: r.id.clone(),
+                kind: r.kind.name().to_string(),
+                severity: r.severity.as_str().to_string(),
+            })
+            .collect();
+        let in_force = serde_json::to_string(&in_force).unwrap_or_default();
+        result = result
+            .and_then(|()| store.set_meta("rules_loaded", &rules.rules.len().to_string()))
+            .and_then(|()| store.set_meta("rules_in_force", &in_force));
     }
     result = result.and_then(|()| store.set_meta("last_reload_error", error.unwrap_or("")));
     // Kept after a later reload succeeds, so `status` can still say what was refused.
@@ -709,7 +721,7 @@ impl Intake<'_> {
                         Timestamp::now(),
                     );
                 }
-                record_reload(self.store, Some(rules.rules.len()), None);
+                record_reload(self.store, Some(&*rules), None);
                 self.metrics.reload(true);
                 // Folders may have changed: look at them now.
                 self.rescan();

@@ -1258,6 +1258,12 @@ impl Store {
         )?;
         let rules = RulesStatus {
             loaded: self.meta("rules_loaded")?.and_then(|v| v.parse().ok()),
+            // Written only by the daemon, from its own serialisation; a
+            // database from before it was recorded has none.
+            in_force: self
+                .meta("rules_in_force")?
+                .and_then(|v| serde_json::from_str(&v).ok())
+                .unwrap_or_default(),
             last_reload_at: self.meta("last_reload_at")?,
             last_reload_error: self.meta("last_reload_error")?.filter(|e| !e.is_empty()),
             last_refused_at: self.meta("last_refused_at")?,
@@ -1645,10 +1651,22 @@ pub struct DeadlineRow {
     pub due: Timestamp,
 }
 
+/// One rule in force, as the daemon recorded it at its last successful load
+/// (the `meta` key `rules_in_force`, a JSON array of these).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleInForce {
+    pub id: String,
+    /// The rule's kind (`match`, `threshold`, ...).
+    pub kind: String,
+    pub severity: String,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RulesStatus {
     /// How many rules the running daemon has in force.
     pub loaded: Option<u64>,
+    /// Which: each rule in force, in load order (empty before the daemon ran).
+    pub in_force: Vec<RuleInForce>,
     pub last_reload_at: Option<String>,
     /// The errors of the last refused reload, if the last reload was refused.
     pub last_reload_error: Option<String>,

@@ -706,6 +706,11 @@ fn sighup_refuses_a_broken_rule_set_whole_then_applies_a_good_one() {
             && places(&text, "late/extra.toml").contains(&(line, col)),
         "{text}"
     );
+    // Named, not only counted: the old rule, not the refused one.
+    assert!(
+        text.contains("\n    nitazene-detected ") && !text.contains("xylazine-detected"),
+        "{text}"
+    );
 
     // The old rules still work; the refused rule does not.
     write_atomically(
@@ -759,6 +764,22 @@ fn sighup_refuses_a_broken_rule_set_whole_then_applies_a_good_one() {
     assert!(
         text.contains("(fixed since: the rules above are in force):"),
         "the refusal is still shown, as fixed: {text}"
+    );
+    for rule in ["nitazene-detected", "xylazine-detected"] {
+        assert!(text.contains(&format!("\n    {rule} ")), "{rule}: {text}");
+    }
+    let mut in_force: Vec<&str> = status["rules"]["in_force"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rules.in_force: {status:#}"))
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or_default())
+        .collect();
+    // In load order, which follows the files' paths, not the patterns' order.
+    in_force.sort_unstable();
+    assert_eq!(
+        in_force,
+        ["nitazene-detected", "xylazine-detected"],
+        "{status:#}"
     );
 
     write_atomically(

@@ -8,10 +8,16 @@
 //! `UPDATE_GOLDEN=1 cargo test --test golden` writes the files anew, to be
 //! read (and the HTML looked at in a browser) before committing them.
 //!
-//! The cases are a table: the lifecycle's update, withdrawn and reminder
-//! emails add rows to it.
+//! The cases are a table. The lifecycle's notices (update, withdrawn, the
+//! reminders and the notes to ops) go the daemon's whole way: the alert and
+//! its first emails are written to a real database as the pipeline writes
+//! them, `lifecycle::update` / `withdraw` / `send_reminders` queue their
+//! emails, and the case reads the queued message back (`Store::due`) and
+//! parses it, so what is compared is what would be sent. Acknowledgement
+//! links carry a token signed under the database's own (random) key: it is
+//! written `TOKEN` in the files.
 
-use earlywarn::alerts::render::{RenderedEmail, render_in_thread};
+use earlywarn::alerts::render::{Purpose, RenderedEmail, render_in_thread};
 use earlywarn::alerts::{
     Alert, AlertStatus, Approver, Assessment, Audience, Delivery, Trigger, route,
 };
@@ -19,6 +25,7 @@ use earlywarn::config::{Config, Severity};
 use earlywarn::event::{Event, Fields, Value};
 use earlywarn::ops::{OpsNotifier, ProblemKind};
 use earlywarn::rules::RuleSet;
+use earlywarn::store::Store;
 use jiff::Timestamp;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -416,10 +423,262 @@ fn ops(w: &World) -> RenderedEmail {
         .unwrap()
 }
 
-/// One email per kind. Update, withdrawn and reminder emails (the alert
-/// lifecycle) belong here too.
+/// One sample that is both a nitazene and a substance never seen before:
+/// the two rules' alerts merge (`merge = "drug-sample"`) into one draft
+/// that names both reasons, through the real `alerts::merge::merge`.
+fn merged(w: &World) -> RenderedEmail {
+    let raised = |rule: &str, trigger: Trigger| {
+        let mut a = alert(rule, Some("Bolton"), vec![nitazene_sample()], trigger);
+        a.severity = w.rules.get(rule).unwrap().severity;
+        a.status = AlertStatus::InReview;
+        a
+    };
+    let alerts = vec![
+        raised(
+            "new-substance-major",
+            Trigger::FirstSeen {
+                field: "substances_major".into(),
+                value: "protonitazene".into(),
+            },
+        ),
+        raised("nitazene-detected", Trigger::Match),
+    ];
+    let merged = earlywarn::alerts::merge::merge(alerts, &w.rules, &w.config);
+    assert_eq!(merged.len(), 1, "one draft, not two");
+    assert_eq!(
+        merged[0].rule_id, "nitazene-detected",
+        "the most severe rule leads"
+    );
+    email(w, &merged[0], Audience::Review, "dews-panel")
+}
+
+/// The approved nitazene alert of [`approved`], as stored once it went out.
+fn approved_alert() -> Alert {
+    approved_alert_in("Bolton")
+}
+
+/// The same, the sample tested in `district`.
+fn approved_alert_in(district: &str) -> Alert {
+    let mut sample = nitazene_sample();
+    sample.fields.insert("district", text(district));
+    let mut a = alert(
+        "nitazene-detected",
+        Some(district),
+        vec![sample],
+        Trigger::Match,
+    );
+    a.status = AlertStatus::Approved;
+    a
+}
+
+/// A real database in a fresh folder holding `alert` and its first emails
+/// (drafts to `review`, or to `notify` with their acknowledgement links),
+/// written as the pipeline writes them (`render_deliveries_with_acks`, then
+/// the ledger's `insert_alert` and `enqueue` in one transaction).
+fn store_with(w: &World, rules: &RuleSet, alert: &Alert) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let rule = rules.get(&alert.rule_id).unwrap();
+    let deliveries = route(
+        alert,
+        rule,
+        &w.config,
+        earlywarn::alerts::first_audience(alert),
+    );
+    let key = store.ack_key().unwrap();
+    let emails = earlywarn::pipeline::infallible(earlywarn::pipeline::render_deliveries_with_acks(
+        &w.config,
+        alert,
+        rule,
+        &rules.templates,
+        &deliveries,
+        |_, _| Ok(None),
+        earlywarn::pipeline::ack_links(&w.config, Some(&key), &alert.id, alert.created_at),
+    ));
+    let tx = store.begin().unwrap();
+    tx.insert_alert(alert, &serde_json::to_string(alert).unwrap())
+        .unwrap();
+    for o in &emails {
+        tx.enqueue(
+            &alert.id,
+            &o.partner_id,
+            o.audience,
+            Purpose::of(o.audience),
+            &o.email,
+            alert.created_at,
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    (dir, store)
+}
+
+/// `text` with every acknowledgement token written `TOKEN`: it is signed
+/// under the database's random key, so it differs on every run.
+fn tokenless(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("/ack/") {
+        out.push_str(&rest[..at + "/ack/".len()]);
+        rest = &rest[at + "/ack/".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            .unwrap_or(rest.len());
+        if end > 0 {
+            out.push_str("TOKEN");
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The email queued for `partner` with `purpose` (`update-1`, `reminder-2`, ...),
+/// read back from the outbox and parsed as a mail client would.
+fn queued(store: &Store, partner: &str, purpose: &str) -> RenderedEmail {
+    let everything = store.due(at("2100-01-01T00:00:00Z"), 10_000).unwrap();
+    let suffix = format!(".{partner}.{purpose}@");
+    let item = everything
+        .iter()
+        .find(|i| i.partner_id == partner && i.message_id.contains(&suffix))
+        .unwrap_or_else(|| {
+            let ids: Vec<_> = everything.iter().map(|i| &i.message_id).collect();
+            panic!("no {purpose} queued for {partner}; queued: {ids:?}")
+        });
+    let message = mail_parser::MessageParser::default()
+        .parse(&item.message)
+        .unwrap();
+    let part = |body: Option<std::borrow::Cow<'_, str>>| {
+        tokenless(&body.unwrap_or_default().replace("\r\n", "\n"))
+    };
+    RenderedEmail {
+        subject: message.subject().unwrap_or_default().to_string(),
+        text: part(message.body_text(0)),
+        html: part(message.body_html(0)),
+        message_id: item.message_id.clone(),
+        thread: String::new(),
+        from: item.mail_from.clone(),
+        to: item.recipients.clone(),
+        bytes: item.message.clone(),
+    }
+}
+
+/// Two hours after the alert was raised.
+fn later() -> Timestamp {
+    at("2025-11-04T14:00:00Z")
+}
+
+fn update(w: &World) -> RenderedEmail {
+    let (_dir, mut store) = store_with(w, &w.rules, &approved_alert());
+    earlywarn::lifecycle::update(
+        &w.config,
+        &mut store,
+        "EW-7Q3K9D2M1A",
+        "The lab has measured the tablets: about 10 mg of protonitazene each, a dose that can kill someone with no opioid tolerance.\nThe same tablets have now been handed in at the Wigan service too.",
+        &earlywarn::audit::Actor::daemon(),
+        later(),
+    )
+    .unwrap();
+    queued(&store, "lead-bolton", "update-1")
+}
+
+fn withdrawn(w: &World) -> RenderedEmail {
+    let (_dir, mut store) = store_with(w, &w.rules, &approved_alert());
+    earlywarn::lifecycle::withdraw(
+        &w.config,
+        &mut store,
+        "EW-7Q3K9D2M1A",
+        "The lab confirmed the result was from a contaminated test run: no nitazene was in the sample.",
+        &earlywarn::audit::Actor::daemon(),
+        later(),
+    )
+    .unwrap();
+    queued(&store, "lead-bolton", "withdrawn")
+}
+
+/// The shipped rules with the nitazene rule given `review_within = "4h"` and
+/// `ack_within = "2h"` (the shipped rules set neither).
+fn timed_rules(w: &World) -> RuleSet {
+    let mut rules = RuleSet::load(&w.config).unwrap();
+    let rule = rules
+        .rules
+        .iter_mut()
+        .find(|r| r.id == "nitazene-detected")
+        .unwrap();
+    rule.review_within = Some(std::time::Duration::from_secs(4 * 3600));
+    rule.ack_within = Some(std::time::Duration::from_secs(2 * 3600));
+    rules
+}
+
+/// The drafts' reviewers reminded at `review_within`, and ops told.
+fn review_reminder_store(w: &World) -> (tempfile::TempDir, Store) {
+    let rules = timed_rules(w);
+    let mut draft = approved_alert();
+    draft.status = AlertStatus::InReview;
+    let (dir, mut store) = store_with(w, &rules, &draft);
+    let reminded = earlywarn::lifecycle::send_reminders(
+        &w.config,
+        &rules,
+        &mut store,
+        at("2025-11-04T16:00:00Z"),
+    )
+    .unwrap();
+    assert_eq!(reminded.drafts, ["EW-7Q3K9D2M1A"]);
+    (dir, store)
+}
+
+fn reminder_review(w: &World) -> RenderedEmail {
+    let (_dir, store) = review_reminder_store(w);
+    queued(&store, "dews-panel", "reminder-1")
+}
+
+fn reminder_review_ops(w: &World) -> RenderedEmail {
+    let (_dir, store) = review_reminder_store(w);
+    queued(&store, "ops-team", "reminder-1")
+}
+
+/// The approved alert's partners reminded at `ack_within`, one having
+/// confirmed receipt; ops told which have not.
+fn ack_reminder_store(w: &World) -> (tempfile::TempDir, Store) {
+    let rules = timed_rules(w);
+    let (dir, mut store) = store_with(w, &rules, &approved_alert());
+    let key = store.ack_key().unwrap();
+    let token = earlywarn::ack::token(&key, "EW-7Q3K9D2M1A", "lead-salford", at(NOW));
+    let form = earlywarn::lifecycle::ack_target(&store, &token, at("2025-11-04T12:20:00Z"))
+        .unwrap()
+        .form_token;
+    earlywarn::lifecycle::acknowledge(
+        &mut store,
+        &token,
+        &form,
+        Some("Sam Okafor"),
+        "192.0.2.7",
+        at("2025-11-04T12:21:00Z"),
+    )
+    .unwrap();
+    let reminded =
+        earlywarn::lifecycle::send_reminders(&w.config, &rules, &mut store, later()).unwrap();
+    let (_, silent) = &reminded.silent[0];
+    assert!(silent.contains(&"lead-bolton".to_string()), "{silent:?}");
+    assert!(!silent.contains(&"lead-salford".to_string()), "{silent:?}");
+    (dir, store)
+}
+
+fn reminder_ack(w: &World) -> RenderedEmail {
+    let (_dir, store) = ack_reminder_store(w);
+    queued(&store, "lead-bolton", "reminder-2")
+}
+
+fn reminder_ack_ops(w: &World) -> RenderedEmail {
+    let (_dir, store) = ack_reminder_store(w);
+    queued(&store, "ops-team", "reminder-3")
+}
+
 /// One email of the table: its file name and how it is made.
-type Case = (&'static str, fn(&World) -> RenderedEmail);
+type Case = (&'static str, Build);
+
+/// How one email of the table is made.
+type Build = fn(&World) -> RenderedEmail;
 
 const CASES: &[Case] = &[
     ("match", match_firearm),
@@ -436,7 +695,26 @@ const CASES: &[Case] = &[
     ("silence", silence),
     ("draft", draft),
     ("approved", approved),
+    ("merged", merged),
+    ("update", update),
+    ("withdrawn", withdrawn),
+    ("reminder_review", reminder_review),
+    ("reminder_review_ops", reminder_review_ops),
+    ("reminder_ack", reminder_ack),
+    ("reminder_ack_ops", reminder_ack_ops),
     ("ops", ops),
+];
+
+/// The notices that follow an email, with the `Message-ID` each must reply to.
+const THREADED: &[(&str, Build, &str)] = &[
+    ("update", update, "<EW-7Q3K9D2M1A.lead-bolton@"),
+    ("withdrawn", withdrawn, "<EW-7Q3K9D2M1A.lead-bolton@"),
+    (
+        "reminder_review",
+        reminder_review,
+        "<EW-7Q3K9D2M1A.dews-panel.draft@",
+    ),
+    ("reminder_ack", reminder_ack, "<EW-7Q3K9D2M1A.lead-bolton@"),
 ];
 
 fn golden_dir() -> PathBuf {
@@ -506,15 +784,28 @@ fn every_email_leads_with_words_and_keeps_what_must_be_kept() {
     let contact = w.config.mail.contact.clone().unwrap();
     for (name, build) in CASES {
         let mail = build(&w);
+        // A notice's subject is the original's after what it is (SPEC §10).
+        let original = ["UPDATE 1: ", "WITHDRAWN: ", "REMINDER: "]
+            .iter()
+            .find_map(|p| mail.subject.strip_prefix(p))
+            .unwrap_or(&mail.subject);
         assert!(
-            mail.subject.starts_with("OFFICIAL-SENSITIVE ["),
+            original.starts_with("OFFICIAL-SENSITIVE ["),
             "{name}: {}",
             mail.subject
         );
-        // The headline: the subject after its marking and tags, and a line of its own in the text.
+        // The headline: the subject after its marking and tags, and a line of
+        // its own in the text (a notice's after what happened: "Withdrawn: ...").
         let first_line = mail.subject.rsplit("] ").next().unwrap_or_default();
+        // A merged alert's subject counts its other reasons; the text lists them.
+        let first_line = first_line
+            .split(" and one more reason")
+            .next()
+            .unwrap_or_default();
         assert!(
-            mail.text.lines().any(|l| l == first_line),
+            mail.text
+                .lines()
+                .any(|l| l == first_line || l.ends_with(&format!(": {first_line}"))),
             "{name}: the headline is not a line of the text:\n{}",
             mail.text
         );
@@ -542,4 +833,92 @@ fn every_email_leads_with_words_and_keeps_what_must_be_kept() {
             assert!(mail.text.contains("Withheld: location"), "{name}");
         }
     }
+}
+
+/// An update, a withdrawal and a reminder reply to the first email the
+/// partner got about the alert, so a mail client shows them in its thread.
+#[test]
+fn every_notice_replies_to_the_partners_first_email() {
+    let w = world();
+    for (name, build, parent) in THREADED {
+        let mail = build(&w);
+        let message = mail_parser::MessageParser::default()
+            .parse(&mail.bytes)
+            .unwrap();
+        let header = |h: &str| {
+            String::from_utf8_lossy(
+                message
+                    .header_raw(h)
+                    .unwrap_or_else(|| panic!("{name}: no {h}"))
+                    .as_bytes(),
+            )
+            .trim()
+            .to_string()
+        };
+        for h in ["In-Reply-To", "References"] {
+            assert!(header(h).starts_with(parent), "{name}: {h}: {}", header(h));
+        }
+        assert_ne!(mail.message_id, header("In-Reply-To"), "{name}");
+    }
+}
+
+/// The acknowledgement page (`GET /ack/TOKEN`) as a partner without the ISA
+/// (the Harbour charity, for a sample tested in Salford) sees it, through the console's real router and handler, the database
+/// holding the approved alert as the pipeline wrote it and the page's clock
+/// fixed. `tests/golden/ack_page.html`; the link's token and the form's are
+/// signed under the database's random key and written `TOKEN` and `FORM`.
+#[test]
+fn the_acknowledgement_page_reads_as_its_golden_file() {
+    use tower::ServiceExt;
+    let w = world();
+    let (dir, store) = store_with(&w, &w.rules, &approved_alert_in("Salford"));
+    let key = store.ack_key().unwrap();
+    drop(store);
+    let token = earlywarn::ack::token(&key, "EW-7Q3K9D2M1A", "drug-service", at(NOW));
+    let mut config = w.config.clone();
+    config.daemon.state_dir = dir.path().to_path_buf();
+    let (_rules_tx, rules) =
+        tokio::sync::watch::channel(std::sync::Arc::new(RuleSet::load(&config).unwrap()));
+    let mut state = earlywarn::web::WebState::new(std::sync::Arc::new(config), rules);
+    state.clock = || "2025-11-04T12:40:00Z".parse().unwrap();
+    let app = earlywarn::web::router(std::sync::Arc::new(state));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, page) = runtime.block_on(async {
+        let response = app
+            .oneshot(
+                axum::http::Request::get(format!("/ack/{token}"))
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    });
+    assert_eq!(status, 200, "{page}");
+    let form = {
+        let pattern = "name=\"form\" value=\"";
+        let start = page.find(pattern).expect("a form") + pattern.len();
+        page[start..start + page[start..].find('"').unwrap()].to_string()
+    };
+    let page = page.replace(&token, "TOKEN").replace(&form, "FORM");
+    assert!(page.contains("protonitazene"), "the evidence: {page}");
+    assert!(!page.contains("Handed in at"), "the withheld note: {page}");
+    let path = golden_dir().join("ack_page.html");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &page).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == page,
+        "ack_page.html differs:\n{}\nIf the change is meant, rewrite it with UPDATE_GOLDEN=1 cargo test --test golden and read the diff.",
+        diff("ack_page.html", &path, &page)
+    );
 }

@@ -322,6 +322,20 @@ fn every_page_sends_the_security_headers_and_shows_hostile_values_as_text() {
         assert_escaped(path, &body);
     }
 
+    // The status page names the rules in force, not only their count.
+    let (_, _, status) = admin.get("/status");
+    assert!(status.contains("3 rules in force"), "{status}");
+    for rule in [
+        "nitazene-detected",
+        "xylazine-review",
+        "fentanyl-two-approvals",
+    ] {
+        assert!(
+            status.contains(&format!("<tr><th scope=\"row\">{rule}</th><td>match</td>")),
+            "{rule} on /status: {status}"
+        );
+    }
+
     // The hostile district is on the list pages and its alert's page, as text.
     let (_, _, listed) = admin.get("/alerts");
     assert!(listed.contains(&escaped(SCRIPT)), "{listed}");

@@ -62,22 +62,82 @@ impl NoticeKind<'_> {
         }
     }
 
-    /// The paragraphs of the body, in plain text.
-    fn paragraphs(&self) -> Vec<String> {
+    /// The badge above the heading (text, background, foreground): the
+    /// kind at a glance, in colour and in words.
+    fn badge(&self) -> (String, &'static str, &'static str) {
         match self {
-            NoticeKind::Update { n, text } => vec![format!("Update {n} to this alert:"), text.to_string()],
+            NoticeKind::Update { n, .. } => (format!("UPDATE {n}"), "#1f5fa8", "#ffffff"),
+            NoticeKind::Withdrawn { .. } => ("WITHDRAWN".into(), "#b00020", "#ffffff"),
+            NoticeKind::ReviewReminder | NoticeKind::SilentPartners { .. } => {
+                ("REMINDER".into(), "#f2b705", "#1a1a1a")
+            }
+        }
+    }
+
+    /// The first line: what happened to the alert whose headline is `headline`, in words.
+    fn heading(&self, headline: &str) -> String {
+        match self {
+            NoticeKind::Update { n, .. } => format!("Update {n}: {headline}"),
+            NoticeKind::Withdrawn { .. } => format!("Withdrawn: {headline}"),
+            NoticeKind::ReviewReminder => format!("Still awaiting review: {headline}"),
+            NoticeKind::SilentPartners { .. } => format!("Receipt not confirmed: {headline}"),
+        }
+    }
+
+    /// The body after the heading.
+    fn blocks(&self) -> Vec<Block> {
+        match self {
+            NoticeKind::Update { n, text } => vec![
+                Block::Typed(text.to_string()),
+                Block::Text(format!(
+                    "This is update {n} to the alert sent to you earlier under the same reference (in this thread)."
+                )),
+            ],
             NoticeKind::Withdrawn { reason } => vec![
-                "This alert has been WITHDRAWN: disregard it.".into(),
-                format!("Reason: {reason}"),
+                Block::Text(
+                    "This alert has been withdrawn: disregard it, and do not pass on its advice.".into(),
+                ),
+                Block::Typed(format!("Reason: {reason}")),
             ],
-            NoticeKind::ReviewReminder => vec![
-                "This draft is still awaiting assessment: it has not been approved or dismissed within the time the rule allows. Its reviewers have been sent a reminder.".into(),
-            ],
+            NoticeKind::ReviewReminder => vec![Block::Text(
+                "This draft is still awaiting assessment: nobody has approved or dismissed it within the time its rule allows. Its reviewers have been sent the draft again as a reminder.".into(),
+            )],
             NoticeKind::SilentPartners { partners } => vec![
-                "These partners have not confirmed receipt of this alert within the time the rule allows; each has been sent a reminder:".into(),
-                partners.iter().map(|p| format!("- {p}")).collect::<Vec<_>>().join("\n"),
+                Block::Text(
+                    "These partners have not confirmed receipt of this alert within the time its rule allows; each has been sent the alert again as a reminder:".into(),
+                ),
+                Block::List(partners.to_vec()),
             ],
         }
+    }
+}
+
+/// One part of a notice's body.
+enum Block {
+    /// Written by earlywarn.
+    Text(String),
+    /// Typed by a person (an update, a reason): its line breaks are kept.
+    Typed(String),
+    List(Vec<String>),
+}
+
+/// The headline of a subject `render` wrote (`MARKING [TAG] ... headline`):
+/// the words after the marking and the bracketed tags; the whole subject
+/// when it has another shape.
+fn headline_of<'s>(subject: &'s str, marking: &str) -> &'s str {
+    let mut rest = subject
+        .strip_prefix(marking)
+        .unwrap_or(subject)
+        .trim_start();
+    while let Some(tagged) = rest.strip_prefix('[') {
+        match tagged.find("] ") {
+            Some(end) => rest = &tagged[end + 2..],
+            None => break,
+        }
+    }
+    match rest.trim() {
+        "" => subject,
+        headline => headline,
     }
 }
 
@@ -120,14 +180,12 @@ pub fn render(notice: &Notice<'_>, config: &Config) -> Result<RenderedEmail, Ren
         notice.kind.subject_prefix(),
         notice.original_subject
     ));
-    let mut paragraphs = notice.kind.paragraphs();
-    paragraphs.push(format!("Original email: {}", notice.original_subject));
-    if let Some(link) = notice.ack_link {
-        paragraphs.push(format!("Confirm you have received this: {link}"));
-    }
-    paragraphs.push(format!("Reference: {}", notice.alert_id));
-    let text = format!("{}\n", paragraphs.join("\n\n"));
-    let html = html_of(&paragraphs, notice.ack_link);
+    let heading = notice
+        .kind
+        .heading(headline_of(notice.original_subject, &config.mail.marking));
+    let blocks = notice.kind.blocks();
+    let text = text_of(notice, config, &heading, &blocks);
+    let html = html_of(notice, config, &heading, &blocks);
 
     let (to, bytes) = super::render::assemble(
         &super::render::Envelope {
@@ -185,24 +243,87 @@ pub fn ack_line_html(link: &str) -> String {
     format!("<p>Confirm you have received this: <a href=\"{link}\">{link}</a></p>")
 }
 
-fn html_of(paragraphs: &[String], ack_link: Option<&str>) -> String {
-    let mut html = String::from(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head><body>",
-    );
-    for p in paragraphs {
-        match ack_link {
-            Some(link) if p.ends_with(link) && p.starts_with("Confirm") => {
-                html.push_str(&ack_line_html(link));
+/// The text part, in the order of an alert's: the marking, the heading,
+/// the body, the link, the reference, the contact, the marking.
+fn text_of(notice: &Notice<'_>, config: &Config, heading: &str, blocks: &[Block]) -> String {
+    let marking = &config.mail.marking;
+    let mut t = format!("{marking}\n\n{heading}\n\n");
+    for block in blocks {
+        match block {
+            Block::Text(p) | Block::Typed(p) => t.push_str(p),
+            Block::List(items) => {
+                let lines: Vec<String> = items.iter().map(|i| format!("- {i}")).collect();
+                t.push_str(&lines.join("\n"));
             }
-            _ => {
-                html.push_str("<p style=\"white-space: pre-wrap\">");
-                html.push_str(&html_escape(p));
-                html.push_str("</p>");
+        }
+        t.push_str("\n\n");
+    }
+    if let Some(link) = notice.ack_link {
+        t.push_str(&format!("{}\n\n", ack_line_text(link)));
+    }
+    t.push_str(&format!(
+        "Reference: {id}\nQuote {id} in any reply.\n",
+        id = notice.alert_id
+    ));
+    if let Some(contact) = &config.mail.contact {
+        t.push_str(&format!("\n{contact}\n"));
+    }
+    t.push_str(&format!("\n{marking}\n"));
+    t
+}
+
+/// The HTML part: the text part's order, in an alert email's layout.
+fn html_of(notice: &Notice<'_>, config: &Config, heading: &str, blocks: &[Block]) -> String {
+    let e = html_escape;
+    let marking = e(&config.mail.marking);
+    let (badge, bg, fg) = notice.kind.badge();
+    let mut h = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n</head>\n<body style=\"margin:0;padding:0;background:#f3f3f3\">\n<div style=\"max-width:680px;margin:0 auto;padding:16px;background:#ffffff;font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5;color:#1a1a1a;overflow-wrap:anywhere\">\n",
+    );
+    h.push_str(&format!(
+        "<p style=\"margin:0 0 12px;font-weight:bold;letter-spacing:0.05em\">{marking}</p>\n"
+    ));
+    h.push_str(&format!(
+        "<p style=\"margin:0 0 8px\"><span style=\"display:inline-block;padding:2px 10px;border-radius:3px;background:{bg};color:{fg};font-weight:bold\">{}</span></p>\n",
+        e(&badge)
+    ));
+    h.push_str(&format!(
+        "<h1 style=\"font-size:22px;line-height:1.3;margin:0 0 12px\">{}</h1>\n",
+        e(heading)
+    ));
+    for block in blocks {
+        match block {
+            Block::Text(p) => h.push_str(&format!("<p>{}</p>\n", e(p))),
+            Block::Typed(p) => {
+                h.push_str(&format!("<p style=\"white-space:pre-wrap\">{}</p>\n", e(p)))
+            }
+            Block::List(items) => {
+                h.push_str("<ul style=\"padding-left:24px\">\n");
+                for item in items {
+                    h.push_str(&format!("<li>{}</li>\n", e(item)));
+                }
+                h.push_str("</ul>\n");
             }
         }
     }
-    html.push_str("</body></html>");
-    html
+    if let Some(link) = notice.ack_link {
+        h.push_str(&ack_line_html(link));
+        h.push('\n');
+    }
+    h.push_str(&format!(
+        "<p style=\"font-size:14px;color:#555555\">Reference: {id}<br>Quote {id} in any reply.</p>\n",
+        id = e(notice.alert_id)
+    ));
+    if let Some(contact) = &config.mail.contact {
+        h.push_str(&format!(
+            "<p style=\"border-top:1px solid #cccccc;padding-top:8px\">{}</p>\n",
+            e(contact)
+        ));
+    }
+    h.push_str(&format!(
+        "<p style=\"font-weight:bold;letter-spacing:0.05em\">{marking}</p>\n</div>\n</body></html>\n"
+    ));
+    h
 }
 
 /// A header value on one line: untrusted text cannot add a header.
@@ -304,6 +425,49 @@ mod tests {
         assert!(
             html.ends_with("<p>Confirm you have received this: <a href=\"https://ew.example.org/ack/T&quot;&lt;\">https://ew.example.org/ack/T&quot;&lt;</a></p></body></html>"),
             "{html}"
+        );
+    }
+
+    #[test]
+    fn a_notice_opens_with_what_happened_to_the_alert_in_words() {
+        let to = vec!["p@example.org".to_string()];
+        let subject =
+            "OFFICIAL-SENSITIVE [CRITICAL] Protonitazene in a tablet, Bolton, tested Tue 4 Nov";
+        let mut config = config();
+        config.mail.marking = "OFFICIAL-SENSITIVE".into();
+        let email = render(
+            &notice(
+                subject,
+                NoticeKind::Withdrawn {
+                    reason: "wrong sample",
+                },
+                &to,
+            ),
+            &config,
+        )
+        .unwrap();
+        assert!(
+            email.text.starts_with(
+                "OFFICIAL-SENSITIVE\n\nWithdrawn: Protonitazene in a tablet, Bolton, tested Tue 4 Nov\n\n"
+            ),
+            "{}",
+            email.text
+        );
+        assert!(
+            email
+                .text
+                .ends_with("Quote EW-ABC in any reply.\n\nOFFICIAL-SENSITIVE\n")
+        );
+        assert_eq!(
+            headline_of(
+                "OFFICIAL-SENSITIVE [DRAFT FOR ASSESSMENT] [WARNING] New: x",
+                "OFFICIAL-SENSITIVE"
+            ),
+            "New: x"
+        );
+        assert_eq!(
+            headline_of("Something else", "OFFICIAL-SENSITIVE"),
+            "Something else"
         );
     }
 }

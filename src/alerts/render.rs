@@ -507,6 +507,7 @@ pub fn render_with(
     let lead = render_template(rule, &templates.get(alert, rule, Part::Lead)?, &ctx)?;
     let mut sections = Sections::build(alert, rule, delivery, feed, config, headline, &show_time);
     sections.ack_link = extras.ack_link.map(str::to_string);
+    sections.reminder_note = extras.reminder.map(|_| reminder_note(delivery, config));
     let text = sections.text(&config.mail.marking, &lead);
     let html = sections.html(&config.mail.marking, &lead);
     let subject = match extras.reminder {
@@ -562,6 +563,21 @@ pub fn render_with(
         to,
         bytes,
     })
+}
+
+/// The first line of an email sent again as a reminder: why it comes again.
+fn reminder_note(delivery: &Delivery<'_>, config: &Config) -> String {
+    match (delivery.audience, &config.web) {
+        (Audience::Review, _) => {
+            "REMINDER: this draft is still awaiting assessment. Nobody has approved or dismissed it within the time its rule allows.".into()
+        }
+        (Audience::Notify, Some(_)) => {
+            "REMINDER: your organisation has not yet confirmed it received this alert. Please read it and confirm with the link after the advice.".into()
+        }
+        (Audience::Notify, None) => {
+            "REMINDER: this alert was sent to you earlier; please make sure it has been read.".into()
+        }
+    }
 }
 
 /// What every email earlywarn sends has in its header, whatever its kind
@@ -747,6 +763,18 @@ pub fn subject(
     config: &Config,
 ) -> Result<String, RenderError> {
     subject_and_context(alert, rule, templates, delivery, config).map(|(_, subject, _)| subject)
+}
+
+/// Only the headline of a delivery's email (its first line, in words), for a
+/// page that shows the alert as that email did.
+pub fn email_headline(
+    alert: &Alert,
+    rule: &Rule,
+    templates: &Templates,
+    delivery: &Delivery<'_>,
+    config: &Config,
+) -> Result<String, RenderError> {
+    subject_and_context(alert, rule, templates, delivery, config).map(|(_, _, headline)| headline)
 }
 
 /// The template context (SPEC §5), the finished subject line and the
@@ -1352,6 +1380,8 @@ struct Sections {
     /// What the evidence is called: the records, or a self-alert's problems.
     evidence_title: &'static str,
     reference: String,
+    /// Why the email comes again (a reminder), above everything else it says.
+    reminder_note: Option<String>,
     draft_note: Option<String>,
     /// The draft's console page, made a link in the HTML.
     console_url: Option<String>,
@@ -1613,6 +1643,7 @@ impl Sections {
             details,
             evidence_title: if ops { "What happened" } else { "Evidence" },
             reference: alert.id.clone(),
+            reminder_note: None,
             draft_note,
             console_url: match (&config.web, delivery.audience) {
                 (Some(web), Audience::Review) => Some(web.alert_url(&alert.id)),
@@ -1626,6 +1657,9 @@ impl Sections {
     fn text(&self, marking: &str, lead: &str) -> String {
         let mut t = String::new();
         t.push_str(&format!("{marking}\n\n"));
+        if let Some(note) = &self.reminder_note {
+            t.push_str(&format!("{note}\n\n"));
+        }
         if let Some(note) = &self.draft_note {
             t.push_str(&format!("{note}\n\n"));
         }
@@ -1706,6 +1740,12 @@ impl Sections {
             "<p style=\"margin:0 0 12px;font-weight:bold;letter-spacing:0.05em\">{}</p>\n",
             e(marking)
         ));
+        if let Some(note) = &self.reminder_note {
+            h.push_str(&format!(
+                "<p style=\"background:#fff3cd;border-left:4px solid #9a6700;padding:8px 12px\"><strong>{}</strong></p>\n",
+                e(note)
+            ));
+        }
         if let Some(note) = &self.draft_note {
             // The console address as a link: it is the reviewer's next step.
             let note = match &self.console_url {

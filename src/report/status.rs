@@ -85,6 +85,9 @@ pub fn write_text(
     Ok(())
 }
 
+/// How many rules in force the text names: a screenful, however many are loaded.
+const SHOWN_RULES: usize = 50;
+
 /// The rules in force and, if a reload was ever refused, the last refusal
 /// with its errors (the daemon keeps the rules it had: SPEC §8).
 fn write_rules(
@@ -104,6 +107,22 @@ fn write_rules(
         (Some(n), Some(at)) => writeln!(out, "  {n} rule(s) in force; last reload {}", shown(at))?,
         (Some(n), None) => writeln!(out, "  {n} rule(s) in force")?,
         (None, _) => writeln!(out, "  not known: the daemon has not run on this database")?,
+    }
+    for rule in rules.in_force.iter().take(SHOWN_RULES) {
+        writeln!(
+            out,
+            "    {:<34} {:<10} {}",
+            esc(&rule.id),
+            esc(&rule.kind),
+            esc(&rule.severity)
+        )?;
+    }
+    if rules.in_force.len() > SHOWN_RULES {
+        writeln!(
+            out,
+            "    and {} more (earlywarn status --format json lists them all)",
+            rules.in_force.len() - SHOWN_RULES
+        )?;
     }
     if let (Some(at), Some(errors)) = (&rules.last_refused_at, &rules.last_refused_error) {
         let state = if rules.last_reload_error.is_some() {
@@ -194,7 +213,7 @@ mod tests {
     use super::*;
     use crate::store::{
         AlertRow, DeadlineRow, DeliveryFault, DeliveryProblem, FeedStatus, PausedFeed,
-        RejectedFile, RulesStatus,
+        RejectedFile, RuleInForce, RulesStatus,
     };
 
     fn at(text: &str) -> Timestamp {
@@ -214,6 +233,7 @@ mod tests {
         StatusReport {
             rules: RulesStatus {
                 loaded: None,
+                in_force: Vec::new(),
                 last_reload_at: None,
                 last_reload_error: None,
                 last_refused_at: None,
@@ -304,6 +324,7 @@ mod tests {
         });
         report.rules = RulesStatus {
             loaded: Some(24),
+            in_force: Vec::new(),
             last_reload_at: Some("2026-03-01T11:40:00Z".into()),
             last_reload_error: Some("rules/x.toml:3:8: unknown feed\n\u{1b}[2Jx".into()),
             last_refused_at: Some("2026-03-01T11:40:00Z".into()),
@@ -335,6 +356,7 @@ mod tests {
         let mut report = empty();
         report.rules = RulesStatus {
             loaded: Some(25),
+            in_force: Vec::new(),
             last_reload_at: Some("2026-03-01T11:50:00Z".into()),
             last_reload_error: None,
             last_refused_at: Some("2026-03-01T11:40:00Z".into()),
@@ -345,5 +367,39 @@ mod tests {
             text.starts_with("Rules\n  25 rule(s) in force; last reload 2026-03-01 11:50:00 UTC\n  last refused reload 2026-03-01 11:40:00 UTC (fixed since: the rules above are in force):\n    rules/x.toml:3:8: unknown feed `drugs`\nFeeds\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_rules_in_force_are_named_a_screenful_at_most() {
+        let mut report = empty();
+        report.rules.loaded = Some(1000);
+        report.rules.in_force = (0..1000)
+            .map(|i| RuleInForce {
+                id: format!("rule-{i:04}"),
+                kind: "match".into(),
+                severity: "warning".into(),
+            })
+            .collect();
+        report.rules.in_force[0].id = "nitazene\n\u{1b}[2J".into();
+        let text = text(&report, at("2026-03-01T12:00:00Z"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "  1000 rule(s) in force");
+        assert_eq!(
+            lines[2],
+            "    nitazene\\n\\x1b[2J                  match      warning"
+        );
+        assert_eq!(
+            lines[3],
+            "    rule-0001                          match      warning"
+        );
+        assert_eq!(
+            lines[51],
+            "    rule-0049                          match      warning"
+        );
+        assert_eq!(
+            lines[52],
+            "    and 950 more (earlywarn status --format json lists them all)"
+        );
+        assert_eq!(lines[53], "Feeds");
     }
 }

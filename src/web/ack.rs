@@ -132,6 +132,14 @@ fn page_view(state: &WebState, target: &AckTarget, token: &str) -> AckPageView {
     // rule gone, or no longer routing to it) nothing from the records does.
     match lifecycle::partner_view(config, &rules, target) {
         Some(d) => {
+            // The email's first line (the panel's, if it assessed one), so the
+            // page opens with what was found, as the email did.
+            if let Some(rule) = rules.get(&alert.rule_id)
+                && let Ok(headline) =
+                    crate::alerts::render::email_headline(alert, rule, &rules.templates, &d, config)
+            {
+                view.headline = headline;
+            }
             view.district = d.district.clone().unwrap_or_default();
             view.trigger = trigger_words(&d.trigger, tz);
             view.count = d.count;

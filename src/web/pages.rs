@@ -863,8 +863,25 @@ fn audit_view(e: &crate::audit::AuditEntry, tz: &TimeZone) -> AuditView {
     }
 }
 
+/// A record as its email's evidence shows it: labelled fields (`labels`, else
+/// the name in words), values in words and times in the zone; the record's
+/// id and time are its heading, not fields again.
 pub(super) fn event_view(e: &crate::event::Event, config: &Config, tz: &TimeZone) -> EventView {
+    use crate::alerts::wording;
     let feed = config.feed(&e.feed);
+    let heading = |name: &str| {
+        let key = crate::config::field_key(name);
+        feed.is_some_and(|f| {
+            [&f.id_field, &f.time_field]
+                .iter()
+                .any(|k| k.as_deref().map(crate::config::field_key) == Some(key.clone()))
+        })
+    };
+    let show_time = |t: Timestamp| {
+        t.to_zoned_datetime(tz.clone())
+            .strftime("%a %-d %b %Y %H:%M %Z")
+            .to_string()
+    };
     EventView {
         record: e.record_id.clone().unwrap_or_default(),
         time: local(e.time, tz),
@@ -872,10 +889,12 @@ pub(super) fn event_view(e: &crate::event::Event, config: &Config, tz: &TimeZone
             .fields
             .iter()
             // A column the feed does not list reaches nobody, on a page as in an email.
-            .filter(|(name, value)| !value.is_empty() && feed.is_some_and(|f| f.is_listed(name)))
+            .filter(|(name, value)| {
+                !value.is_empty() && feed.is_some_and(|f| f.is_listed(name)) && !heading(name)
+            })
             .map(|(name, value)| FieldView {
-                name: name.to_string(),
-                value: value.to_string(),
+                name: wording::label(feed, name),
+                value: wording::show_value(value, &show_time),
             })
             .collect(),
     }
@@ -1184,6 +1203,11 @@ pub fn status_view(
     now: Timestamp,
 ) -> StatusView {
     let tz = &config.daemon.timezone;
+    // The daemon stores these as RFC 3339 (`meta`); anything else is shown as it is.
+    let stored_time = |t: &str| {
+        t.parse::<Timestamp>()
+            .map_or_else(|_| t.to_string(), |t| local(t, tz))
+    };
     let feeds = config
         .feeds
         .iter()
@@ -1253,8 +1277,11 @@ pub fn status_view(
         viewer: viewer.clone(),
         report: serde_json::json!({
             "rules_loaded": report.rules.loaded,
-            "last_reload_at": report.rules.last_reload_at,
+            "rules_in_force": report.rules.in_force,
+            "last_reload_at": report.rules.last_reload_at.as_deref().map(stored_time),
             "last_reload_error": report.rules.last_reload_error,
+            "last_refused_at": report.rules.last_refused_at.as_deref().map(stored_time),
+            "last_refused_error": report.rules.last_refused_error,
             "in_review": report.in_review,
             "outbox_pending": report.outbox_pending,
             "outbox_failed": report.outbox_failed,
