@@ -663,6 +663,11 @@ notify = ["p"]
         RuleSet::from_sources(&config, &[(PathBuf::from("r.toml"), rules.into())]).unwrap(),
     );
     assert_eq!(set.index().coverage(), (1, 1));
+    assert_eq!(
+        crate::report::check::index_coverage(&set),
+        "rule index: 1 of 2 rule(s) looked up by value, 1 evaluated on every row (no `==`, `in`, `~` or `exists` test that must hold)",
+        "what `earlywarn check` tells the rule writer"
+    );
     let mut engine = crate::rules::engine::Engine::new(set, Default::default());
     let mut batch = crate::rules::engine::Batch::default();
     for district in ["BOLTON ", "Bury", "Salford"] {
