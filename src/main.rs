@@ -446,6 +446,7 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{}", report::check::verdict(&config, &rules));
+    println!("{}", report::check::index_coverage(&rules));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,13 +4,16 @@
     python3 bench/rule-scale/gen_rules.py N OUT.toml [--seed S]
 
 Writes N rules that `earlywarn check` accepts with the partners of bench/replay/config.toml:
-mostly `match` rules built from a dozen shapes a rule writer uses (named lists and list
+mostly `match` rules built from sixteen shapes a rule writer uses (named lists and list
 literals with `in`, `==` / `!=`, numbers with `>` / `>=` / `<`, regular expressions `~` /
 `!~`, `exists`, `not`, and/or and parentheses) over every drug_testing column, with varied
 severities, partners, review, group_by and cooldowns; and about 2 % of the other kinds:
 threshold, first_seen, rate, deadline (opened and closed by drug_testing records) and
 silence. Twelve named lists come first. The same N and seed always give the same file.
 Most rules match a few rows in a thousand of bench/gen_drug_testing.py's data, some none.
+Three of the sixteen shapes hold no test the rule index can look up (only orderings,
+`!=`, `not`, `not in`, `not exists`), as some real rules do: those rules are evaluated
+on every row; the rest only on rows holding one of their values.
 Standard library only.
 """
 
@@ -97,6 +100,11 @@ def main(argv=None):
         lambda: f"(form == {q(ch(FORMS))} or form == {q(ch(FORMS))}) and colour != {q(ch(COLOURS))} and {substance_test()}",
         lambda: f"source == {q(ch(SOURCES))} and lab !~ {q('(?i)^' + ch(LABS).lower() + '$')} and {substance_test()}",
         lambda: f"amount_mg_per_unit < {rng.randint(1, 20)} and purchased_as in {lit(sample(PURCHASED, 3))}",
+        # Shapes with no equality, list or regex test that must hold: the rule index
+        # (src/rules/index.rs) cannot rule them out, so they are evaluated on every row.
+        lambda: f'amount_mg_per_unit {ch([">", ">="])} {rng.randint(100, 400)} and linked_harm != "none"',
+        lambda: f"not (source in {lit(sample(SOURCES, 2))}) and amount_mg_per_unit > {rng.randint(150, 300)}",
+        lambda: f"substances_major not in {ch(list(LISTS))} and amount_mg_per_unit > {rng.randint(200, 300)} and not exists(marking)",
     ]
 
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")

@@ -20,6 +20,16 @@ pub fn verdict(config: &Config, rules: &RuleSet) -> String {
     )
 }
 
+/// How many rules the rule index looks up by value, and how many it must
+/// evaluate on every row (a rule writer can see what a `not`-only rule costs).
+pub fn index_coverage(rules: &RuleSet) -> String {
+    let (indexed, always) = rules.index().coverage();
+    format!(
+        "rule index: {indexed} of {} rule(s) looked up by value, {always} evaluated on every row (no `==`, `in`, `~` or `exists` test that must hold)",
+        indexed + always
+    )
+}
+
 /// A note for a feed whose folder is not there yet (not an error: `run` makes it).
 pub fn missing_folder(feed: &FeedConfig) -> String {
     format!(

@@ -85,8 +85,14 @@ impl FieldRef {
         }
     }
 
+    /// The field's slot in the rule set's list of field names, once indexed.
+    pub(crate) fn slot(&self) -> Option<usize> {
+        self.slot
+    }
+
     /// The field's value in `event`, through the slot when the scratch is bound to it.
-    fn value<'e>(&self, event: &'e Event, scratch: &EvalScratch) -> Option<&'e Value> {
+    /// Absent and empty values are both `None`: every test reads a field through here.
+    pub(crate) fn value<'e>(&self, event: &'e Event, scratch: &EvalScratch) -> Option<&'e Value> {
         match (self.slot, scratch.bound) {
             (Some(slot), true) => scratch
                 .positions
@@ -143,6 +149,11 @@ impl TermSet {
     /// Whether an already normalised term is in the set.
     pub fn contains_normalised(&self, term: &str) -> bool {
         self.terms.contains(term)
+    }
+
+    /// The normalised members (for the rule index, which maps them back to rules).
+    pub fn normalised_terms(&self) -> impl Iterator<Item = &str> {
+        self.terms.iter().map(String::as_str)
     }
 
     pub fn len(&self) -> usize {
@@ -496,6 +507,9 @@ impl EvalScratch {
 }
 
 /// Text equality ignoring case and surrounding spaces; `lit` is already lower-case.
+///
+/// Holds exactly when [`text_key_into`] of `s` is `lit`: the rule index looks
+/// literals up by that key, so the two must never disagree.
 fn text_equals(s: &str, lit: &str) -> bool {
     let t = crate::event::trim(s);
     if t.is_ascii() && lit.is_ascii() {
@@ -503,6 +517,29 @@ fn text_equals(s: &str, lit: &str) -> bool {
     } else {
         t.to_lowercase() == lit
     }
+}
+
+/// The key under which `==` finds a text element: trimmed and lower-cased
+/// as [`Literal::Text`] is, so `text_equals(s, lit)` iff the key is `lit`
+/// (ASCII lower-casing is Unicode lower-casing on ASCII text; other text
+/// goes through `str::to_lowercase`, as `text_equals` does).
+pub(crate) fn text_key_into(s: &str, out: &mut String) {
+    out.clear();
+    let t = crate::event::trim(s);
+    if t.is_ascii() {
+        out.extend(t.bytes().map(|b| b.to_ascii_lowercase() as char));
+    } else {
+        out.push_str(&t.to_lowercase());
+    }
+}
+
+/// The key under which `==` finds a number element: a number element equals
+/// a text literal when its `Display` is the literal (see `compare`).
+pub(crate) fn number_text_key_into(n: f64, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{n}");
 }
 
 fn compare(el: Scalar<'_>, op: CompareOp, literal: &Literal) -> bool {

@@ -361,6 +361,9 @@ pub struct Batch {
     /// Threshold and rate groups touched by this file.
     windows_touched: BTreeSet<(usize, String)>,
     scratch: crate::rules::condition::EvalScratch,
+    /// The rule index's working memory and its answer for the current event.
+    index_scratch: crate::rules::index::IndexScratch,
+    candidates: Vec<usize>,
     events_seen: u64,
     /// Normalised values each first_seen rule (by index) met for the first time in this file.
     first_seen_in_file: HashMap<usize, HashSet<String>>,
@@ -375,10 +378,9 @@ impl Batch {
 #[derive(Debug)]
 pub struct Engine {
     rules: Arc<RuleSet>,
-    /// Rule indices by feed name: each event is only tested against its feed's rules.
-    /// Shared slices, so that observing an event can hold them while it changes state.
-    by_feed: HashMap<String, Arc<[usize]>>,
     /// Deadline rule indices by the feed of their closing records.
+    /// Shared slices, so that observing an event can hold them while it changes state.
+    /// (Which rules an event is tested against is the rule set's `index`.)
     closers_by_feed: HashMap<String, Arc<[usize]>>,
     state: EngineState,
     /// Keys changed since the last `finish` or `tick`.
@@ -401,30 +403,26 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, state: EngineState) -> Engine {
-        let mut by_feed: HashMap<String, Vec<usize>> = HashMap::new();
+        debug_assert_eq!(
+            rules.index().rule_count(),
+            rules.rules.len(),
+            "the rule index was built for another rule list"
+        );
         let mut closers_by_feed: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, rule) in rules.rules.iter().enumerate() {
-            match &rule.kind {
-                RuleKind::Silence { .. } => {}
-                RuleKind::Deadline { until_feed, .. } => {
-                    by_feed.entry(rule.feed.clone()).or_default().push(i);
-                    closers_by_feed
-                        .entry(until_feed.clone())
-                        .or_default()
-                        .push(i);
-                }
-                _ => by_feed.entry(rule.feed.clone()).or_default().push(i),
+            if let RuleKind::Deadline { until_feed, .. } = &rule.kind {
+                closers_by_feed
+                    .entry(until_feed.clone())
+                    .or_default()
+                    .push(i);
             }
         }
-        let share = |map: HashMap<String, Vec<usize>>| {
-            map.into_iter()
-                .map(|(feed, indices)| (feed, Arc::from(indices)))
-                .collect()
-        };
-        let (by_feed, closers_by_feed) = (share(by_feed), share(closers_by_feed));
+        let closers_by_feed = closers_by_feed
+            .into_iter()
+            .map(|(feed, indices)| (feed, Arc::from(indices)))
+            .collect();
         Engine {
             rules,
-            by_feed,
             closers_by_feed,
             state,
             dirty: BTreeSet::new(),
@@ -503,14 +501,24 @@ impl Engine {
         batch.events_seen += 1;
         batch.scratch.bind(event, &self.rules.field_slots);
         let rules = self.rules.clone();
-        if let Some(indices) = self.by_feed.get(&*event.feed).cloned() {
-            for &i in indices.iter() {
+        if let Some(index) = rules.index().feed(&event.feed) {
+            // Only the rules the index cannot rule out, in rule order; the
+            // full condition still decides (rules::index: never fewer matches).
+            let mut candidates = std::mem::take(&mut batch.candidates);
+            index.candidates(
+                event,
+                &batch.scratch,
+                &mut batch.index_scratch,
+                &mut candidates,
+            );
+            for &i in &candidates {
                 let rule = &rules.rules[i];
                 if !rule.when.matches(event, &mut batch.scratch) {
                     continue;
                 }
                 self.observe_match(batch, i, rule, event);
             }
+            batch.candidates = candidates;
         }
         if let Some(indices) = self.closers_by_feed.get(&*event.feed).cloned() {
             for &i in indices.iter() {

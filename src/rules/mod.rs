@@ -8,6 +8,7 @@
 
 pub mod condition;
 pub mod engine;
+pub mod index;
 
 use crate::config::{Config, FeedConfig, Severity, parse_duration, unknown_partner_message};
 use crate::diagnostic::{Diagnostic, Diagnostics, choice, suggest};
@@ -513,6 +514,9 @@ pub struct RuleSet {
     pub field_slots: std::sync::Arc<[String]>,
     /// The rules' subject and lead templates, parsed once here.
     pub templates: crate::alerts::render::Templates,
+    /// Which rules each row needs evaluated (`index`), built once here.
+    /// Private: only a complete `from_sources` builds a set with rules.
+    index: index::RuleIndex,
 }
 
 impl RuleSet {
@@ -568,6 +572,7 @@ impl RuleSet {
         }
         Ok(RuleSet {
             templates: crate::alerts::render::Templates::compile(&rules),
+            index: index::RuleIndex::build(&rules),
             rules,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
             field_slots: index.into_slots(),
@@ -576,6 +581,11 @@ impl RuleSet {
 
     pub fn get(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// The prefilter that picks, per row, the rules worth evaluating.
+    pub fn index(&self) -> &index::RuleIndex {
+        &self.index
     }
 }
 

@@ -1,0 +1,419 @@
+//! The rule prefilter: for each row, the rules whose `when` could be true.
+//!
+//! With a thousand rules, most of a row's time went into conditions that were
+//! false on their first test. This index is compiled once per [`RuleSet`] and
+//! answers, per row, which rules of the row's feed are worth evaluating:
+//!
+//! - From each rule's condition it derives a *necessary* condition: a set of
+//!   atoms, one of which is true whenever the condition is. The atoms are
+//!   tests it can answer for every rule at once: `field == "text"` and
+//!   `field == number` (a value → rules map per field), `field in list` (a
+//!   normalised term → rules map), `field ~ /re/` (one [`RegexSet`] per field),
+//!   `exists(field)`. For `and` one conjunct suffices (the most selective:
+//!   equality or list, then regex, then exists); for `or` every branch must
+//!   have one (the union); `not`, `!=`, `!~`, `not in` and orderings have none.
+//!   A rule without one is *always evaluated*.
+//! - Per row, the candidates are the rules an atom of the row selects, plus the
+//!   always-evaluated rules, in the rule set's order; the engine then runs each
+//!   candidate's full condition.
+//!
+//! **The invariant: the candidates include every rule whose `when` matches**,
+//! so index plus evaluation gives exactly what evaluating every rule gives.
+//! Each atom reads its field as the condition does ([`FieldRef::value`]: empty
+//! is absent) and keys values by the same normalisation the evaluator applies
+//! (`text_key_into` for `==`, [`normalise_into`] for `in`, the element's
+//! `Display` for a number tested as text or by a regex; each element of a
+//! list). `src/rules/index/tests.rs` checks this on the shipped and benchmark
+//! rules and on random conditions over random rows.
+//!
+//! Pure: no I/O. Only the `when` of observed rules is indexed; a deadline's
+//! `until` is evaluated on every row of its feed, as before.
+//!
+//! [`RuleSet`]: crate::rules::RuleSet
+
+use crate::event::{Event, Scalar, Value, normalise_into, parse_number};
+use crate::rules::condition::{
+    CompareOp, Condition, EvalScratch, FieldRef, Literal, number_text_key_into, text_key_into,
+};
+use crate::rules::{Rule, RuleKind};
+use regex::{Regex, RegexSet};
+use rustc_hash::FxHashMap;
+use std::collections::HashMap;
+
+#[cfg(test)]
+mod tests;
+
+/// The index of a whole rule set: one [`FeedIndex`] per feed.
+#[derive(Debug, Clone, Default)]
+pub struct RuleIndex {
+    feeds: HashMap<String, FeedIndex>,
+    /// How many rules it was built over, to catch a rule set changed after it.
+    rule_count: usize,
+}
+
+impl RuleIndex {
+    /// Indexes the `when` of every rule the engine observes: every rule of a
+    /// feed but its silence rules, which no record concerns.
+    pub fn build(rules: &[Rule]) -> RuleIndex {
+        let mut by_feed: HashMap<&str, Vec<(usize, &Condition)>> = HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            if !matches!(rule.kind, RuleKind::Silence { .. }) {
+                by_feed.entry(&rule.feed).or_default().push((i, &rule.when));
+            }
+        }
+        RuleIndex {
+            feeds: by_feed
+                .into_iter()
+                .map(|(feed, conditions)| (feed.to_string(), FeedIndex::build(&conditions)))
+                .collect(),
+            rule_count: rules.len(),
+        }
+    }
+
+    /// The index of one feed's rules, if it has any.
+    pub fn feed(&self, feed: &str) -> Option<&FeedIndex> {
+        self.feeds.get(feed)
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rule_count
+    }
+
+    /// (rules with an indexed test, rules always evaluated), over every feed.
+    pub fn coverage(&self) -> (usize, usize) {
+        self.feeds.values().fold((0, 0), |(indexed, always), f| {
+            let a = f.always_evaluated();
+            (indexed + f.rules.len() - a, always + a)
+        })
+    }
+}
+
+/// One feed's rules and the tables that select among them.
+#[derive(Debug, Clone, Default)]
+pub struct FeedIndex {
+    /// The rules, by position: rule set indices in ascending order.
+    rules: Vec<usize>,
+    /// Positions always evaluated, as a bitset over `rules`.
+    always: Vec<u64>,
+    /// The indexed tests, by field.
+    fields: Vec<FieldTable>,
+}
+
+/// The indexed tests on one field. Each list holds rule positions.
+#[derive(Debug, Clone)]
+struct FieldTable {
+    /// Reads the field as the conditions do (by slot when bound).
+    field: FieldRef,
+    /// `field == "text"`, by the literal (trimmed, lower-cased).
+    text_eq: FxHashMap<Box<str>, Vec<u32>>,
+    /// `field == number`, by [`number_key`].
+    number_eq: FxHashMap<u64, Vec<u32>>,
+    /// `field in list`, by normalised term.
+    terms: FxHashMap<Box<str>, Vec<u32>>,
+    /// `field ~ /re/`.
+    regexes: Option<RegexTable>,
+    /// `exists(field)`.
+    exists: Vec<u32>,
+}
+
+/// The distinct regular expressions tested on one field.
+#[derive(Debug, Clone)]
+struct RegexTable {
+    /// All of them at once; `None` if the set could not be built (its size
+    /// limit), then each is run on its own: slower, the same answers.
+    set: Option<RegexSet>,
+    regexes: Vec<Regex>,
+    /// Rule positions by pattern (`regexes`' order, which is the set's).
+    rules: Vec<Vec<u32>>,
+}
+
+/// One test an index table can answer for many rules at once.
+#[derive(Debug, Clone, Copy)]
+enum Atom<'c> {
+    TextEq(&'c FieldRef, &'c str),
+    NumberEq(&'c FieldRef, f64),
+    In(&'c FieldRef, &'c crate::rules::condition::TermSet),
+    Regex(&'c FieldRef, &'c Regex),
+    Exists(&'c FieldRef),
+}
+
+impl<'c> Atom<'c> {
+    fn field(self) -> &'c FieldRef {
+        match self {
+            Atom::TextEq(f, _)
+            | Atom::NumberEq(f, _)
+            | Atom::In(f, _)
+            | Atom::Regex(f, _)
+            | Atom::Exists(f) => f,
+        }
+    }
+
+    /// How many rows it is expected to let through, roughly: equality and list
+    /// membership pick a few values, a regex more, `exists` most rows.
+    fn cost(self) -> u32 {
+        match self {
+            Atom::TextEq(..) | Atom::NumberEq(..) | Atom::In(..) => 1,
+            Atom::Regex(..) => 4,
+            Atom::Exists(_) => 16,
+        }
+    }
+}
+
+/// A necessary condition of `cond`: atoms one of which holds whenever `cond`
+/// does (`None`: no such set of indexable atoms).
+fn necessary(cond: &Condition) -> Option<Vec<Atom<'_>>> {
+    match cond {
+        Condition::Always | Condition::Not(_) => None,
+        Condition::And(a, b) => match (necessary(a), necessary(b)) {
+            (Some(x), Some(y)) => Some(if total_cost(&y) < total_cost(&x) {
+                y
+            } else {
+                x
+            }),
+            (x, y) => x.or(y),
+        },
+        Condition::Or(a, b) => {
+            let mut atoms = necessary(a)?;
+            atoms.extend(necessary(b)?);
+            Some(atoms)
+        }
+        Condition::Exists(field) => Some(vec![Atom::Exists(field)]),
+        Condition::Compare {
+            field,
+            op: CompareOp::Eq,
+            literal,
+        } => match literal {
+            Literal::Text(text) => Some(vec![Atom::TextEq(field, text)]),
+            Literal::Number(n) => Some(vec![Atom::NumberEq(field, *n)]),
+            Literal::Time(_) => None,
+        },
+        Condition::Compare { .. } => None,
+        Condition::Regex {
+            field,
+            regex,
+            negated: false,
+        } => Some(vec![Atom::Regex(field, regex)]),
+        Condition::In {
+            field,
+            set,
+            negated: false,
+        } => Some(vec![Atom::In(field, set)]),
+        Condition::Regex { negated: true, .. } | Condition::In { negated: true, .. } => None,
+    }
+}
+
+fn total_cost(atoms: &[Atom<'_>]) -> u32 {
+    atoms.iter().map(|a| a.cost()).sum()
+}
+
+/// A number as a map key: equal numbers (`0` and `-0`) have one key.
+/// Literals and compared values are finite (`parse_number`), so bits compare like `==`.
+fn number_key(n: f64) -> u64 {
+    if n == 0.0 { 0 } else { n.to_bits() }
+}
+
+/// Per-row working memory of [`FeedIndex::candidates`], reused between rows.
+#[derive(Debug, Default)]
+pub struct IndexScratch {
+    bits: Vec<u64>,
+    key: String,
+    number_text: String,
+}
+
+impl FeedIndex {
+    /// Indexes `conditions`: (rule set index, the rule's `when`), in ascending index order.
+    pub fn build(conditions: &[(usize, &Condition)]) -> FeedIndex {
+        let words = conditions.len().div_ceil(64);
+        let mut index = FeedIndex {
+            rules: conditions.iter().map(|(i, _)| *i).collect(),
+            always: vec![0; words],
+            fields: Vec::new(),
+        };
+        // Distinct regexes per field, by source text (same text, same regex).
+        let mut patterns: Vec<Vec<(Regex, Vec<u32>)>> = Vec::new();
+        for (position, (_, condition)) in conditions.iter().enumerate() {
+            // A rule set holds far fewer than 2^32 rules.
+            let position = position as u32;
+            let atoms = necessary(condition)
+                // An atom on a field without a slot cannot be read like the
+                // condition reads it: evaluate the rule instead.
+                .filter(|atoms| atoms.iter().all(|a| a.field().slot().is_some()));
+            let Some(atoms) = atoms else {
+                index.always[position as usize / 64] |= 1 << (position % 64);
+                continue;
+            };
+            for atom in atoms {
+                let t = index.table(atom.field());
+                if patterns.len() <= t {
+                    patterns.resize_with(t + 1, Vec::new);
+                }
+                let table = &mut index.fields[t];
+                match atom {
+                    Atom::TextEq(_, text) => {
+                        push_rule(table.text_eq.entry(text.into()).or_default(), position)
+                    }
+                    Atom::NumberEq(_, n) => {
+                        push_rule(table.number_eq.entry(number_key(n)).or_default(), position)
+                    }
+                    Atom::In(_, set) => {
+                        for term in set.normalised_terms() {
+                            push_rule(table.terms.entry(term.into()).or_default(), position);
+                        }
+                    }
+                    Atom::Regex(_, regex) => {
+                        let known = &mut patterns[t];
+                        match known.iter_mut().find(|(r, _)| r.as_str() == regex.as_str()) {
+                            Some((_, rules)) => push_rule(rules, position),
+                            None => known.push((regex.clone(), vec![position])),
+                        }
+                    }
+                    Atom::Exists(_) => push_rule(&mut table.exists, position),
+                }
+            }
+        }
+        for (table, known) in index.fields.iter_mut().zip(patterns) {
+            if known.is_empty() {
+                continue;
+            }
+            let (regexes, rules): (Vec<Regex>, Vec<Vec<u32>>) = known.into_iter().unzip();
+            table.regexes = Some(RegexTable {
+                set: RegexSet::new(regexes.iter().map(Regex::as_str)).ok(),
+                regexes,
+                rules,
+            });
+        }
+        index
+    }
+
+    /// The table of `field`, made if new (fields are told apart by slot).
+    fn table(&mut self, field: &FieldRef) -> usize {
+        if let Some(t) = self
+            .fields
+            .iter()
+            .position(|t| t.field.slot() == field.slot())
+        {
+            return t;
+        }
+        self.fields.push(FieldTable {
+            field: field.clone(),
+            text_eq: FxHashMap::default(),
+            number_eq: FxHashMap::default(),
+            terms: FxHashMap::default(),
+            regexes: None,
+            exists: Vec::new(),
+        });
+        self.fields.len() - 1
+    }
+
+    /// How many of the feed's rules are evaluated on every row.
+    pub fn always_evaluated(&self) -> usize {
+        self.always.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The rule set indices of the rules to evaluate on `event`, ascending,
+    /// into `out`: every rule whose `when` can be true, and perhaps others.
+    /// `scratch` must be bound to `event` (it is how fields are read).
+    pub fn candidates(
+        &self,
+        event: &Event,
+        scratch: &EvalScratch,
+        work: &mut IndexScratch,
+        out: &mut Vec<usize>,
+    ) {
+        out.clear();
+        work.bits.clear();
+        work.bits.extend_from_slice(&self.always);
+        for table in &self.fields {
+            if let Some(value) = table.field.value(event, scratch) {
+                table.select(value, work);
+            }
+        }
+        for (w, &word) in work.bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                let bit = word.trailing_zeros() as usize;
+                out.push(self.rules[w * 64 + bit]);
+                word &= word - 1;
+            }
+        }
+    }
+}
+
+fn push_rule(rules: &mut Vec<u32>, position: u32) {
+    // A rule may name one value twice (`a == "x" or a == "X"`).
+    if rules.last() != Some(&position) {
+        rules.push(position);
+    }
+}
+
+fn mark(bits: &mut [u64], rules: &[u32]) {
+    for &p in rules {
+        bits[p as usize / 64] |= 1 << (p % 64);
+    }
+}
+
+impl FieldTable {
+    /// Marks the rules the present `value` selects: an atom holds when any
+    /// element of it does, as every test of a list field does.
+    fn select(&self, value: &Value, work: &mut IndexScratch) {
+        let IndexScratch {
+            bits,
+            key,
+            number_text,
+        } = work;
+        mark(bits, &self.exists);
+        for element in value.elements() {
+            // What a regex or `==` on text sees of the element.
+            let text: &str = match element {
+                Scalar::Text(s) => s,
+                Scalar::Number(n) => {
+                    number_text_key_into(n, number_text);
+                    number_text
+                }
+            };
+            if !self.text_eq.is_empty() {
+                match element {
+                    Scalar::Text(s) => text_key_into(s, key),
+                    Scalar::Number(_) => {
+                        key.clear();
+                        key.push_str(text);
+                    }
+                }
+                if let Some(rules) = self.text_eq.get(key.as_str()) {
+                    mark(bits, rules);
+                }
+            }
+            if !self.terms.is_empty() {
+                normalise_into(text, key);
+                if let Some(rules) = self.terms.get(key.as_str()) {
+                    mark(bits, rules);
+                }
+            }
+            if !self.number_eq.is_empty() {
+                let number = match element {
+                    Scalar::Number(n) => Some(n),
+                    Scalar::Text(s) => parse_number(s),
+                };
+                if let Some(rules) = number.and_then(|n| self.number_eq.get(&number_key(n))) {
+                    mark(bits, rules);
+                }
+            }
+            if let Some(regexes) = &self.regexes {
+                match &regexes.set {
+                    Some(set) => {
+                        for pattern in set.matches(text).iter() {
+                            mark(bits, &regexes.rules[pattern]);
+                        }
+                    }
+                    None => {
+                        for (regex, rules) in regexes.regexes.iter().zip(&regexes.rules) {
+                            if regex.is_match(text) {
+                                mark(bits, rules);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
