@@ -42,6 +42,16 @@ impl Actor {
         }
     }
 
+    /// Whoever holds a feed's push token (SPEC §11), pushing from `peer`: named
+    /// by the token that opened the feed, never by anything the request says.
+    pub fn push(feed: &str, peer: std::net::IpAddr) -> Actor {
+        Actor {
+            id: format!("push:{feed}"),
+            display: format!("push to {feed}"),
+            source: peer.to_string(),
+        }
+    }
+
     /// The daemon itself (reminders, expiry).
     pub fn daemon() -> Actor {
         Actor {
@@ -70,6 +80,8 @@ pub enum Action {
     AccountDisabled,
     AccountEnabled,
     OutboxRequeued,
+    /// A file pushed over HTTP (SPEC §11), by `push:FEED`.
+    FilePushed,
 }
 
 impl Action {
@@ -89,6 +101,7 @@ impl Action {
             Action::AccountDisabled => "account_disabled",
             Action::AccountEnabled => "account_enabled",
             Action::OutboxRequeued => "outbox_requeued",
+            Action::FilePushed => "file_pushed",
         }
     }
 }

@@ -1320,6 +1320,7 @@ const ACTIONS: &[&str] = &[
     "account_disabled",
     "account_enabled",
     "outbox_requeued",
+    "file_pushed",
 ];
 
 /// `/audit`, newest first: admins only.
