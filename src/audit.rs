@@ -3,8 +3,9 @@
 //! Every login (and failed login), decision, edit, update, withdrawal,
 //! acknowledgement, account change and outbox requeue appends one
 //! [`AuditEntry`]. The actor always comes from a credential: a console
-//! session (`web:NAME`) or the Unix account of the process's uid
-//! (`unix:NAME`), never from a name someone typed or an environment variable.
+//! session (`web:NAME`), the Unix account of the process's uid
+//! (`unix:NAME`) or a feed's push token (`push:FEED`), never from a name
+//! someone typed, a request header or an environment variable.
 //! Rows are never changed or removed: the table refuses it (store triggers).
 
 use jiff::Timestamp;

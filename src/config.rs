@@ -1354,6 +1354,69 @@ emails = ["b@example.org"]
 districts = ["Bolton"]
 "#;
 
+    /// MINIMAL with `push_token_file = "tok"` on its feed, in `dir`, with `[web]` or not.
+    fn with_push_token(dir: &Path, token: &str, mode: u32, web: bool) -> Result<Config, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join("tok");
+        std::fs::write(&file, token).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"\n",
+            "dir = \"in/drug\"\npush_token_file = \"tok\"\n",
+        ) + if web { "[web]\n" } else { "" };
+        Config::parse(&dir.join("c.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_push_token_is_read_trimmed_and_compared_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "0123456789abcdef0123456789abcdef-lab";
+        let cfg = with_push_token(dir.path(), &format!("{token}\n"), 0o600, true).unwrap();
+        let read = cfg.feeds[0].push_token.as_ref().unwrap();
+        assert!(read.matches(token.as_bytes()));
+        assert!(!read.matches(&token.as_bytes()[..token.len() - 1]));
+        assert!(!read.matches(format!("{token}x").as_bytes()));
+        assert!(!read.matches(b""));
+        assert_eq!(format!("{read:?}"), "PushToken(..)");
+        assert!(
+            Config::parse(Path::new("/etc/ew/c.toml"), MINIMAL)
+                .unwrap()
+                .feeds[0]
+                .push_token
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_push_token_file_others_can_read_a_short_token_or_no_web_listener_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "0123456789abcdef0123456789abcdef";
+        let err = with_push_token(dir.path(), good, 0o640, true).unwrap_err();
+        assert!(
+            err.contains("readable by its group") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(err.contains("c.toml:"), "placed in the config: {err}");
+        let err = with_push_token(dir.path(), "short", 0o600, true).unwrap_err();
+        assert!(err.contains("at least 32"), "{err}");
+        let err = with_push_token(dir.path(), "  \n", 0o600, true).unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        let err = with_push_token(dir.path(), "0123456789abcdef 0123456789abcdef", 0o600, true)
+            .unwrap_err();
+        assert!(err.contains("cannot carry"), "{err}");
+        let err = with_push_token(dir.path(), good, 0o600, false).unwrap_err();
+        assert!(err.contains("no [web] section"), "{err}");
+        std::fs::remove_file(dir.path().join("tok")).unwrap();
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"\n",
+            "dir = \"in/drug\"\npush_token_file = \"missing\"\n",
+        ) + "[web]\n";
+        let err = Config::parse(&dir.path().join("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot open it"), "{err}");
+    }
+
     #[test]
     fn relative_paths_follow_the_config_folder() {
         let cfg = Config::parse(Path::new("/etc/ew/earlywarn.toml"), MINIMAL).unwrap();

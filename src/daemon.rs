@@ -228,6 +228,8 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
     // Files pushed over HTTP come to the intake loop here, so they are processed
     // one at a time with the dropped files (one writer of rule state).
     let (push_tx, mut pushes) = mpsc::channel(crate::web::push::PUSH_QUEUE);
+    // The push route reads the feeds in force (their tokens) from this one.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
     let web = match &config.web {
         Some(web) => {
             // A certificate or key that does not load stops the start, before
@@ -244,7 +246,10 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
                 listener,
                 config.clone(),
                 rules_rx,
-                push_tx,
+                crate::web::push::Pushes {
+                    jobs: push_tx,
+                    config: config_rx,
+                },
                 stop_tasks.clone(),
             )))
         }
@@ -302,6 +307,7 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
         hint_tx,
         reload_tx,
         rules_tx,
+        config_tx,
         stopping: stopping.clone(),
         stop_requested: stop_requested.clone(),
         liveness: liveness.clone(),
@@ -523,6 +529,8 @@ struct Intake<'a> {
     reload_tx: mpsc::UnboundedSender<()>,
     /// Each rule set in force, for the console.
     rules_tx: tokio::sync::watch::Sender<Arc<RuleSet>>,
+    /// Each config in force, for the push route (a rotated token counts at once).
+    config_tx: tokio::sync::watch::Sender<Arc<Config>>,
     /// Cancelled on SIGTERM/SIGINT: no new file is started after that.
     stopping: CancellationToken,
     /// When SIGTERM/SIGINT came: the file being read then gets half of
@@ -702,6 +710,7 @@ impl Intake<'_> {
                 // No receiver (no console) is not an error: nobody needs the set.
                 let _ = self.rules_tx.send(rules.clone());
                 self.config = Arc::new(config);
+                let _ = self.config_tx.send(self.config.clone());
                 // Ops were told of the refusal: tell them it is over.
                 if self
                     .store

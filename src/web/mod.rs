@@ -82,7 +82,7 @@ impl WebState {
     pub fn new(
         config: Arc<Config>,
         rules: watch::Receiver<Arc<RuleSet>>,
-        pushes: Option<tokio::sync::mpsc::Sender<push::PushJob>>,
+        pushes: Option<push::Pushes>,
     ) -> WebState {
         let db = Db::new(config.daemon.state_dir.clone(), DB_CONNECTIONS);
         WebState {
@@ -94,7 +94,7 @@ impl WebState {
             throttle: auth::Throttle::default(),
             login_policy: crate::accounts::LoginPolicy::default(),
             push: push::PushState {
-                jobs: pushes,
+                pushes,
                 throttle: auth::Throttle::default(),
             },
         }
@@ -244,7 +244,7 @@ pub async fn run(
     listener: TcpListener,
     config: Arc<Config>,
     rules: watch::Receiver<Arc<RuleSet>>,
-    pushes: tokio::sync::mpsc::Sender<push::PushJob>,
+    pushes: push::Pushes,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // Only called with [web] set; without it, nothing is served.
