@@ -468,3 +468,30 @@ fn a_daemon_killed_between_the_commit_and_the_answer_raises_nothing_new_on_the_r
     assert_eq!(server.messages().len(), 1, "the alert went out once");
     stop_daemon(daemon);
 }
+
+#[test]
+fn a_token_changed_on_disk_counts_from_the_reload_on() {
+    let dir = tempdir();
+    let (config, base) = push_config(dir.path(), FILE_MAIL.to_string(), "");
+    let mut daemon = start_daemon(&config);
+    let body = csv(&[row("R-1", "Bolton", "heroin", "", "")]);
+    assert_eq!(push_csv(&base, TOKEN_A, &body).status, 200);
+
+    let rotated = "a-rotated-token-after-a-leak-0123456789abcdef0123";
+    let file = dir.path().join("secrets/a.token");
+    fs::write(&file, rotated).unwrap();
+    owner_only(&file);
+    daemon.sighup();
+    wait_log(&mut daemon, &["Rules reloaded"], WAIT);
+
+    let body = csv(&[row("R-2", "Bolton", "heroin", "", "")]);
+    assert_eq!(
+        push_csv(&base, TOKEN_A, &body).status,
+        401,
+        "the old token still opens the feed"
+    );
+    let answer = push_csv(&base, rotated, &body);
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert_eq!(answer.json["events"], 1);
+    stop_daemon(daemon);
+}
