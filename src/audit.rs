@@ -3,8 +3,9 @@
 //! Every login (and failed login), decision, edit, update, withdrawal,
 //! acknowledgement, account change and outbox requeue appends one
 //! [`AuditEntry`]. The actor always comes from a credential: a console
-//! session (`web:NAME`) or the Unix account of the process's uid
-//! (`unix:NAME`), never from a name someone typed or an environment variable.
+//! session (`web:NAME`), the Unix account of the process's uid
+//! (`unix:NAME`) or a feed's push token (`push:FEED`), never from a name
+//! someone typed, a request header or an environment variable.
 //! Rows are never changed or removed: the table refuses it (store triggers).
 
 use jiff::Timestamp;
@@ -42,6 +43,16 @@ impl Actor {
         }
     }
 
+    /// Whoever holds a feed's push token (SPEC §11), pushing from `peer`: named
+    /// by the token that opened the feed, never by anything the request says.
+    pub fn push(feed: &str, peer: std::net::IpAddr) -> Actor {
+        Actor {
+            id: format!("push:{feed}"),
+            display: format!("push to {feed}"),
+            source: peer.to_string(),
+        }
+    }
+
     /// The daemon itself (reminders, expiry).
     pub fn daemon() -> Actor {
         Actor {
@@ -70,6 +81,8 @@ pub enum Action {
     AccountDisabled,
     AccountEnabled,
     OutboxRequeued,
+    /// A file pushed over HTTP (SPEC §11), by `push:FEED`.
+    FilePushed,
 }
 
 impl Action {
@@ -89,6 +102,7 @@ impl Action {
             Action::AccountDisabled => "account_disabled",
             Action::AccountEnabled => "account_enabled",
             Action::OutboxRequeued => "outbox_requeued",
+            Action::FilePushed => "file_pushed",
         }
     }
 }

@@ -206,6 +206,97 @@ pub struct FeedConfig {
     pub sheet: Option<String>,
     /// Field name → the label emails show for it (`linked_harm` → "Linked harm").
     pub labels: BTreeMap<String, String>,
+    /// `push_token_file`: the feed also takes files over HTTP (SPEC §11), from
+    /// whoever holds this token. Read when the config is loaded.
+    pub push_token: Option<PushToken>,
+}
+
+/// A feed's push token (SPEC §11), kept only as its SHA-256: comparing two
+/// digests of equal length in constant time says nothing about the token's
+/// length or its first differing byte, and the token itself is not kept in
+/// memory to turn up in a log or a core dump's obvious places.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushToken {
+    digest: [u8; 32],
+}
+
+/// The shortest push token accepted: 32 characters of a random token (as
+/// `openssl rand -hex 32` makes 64) are beyond guessing, even unthrottled.
+pub const MIN_PUSH_TOKEN_CHARS: usize = 32;
+
+impl PushToken {
+    fn digest(token: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token).into()
+    }
+
+    /// The token as a push token file holds it (trimmed), or why it cannot be one.
+    pub fn from_file_text(text: &str) -> Result<PushToken, String> {
+        let token = text.trim();
+        if token.is_empty() {
+            return Err("is empty".into());
+        }
+        if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "holds {:?}, which an `Authorization: Bearer` header cannot carry: a token is letters, digits and punctuation only",
+                c
+            ));
+        }
+        if token.len() < MIN_PUSH_TOKEN_CHARS {
+            return Err(format!(
+                "holds a token of {} characters; at least {MIN_PUSH_TOKEN_CHARS} are needed (make one with `openssl rand -hex 32`)",
+                token.len()
+            ));
+        }
+        Ok(PushToken {
+            digest: PushToken::digest(token.as_bytes()),
+        })
+    }
+
+    /// Whether `given` is this token, in time that does not depend on where they differ.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(PushToken::digest(given).ct_eq(&self.digest))
+    }
+}
+
+impl fmt::Debug for PushToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PushToken(..)")
+    }
+}
+
+/// Reads a push token file: it must exist, be a regular file readable by its
+/// owner only (like `password_file`: a token others can read is already
+/// leaked), and hold a usable token.
+fn read_push_token(path: &Path) -> Result<PushToken, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect it: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "is readable by {} (mode {mode:o}); make it owner-only: chmod 600",
+            if mode & 0o070 != 0 {
+                "its group"
+            } else {
+                "others"
+            }
+        ));
+    }
+    let mut text = String::new();
+    // A token file is a line; a large file here is a mistake (the wrong path).
+    (&mut file)
+        .take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it as text: {e}"))?;
+    PushToken::from_file_text(&text)
 }
 
 impl FeedConfig {
@@ -358,6 +449,13 @@ impl Config {
         let feeds = sections.feeds(raw.feed);
         let metrics_listen = sections.metrics(&raw.metrics);
         let web = raw.web.map(|w| sections.web(w));
+        if web.is_none() {
+            for (name, span) in std::mem::take(&mut sections.push_feeds) {
+                sections.error(span, format!(
+                    "feed `{name}` has push_token_file, but there is no [web] section: files are pushed to the console's listener (add [web], or remove push_token_file)"
+                ));
+            }
+        }
         if !sections.errors.is_empty() {
             return Err(Diagnostics(sections.errors));
         }
@@ -393,6 +491,8 @@ struct Sections<'a> {
     /// The config file's folder, absolute: what relative paths are relative to.
     base: PathBuf,
     errors: Vec<Diagnostic>,
+    /// Where each feed with `push_token_file` names it: pushes need `[web]`.
+    push_feeds: Vec<(String, std::ops::Range<usize>)>,
 }
 
 const TRANSPORTS: &[(&str, TransportKind)] =
@@ -433,6 +533,7 @@ impl<'a> Sections<'a> {
             text,
             base,
             errors: Vec::new(),
+            push_feeds: Vec::new(),
         }
     }
 
@@ -760,6 +861,18 @@ impl<'a> Sections<'a> {
         self.refuse_sensitive_district(&f, &sensitive, &district_field);
         self.check_declared_columns(&f);
         let fields = f.fields;
+        let push_token = f.push_token_file.as_ref().and_then(|file| {
+            let path = self.resolve(file.get_ref());
+            self.push_feeds.push((name.clone(), file.span()));
+            read_push_token(&path)
+                .map_err(|why| {
+                    self.error(
+                        file.span(),
+                        format!("feed `{name}`: push_token_file {}: {why}", path.display()),
+                    )
+                })
+                .ok()
+        });
         FeedConfig {
             name,
             dir,
@@ -786,6 +899,7 @@ impl<'a> Sections<'a> {
                 .into_iter()
                 .map(|(k, v)| (k.into_inner(), v))
                 .collect(),
+            push_token,
         }
     }
 
@@ -1167,6 +1281,7 @@ struct RawFeed {
     max_future: Option<Spanned<String>>,
     sheet: Option<String>,
     labels: Option<BTreeMap<Spanned<String>, String>>,
+    push_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1238,6 +1353,69 @@ id = "bolton"
 emails = ["b@example.org"]
 districts = ["Bolton"]
 "#;
+
+    /// MINIMAL with `push_token_file = "tok"` on its feed, in `dir`, with `[web]` or not.
+    fn with_push_token(dir: &Path, token: &str, mode: u32, web: bool) -> Result<Config, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join("tok");
+        std::fs::write(&file, token).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"\n",
+            "dir = \"in/drug\"\npush_token_file = \"tok\"\n",
+        ) + if web { "[web]\n" } else { "" };
+        Config::parse(&dir.join("c.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_push_token_is_read_trimmed_and_compared_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "0123456789abcdef0123456789abcdef-lab";
+        let cfg = with_push_token(dir.path(), &format!("{token}\n"), 0o600, true).unwrap();
+        let read = cfg.feeds[0].push_token.as_ref().unwrap();
+        assert!(read.matches(token.as_bytes()));
+        assert!(!read.matches(&token.as_bytes()[..token.len() - 1]));
+        assert!(!read.matches(format!("{token}x").as_bytes()));
+        assert!(!read.matches(b""));
+        assert_eq!(format!("{read:?}"), "PushToken(..)");
+        assert!(
+            Config::parse(Path::new("/etc/ew/c.toml"), MINIMAL)
+                .unwrap()
+                .feeds[0]
+                .push_token
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_push_token_file_others_can_read_a_short_token_or_no_web_listener_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "0123456789abcdef0123456789abcdef";
+        let err = with_push_token(dir.path(), good, 0o640, true).unwrap_err();
+        assert!(
+            err.contains("readable by its group") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(err.contains("c.toml:"), "placed in the config: {err}");
+        let err = with_push_token(dir.path(), "short", 0o600, true).unwrap_err();
+        assert!(err.contains("at least 32"), "{err}");
+        let err = with_push_token(dir.path(), "  \n", 0o600, true).unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        let err = with_push_token(dir.path(), "0123456789abcdef 0123456789abcdef", 0o600, true)
+            .unwrap_err();
+        assert!(err.contains("cannot carry"), "{err}");
+        let err = with_push_token(dir.path(), good, 0o600, false).unwrap_err();
+        assert!(err.contains("no [web] section"), "{err}");
+        std::fs::remove_file(dir.path().join("tok")).unwrap();
+        let text = MINIMAL.replace(
+            "dir = \"in/drug\"\n",
+            "dir = \"in/drug\"\npush_token_file = \"missing\"\n",
+        ) + "[web]\n";
+        let err = Config::parse(&dir.path().join("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot open it"), "{err}");
+    }
 
     #[test]
     fn relative_paths_follow_the_config_folder() {

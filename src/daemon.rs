@@ -225,6 +225,11 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
 
     // The console reads the rules in force from this channel: each reload sends its set.
     let (rules_tx, rules_rx) = tokio::sync::watch::channel(rules.clone());
+    // Files pushed over HTTP come to the intake loop here, so they are processed
+    // one at a time with the dropped files (one writer of rule state).
+    let (push_tx, mut pushes) = mpsc::channel(crate::web::push::PUSH_QUEUE);
+    // The push route reads the feeds in force (their tokens) from this one.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
     let web = match &config.web {
         Some(web) => {
             // A certificate or key that does not load stops the start, before
@@ -241,6 +246,10 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
                 listener,
                 config.clone(),
                 rules_rx,
+                crate::web::push::Pushes {
+                    jobs: push_tx,
+                    config: config_rx,
+                },
                 stop_tasks.clone(),
             )))
         }
@@ -298,6 +307,7 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
         hint_tx,
         reload_tx,
         rules_tx,
+        config_tx,
         stopping: stopping.clone(),
         stop_requested: stop_requested.clone(),
         liveness: liveness.clone(),
@@ -354,6 +364,7 @@ pub async fn run(config: Config, controls: Controls) -> Result<(), DaemonError> 
                 while reload_requests.try_recv().is_ok() {}
                 intake.reload("a rule file changed");
             }
+            Some(job) = pushes.recv() => intake.push(job),
             Some(hint) = hints.recv() => {
                 intake.hint(hint);
                 // Take every hint already queued before processing, so a burst is one pass.
@@ -530,6 +541,8 @@ struct Intake<'a> {
     reload_tx: mpsc::UnboundedSender<()>,
     /// Each rule set in force, for the console.
     rules_tx: tokio::sync::watch::Sender<Arc<RuleSet>>,
+    /// Each config in force, for the push route (a rotated token counts at once).
+    config_tx: tokio::sync::watch::Sender<Arc<Config>>,
     /// Cancelled on SIGTERM/SIGINT: no new file is started after that.
     stopping: CancellationToken,
     /// When SIGTERM/SIGINT came: the file being read then gets half of
@@ -709,6 +722,7 @@ impl Intake<'_> {
                 // No receiver (no console) is not an error: nobody needs the set.
                 let _ = self.rules_tx.send(rules.clone());
                 self.config = Arc::new(config);
+                let _ = self.config_tx.send(self.config.clone());
                 // Ops were told of the refusal: tell them it is over.
                 if self
                     .store
@@ -846,6 +860,86 @@ impl Intake<'_> {
                 &control,
             )
         });
+        if self.account(&feed, &file, started, &result) {
+            // Retry after a settle interval rather than spinning on it.
+            self.settler
+                .changed(path.to_path_buf(), None, Instant::now());
+        }
+    }
+
+    /// A file pushed over HTTP (SPEC §11): through the intake as a dropped file
+    /// is, here in the loop, so it never races one; answered once committed.
+    fn push(&mut self, job: crate::web::push::PushJob) {
+        use crate::web::push::PushReply;
+        let crate::web::push::PushJob {
+            feed,
+            spool,
+            name,
+            actor,
+            reply,
+        } = job;
+        let Some(feed) = self
+            .config
+            .feed(&feed)
+            .filter(|f| f.push_token.is_some())
+            .cloned()
+        else {
+            // Its push_token_file was taken away by a reload since the request came.
+            let _ = reply.send(PushReply::NoSuchFeed);
+            return;
+        };
+        let refused = if let Some(reason) = self.paused.get(&feed.name) {
+            Some(IntakeError::Folder(crate::feeds::folder::FolderProblem(
+                reason.clone(),
+            )))
+        } else if self.stopping.is_cancelled() {
+            Some(IntakeError::Interrupted)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            let _ = reply.send(PushReply::Done(Err(e)));
+            return;
+        }
+        let started = Instant::now();
+        let file = crate::display::escaped_name(Path::new(&name));
+        let (liveness, stop_requested) = (self.liveness.clone(), self.stop_requested.clone());
+        let grace = self.config.daemon.shutdown_timeout / 2;
+        let interrupted = move || {
+            liveness.beat();
+            stop_requested.get().is_some_and(|at| at.elapsed() >= grace)
+        };
+        let control = FileControl {
+            interrupted: &interrupted,
+        };
+        let result = tokio::task::block_in_place(|| {
+            crate::feeds::intake::process_pushed(
+                &self.config,
+                self.engine,
+                self.store,
+                &feed,
+                spool.name(),
+                &name,
+                &actor,
+                Timestamp::now(),
+                &control,
+            )
+        });
+        self.account(&feed, &file, started, &result);
+        // What the intake did not move (a failed try) is removed: the client retries.
+        drop(spool);
+        let _ = reply.send(PushReply::Done(result));
+    }
+
+    /// Logs, counts and reports what became of a file; true when it is to be
+    /// tried again later (a fault that is not the file's).
+    fn account(
+        &mut self,
+        feed: &FeedConfig,
+        file: &str,
+        started: Instant,
+        result: &Result<Disposition, IntakeError>,
+    ) -> bool {
         match result {
             Ok(Disposition::Processed(summary)) => {
                 tracing::info!(feed = %feed.name, file = %file, rows = summary.rows, events = summary.events,
@@ -868,7 +962,7 @@ impl Intake<'_> {
                             feed.name,
                             file,
                             summary.rejected_rows,
-                            summary.rejected_as.as_deref().unwrap_or(&file)
+                            summary.rejected_as.as_deref().unwrap_or(file)
                         ),
                         Timestamp::now(),
                     );
@@ -897,12 +991,12 @@ impl Intake<'_> {
                 self.ops.report_quoting(
                     ProblemKind::FileRejected,
                     format!("{}/{file}", feed.name),
-                    reason,
+                    reason.clone(),
                     Timestamp::now(),
                 );
             }
             Ok(Disposition::Skipped) => {}
-            Err(IntakeError::Folder(problem)) => self.set_paused(&feed, Some(&problem.0)),
+            Err(IntakeError::Folder(problem)) => self.set_paused(feed, Some(&problem.0)),
             Err(IntakeError::Interrupted) => {
                 tracing::info!(feed = %feed.name, file = %file, "Stopped reading the file at shutdown; it stays in the folder and is read again at the next start");
             }
@@ -912,11 +1006,10 @@ impl Intake<'_> {
                 } else {
                     tracing::warn!(feed = %feed.name, file = %file, error = %e, "Cannot process the file; it will be retried");
                 }
-                // Retry after a settle interval rather than spinning on it.
-                self.settler
-                    .changed(path.to_path_buf(), None, Instant::now());
+                return true;
             }
         }
+        false
     }
 }
 

@@ -1560,6 +1560,17 @@ impl FileTx<'_> {
         Ok(())
     }
 
+    /// An audit row committed with the file (a push's, SPEC §11).
+    pub fn append_audit(
+        &self,
+        at: Timestamp,
+        actor: &crate::audit::Actor,
+        action: crate::audit::Action,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
+        audit::append(&self.tx, at, actor, action, None, detail)
+    }
+
     /// Forgets a file's interrupted tries: its processing ended, in this transaction.
     pub fn end_attempt(&self, feed: &str, sha256: &str) -> Result<()> {
         self.tx.execute(

@@ -173,6 +173,33 @@ impl FeedFolders {
         Ok(rustix::fs::unlinkat(&self.dir, name, AtFlags::empty())?)
     }
 
+    /// A new file in the feed folder for a body pushed over HTTP (SPEC §11),
+    /// under a dot-name the scans ignore (`.earlywarn-push-PID-N.tmp`), so only
+    /// the intake that is handed its name reads it. Returns the name and the
+    /// file, open for writing; [`FeedFolders::remove_incoming`] removes it.
+    pub fn create_spool(&self) -> io::Result<(OsString, std::fs::File)> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let name = OsString::from(format!(
+                "{PUSH_SPOOL_PREFIX}{}-{}.tmp",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            match rustix::fs::openat(
+                &self.dir,
+                name.as_os_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o640),
+            ) {
+                Ok(fd) => return Ok((name, std::fs::File::from(fd))),
+                // A producer's file, or one an earlier process of this pid left.
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// A new file in `rejected/` that only this process writes, published under
     /// its final name by [`PendingFile::publish`].
     pub fn create_in_rejected(&self) -> io::Result<PendingFile<'_>> {
@@ -383,8 +410,14 @@ pub fn with_suffix(base: &OsStr, suffix: &str) -> OsString {
     name
 }
 
-/// Removes temporary files a killed process left in a daemon-owned folder.
+/// How the spool files of pushed bodies start ([`FeedFolders::create_spool`]).
+const PUSH_SPOOL_PREFIX: &str = ".earlywarn-push-";
+
+/// Removes temporary files a killed process left in a daemon-owned folder,
+/// and the spools of pushes it left in the feed folder (its own files only:
+/// a producer's file of the same name is not ours to remove).
 pub fn remove_stale_temporaries(folders: &FeedFolders) {
+    remove_stale_spools(folders);
     let Ok(dir) = rustix::fs::openat(
         &folders.rejected,
         ".",
@@ -404,6 +437,33 @@ pub fn remove_stale_temporaries(folders: &FeedFolders) {
             && !name.starts_with(own.as_bytes())
         {
             let _ = rustix::fs::unlinkat(&folders.rejected, entry.file_name(), AtFlags::empty());
+        }
+    }
+}
+
+fn remove_stale_spools(folders: &FeedFolders) {
+    let Ok(dir) = rustix::fs::openat(
+        &folders.dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let Ok(mut entries) = rustix::fs::Dir::read_from(dir.as_fd()) else {
+        return;
+    };
+    let own = format!("{PUSH_SPOOL_PREFIX}{}-", std::process::id());
+    let me = rustix::process::geteuid().as_raw();
+    while let Some(Ok(entry)) = entries.next() {
+        let name = entry.file_name().to_bytes();
+        if name.starts_with(PUSH_SPOOL_PREFIX.as_bytes())
+            && name.ends_with(b".tmp")
+            && !name.starts_with(own.as_bytes())
+            && rustix::fs::statat(&folders.dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_uid == me && st.st_mode & libc::S_IFMT == libc::S_IFREG)
+        {
+            let _ = rustix::fs::unlinkat(&folders.dir, entry.file_name(), AtFlags::empty());
         }
     }
 }

@@ -22,6 +22,7 @@
 //! is already recorded, so the next scan moves it without alerting again.
 //! Memory does not grow with the file: nothing holds the whole file.
 
+use crate::audit::{Action, Actor};
 use crate::config::{Config, FeedConfig, FeedFormat, OnDone};
 use crate::display::Escaped;
 use crate::event::{FieldName, Schema};
@@ -160,22 +161,85 @@ pub fn process_file(
     let Some(file_name) = path.file_name() else {
         return Ok(Disposition::Skipped);
     };
-    // The name as text, for the database and messages (never for the filesystem).
-    let name = file_name.to_string_lossy().into_owned();
-    if is_ignored_name(&name) {
+    if is_ignored_name(&file_name.to_string_lossy()) {
         return Ok(Disposition::Skipped);
     }
+    let entry = Entry {
+        on_disk: file_name,
+        file_name,
+        path,
+        pushed_by: None,
+    };
+    process_entry(config, engine, store, feed, &entry, now, control)
+}
+
+/// A body pushed over HTTP (SPEC §11), spooled by the console to `spool` in
+/// the feed's folder: processed exactly as a file dropped there as `name`
+/// (the same checks, reads, transaction and move; `processed/NAME`,
+/// `rejected/NAME`), with one more row in its transaction: the audit row of
+/// the push by `actor`.
+#[allow(clippy::too_many_arguments)] // process_file's, plus what a push adds
+pub fn process_pushed(
+    config: &Config,
+    engine: &mut Engine,
+    store: &mut Store,
+    feed: &FeedConfig,
+    spool: &OsStr,
+    name: &OsStr,
+    actor: &Actor,
+    now: Timestamp,
+    control: &FileControl<'_>,
+) -> Result<Disposition, IntakeError> {
+    let path = feed.dir.join(spool);
+    let entry = Entry {
+        on_disk: spool,
+        file_name: name,
+        path: &path,
+        pushed_by: Some(actor),
+    };
+    process_entry(config, engine, store, feed, &entry, now, control)
+}
+
+/// What the intake is given to read: a name in the feed folder, and the name
+/// it is known by (the same for a dropped file; a push's generated name).
+struct Entry<'a> {
+    on_disk: &'a OsStr,
+    file_name: &'a OsStr,
+    path: &'a Path,
+    pushed_by: Option<&'a Actor>,
+}
+
+fn process_entry(
+    config: &Config,
+    engine: &mut Engine,
+    store: &mut Store,
+    feed: &FeedConfig,
+    entry: &Entry<'_>,
+    now: Timestamp,
+    control: &FileControl<'_>,
+) -> Result<Disposition, IntakeError> {
+    let Entry {
+        on_disk,
+        file_name,
+        path,
+        pushed_by,
+    } = *entry;
+    // The name as text, for the database and messages (never for the filesystem).
+    let name = file_name.to_string_lossy().into_owned();
     let folders = FeedFolders::open(&feed.dir, feed.on_done == OnDone::Move)?;
     let incoming = Incoming {
         feed,
         folders: &folders,
+        on_disk,
         file_name,
         name: &name,
         path,
+        format: format_for(Path::new(file_name), feed),
+        pushed_by,
         now,
     };
 
-    let stat = match folders.inspect(file_name) {
+    let stat = match folders.inspect(on_disk) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Disposition::Skipped),
         Err(e) => return Err(io_err("cannot inspect", path)(e)),
@@ -186,7 +250,7 @@ pub fn process_file(
             Refusal::Reject(reason) => incoming.reject_whole(store, &reason),
         };
     }
-    let mut file = match folders.open_incoming(file_name) {
+    let mut file = match folders.open_incoming(on_disk) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Disposition::Skipped),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -226,7 +290,7 @@ pub fn process_file(
         tx.record_file(&FileRecord {
             feed: feed.name.clone(),
             name: name.clone(),
-            sha256: content.sha256,
+            sha256: content.sha256.clone(),
             bytes: content.bytes,
             encoding: None,
             outcome: "duplicate",
@@ -238,6 +302,7 @@ pub fn process_file(
             alerts: 0,
             processed_at: now,
         })?;
+        incoming.audit(&tx, "duplicate", &FileSummary::default(), &content.sha256)?;
         tx.commit()?;
         incoming.finish()?;
         return Ok(Disposition::Duplicate);
@@ -278,10 +343,17 @@ pub fn process_file(
 struct Incoming<'a> {
     feed: &'a FeedConfig,
     folders: &'a FeedFolders,
+    /// Its name in the feed folder: what is opened and moved.
+    on_disk: &'a OsStr,
+    /// The name it is known by: in records, logs, `processed/` and `rejected/`.
     file_name: &'a OsStr,
     /// The name as text (lossy), for records and messages.
     name: &'a str,
     path: &'a Path,
+    /// Its format: its name's extension when it names one, else the feed's.
+    format: FeedFormat,
+    /// Who pushed it over HTTP, if it was pushed: audited in its transaction.
+    pushed_by: Option<&'a Actor>,
     now: Timestamp,
 }
 
@@ -441,7 +513,7 @@ fn read_and_commit(
 ) -> Result<Disposition, IntakeError> {
     let (feed, name, now) = (incoming.feed, incoming.name, incoming.now);
     let encoding = content.encoding;
-    let format = format_for(incoming.path, feed);
+    let format = incoming.format;
     if format.is_sheet() {
         // A workbook is binary: its text encoding is the workbook's business.
     } else if encoding == TextEncoding::Windows1252 {
@@ -543,6 +615,7 @@ fn read_and_commit(
     let outcome = step.finish(now, &sha, name)?;
     summary.events = outcome.events;
     summary.duplicates = outcome.duplicates;
+    summary.alerts = outcome.raised.iter().map(|r| r.alert.id.clone()).collect();
     tx.record_file(&FileRecord {
         feed: feed.name.clone(),
         name: name.to_string(),
@@ -560,6 +633,7 @@ fn read_and_commit(
         processed_at: now,
     })?;
     tx.end_attempt(&feed.name, &sha)?;
+    incoming.audit(&tx, "processed", &summary, &sha)?;
     // Published before the commit: a crash after it must not lose the bad rows.
     let rejected_as = quarantine
         .publish(&safe_base_name(incoming.file_name))
@@ -579,7 +653,6 @@ fn read_and_commit(
         tracing::info!(alert = %alert.id, rule = %alert.rule_id, district = %Escaped(alert.district.as_deref().unwrap_or("-")),
             severity = %alert.severity, events = alert.event_count, review = alert.status.is_review(), "Alert raised");
     }
-    summary.alerts = outcome.raised.iter().map(|r| r.alert.id.clone()).collect();
     summary.alert_rules = outcome
         .raised
         .iter()
@@ -611,7 +684,8 @@ impl Incoming<'_> {
                 format!("{}: {reason}\n", crate::display::escape_controls(self.name)).as_bytes(),
             )
             .map_err(io_err("cannot write the reason beside", self.path))?;
-        store.record_rejected_file(&FileRecord {
+        let tx = store.begin()?;
+        tx.record_file(&FileRecord {
             feed: feed.name.clone(),
             name: self.name.to_string(),
             sha256: String::new(),
@@ -626,12 +700,41 @@ impl Incoming<'_> {
             alerts: 0,
             processed_at: self.now,
         })?;
+        self.audit(&tx, "rejected", &FileSummary::default(), "")?;
+        tx.commit()?;
         self.folders
-            .move_to_rejected(self.file_name, &base)
+            .move_to_rejected(self.on_disk, &base)
             .map_err(io_err("cannot move to rejected/", self.path))?;
         // Logged once it is done, so whoever reads the line finds the file in rejected/.
         tracing::warn!(feed = %feed.name, file = %Escaped(self.name), reason = %Escaped(reason), "Rejected file");
         Ok(Disposition::Rejected(reason.to_string()))
+    }
+
+    /// A pushed file's audit row (SPEC §11), in the transaction that records
+    /// the file: who pushed it (from the token, never from the request), what
+    /// it was called, what became of it. Nothing for a dropped file.
+    fn audit(
+        &self,
+        tx: &crate::store::FileTx<'_>,
+        outcome: &str,
+        summary: &FileSummary,
+        sha256: &str,
+    ) -> Result<(), IntakeError> {
+        let Some(actor) = self.pushed_by else {
+            return Ok(());
+        };
+        let detail = serde_json::json!({
+            "feed": self.feed.name,
+            "file": self.name,
+            "outcome": outcome,
+            "sha256": sha256,
+            "rows": summary.rows,
+            "events": summary.events,
+            "rejected_rows": summary.rejected_rows,
+            "alerts": summary.alerts,
+        });
+        tx.append_audit(self.now, actor, Action::FilePushed, &detail)?;
+        Ok(())
     }
 
     /// Moves a committed file to `processed/` (or deletes it, per `on_done`).
@@ -639,11 +742,11 @@ impl Incoming<'_> {
         match self.feed.on_done {
             OnDone::Delete => self
                 .folders
-                .remove_incoming(self.file_name)
+                .remove_incoming(self.on_disk)
                 .map_err(io_err("cannot delete", self.path)),
             OnDone::Move => self
                 .folders
-                .move_to_processed(self.file_name, &safe_base_name(self.file_name))
+                .move_to_processed(self.on_disk, &safe_base_name(self.file_name))
                 .map(|_| ())
                 .map_err(io_err("cannot move to processed/", self.path)),
         }

@@ -13,7 +13,8 @@
 //! Every page but `/login`, `/healthz`, the stylesheet and `/ack/...` needs a
 //! session ([`auth`]); every state change is a POST that passes
 //! [`auth::check_post`], except an acknowledgement, whose page's form token
-//! stands in for the session's ([`ack`]).
+//! stands in for the session's ([`ack`]). `POST /api/feeds/NAME` ([`push`]) is
+//! not a page: no cookie, a feed's bearer token, its own body and time limits.
 //!
 //! What it must not do: write to the database to show a page (beyond a
 //! session's last use, at most once a minute), or show a partner's account
@@ -25,6 +26,7 @@ pub mod decisions;
 pub mod lifecycle;
 pub mod listener;
 pub mod pages;
+pub mod push;
 
 use crate::config::Config;
 use crate::rules::RuleSet;
@@ -72,10 +74,16 @@ pub struct WebState {
     /// Failed logins per client address (the account lockout is in the database).
     pub throttle: auth::Throttle,
     pub login_policy: crate::accounts::LoginPolicy,
+    /// Files over HTTP (SPEC §11): the way to the intake loop, the token throttle.
+    pub push: push::PushState,
 }
 
 impl WebState {
-    pub fn new(config: Arc<Config>, rules: watch::Receiver<Arc<RuleSet>>) -> WebState {
+    pub fn new(
+        config: Arc<Config>,
+        rules: watch::Receiver<Arc<RuleSet>>,
+        pushes: Option<push::Pushes>,
+    ) -> WebState {
         let db = Db::new(config.daemon.state_dir.clone(), DB_CONNECTIONS);
         WebState {
             config,
@@ -85,6 +93,10 @@ impl WebState {
             clock: Timestamp::now,
             throttle: auth::Throttle::default(),
             login_policy: crate::accounts::LoginPolicy::default(),
+            push: push::PushState {
+                pushes,
+                throttle: auth::Throttle::default(),
+            },
         }
     }
 
@@ -171,6 +183,9 @@ pub fn router(state: Arc<WebState>) -> Router {
     let static_header = |name: HeaderName, value: &'static str| {
         SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
     };
+    // Its own limits and no session, merged after the console's layers so
+    // none of them (body size, timeout, the pages' headers) wraps it.
+    let push_routes = push::routes(state.clone());
     let mut app = Router::new()
         .route("/", get(pages::queue))
         .route("/alerts", get(pages::history))
@@ -214,7 +229,7 @@ pub fn router(state: Arc<WebState>) -> Router {
             "max-age=31536000",
         ));
     }
-    app
+    app.merge(push_routes)
 }
 
 /// Binds the console's listener: at start, so a port already taken is a
@@ -229,13 +244,15 @@ pub async fn run(
     listener: TcpListener,
     config: Arc<Config>,
     rules: watch::Receiver<Arc<RuleSet>>,
+    pushes: push::Pushes,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // Only called with [web] set; without it, nothing is served.
     let Some(web) = config.web.clone() else {
         return Ok(());
     };
-    let app = router(Arc::new(WebState::new(config, rules)));
+    push::log_push_feeds(&config);
+    let app = router(Arc::new(WebState::new(config, rules, Some(pushes))));
     listener::serve(
         listener,
         web.tls.as_ref(),

@@ -1347,6 +1347,7 @@ const ACTIONS: &[&str] = &[
     "account_disabled",
     "account_enabled",
     "outbox_requeued",
+    "file_pushed",
 ];
 
 /// `/audit`, newest first: admins only.
