@@ -78,6 +78,10 @@ pub struct ReplaySummary {
 /// Rows handed from the reading thread to the rules at a time.
 const CHUNK: usize = 1024;
 
+/// Chunks the reading thread may run ahead of the rules by: enough to ride out
+/// a slow row on either side, few enough that memory stays a few megabytes.
+const CHUNKS_AHEAD: usize = 8;
+
 /// Replays `files` as if dropped into `feed`, calling `on_alert` for each alert
 /// and `on_problem` for each file or row that could not be read.
 ///
@@ -153,7 +157,13 @@ pub fn replay(
         let mut step = infallible(pipeline.begin(&mut engine, &mut ledger, &feed.name, None));
         // Two stages on two cores: this thread's helper reads, decodes, parses and
         // deduplicates rows; this thread runs the rules. Chunks keep the channel cheap.
-        let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(8);
+        // The rules hand each chunk back once its rows are evaluated, and the reading
+        // thread drops the rows and refills the chunk: the rules thread (the slower
+        // stage) frees nothing, and every allocation is freed by the thread that made
+        // it, which for the allocator is the cheap case. Chunks come back at most as
+        // fast as they go out, so no more than CHUNKS_AHEAD + 2 of them ever exist.
+        let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(CHUNKS_AHEAD);
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<Row>>();
         let parsed = std::thread::scope(|scope| {
             let shaped = &shaped;
             let seen = &mut seen;
@@ -163,6 +173,13 @@ pub fn replay(
                     timezone: &config.daemon.timezone,
                     default_time: file_time,
                     wall_clock: Some(wall_clock),
+                };
+                let next_chunk = || match spent_rx.try_recv() {
+                    Ok(mut spent) => {
+                        spent.clear();
+                        spent
+                    }
+                    Err(_) => Vec::with_capacity(CHUNK),
                 };
                 let mut chunk = Vec::with_capacity(CHUNK);
                 let mut duplicates = 0u64;
@@ -177,8 +194,7 @@ pub fn replay(
                     chunk.push(row);
                     if chunk.len() == CHUNK {
                         // The receiver only goes away if the engine side panicked.
-                        let _ = chunks_tx
-                            .send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                        let _ = chunks_tx.send(std::mem::replace(&mut chunk, next_chunk()));
                     }
                 });
                 if !chunk.is_empty() {
@@ -187,20 +203,23 @@ pub fn replay(
                 (result, duplicates)
             });
             for chunk in chunks_rx {
-                for row in chunk {
+                for row in &chunk {
                     summary.rows += 1;
                     match row {
                         Row::Error(e) => {
                             summary.rejected_rows += 1;
-                            on_problem(path, Some(&e), &e.reason);
+                            on_problem(path, Some(e), &e.reason);
                         }
                         Row::Event(event) => {
                             summary.events += 1;
                             latest = latest.max(event.time);
-                            infallible(step.observe_new(&event));
+                            infallible(step.observe_new(event));
                         }
                     }
                 }
+                // Once the reading thread is done it no longer takes chunks back:
+                // the last few are dropped here.
+                let _ = spent_tx.send(chunk);
             }
             match reader_thread.join() {
                 Ok((result, duplicates)) => {
