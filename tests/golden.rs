@@ -879,7 +879,7 @@ fn the_acknowledgement_page_reads_as_its_golden_file() {
     config.daemon.state_dir = dir.path().to_path_buf();
     let (_rules_tx, rules) =
         tokio::sync::watch::channel(std::sync::Arc::new(RuleSet::load(&config).unwrap()));
-    let mut state = earlywarn::web::WebState::new(std::sync::Arc::new(config), rules);
+    let mut state = earlywarn::web::WebState::new(std::sync::Arc::new(config), rules, None);
     state.clock = || "2025-11-04T12:40:00Z".parse().unwrap();
     let app = earlywarn::web::router(std::sync::Arc::new(state));
     let runtime = tokio::runtime::Builder::new_current_thread()
