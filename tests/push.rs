@@ -495,3 +495,117 @@ fn a_token_changed_on_disk_counts_from_the_reload_on() {
     assert_eq!(answer.json["events"], 1);
     stop_daemon(daemon);
 }
+
+/// A workbook as a lab's system exports it (rust_xlsxwriter): a header row,
+/// a nitazene sample with a real date cell, and a text id with a leading zero.
+fn nitazene_workbook() -> Vec<u8> {
+    use rust_xlsxwriter::{ExcelDateTime, Format, Workbook};
+    let mut book = Workbook::new();
+    let ws = book.add_worksheet();
+    for (c, name) in ["sample_id", "tested_at", "district", "substances_major"]
+        .iter()
+        .enumerate()
+    {
+        ws.write_string(0, c as u16, *name).unwrap();
+    }
+    let date = Format::new().set_num_format("yyyy-mm-dd hh:mm");
+    let tested = ExcelDateTime::from_ymd(2025, 7, 4)
+        .unwrap()
+        .and_hms(11, 30, 0)
+        .unwrap();
+    ws.write_string(1, 0, "0100").unwrap();
+    ws.write_datetime_with_format(1, 1, tested, &date).unwrap();
+    ws.write_string(1, 2, "Bolton").unwrap();
+    ws.write_string(1, 3, "protonitazene").unwrap();
+    book.save_to_buffer().unwrap()
+}
+
+#[test]
+fn a_pushed_workbook_goes_through_the_sheet_reader_and_raises_its_alert() {
+    let dir = tempdir();
+    let server = SmtpServer::start(SmtpOptions::new());
+    let secrets = dir.path().join("secrets");
+    fs::create_dir_all(&secrets).unwrap();
+    fs::write(secrets.join("x.token"), format!("{TOKEN_B}\n")).unwrap();
+    owner_only(&secrets.join("x.token"));
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let rules = format!(
+        r#"{NITAZENE_LISTS}
+[[rule]]
+id = "nitazene-in-workbook"
+name = "Nitazene detected in a tested sample"
+feed = "xlsx_lab"
+kind = "match"
+when = 'substances_major in nitazenes'
+severity = "critical"
+notify = ["panel"]
+"#
+    );
+    let partners = partner("panel", &["panel@example.org"], true, &["*"], None)
+        + r#"
+[[feed]]
+name = "xlsx_lab"
+dir = "in/xlsx-lab"
+format = "xlsx"
+id_field = "sample_id"
+time_field = "tested_at"
+district_field = "district"
+push_token_file = "secrets/x.token"
+"# + &format!("\n[web]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = Cfg {
+        mail: smtp_mail_lines(&server, dir.path()),
+        partners,
+        rules,
+        ..Cfg::default()
+    }
+    .write(dir.path());
+    let daemon = start_daemon(&config);
+
+    const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+    // A CSV body on the workbook feed says what it is not.
+    let wrong = push_to(&base, "xlsx_lab", Some(TOKEN_B), "text/csv", "a,b\n", &[]);
+    assert_eq!(wrong.status, 415, "{}", wrong.json);
+
+    let answer = push_to(
+        &base,
+        "xlsx_lab",
+        Some(TOKEN_B),
+        XLSX,
+        nitazene_workbook(),
+        &[("X-Filename", "results.xlsx")],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert_eq!(answer.json["rows"], 1);
+    assert_eq!(answer.json["events"], 1);
+    assert_eq!(answer.json["alerts"], 1);
+    let name = answer.json["file"].as_str().unwrap();
+    assert!(name.ends_with(".xlsx"), "{name}");
+    assert!(
+        dir.path()
+            .join("in/xlsx-lab/processed")
+            .join(name)
+            .is_file(),
+        "the workbook is kept in processed/ as {name}"
+    );
+    let mail = server.wait_for(1, WAIT);
+    let text = mail[0].text_body().expect("a text part");
+    // The text id kept its leading zero; the date cell is a local time.
+    assert!(text.contains("0100"), "{text}");
+    assert!(text.contains("Bolton"), "{text}");
+    assert!(text.contains("11:30"), "{text}");
+
+    // The same workbook again is a duplicate: nothing new.
+    let again = push_to(
+        &base,
+        "xlsx_lab",
+        Some(TOKEN_B),
+        XLSX,
+        nitazene_workbook(),
+        &[],
+    );
+    assert_eq!(again.json["duplicate"], true, "{}", again.json);
+    wait_outbox_drained(&config);
+    assert_eq!(server.messages().len(), 1);
+    stop_daemon(daemon);
+}
