@@ -375,11 +375,6 @@ impl SmtpServer {
         read_epoch_log(&self.maildir.join("connections.log"))
     }
 
-    /// Epoch seconds of every TCP connection that ended, by either side.
-    pub fn disconnection_times(&self) -> Vec<f64> {
-        read_epoch_log(&self.maildir.join("disconnections.log"))
-    }
-
     /// Epoch seconds of every MAIL FROM: delivery attempts, even over a pooled connection.
     pub fn attempt_times(&self) -> Vec<f64> {
         read_epoch_log(&self.maildir.join("attempts.log"))

@@ -18,8 +18,7 @@ Contract with tests/support/mod.rs:
     already there, so a server restarted on the same maildir never
     overwrites what an earlier one received.
   * DIR/connections.log gets one line (unix epoch seconds) per TCP
-    connection, DIR/attempts.log one line per MAIL FROM, DIR/disconnections.log
-    one line per connection that ended (either side). Retry tests count
+    connection, DIR/attempts.log one line per MAIL FROM. Retry tests count
     connections; with a pooling client, MAIL FROM is the better measure of
     delivery attempts.
 """
@@ -69,7 +68,7 @@ def parse_args(argv):
     p.add_argument("--helo-log", metavar="FILE",
                    help="append the name given in each EHLO to FILE")
     p.add_argument("--idle-timeout", type=float, default=300, metavar="SECONDS",
-                   help="close a session idle this long, with 421 (aiosmtpd's timeout; default 300)")
+                   help="close a session idle this long (aiosmtpd's timeout; default 300); logs `connection timeout`")
     p.add_argument("--reject-non-fqdn-helo", action="store_true",
                    help="504 to an EHLO name without a dot that is not an address literal (Postfix's reject_non_fqdn_helo_hostname)")
     args = p.parse_args(argv)
@@ -233,7 +232,6 @@ async def serve(args):
     maildir = Maildir(args.maildir)
     handler = Handler(args.mode, maildir, args)
     conn_log = os.path.join(args.maildir, "connections.log")
-    disconn_log = os.path.join(args.maildir, "disconnections.log")
     transports = set()  # so shutdown can cut stalled and tarpitted clients
 
     smtp_kwargs = dict(
@@ -277,13 +275,6 @@ async def serve(args):
                 return _orig(transport)
 
             proto.connection_made = connection_made
-            orig_lost = proto.connection_lost
-
-            def connection_lost(exc, _orig=orig_lost):
-                append_line(disconn_log, f"{time.time():.6f}")
-                return _orig(exc)
-
-            proto.connection_lost = connection_lost
             return proto
 
     if args.mode == "tarpit":
