@@ -1319,7 +1319,10 @@ districts = ["Bolton"]
     #[test]
     fn mail_max_connections_defaults_to_4_and_is_bounded() {
         let mail = |line: &str| {
-            let text = MINIMAL.replace("transport = \"file\"", &format!("transport = \"file\"\n{line}"));
+            let text = MINIMAL.replace(
+                "transport = \"file\"",
+                &format!("transport = \"file\"\n{line}"),
+            );
             Config::parse(Path::new("/etc/ew/c.toml"), &text).map(|c| c.mail.max_connections)
         };
         assert_eq!(mail("").unwrap(), DEFAULT_MAIL_MAX_CONNECTIONS);

@@ -116,6 +116,8 @@ pub enum MailerError {
 }
 
 /// Sends finished messages.
+// One per daemon, behind an `Arc`: the size of the SMTP variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Mailer {
     Smtp {
         settings: smtp::Settings,
@@ -246,7 +248,11 @@ impl Mailer {
                     }
                     Ok((Err(failure), _)) => return Err(SendError::from_failure(failure)),
                     Ok((Ok(outcome), reuse)) => {
-                        tracing::trace!(reused = reuse.reused, stale = reuse.stale, "SMTP exchange");
+                        tracing::trace!(
+                            reused = reuse.reused,
+                            stale = reuse.stale,
+                            "SMTP exchange"
+                        );
                         outcome
                     }
                 };
@@ -990,7 +996,12 @@ pub async fn run_outbox(ctx: OutboxContext) {
                         let mailer = ctx.mailer.clone();
                         let task = in_flight.spawn(async move {
                             let result = mailer
-                                .send(&item.mail_from, &item.recipients, &message, &eml_name(&item))
+                                .send(
+                                    &item.mail_from,
+                                    &item.recipients,
+                                    &message,
+                                    &eml_name(&item),
+                                )
                                 .await;
                             (item, result)
                         });
@@ -1197,6 +1208,7 @@ mod tests {
             message: b"x".to_vec(),
             attempts: 0,
             has_failed_addresses,
+            priority: 0,
         }
     }
 

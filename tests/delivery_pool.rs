@@ -93,7 +93,11 @@ impl Worker {
     }
 
     fn rows(&self, alert: &str) -> Vec<OutboxRow> {
-        self.store.lock().unwrap().outbox_rows_of_alert(alert).unwrap()
+        self.store
+            .lock()
+            .unwrap()
+            .outbox_rows_of_alert(alert)
+            .unwrap()
     }
 
     /// Waits until every row of `alert` is sent; returns them.
@@ -196,7 +200,8 @@ async fn one_alert_to_8_partners_goes_over_at_most_max_connections_sessions() {
         want.sort();
         assert_eq!(got, want, "each partner got the email once");
         assert!(
-            msgs.iter().all(|m| m.tls && m.auth_user.as_deref() == Some("earlywarn")),
+            msgs.iter()
+                .all(|m| m.tls && m.auth_user.as_deref() == Some("earlywarn")),
             "every email under TLS and authenticated"
         );
         let sessions = server.connection_times().len();
@@ -309,7 +314,10 @@ async fn critical_emails_are_all_accepted_before_a_lesser_one_starts() {
     let last_critical = msgs[..3].iter().map(|m| m.received_at).fold(0.0, f64::max);
     let mut attempts = server.attempt_times();
     attempts.sort_by(f64::total_cmp);
-    assert!(attempts[3] >= last_critical, "{attempts:?} vs {last_critical}");
+    assert!(
+        attempts[3] >= last_critical,
+        "{attempts:?} vs {last_critical}"
+    );
     for id in ["EW-CRIT", "EW-WARN", "EW-INFO"] {
         assert_first_attempt(&worker.wait_sent(id));
     }
