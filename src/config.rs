@@ -1333,7 +1333,7 @@ districts = ["Bolton"]
                 .unwrap_err()
                 .to_string();
             assert!(
-                shown.contains("c.toml:5:") && shown.contains("between 1 and 32"),
+                shown.contains("c.toml:6:19") && shown.contains("between 1 and 32"),
                 "{shown}"
             );
         }
