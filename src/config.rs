@@ -111,7 +111,14 @@ pub struct MailConfig {
     /// The name sent in EHLO, as configured (checked by [`valid_helo_name`]);
     /// `None`: the machine's fully qualified name, found at start.
     pub helo_name: Option<String>,
+    /// At most this many SMTP connections to the server at once, and so at
+    /// most this many emails in flight (`[mail] max_connections`, 1..=32).
+    pub max_connections: usize,
 }
+
+/// `[mail] max_connections` when not set: enough for one alert to a handful of
+/// partners to go out in one round, few enough not to look like a flood to a relay.
+pub const DEFAULT_MAIL_MAX_CONNECTIONS: usize = 4;
 
 #[derive(Debug, Clone)]
 pub enum Transport {
@@ -659,6 +666,20 @@ impl<'a> Sections<'a> {
             }
             name
         });
+        let max_connections = match &m.max_connections {
+            Some(n) if !(1..=32).contains(n.get_ref()) => {
+                self.error(
+                    n.span(),
+                    format!(
+                        "[mail] max_connections = {}: must be between 1 and 32",
+                        n.get_ref()
+                    ),
+                );
+                DEFAULT_MAIL_MAX_CONNECTIONS
+            }
+            Some(n) => *n.get_ref(),
+            None => DEFAULT_MAIL_MAX_CONNECTIONS,
+        };
         let transport =
             match self.choice(&m.transport, TRANSPORTS, "transport", TransportKind::Smtp) {
                 Some(TransportKind::Smtp) => Transport::Smtp(self.smtp(&m)),
@@ -701,6 +722,7 @@ impl<'a> Sections<'a> {
             retry_initial,
             retry_max,
             helo_name,
+            max_connections,
         }
     }
 
@@ -1260,6 +1282,7 @@ struct RawMail {
     retry_initial: Option<Spanned<String>>,
     retry_max: Option<Spanned<String>>,
     helo_name: Option<Spanned<String>>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -1469,6 +1492,29 @@ districts = ["Bolton"]
             shown.contains("feed `drug_testing`: id_field is empty"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn mail_max_connections_defaults_to_4_and_is_bounded() {
+        let mail = |line: &str| {
+            let text = MINIMAL.replace(
+                "transport = \"file\"",
+                &format!("transport = \"file\"\n{line}"),
+            );
+            Config::parse(Path::new("/etc/ew/c.toml"), &text).map(|c| c.mail.max_connections)
+        };
+        assert_eq!(mail("").unwrap(), DEFAULT_MAIL_MAX_CONNECTIONS);
+        assert_eq!(mail("max_connections = 1").unwrap(), 1);
+        assert_eq!(mail("max_connections = 32").unwrap(), 32);
+        for bad in ["0", "33"] {
+            let shown = mail(&format!("max_connections = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                shown.contains("c.toml:6:19") && shown.contains("between 1 and 32"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! exchange is bounded by `[mail] timeout`.
 
 mod clock;
+mod pool;
 mod smtp;
 
 pub use clock::Clock;
@@ -115,6 +116,8 @@ pub enum MailerError {
 }
 
 /// Sends finished messages.
+// One per daemon, behind an `Arc`: the size of the SMTP variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Mailer {
     Smtp {
         settings: smtp::Settings,
@@ -122,6 +125,8 @@ pub enum Mailer {
         configured_helo: Option<String>,
         /// The EHLO name, worked out once (see [`Mailer::helo`]).
         helo: OnceCell<ClientId>,
+        /// Sessions kept open between emails.
+        pool: pool::Pool,
     },
     File {
         dir: PathBuf,
@@ -136,6 +141,7 @@ impl Mailer {
                 settings: smtp_settings(smtp, mail.timeout)?,
                 configured_helo: mail.helo_name.clone(),
                 helo: OnceCell::new(),
+                pool: pool::Pool::new(mail.max_connections),
             }),
         }
     }
@@ -151,6 +157,7 @@ impl Mailer {
             settings,
             configured_helo,
             helo,
+            ..
         } = self
         else {
             return None;
@@ -205,7 +212,7 @@ impl Mailer {
                     ..Delivered::default()
                 })
             }
-            Mailer::Smtp { settings, .. } => {
+            Mailer::Smtp { settings, pool, .. } => {
                 let from: Address = from.parse().map_err(|e| SendError::Config {
                     reason: format!("bad sender address `{from}`: {e}"),
                     probe_sees: false,
@@ -225,11 +232,11 @@ impl Mailer {
                     return Ok(delivered);
                 }
                 let helo = self.helo().await.cloned().unwrap_or_default();
-                // lettre bounds each command; this bounds the whole exchange,
-                // including a server that stalls after DATA.
+                // This bounds the whole exchange, including a server that
+                // stalls after DATA; the session in use is dropped with it.
                 let outcome = match tokio::time::timeout(
                     settings.timeout,
-                    smtp::send(settings, &helo, &from, &to, message),
+                    pool.send(settings, &helo, &from, &to, message),
                 )
                 .await
                 {
@@ -239,8 +246,15 @@ impl Mailer {
                             settings.timeout.as_secs()
                         )));
                     }
-                    Ok(Err(failure)) => return Err(SendError::from_failure(failure)),
-                    Ok(Ok(outcome)) => outcome,
+                    Ok((Err(failure), _)) => return Err(SendError::from_failure(failure)),
+                    Ok((Ok(outcome), reuse)) => {
+                        tracing::trace!(
+                            reused = reuse.reused,
+                            stale = reuse.stale,
+                            "SMTP exchange"
+                        );
+                        outcome
+                    }
                 };
                 delivered.accepted = outcome.accepted;
                 delivered.refused.extend(
@@ -252,6 +266,13 @@ impl Mailer {
                 delivered.deferred = outcome.deferred;
                 Ok(delivered)
             }
+        }
+    }
+
+    /// Closes the sessions kept open (QUIT): at shutdown.
+    pub async fn close(&self) {
+        if let Mailer::Smtp { pool, settings, .. } = self {
+            let _ = tokio::time::timeout(settings.timeout, pool.close_all()).await;
         }
     }
 
@@ -592,25 +613,11 @@ pub fn outcome_of(
     }
 }
 
-/// Sends one due row and records the outcome. If the database cannot take the
-/// record (a full disk), the write is returned to be retried: the row must not
-/// look due again, or the partner would get the email again and again.
-pub async fn attempt(
-    store: &Mutex<Store>,
-    mailer: &Mailer,
-    mail: &MailConfig,
-    clock: &Clock,
-    item: &OutboxItem,
-) -> (Attempt, Option<OutcomeWrite>) {
-    let (name, message) = (eml_name(item), hand_off(store, clock, item));
-    let result = mailer
-        .send(&item.mail_from, &item.recipients, &message, &name)
-        .await;
-    settle(store, mail, clock, item, result)
-}
-
 /// Records (and logs) the outcome of an attempt at `item`: an exchange's
-/// result, or the failure of the probe that stood in for one.
+/// result, or the failure of the probe that stood in for one. If the database
+/// cannot take the record (a full disk), the write is returned to be retried:
+/// the row must not look due again, or the partner would get the email again
+/// and again.
 fn settle(
     store: &Mutex<Store>,
     mail: &MailConfig,
@@ -848,30 +855,43 @@ impl ServerHealth {
     }
 }
 
-/// Drains the outbox until `shutdown`: sends what is due, then sleeps until
-/// the next row is due or `wake` says new rows were committed. While the
-/// server is unavailable, probes it instead (see the module's header).
+/// Drains the outbox until `shutdown`: starts what is due, critical first, up
+/// to `[mail] max_connections` emails at once, then sleeps until the next row
+/// is due or `wake` says new rows were committed. While the server is
+/// unavailable, probes it instead (see the module's header).
+///
+/// Every database write (the hand-off time, each outcome) is made by this
+/// task, on its one connection: the exchanges run as tasks of their own and
+/// send their results back here. No email starts while a more urgent one is
+/// still in flight, so a critical alert's emails are all answered before any
+/// lesser email goes, whatever the order the server finishes them in.
 pub async fn run_outbox(ctx: OutboxContext) {
     // Worked out (and logged) at start, not at the first alert.
     let _ = ctx.mailer.helo().await;
-    // Outcomes the database could not record yet (see `attempt`).
+    // Outcomes the database could not record yet (see `settle`).
     let mut unrecorded: Vec<OutcomeWrite> = Vec::new();
     let mut health = ServerHealth::default();
+    let max_in_flight = ctx.mail.max_connections.max(1);
+    // Exchanges under way: each ends with its row and result.
+    let mut in_flight: tokio::task::JoinSet<(OutboxItem, Result<Delivered, SendError>)> =
+        tokio::task::JoinSet::new();
+    // The rows in `in_flight`, by task (their messages left out).
+    let mut flying: Vec<(tokio::task::Id, OutboxItem)> = Vec::new();
     loop {
         if ctx.shutdown.is_cancelled() {
-            return;
+            break;
         }
         if !unrecorded.is_empty() {
             unrecorded.retain(|w| w.apply(&ctx.store).is_err());
-            if !unrecorded.is_empty() {
+            if !unrecorded.is_empty() && in_flight.is_empty() {
                 // The database is still refusing writes: do not spin on it.
                 tokio::select! {
                     _ = ctx.clock.sleep(Duration::from_secs(1)) => {}
-                    _ = ctx.shutdown.cancelled() => return,
+                    _ = ctx.shutdown.cancelled() => break,
                 }
             }
         }
-        if health.waiting_for_probe {
+        if health.waiting_for_probe && in_flight.is_empty() {
             // Rows due now are not tried one by one against a server known to be
             // unavailable: one probe stands in for them. If it fails, each is
             // recorded as a failed attempt (its backoff goes on as usual); if it
@@ -898,7 +918,7 @@ pub async fn run_outbox(ctx: OutboxContext) {
                 health.last_probe = Some(ctx.clock.instant());
                 let probed = tokio::select! {
                     p = ctx.mailer.probe() => p,
-                    _ = ctx.shutdown.cancelled() => return,
+                    _ = ctx.shutdown.cancelled() => break,
                 };
                 match probed {
                     Ok(()) => {
@@ -942,79 +962,81 @@ pub async fn run_outbox(ctx: OutboxContext) {
                 .unwrap_or(Duration::ZERO);
             tokio::select! {
                 _ = ctx.clock.sleep(until_row.min(until_probe).min(PROBE_EVERY)) => {}
-                _ = ctx.shutdown.cancelled() => return,
+                _ = ctx.shutdown.cancelled() => break,
             }
             continue;
         }
-        let due = {
-            let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
-            s.due(ctx.clock.now(), 16)
-        };
-        let due = match due {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot read the outbox; retrying in 5s");
-                tokio::select! {
-                    _ = ctx.clock.sleep(Duration::from_secs(5)) => continue,
-                    _ = ctx.shutdown.cancelled() => return,
-                }
-            }
-        };
-        if !due.is_empty() {
-            let mut sent_any = false;
-            for item in due {
-                // Between emails, never mid-exchange: a backlog of thousands must
-                // not hold shutdown past `shutdown_timeout` (what is left stays pending).
-                if ctx.shutdown.is_cancelled() {
-                    return;
-                }
-                if unrecorded.iter().any(|w| w.id() == item.id) {
-                    continue; // already attempted; only its record is missing
-                }
-                sent_any = true;
-                // An exchange in progress is finished even during shutdown (it is bounded by the timeout).
-                let (outcome, write) =
-                    attempt(&ctx.store, &ctx.mailer, &ctx.mail, &ctx.clock, &item).await;
-                unrecorded.extend(write);
-                match outcome {
-                    Attempt::Sent => {
-                        ctx.metrics.delivery("sent");
-                        health.works(&ctx.store);
-                    }
-                    Attempt::Retry { fault, .. } => {
-                        ctx.metrics.delivery("retry");
-                        match &fault {
-                            Some(e) => health.failed(&ctx.store, &ctx.clock, e),
-                            None => health.works(&ctx.store),
+        if !health.waiting_for_probe && flying.len() < max_in_flight {
+            let wanted = max_in_flight + flying.len() + unrecorded.len();
+            let due = {
+                let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
+                s.due(ctx.clock.now(), wanted)
+            };
+            match due {
+                Ok(due) => {
+                    for item in due {
+                        if flying.len() >= max_in_flight {
+                            break;
                         }
-                    }
-                    Attempt::Failed { error } => {
-                        ctx.metrics.delivery("failed");
-                        health.works(&ctx.store);
-                        // A failed self-alert is not reported by another self-alert.
-                        if !item.alert_id.starts_with(crate::ops::OPS_ALERT_PREFIX) {
-                            ctx.ops.report(
-                                crate::ops::ProblemKind::DeliveryFailed,
-                                format!(
-                                    "alert {} to partner {}: {error}",
-                                    item.alert_id, item.partner_id
-                                ),
-                                ctx.clock.now(),
-                            );
+                        if flying.iter().any(|(_, f)| f.id == item.id)
+                            || unrecorded.iter().any(|w| w.id() == item.id)
+                        {
+                            continue; // under way, or attempted with only its record missing
                         }
+                        // `due` lists rows most urgent first: once one must wait for a
+                        // more urgent email in flight, so must every row after it.
+                        if flying.iter().any(|(_, f)| f.priority < item.priority) {
+                            break;
+                        }
+                        let message = hand_off(&ctx.store, &ctx.clock, &item);
+                        let record = OutboxItem {
+                            message: Vec::new(),
+                            ..item.clone()
+                        };
+                        let mailer = ctx.mailer.clone();
+                        let task = in_flight.spawn(async move {
+                            let result = mailer
+                                .send(
+                                    &item.mail_from,
+                                    &item.recipients,
+                                    &message,
+                                    &eml_name(&item),
+                                )
+                                .await;
+                            (item, result)
+                        });
+                        flying.push((task.id(), record));
                     }
                 }
-                if health.waiting_for_probe {
-                    // The rest of the batch would fail the same way, each costing
-                    // up to the timeout: the probe stands in for them (above).
-                    break;
+                Err(e) if in_flight.is_empty() => {
+                    tracing::error!(error = %e, "Cannot read the outbox; retrying in 5s");
+                    tokio::select! {
+                        _ = ctx.clock.sleep(Duration::from_secs(5)) => continue,
+                        _ = ctx.shutdown.cancelled() => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot read the outbox; trying again when an email in flight is answered");
                 }
             }
-            if sent_any {
-                // Let the signal, watcher and metrics tasks run between batches.
-                tokio::task::yield_now().await;
-                continue;
+        }
+        if !in_flight.is_empty() {
+            let room = flying.len() < max_in_flight && !health.waiting_for_probe;
+            tokio::select! {
+                done = in_flight.join_next() => {
+                    if let Some(done) = done {
+                        finish(&ctx, &mut health, &mut unrecorded, &mut flying, done);
+                    }
+                }
+                // New rows may start while others are in flight.
+                _ = ctx.wake.notified(), if room => {}
+                // An exchange in progress is finished even during shutdown (below).
+                _ = ctx.shutdown.cancelled() => break,
             }
+            continue;
+        }
+        if health.waiting_for_probe {
+            continue;
         }
         let next = {
             let s = ctx.store.lock().unwrap_or_else(|p| p.into_inner());
@@ -1029,10 +1051,79 @@ pub async fn run_outbox(ctx: OutboxContext) {
             }
             None => IDLE_POLL,
         };
+        if sleep_for.is_zero() {
+            // Something is due that could not start (all recorded as in flight
+            // or unrecorded): let the other tasks run, then look again.
+            tokio::task::yield_now().await;
+        }
         tokio::select! {
             _ = ctx.wake.notified() => {}
             _ = ctx.clock.sleep(sleep_for) => {}
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => break,
+        }
+    }
+    // Shutdown: no new email starts; those in flight are answered (each bounded
+    // by the timeout) and recorded, so none is sent twice after a restart.
+    while let Some(done) = in_flight.join_next().await {
+        finish(&ctx, &mut health, &mut unrecorded, &mut flying, done);
+    }
+    unrecorded.retain(|w| w.apply(&ctx.store).is_err());
+    ctx.mailer.close().await;
+}
+
+/// Records one finished exchange and what it says about the server.
+fn finish(
+    ctx: &OutboxContext,
+    health: &mut ServerHealth,
+    unrecorded: &mut Vec<OutcomeWrite>,
+    flying: &mut Vec<(tokio::task::Id, OutboxItem)>,
+    done: Result<(OutboxItem, Result<Delivered, SendError>), tokio::task::JoinError>,
+) {
+    let (item, result) = match done {
+        Ok(done) => {
+            flying.retain(|(_, f)| f.id != done.0.id);
+            done
+        }
+        Err(e) => {
+            // A panic in an exchange (a bug): recorded as a failed attempt, so the
+            // row is retried after its backoff rather than at once, forever.
+            let Some(at) = flying.iter().position(|(task, _)| *task == e.id()) else {
+                return;
+            };
+            let (_, item) = flying.swap_remove(at);
+            tracing::error!(alert = %item.alert_id, error = %e, "An SMTP exchange failed inside earlywarn; its email stays pending");
+            let result = Err(SendError::Transient(format!("internal error: {e}")));
+            (item, result)
+        }
+    };
+    let (outcome, write) = settle(&ctx.store, &ctx.mail, &ctx.clock, &item, result);
+    unrecorded.extend(write);
+    match outcome {
+        Attempt::Sent => {
+            ctx.metrics.delivery("sent");
+            health.works(&ctx.store);
+        }
+        Attempt::Retry { fault, .. } => {
+            ctx.metrics.delivery("retry");
+            match &fault {
+                Some(e) => health.failed(&ctx.store, &ctx.clock, e),
+                None => health.works(&ctx.store),
+            }
+        }
+        Attempt::Failed { error } => {
+            ctx.metrics.delivery("failed");
+            health.works(&ctx.store);
+            // A failed self-alert is not reported by another self-alert.
+            if !item.alert_id.starts_with(crate::ops::OPS_ALERT_PREFIX) {
+                ctx.ops.report(
+                    crate::ops::ProblemKind::DeliveryFailed,
+                    format!(
+                        "alert {} to partner {}: {error}",
+                        item.alert_id, item.partner_id
+                    ),
+                    ctx.clock.now(),
+                );
+            }
         }
     }
 }
@@ -1117,6 +1208,7 @@ mod tests {
             message: b"x".to_vec(),
             attempts: 0,
             has_failed_addresses,
+            priority: 0,
         }
     }
 

@@ -928,6 +928,7 @@ impl Store {
                     message: r.get(6)?,
                     attempts: r.get::<_, i64>(7)? as u32,
                     has_failed_addresses: r.get(8)?,
+                    priority,
                 })
             })?;
             for row in rows {
@@ -1644,6 +1645,9 @@ pub struct OutboxItem {
     /// Some address refused it in an earlier attempt: once the rest are
     /// served, the row is failed, not sent.
     pub has_failed_addresses: bool,
+    /// `outbox.priority`: 0 critical, then warning, then info. The outbox
+    /// starts no email while a more urgent one is in flight.
+    pub priority: i64,
 }
 
 /// What the metrics gauges and `status` say about the outbox.

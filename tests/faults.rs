@@ -431,9 +431,14 @@ fn crash_test_many_kills() {
         reissued.is_empty(),
         "a sample alerted under more than one alert id (a file processed twice): {reissued:?}"
     );
+    // A kill can land after the server accepted an email and before its outcome was recorded:
+    // that email goes again after the restart (at least once, SPEC §7). Up to
+    // `[mail] max_connections` emails are in flight at once (the default, 4, here), so each
+    // kill may cost that many copies, never more.
+    let in_flight = earlywarn::config::DEFAULT_MAIL_MAX_CONNECTIONS;
     assert!(
-        dup_by_header <= kills,
-        "{dup_by_header} duplicate emails for {kills} kills: at most one per kill"
+        dup_by_header <= kills * in_flight,
+        "{dup_by_header} duplicate emails for {kills} kills: at most {in_flight} (the emails in flight) per kill"
     );
     assert_eq!(dup_by_header, dup_by_sample);
 

@@ -1,22 +1,38 @@
-//! One SMTP exchange, step by step, over lettre's async connection: connect
-//! (implicit TLS if configured), EHLO, STARTTLS, AUTH, then `MAIL FROM`, one
-//! `RCPT TO` per address and `DATA`; and the probe (the same session, then QUIT).
+//! One SMTP session, step by step, over lettre's async connection: connect
+//! (our own socket, with `TCP_NODELAY`; implicit TLS if configured), EHLO,
+//! STARTTLS, AUTH ([`session`]); then any number of transactions on it
+//! ([`transaction`]: `MAIL FROM`, one `RCPT TO` per address, `DATA`); and the
+//! probe (a session, then QUIT).
 //!
 //! Run by hand instead of through `AsyncSmtpTransport::send_raw` because the
 //! outcome is per address (SPEC §7): a 5xx to one `RCPT TO` must not cost the
 //! partner's other addresses the email. Every failure is named by the step it
 //! happened at and what happened, and [`classify`] (pure) turns that into a
-//! [`Verdict`]. This module does no retrying, reads no clock and touches no
-//! database; the caller bounds every exchange by `[mail] timeout`.
+//! [`Verdict`]. This module does no retrying, reads no clock, keeps no
+//! connections (`pool` does) and touches no database; the caller bounds every
+//! exchange by `[mail] timeout`.
+//!
+//! The socket is ours, not lettre's, for one reason: lettre's own connect sets
+//! no `TCP_NODELAY`, and lettre writes the message and its final dot as two
+//! writes, so Nagle holds the dot until the server's delayed ACK (about 40 ms
+//! on Linux) for every email.
 
 use crate::config::TlsMode;
 use lettre::Address;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+#[allow(deprecated)] // AsyncNetworkStream: see `connect_implicit_tls`.
+use lettre::transport::smtp::client::{
+    AsyncNetworkStream, AsyncSmtpConnection, AsyncTokioStream, TlsParameters,
+};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 /// Where and how to reach the mail server; built once by `Mailer::new`.
 pub struct Settings {
@@ -119,6 +135,7 @@ pub fn classify(step: Step, what: What) -> Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub step: Step,
+    pub what: What,
     pub verdict: Verdict,
     pub reason: String,
 }
@@ -127,9 +144,19 @@ impl Failure {
     fn new(step: Step, what: What, error: impl std::fmt::Display) -> Failure {
         Failure {
             step,
+            what,
             verdict: classify(step, what),
             reason: format!("{}: {error}", step.name()),
         }
+    }
+
+    /// Whether this failure, on a connection that sat idle in the pool, is
+    /// what a server that closed it looks like (the socket gone, or `421`
+    /// "closing"), before any of the message was sent: then the email was not
+    /// tried at all, and goes again at once on a fresh connection.
+    pub fn is_stale_connection(&self) -> bool {
+        matches!(self.what, What::Network | What::Reply(421))
+            && matches!(self.step, Step::MailFrom | Step::RcptTo | Step::Data)
     }
 
     fn of(step: Step, error: &SmtpError, tls_in_play: bool) -> Failure {
@@ -199,14 +226,11 @@ pub async fn session(s: &Settings, helo: &ClientId) -> Result<AsyncSmtpConnectio
         _ => None,
     };
     let tls_in_play = implicit.is_some();
-    let mut conn = AsyncSmtpConnection::connect_tokio1(
-        (s.host.as_str(), s.port),
-        Some(s.timeout),
-        helo,
-        implicit,
-        None,
-    )
-    .await
+    let tcp = connect_tcp(s).await?;
+    let mut conn = match implicit {
+        Some(params) => connect_implicit_tls(tcp, params, helo).await,
+        None => AsyncSmtpConnection::connect_with_transport(Box::new(tcp), helo).await,
+    }
     .map_err(|e| Failure::of(Step::Connect, &e, tls_in_play))?;
     if s.tls == TlsMode::Starttls {
         let Some(params) = s.tls_params.clone() else {
@@ -242,6 +266,86 @@ pub async fn session(s: &Settings, helo: &ClientId) -> Result<AsyncSmtpConnectio
     Ok(conn)
 }
 
+/// A TCP connection to the server, bounded by the timeout, with `TCP_NODELAY`
+/// (see the module's header). Each resolved address is tried in turn.
+async fn connect_tcp(s: &Settings) -> Result<TcpStream, Failure> {
+    let tcp = match tokio::time::timeout(s.timeout, TcpStream::connect((s.host.as_str(), s.port)))
+        .await
+    {
+        Err(_) => {
+            return Err(Failure::new(
+                Step::Connect,
+                What::Network,
+                "connection timed out",
+            ));
+        }
+        Ok(Err(e)) => return Err(Failure::new(Step::Connect, What::Network, e)),
+        Ok(Ok(tcp)) => tcp,
+    };
+    tcp.set_nodelay(true)
+        .map_err(|e| Failure::new(Step::Connect, What::Network, e))?;
+    Ok(tcp)
+}
+
+/// Implicit TLS on our socket: lettre's own handshake (its certificate
+/// checks, our `ca_file`) on a stream built from the socket, which is then
+/// handed to lettre as the connection's transport. lettre offers no
+/// "connect over this socket with TLS" call; `AsyncNetworkStream` (deprecated
+/// as "not meant to be public", still exported in 0.11) is the way to its
+/// handshake. The connection then does not know it is encrypted
+/// (`is_encrypted()` is false): only `can_starttls` reads that, and it is
+/// never asked with `tls = "tls"`.
+#[allow(deprecated)]
+async fn connect_implicit_tls(
+    tcp: TcpStream,
+    params: TlsParameters,
+    helo: &ClientId,
+) -> Result<AsyncSmtpConnection, SmtpError> {
+    let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
+    stream.upgrade_tls(params).await?;
+    AsyncSmtpConnection::connect_with_transport(Box::new(TlsOverTcp(stream.compat())), helo).await
+}
+
+/// An encrypted [`AsyncNetworkStream`] seen as a plain tokio stream, so that
+/// lettre's connection can run over it.
+#[allow(deprecated)]
+#[derive(Debug)]
+struct TlsOverTcp(Compat<AsyncNetworkStream>);
+
+impl AsyncRead for TlsOverTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsOverTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for TlsOverTcp {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().peer_addr()
+    }
+}
+
 /// The probe: a session, then QUIT. Cheap, and it notices a fixed password too.
 pub async fn probe(s: &Settings, helo: &ClientId) -> Result<(), Failure> {
     let mut conn = session(s, helo).await?;
@@ -261,17 +365,17 @@ pub struct Outcome {
     pub deferred: Vec<(String, String)>,
 }
 
-/// Sends `message` from `from` to each of `to` in one session. `Ok` whenever
-/// the exchange ran to its end (even if every address refused); `Err` when it
-/// stopped before the email was accepted by anyone.
-pub async fn send(
-    s: &Settings,
-    helo: &ClientId,
+/// Sends `message` from `from` to each of `to` as one transaction on `conn`,
+/// an open session. `Ok` whenever the transaction ran to its end (even if every
+/// address refused); `Err` when it stopped before the email was accepted by
+/// anyone. Afterwards `conn.has_broken()` says whether the session may carry
+/// another transaction: every failure here aborts it (QUIT, then close).
+pub async fn transaction(
+    conn: &mut AsyncSmtpConnection,
     from: &Address,
     to: &[Address],
     message: &[u8],
 ) -> Result<Outcome, Failure> {
-    let mut conn = session(s, helo).await?;
     let server = conn.server_info();
     let mut options = Vec::new();
     if !from.to_string().is_ascii() || to.iter().any(|a| !a.to_string().is_ascii()) {
@@ -323,8 +427,11 @@ pub async fn send(
         }
     }
     if taken.is_empty() {
-        // Nobody to send DATA to: end the session politely.
-        let _ = conn.quit().await;
+        // Nobody to send DATA to: end the transaction so the session can carry
+        // the next one. A session that cannot even reset is not kept.
+        if conn.command(Rset).await.is_err() {
+            conn.abort().await;
+        }
         return Ok(outcome);
     }
     if let Err(e) = conn.command(Data).await {
@@ -335,8 +442,8 @@ pub async fn send(
         conn.abort().await;
         return Err(Failure::of(Step::Message, &e, false));
     }
-    // Accepted: a QUIT that goes wrong now cannot undo that.
-    let _ = conn.quit().await;
+    // Accepted. The session stays open for the next email (the pool keeps or
+    // closes it); after `250` to the final dot no RSET is needed.
     outcome.accepted = taken;
     Ok(outcome)
 }

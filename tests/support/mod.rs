@@ -140,6 +140,8 @@ pub struct SmtpOptions {
     pub port: Option<u16>,
     /// Where to store messages and logs. `None`: a temporary folder owned by the server.
     pub maildir: Option<PathBuf>,
+    /// More `smtp_server.py` flags (e.g. `--idle-timeout 2`).
+    pub extra_args: Vec<String>,
 }
 
 impl SmtpOptions {
@@ -164,6 +166,10 @@ impl SmtpOptions {
     }
     pub fn maildir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.maildir = Some(dir.into());
+        self
+    }
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
         self
     }
 }
@@ -231,6 +237,7 @@ impl SmtpServer {
         if let Some((user, password)) = &self.opts.auth {
             cmd.arg("--auth").arg(format!("{user}:{password}"));
         }
+        cmd.args(&self.opts.extra_args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));

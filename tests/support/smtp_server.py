@@ -67,6 +67,8 @@ def parse_args(argv):
                    help="554 at the end of DATA while FILE exists")
     p.add_argument("--helo-log", metavar="FILE",
                    help="append the name given in each EHLO to FILE")
+    p.add_argument("--idle-timeout", type=float, default=300, metavar="SECONDS",
+                   help="close a session idle this long (aiosmtpd's timeout; default 300); logs `connection timeout`")
     p.add_argument("--reject-non-fqdn-helo", action="store_true",
                    help="504 to an EHLO name without a dot that is not an address literal (Postfix's reject_non_fqdn_helo_hostname)")
     args = p.parse_args(argv)
@@ -237,7 +239,7 @@ async def serve(args):
         hostname="localhost",
         decode_data=False,
         enable_SMTPUTF8=True,
-        timeout=300,
+        timeout=args.idle_timeout,
     )
     starttls_ctx = None
     implicit_ctx = None
