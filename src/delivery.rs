@@ -988,6 +988,15 @@ pub async fn run_outbox(ctx: OutboxContext) {
                         if flying.iter().any(|(_, f)| f.priority < item.priority) {
                             break;
                         }
+                        // A partner reads an alert's emails in the order they were
+                        // queued (the alert, then "Update 1", "Update 2", "Withdrawn"):
+                        // the next one for the same alert and partner waits until the
+                        // one in flight is recorded, while other partners' go ahead.
+                        if flying.iter().any(|(_, f)| {
+                            f.alert_id == item.alert_id && f.partner_id == item.partner_id
+                        }) {
+                            continue;
+                        }
                         let message = hand_off(&ctx.store, &ctx.clock, &item);
                         let record = OutboxItem {
                             message: Vec::new(),
