@@ -821,6 +821,18 @@ impl Intake<'_> {
         }
     }
 
+    /// What a file's reading asks between rows: it feeds the watchdog, and
+    /// says to stop once a shutdown has waited half its `shutdown_timeout`
+    /// (the file then stays where it is, to be read whole at the next start).
+    fn interruption(&self) -> impl Fn() -> bool + use<> {
+        let (liveness, stop_requested) = (self.liveness.clone(), self.stop_requested.clone());
+        let grace = self.config.daemon.shutdown_timeout / 2;
+        move || {
+            liveness.beat();
+            stop_requested.get().is_some_and(|at| at.elapsed() >= grace)
+        }
+    }
+
     fn process_ready(&mut self) {
         for path in self.settler.ready(Instant::now(), Observed::of) {
             self.process(&path);
@@ -839,12 +851,7 @@ impl Intake<'_> {
         }
         let started = Instant::now();
         let file = crate::display::escaped_name(path);
-        let (liveness, stop_requested) = (self.liveness.clone(), self.stop_requested.clone());
-        let grace = self.config.daemon.shutdown_timeout / 2;
-        let interrupted = move || {
-            liveness.beat();
-            stop_requested.get().is_some_and(|at| at.elapsed() >= grace)
-        };
+        let interrupted = self.interruption();
         let control = FileControl {
             interrupted: &interrupted,
         };
@@ -903,12 +910,7 @@ impl Intake<'_> {
         }
         let started = Instant::now();
         let file = crate::display::escaped_name(Path::new(&name));
-        let (liveness, stop_requested) = (self.liveness.clone(), self.stop_requested.clone());
-        let grace = self.config.daemon.shutdown_timeout / 2;
-        let interrupted = move || {
-            liveness.beat();
-            stop_requested.get().is_some_and(|at| at.elapsed() >= grace)
-        };
+        let interrupted = self.interruption();
         let control = FileControl {
             interrupted: &interrupted,
         };
