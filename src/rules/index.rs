@@ -21,6 +21,7 @@
 //!   `postcode_district in ["M1"] and substances_major in nitazenes`, written
 //!   for each of many areas, is a candidate only on a row of its area that
 //!   holds a nitazene, whichever test is the rarer.
+//!
 //! **The invariant: the candidates include every rule whose `when` matches**,
 //! so index plus evaluation gives exactly what evaluating every rule gives.
 //! Each atom reads its field as the condition does ([`FieldRef::value`]: empty
