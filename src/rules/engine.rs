@@ -16,7 +16,7 @@
 
 use super::{Rule, RuleKind, RuleSet};
 use crate::alerts::{Alert, AlertStatus, FoldedOf, Trigger};
-use crate::event::Event;
+use crate::event::{Event, Value};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -339,16 +339,20 @@ pub struct Outcome {
 #[derive(Debug)]
 struct Pending {
     group: BTreeMap<String, String>,
-    events: Vec<Event>,
+    /// Shared: a row many rules match is copied once, not once per rule.
+    events: Vec<Arc<Event>>,
     count: u64,
     trigger: Option<Trigger>,
 }
 
 impl Pending {
-    fn push(&mut self, event: &Event) {
+    /// Counts a match of `event`, keeping it if there is room; `shared` is
+    /// the event's one copy for this row, made on its first use.
+    fn push(&mut self, event: &Event, shared: &mut Option<Arc<Event>>) {
         self.count += 1;
         if self.events.len() < MAX_EVENTS_PER_ALERT {
-            self.events.push(event.clone());
+            let copy = shared.get_or_insert_with(|| Arc::new(event.clone()));
+            self.events.push(Arc::clone(copy));
         }
     }
 }
@@ -356,8 +360,13 @@ impl Pending {
 /// The matches collected from one file, not yet turned into alerts.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Keyed by rule index and group key; a BTreeMap so alert order is stable.
-    pending: BTreeMap<(usize, String), Pending>,
+    /// By rule index, then group key; BTreeMaps so alert order is stable
+    /// (and a group's key is looked up by `&str`: no key is made per match).
+    pending: BTreeMap<usize, BTreeMap<String, Pending>>,
+    /// The current event's group key, reused between matches.
+    key: String,
+    /// The current event's one shared copy, once a rule keeps it.
+    shared: Option<Arc<Event>>,
     /// Threshold and rate groups touched by this file.
     windows_touched: BTreeSet<(usize, String)>,
     scratch: crate::rules::condition::EvalScratch,
@@ -499,6 +508,7 @@ impl Engine {
     /// Tests one event against the rules of its feed.
     pub fn observe(&mut self, batch: &mut Batch, event: &Event) {
         batch.events_seen += 1;
+        batch.shared = None;
         batch.scratch.bind(event, &self.rules.field_slots);
         let rules = self.rules.clone();
         if let Some(index) = rules.index().feed(&event.feed) {
@@ -537,12 +547,15 @@ impl Engine {
     fn observe_match(&mut self, batch: &mut Batch, index: usize, rule: &Rule, event: &Event) {
         match &rule.kind {
             RuleKind::Match => {
-                let key = group_key(rule, event);
-                batch
-                    .pending
-                    .entry((index, key))
-                    .or_insert_with(|| pending_for(rule, event, None))
-                    .push(event);
+                group_key_into(rule, event, &mut batch.key);
+                let groups = batch.pending.entry(index).or_default();
+                let pending = match groups.get_mut(batch.key.as_str()) {
+                    Some(pending) => pending,
+                    None => groups
+                        .entry(batch.key.clone())
+                        .or_insert_with(|| pending_for(rule, event, None)),
+                };
+                pending.push(event, &mut batch.shared);
             }
             RuleKind::Threshold { within, .. } | RuleKind::Rate { within, .. } => {
                 let span = match &rule.kind {
@@ -565,9 +578,11 @@ impl Engine {
                     self.touch(StateKind::Window, &gref);
                     batch
                         .pending
-                        .entry((index, key.clone()))
+                        .entry(index)
+                        .or_default()
+                        .entry(key.clone())
                         .or_insert_with(|| pending_for(rule, event, None))
-                        .push(event);
+                        .push(event, &mut batch.shared);
                     batch.windows_touched.insert((index, key));
                 }
             }
@@ -613,7 +628,9 @@ impl Engine {
                     }
                     batch
                         .pending
-                        .entry((index, norm))
+                        .entry(index)
+                        .or_default()
+                        .entry(norm)
                         .or_insert_with(|| Pending {
                             group: BTreeMap::from([(field.clone(), written.trim().to_string())]),
                             events: Vec::new(),
@@ -623,7 +640,7 @@ impl Engine {
                                 value: written.trim().to_string(),
                             }),
                         })
-                        .push(event);
+                        .push(event, &mut batch.shared);
                 }
             }
             RuleKind::Deadline {
@@ -654,10 +671,12 @@ impl Engine {
                                 closed: true,
                             }),
                         );
-                        p.push(event);
+                        p.push(event, &mut batch.shared);
                         batch
                             .pending
-                            .insert((index, format!("\u{1}open\u{1f}{}", gref.group_key)), p);
+                            .entry(index)
+                            .or_default()
+                            .insert(format!("\u{1}open\u{1f}{}", gref.group_key), p);
                     }
                     return;
                 }
@@ -682,10 +701,12 @@ impl Engine {
                             closed: false,
                         }),
                     );
-                    p.push(event);
+                    p.push(event, &mut batch.shared);
                     batch
                         .pending
-                        .insert((index, format!("\u{1}open\u{1f}{}", gref.group_key)), p);
+                        .entry(index)
+                        .or_default()
+                        .insert(format!("\u{1}open\u{1f}{}", gref.group_key), p);
                 }
             }
             RuleKind::Silence { .. } => {}
@@ -727,11 +748,13 @@ impl Engine {
                     late,
                 }),
             );
-            p.push(&open.event);
-            p.push(event);
+            p.push(&open.event, &mut None);
+            p.push(event, &mut batch.shared);
             batch
                 .pending
-                .insert((index, format!("\u{2}close\u{1f}{}", gref.group_key)), p);
+                .entry(index)
+                .or_default()
+                .insert(format!("\u{2}close\u{1f}{}", gref.group_key), p);
         }
     }
 
@@ -758,28 +781,18 @@ impl Engine {
         };
         // Pending matches are ordered by rule index, so one rule's alerts are
         // decided together and then capped together.
-        let mut current: Option<usize> = None;
-        let mut raised: Vec<Raised> = Vec::new();
-        for ((index, key), pending) in batch.pending {
-            if current != Some(index) {
-                if let Some(done) = current {
-                    emit(
-                        &rules.rules[done],
-                        std::mem::take(&mut raised),
-                        &source,
-                        &mut outcome,
-                    );
-                }
-                current = Some(index);
-            }
+        for (index, groups) in batch.pending {
             let rule = &rules.rules[index];
-            let touched = batch.windows_touched.contains(&(index, key.clone()));
-            if let Some(r) = self.decide(&mut outcome, rule, key, pending, now, touched) {
-                raised.push(r);
+            let mut raised: Vec<Raised> = Vec::new();
+            for (key, pending) in groups {
+                let touched = batch.windows_touched.contains(&(index, key.clone()));
+                if let Some(r) = self.decide(&mut outcome, rule, key, pending, now, touched) {
+                    raised.push(r);
+                }
             }
-        }
-        if let Some(done) = current {
-            emit(&rules.rules[done], raised, &source, &mut outcome);
+            if !raised.is_empty() {
+                emit(rule, raised, &source, &mut outcome);
+            }
         }
         self.sweep_if_due(now);
         outcome.changes = self.drain_changes();
@@ -843,7 +856,7 @@ impl Engine {
                         .events
                         .iter()
                         .filter(|e| (from..=to).contains(&e.time.as_millisecond()))
-                        .cloned()
+                        .map(|e| Arc::new(e.clone()))
                         .collect(),
                     count: counted,
                     trigger: Some(Trigger::Threshold {
@@ -896,11 +909,11 @@ impl Engine {
                         .then_some((at, current, average))
                 });
                 let (at, current, average) = rise?;
-                let events: Vec<Event> = window
+                let events: Vec<Arc<Event>> = window
                     .events
                     .iter()
                     .filter(|e| ((at - w_ms + 1)..=at).contains(&e.time.as_millisecond()))
-                    .cloned()
+                    .map(|e| Arc::new(e.clone()))
                     .collect();
                 let alert_pending = Pending {
                     group: pending.group,
@@ -1087,7 +1100,7 @@ impl Engine {
                     due: deadline.due,
                 }),
             );
-            p.push(&deadline.event);
+            p.push(&deadline.event, &mut None);
             outcome.alerts.push(make_alert(
                 rule,
                 &format!("overdue\u{1f}{}", gref.group_key),
@@ -1338,8 +1351,8 @@ fn summary_alert(rule: &Rule, of: FoldedOf, folded: Vec<Raised>, source: &Source
     let matches: u64 = folded.iter().map(|r| r.pending.count).sum();
     let suppressed_before = folded.iter().map(|r| r.suppressed_before).sum();
     let mut districts: HashSet<String> = HashSet::new();
-    let mut sample: Vec<Event> = Vec::new();
-    let mut spare: Vec<Event> = Vec::new();
+    let mut sample: Vec<Arc<Event>> = Vec::new();
+    let mut spare: Vec<Arc<Event>> = Vec::new();
     let mut too_many_districts = false;
     for event in folded.iter().flat_map(|r| r.pending.events.iter()) {
         let district = event
@@ -1464,16 +1477,22 @@ fn make_alert(
     // Deadline notices and silence go straight to their partners; review is for
     // what a panel must assess before it is shared (matches, thresholds, new substances, rates).
     let reviewed = !rule.review.is_empty() && trigger.is_reviewable();
+    // The last holder of a shared event takes it; the others copy it.
+    let events: Vec<Event> = pending
+        .events
+        .into_iter()
+        .map(Arc::unwrap_or_clone)
+        .collect();
     Alert {
         id: alert_id(rule, key, now, discriminator),
         rule_id: rule.id.clone(),
-        district: crate::alerts::common_district(&pending.events, &rule.district_field),
+        district: crate::alerts::common_district(&events, &rule.district_field),
         group: pending.group,
         severity: rule.severity,
         created_at: now,
         event_count: pending.count,
         suppressed_before,
-        events: pending.events,
+        events,
         status: if reviewed {
             AlertStatus::InReview
         } else {
@@ -1488,13 +1507,29 @@ fn make_alert(
 /// The group key: the `group_by` values, case-folded so "Bolton" and "BOLTON" group together.
 fn group_key(rule: &Rule, event: &Event) -> String {
     let mut key = String::new();
+    group_key_into(rule, event, &mut key);
+    key
+}
+
+/// [`group_key`] into `key`, reusing its allocation: a text value in ASCII
+/// (nearly every district or lab) is folded in place, anything else as
+/// `group_key` always did (`str::to_lowercase` knows a final sigma).
+fn group_key_into(rule: &Rule, event: &Event, key: &mut String) {
+    key.clear();
     for (i, field) in rule.group_by.iter().enumerate() {
         if i > 0 {
             key.push('\u{1f}');
         }
-        key.push_str(&event.text(field).trim().to_lowercase());
+        match event.get(field) {
+            Some(Value::Text(text)) if text.is_ascii() => {
+                let start = key.len();
+                key.push_str(text.trim());
+                key[start..].make_ascii_lowercase();
+            }
+            Some(value) => key.push_str(&value.to_string().trim().to_lowercase()),
+            None => {}
+        }
     }
-    key
 }
 
 fn group_values(rule: &Rule, event: &Event) -> BTreeMap<String, String> {

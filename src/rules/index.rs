@@ -4,18 +4,23 @@
 //! false on their first test. This index is compiled once per [`RuleSet`] and
 //! answers, per row, which rules of the row's feed are worth evaluating:
 //!
-//! - From each rule's condition it derives a *necessary* condition: a set of
-//!   atoms, one of which is true whenever the condition is. The atoms are
-//!   tests it can answer for every rule at once: `field == "text"` and
-//!   `field == number` (a value → rules map per field), `field in list` (a
-//!   normalised term → rules map), `field ~ /re/` (one [`RegexSet`] per field),
-//!   `exists(field)`. For `and` one conjunct suffices (the most selective:
-//!   equality or list, then regex, then exists); for `or` every branch must
-//!   have one (the union); `not`, `!=`, `!~`, `not in` and orderings have none.
-//!   A rule without one is *always evaluated*.
-//! - Per row, the candidates are the rules an atom of the row selects, plus the
-//!   always-evaluated rules, in the rule set's order; the engine then runs each
-//!   candidate's full condition.
+//! - From each rule's condition it derives *necessary* conditions: clauses
+//!   that all hold whenever the condition does, each a set of atoms one of
+//!   which is true. The atoms are tests it can answer for every rule at once:
+//!   `field == "text"` and `field == number` (a value → rules map per field),
+//!   `field in list` (a normalised term → rules map), `field ~ /re/` (one
+//!   [`RegexSet`] per field), `exists(field)`. Each conjunct of an `and` gives
+//!   its clauses; an `or` gives one, the union of one clause per branch (every
+//!   branch must have one); `not`, `!=`, `!~`, `not in` and orderings give
+//!   none. A rule without a clause is *always evaluated*.
+//! - Per row, the candidates are the rules all of whose clauses an atom of the
+//!   row satisfies, plus the always-evaluated rules, in the rule set's order;
+//!   the engine then runs each candidate's full condition. A rule's cheapest
+//!   clause (equality or list, then regex, then exists) marks the rule itself,
+//!   the others a bit each that is checked only for the rules so marked: so
+//!   `postcode_district in ["M1"] and substances_major in nitazenes`, written
+//!   for each of many areas, is a candidate only on a row of its area that
+//!   holds a nitazene, whichever test is the rarer.
 //!
 //! **The invariant: the candidates include every rule whose `when` matches**,
 //! so index plus evaluation gives exactly what evaluating every rule gives.
@@ -89,17 +94,27 @@ impl RuleIndex {
 }
 
 /// One feed's rules and the tables that select among them.
+///
+/// The tables mark bits: a rule's *first* clause (its cheapest) marks the
+/// rule's own bit, at its position; each further clause marks a bit of its
+/// own, after the rules' words. A rule is a candidate when its bit is set and
+/// so are all its further clauses' (`others`).
 #[derive(Debug, Clone, Default)]
 pub struct FeedIndex {
     /// The rules, by position: rule set indices in ascending order.
     rules: Vec<usize>,
     /// Positions always evaluated, as a bitset over `rules`.
     always: Vec<u64>,
+    /// The bit of each rule's further clauses, by rule position.
+    others: Vec<Box<[u32]>>,
+    /// Words in the bitset: rules and further clauses.
+    words: usize,
     /// The indexed tests, by field.
     fields: Vec<FieldTable>,
 }
 
-/// The indexed tests on one field. Each list holds rule positions.
+/// The indexed tests on one field. Each list holds the bits it marks (rule
+/// positions, further clauses' bits).
 #[derive(Debug, Clone)]
 struct FieldTable {
     /// Reads the field as the conditions do (by slot when bound).
@@ -159,47 +174,63 @@ impl<'c> Atom<'c> {
     }
 }
 
-/// A necessary condition of `cond`: atoms one of which holds whenever `cond`
-/// does (`None`: no such set of indexable atoms).
-fn necessary(cond: &Condition) -> Option<Vec<Atom<'_>>> {
+/// Necessary conditions of `cond`, as clauses that must all hold when `cond`
+/// does, each a set of atoms one of which holds (empty: nothing indexable is
+/// known). Every conjunct of an `and` gives its clauses, so a rule can be
+/// left out on any of them; an `or` is one clause, the union of one clause
+/// from each branch (the cheapest), or none if a branch has none.
+fn clauses(cond: &Condition) -> Vec<Vec<Atom<'_>>> {
     match cond {
-        Condition::Always | Condition::Not(_) => None,
-        Condition::And(a, b) => match (necessary(a), necessary(b)) {
-            (Some(x), Some(y)) => Some(if total_cost(&y) < total_cost(&x) {
-                y
-            } else {
-                x
-            }),
-            (x, y) => x.or(y),
-        },
-        Condition::Or(a, b) => {
-            let mut atoms = necessary(a)?;
-            atoms.extend(necessary(b)?);
-            Some(atoms)
+        Condition::Always | Condition::Not(_) => Vec::new(),
+        Condition::And(a, b) => {
+            let mut all = clauses(a);
+            all.extend(clauses(b));
+            all
         }
-        Condition::Exists(field) => Some(vec![Atom::Exists(field)]),
+        Condition::Or(a, b) => match (cheapest(clauses(a)), cheapest(clauses(b))) {
+            (Some(mut x), Some(y)) => {
+                x.extend(y);
+                vec![x]
+            }
+            _ => Vec::new(),
+        },
+        Condition::Exists(field) => vec![vec![Atom::Exists(field)]],
         Condition::Compare {
             field,
             op: CompareOp::Eq,
             literal,
         } => match literal {
-            Literal::Text(text) => Some(vec![Atom::TextEq(field, text)]),
-            Literal::Number(n) => Some(vec![Atom::NumberEq(field, *n)]),
-            Literal::Time(_) => None,
+            Literal::Text(text) => vec![vec![Atom::TextEq(field, text)]],
+            Literal::Number(n) => vec![vec![Atom::NumberEq(field, *n)]],
+            Literal::Time(_) => Vec::new(),
         },
-        Condition::Compare { .. } => None,
+        Condition::Compare { .. } => Vec::new(),
         Condition::Regex {
             field,
             regex,
             negated: false,
-        } => Some(vec![Atom::Regex(field, regex)]),
+        } => vec![vec![Atom::Regex(field, regex)]],
         Condition::In {
             field,
             set,
             negated: false,
-        } => Some(vec![Atom::In(field, set)]),
-        Condition::Regex { negated: true, .. } | Condition::In { negated: true, .. } => None,
+        } => vec![vec![Atom::In(field, set)]],
+        Condition::Regex { negated: true, .. } | Condition::In { negated: true, .. } => Vec::new(),
     }
+}
+
+/// The clause expected to let the fewest rows through (the first of equals).
+fn cheapest(clauses: Vec<Vec<Atom<'_>>>) -> Option<Vec<Atom<'_>>> {
+    let mut best: Option<Vec<Atom<'_>>> = None;
+    for clause in clauses {
+        if best
+            .as_ref()
+            .is_none_or(|b| total_cost(&clause) < total_cost(b))
+        {
+            best = Some(clause);
+        }
+    }
+    best
 }
 
 fn total_cost(atoms: &[Atom<'_>]) -> u32 {
@@ -223,54 +254,52 @@ pub struct IndexScratch {
 impl FeedIndex {
     /// Indexes `conditions`: (rule set index, the rule's `when`), in ascending index order.
     pub fn build(conditions: &[(usize, &Condition)]) -> FeedIndex {
-        let words = conditions.len().div_ceil(64);
+        let rule_words = conditions.len().div_ceil(64);
+        // A rule set holds far fewer than 2^32 rules and clauses.
+        let others_base = (rule_words * 64) as u32;
         let mut index = FeedIndex {
             rules: conditions.iter().map(|(i, _)| *i).collect(),
-            always: vec![0; words],
+            always: vec![0; rule_words],
+            others: Vec::with_capacity(conditions.len()),
+            words: rule_words,
             fields: Vec::new(),
         };
+        let mut next_bit = others_base;
         // Distinct regexes per field, by source text (same text, same regex).
         let mut patterns: Vec<Vec<(Regex, Vec<u32>)>> = Vec::new();
         for (position, (_, condition)) in conditions.iter().enumerate() {
-            // A rule set holds far fewer than 2^32 rules.
             let position = position as u32;
-            let atoms = necessary(condition)
+            let mut found: Vec<Vec<Atom<'_>>> = clauses(condition)
+                .into_iter()
                 // An atom on a field without a slot cannot be read like the
-                // condition reads it: evaluate the rule instead.
-                .filter(|atoms| atoms.iter().all(|a| a.field().slot().is_some()));
-            let Some(atoms) = atoms else {
+                // condition reads it: that clause is not used (the others
+                // still must hold).
+                .filter(|clause| clause.iter().all(|a| a.field().slot().is_some()))
+                .collect();
+            // The cheapest first: it marks the rule's own bit, so most rows
+            // leave the rule out without a look at its other clauses.
+            if let Some(first) = (0..found.len()).min_by_key(|&c| total_cost(&found[c])) {
+                found.swap(0, first);
+            }
+            if found.is_empty() {
                 index.always[position as usize / 64] |= 1 << (position % 64);
-                continue;
-            };
-            for atom in atoms {
-                let t = index.table(atom.field());
-                if patterns.len() <= t {
-                    patterns.resize_with(t + 1, Vec::new);
-                }
-                let table = &mut index.fields[t];
-                match atom {
-                    Atom::TextEq(_, text) => {
-                        push_rule(table.text_eq.entry(text.into()).or_default(), position)
-                    }
-                    Atom::NumberEq(_, n) => {
-                        push_rule(table.number_eq.entry(number_key(n)).or_default(), position)
-                    }
-                    Atom::In(_, set) => {
-                        for term in set.normalised_terms() {
-                            push_rule(table.terms.entry(term.into()).or_default(), position);
-                        }
-                    }
-                    Atom::Regex(_, regex) => {
-                        let known = &mut patterns[t];
-                        match known.iter_mut().find(|(r, _)| r.as_str() == regex.as_str()) {
-                            Some((_, rules)) => push_rule(rules, position),
-                            None => known.push((regex.clone(), vec![position])),
-                        }
-                    }
-                    Atom::Exists(_) => push_rule(&mut table.exists, position),
+            }
+            let mut others = Vec::with_capacity(found.len().saturating_sub(1));
+            for (c, clause) in found.into_iter().enumerate() {
+                let bit = if c == 0 {
+                    position
+                } else {
+                    next_bit += 1;
+                    others.push(next_bit - 1);
+                    next_bit - 1
+                };
+                for atom in clause {
+                    index.add(atom, bit, &mut patterns);
                 }
             }
+            index.others.push(others.into_boxed_slice());
         }
+        index.words = (next_bit as usize).div_ceil(64).max(rule_words);
         for (table, known) in index.fields.iter_mut().zip(patterns) {
             if known.is_empty() {
                 continue;
@@ -283,6 +312,34 @@ impl FeedIndex {
             });
         }
         index
+    }
+
+    /// Makes `atom` mark `bit`.
+    fn add(&mut self, atom: Atom<'_>, bit: u32, patterns: &mut Vec<Vec<(Regex, Vec<u32>)>>) {
+        let t = self.table(atom.field());
+        if patterns.len() <= t {
+            patterns.resize_with(t + 1, Vec::new);
+        }
+        let table = &mut self.fields[t];
+        match atom {
+            Atom::TextEq(_, text) => push_rule(table.text_eq.entry(text.into()).or_default(), bit),
+            Atom::NumberEq(_, n) => {
+                push_rule(table.number_eq.entry(number_key(n)).or_default(), bit)
+            }
+            Atom::In(_, set) => {
+                for term in set.normalised_terms() {
+                    push_rule(table.terms.entry(term.into()).or_default(), bit);
+                }
+            }
+            Atom::Regex(_, regex) => {
+                let known = &mut patterns[t];
+                match known.iter_mut().find(|(r, _)| r.as_str() == regex.as_str()) {
+                    Some((_, rules)) => push_rule(rules, bit),
+                    None => known.push((regex.clone(), vec![bit])),
+                }
+            }
+            Atom::Exists(_) => push_rule(&mut table.exists, bit),
+        }
     }
 
     /// The table of `field`, made if new (fields are told apart by slot).
@@ -323,31 +380,36 @@ impl FeedIndex {
         out.clear();
         work.bits.clear();
         work.bits.extend_from_slice(&self.always);
+        work.bits.resize(self.words, 0);
         for table in &self.fields {
             if let Some(value) = table.field.value(event, scratch) {
                 table.select(value, work);
             }
         }
-        for (w, &word) in work.bits.iter().enumerate() {
+        let bits = &work.bits;
+        let is_set = |b: u32| bits[b as usize / 64] & (1 << (b % 64)) != 0;
+        for (w, &word) in bits[..self.always.len()].iter().enumerate() {
             let mut word = word;
             while word != 0 {
-                let bit = word.trailing_zeros() as usize;
-                out.push(self.rules[w * 64 + bit]);
+                let position = w * 64 + word.trailing_zeros() as usize;
+                if self.others[position].iter().all(|&b| is_set(b)) {
+                    out.push(self.rules[position]);
+                }
                 word &= word - 1;
             }
         }
     }
 }
 
-fn push_rule(rules: &mut Vec<u32>, position: u32) {
-    // A rule may name one value twice (`a == "x" or a == "X"`).
-    if rules.last() != Some(&position) {
-        rules.push(position);
+fn push_rule(bits: &mut Vec<u32>, bit: u32) {
+    // A clause may name one value twice (`a == "x" or a == "X"`).
+    if bits.last() != Some(&bit) {
+        bits.push(bit);
     }
 }
 
-fn mark(bits: &mut [u64], rules: &[u32]) {
-    for &p in rules {
+fn mark(bits: &mut [u64], marked: &[u32]) {
+    for &p in marked {
         bits[p as usize / 64] |= 1 << (p % 64);
     }
 }

@@ -341,6 +341,33 @@ fn the_rule_scale_benchmark_rules_select_what_evaluating_all_selects_and_fewer()
     );
 }
 
+#[test]
+fn the_national_rules_select_what_evaluating_all_selects_and_few() {
+    // The 20 replay rules for each of 45 areas and 100 unindexable rules
+    // (bench/rule-scale/gen_national.py): the area and the finding must both
+    // hold for a copy to be a candidate.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("national-1000.toml");
+    let status = std::process::Command::new("python3")
+        .arg(repo("bench/rule-scale/gen_national.py"))
+        .args(["1000"])
+        .arg(&out)
+        .status()
+        .expect("python3 runs bench/rule-scale/gen_national.py");
+    assert!(status.success(), "gen_national.py failed");
+    let (config, set, texts) = load(&repo("bench/replay/config.toml"), &[out]);
+    assert_eq!(set.rules.len(), 1000);
+    assert_eq!(set.index().coverage(), (900, 100));
+    for seed in 30..=31 {
+        let share = check_rule_set(&set, &config, &texts, seed, 2_000);
+        assert!(
+            share < 0.12,
+            "on random rows {:.1} % of the rules were candidates (10 % are always evaluated)",
+            share * 100.0
+        );
+    }
+}
+
 // ------------------------------------------------------------ random conditions
 
 const FIELDS: [&str; 4] = ["a", "b", "c", "n"];
@@ -614,6 +641,23 @@ fn an_and_is_indexed_by_its_most_selective_test() {
     left_out(
         r#"a ~ "." and b in L1"#,
         &[("a", text("1")), ("b", text("y"))],
+    );
+    // Every conjunct it can test must hold, whichever is the cheaper.
+    left_out(
+        r#"a in L1 and b == "x""#,
+        &[("a", text("Y-Z")), ("b", text("y"))],
+    );
+    left_out(
+        r#"a == "q" and b ~ "^x" and exists(c)"#,
+        &[("a", text("q")), ("b", text("x")), ("d", text("1"))],
+    );
+    left_out(
+        r#"(a == "q" or a == "r") and (b == "x" or c == "x")"#,
+        &[("a", text("r")), ("b", text("y")), ("c", text("y"))],
+    );
+    selected(
+        r#"(a == "q" or a == "r") and (b == "x" or c == "x") and exists(a)"#,
+        &[("a", text("r")), ("b", text("y")), ("c", text("X"))],
     );
     // Ordering, `!=` and negations fall back to another conjunct, or to always.
     left_out(r#"a > 3 and b == "x""#, &[("a", text("5"))]);
