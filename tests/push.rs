@@ -567,12 +567,14 @@ push_token_file = "secrets/x.token"
     let wrong = push_to(&base, "xlsx_lab", Some(TOKEN_B), "text/csv", "a,b\n", &[]);
     assert_eq!(wrong.status, 415, "{}", wrong.json);
 
+    // Made once: a workbook's bytes carry the time it was made, and a retry sends the same bytes.
+    let workbook = nitazene_workbook();
     let answer = push_to(
         &base,
         "xlsx_lab",
         Some(TOKEN_B),
         XLSX,
-        nitazene_workbook(),
+        workbook.clone(),
         &[("X-Filename", "results.xlsx")],
     );
     assert_eq!(answer.status, 200, "{}", answer.json);
