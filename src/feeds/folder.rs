@@ -417,53 +417,39 @@ const PUSH_SPOOL_PREFIX: &str = ".earlywarn-push-";
 /// and the spools of pushes it left in the feed folder (its own files only:
 /// a producer's file of the same name is not ours to remove).
 pub fn remove_stale_temporaries(folders: &FeedFolders) {
-    remove_stale_spools(folders);
-    let Ok(dir) = rustix::fs::openat(
-        &folders.rejected,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return;
-    };
-    let Ok(mut entries) = rustix::fs::Dir::read_from(dir.as_fd()) else {
-        return;
-    };
     let own = format!(".earlywarn-{}-", std::process::id());
-    while let Some(Ok(entry)) = entries.next() {
-        let name = entry.file_name().to_bytes();
-        if name.starts_with(b".earlywarn-")
-            && name.ends_with(b".tmp")
-            && !name.starts_with(own.as_bytes())
-        {
-            let _ = rustix::fs::unlinkat(&folders.rejected, entry.file_name(), AtFlags::empty());
-        }
-    }
-}
-
-fn remove_stale_spools(folders: &FeedFolders) {
-    let Ok(dir) = rustix::fs::openat(
-        &folders.dir,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return;
-    };
-    let Ok(mut entries) = rustix::fs::Dir::read_from(dir.as_fd()) else {
-        return;
-    };
+    remove_stale(&folders.rejected, b".earlywarn-", &own, |_| true);
     let own = format!("{PUSH_SPOOL_PREFIX}{}-", std::process::id());
     let me = rustix::process::geteuid().as_raw();
+    // The feed folder is the producer's too: only a regular file this user owns is ours.
+    remove_stale(&folders.dir, PUSH_SPOOL_PREFIX.as_bytes(), &own, |name| {
+        rustix::fs::statat(&folders.dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_uid == me && st.st_mode & libc::S_IFMT == libc::S_IFREG)
+    });
+}
+
+/// Unlinks the entries of `dir` named `PREFIX….tmp` that this process did not
+/// make (`own` starts the names it makes) and that `ours` accepts.
+fn remove_stale(dir: &OwnedFd, prefix: &[u8], own: &str, ours: impl Fn(&std::ffi::CStr) -> bool) {
+    let Ok(listing) = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let Ok(mut entries) = rustix::fs::Dir::read_from(listing.as_fd()) else {
+        return;
+    };
     while let Some(Ok(entry)) = entries.next() {
         let name = entry.file_name().to_bytes();
-        if name.starts_with(PUSH_SPOOL_PREFIX.as_bytes())
+        if name.starts_with(prefix)
             && name.ends_with(b".tmp")
             && !name.starts_with(own.as_bytes())
-            && rustix::fs::statat(&folders.dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| st.st_uid == me && st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            && ours(entry.file_name())
         {
-            let _ = rustix::fs::unlinkat(&folders.dir, entry.file_name(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(dir, entry.file_name(), AtFlags::empty());
         }
     }
 }
