@@ -6,6 +6,9 @@
 //!   outbox rows commit together or not at all. The file is moved only after.
 //! - WAL with `synchronous = FULL`: a commit that acknowledges a file is on
 //!   disk before the file leaves the incoming folder, even across power loss.
+//!   Two bookkeeping writes, the attempt count and the first hand-off time,
+//!   commit with `NORMAL` ([`RelaxedSync`]): they survive a process kill, and
+//!   a power cut can only cost a file one more try or a retry a later `Date`.
 //! - An outbox row is `pending` until the mail server accepted it (`sent`) or
 //!   refused it for good (`failed`). Nothing deletes a pending row.
 //! - The schema is versioned in `PRAGMA user_version` and changes only through

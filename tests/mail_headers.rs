@@ -436,9 +436,7 @@ fn an_email_handed_off_before_a_kill_keeps_its_first_date_after_the_restart() {
     let db = dir.path().join("state/earlywarn.db");
     let handed_off = || -> Option<i64> {
         rusqlite::Connection::open(&db)
-            .and_then(|c| {
-                c.query_row("SELECT MAX(handed_off_at) FROM outbox", [], |r| r.get(0))
-            })
+            .and_then(|c| c.query_row("SELECT MAX(handed_off_at) FROM outbox", [], |r| r.get(0)))
             .ok()
             .flatten()
     };
