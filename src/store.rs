@@ -6,6 +6,9 @@
 //!   outbox rows commit together or not at all. The file is moved only after.
 //! - WAL with `synchronous = FULL`: a commit that acknowledges a file is on
 //!   disk before the file leaves the incoming folder, even across power loss.
+//!   Two bookkeeping writes, the attempt count and the first hand-off time,
+//!   commit with `NORMAL` ([`RelaxedSync`]): they survive a process kill, and
+//!   a power cut can only cost a file one more try or a retry a later `Date`.
 //! - An outbox row is `pending` until the mail server accepted it (`sent`) or
 //!   refused it for good (`failed`). Nothing deletes a pending row.
 //! - The schema is versioned in `PRAGMA user_version` and changes only through
@@ -951,11 +954,18 @@ impl Store {
     /// When row `id` was first handed to the transport: recorded as `now` on
     /// the first call, and that first time returned on every later one, so
     /// every retry of the email carries the same `Date` (SPEC §7).
+    ///
+    /// Written without waiting for an fsync ([`RelaxedSync`]): a process crash
+    /// or kill keeps it (it is in the WAL, in the OS's page cache), the next
+    /// `FULL` commit on any connection makes it durable, and a power cut
+    /// before that only means a retry carries a later `Date`.
     pub fn hand_off_time(&self, id: i64, now: Timestamp) -> Result<Timestamp> {
+        let relaxed = RelaxedSync::start(&self.conn)?;
         self.conn.execute(
             "UPDATE outbox SET handed_off_at = ?2 WHERE id = ?1 AND handed_off_at IS NULL",
             params![id, ms(now)],
         )?;
+        relaxed.end()?;
         let at: Option<i64> = self
             .conn
             .query_row(
@@ -1583,25 +1593,27 @@ impl FileTx<'_> {
 }
 
 impl Store {
-    /// Records, durably, that processing of a file's content starts now, and
-    /// returns how many earlier tries never ended (crashed or killed).
+    /// Records that processing of a file's content starts now, and returns
+    /// how many earlier tries never ended (crashed or killed).
+    ///
+    /// Written without waiting for an fsync ([`RelaxedSync`]): the count must
+    /// survive the process crashing or being killed while it reads the file,
+    /// and it does (the commit is in the WAL, in the OS's page cache). Only a
+    /// power cut before the next `FULL` commit (the file's own, which syncs
+    /// the WAL and so everything before it) can lose one count, and then the
+    /// file is merely tried once more before it is set aside.
     pub fn begin_attempt(&mut self, feed: &str, sha256: &str) -> Result<u32> {
-        let tx = self.begin()?;
-        let earlier: Option<u32> = tx
-            .tx
-            .query_row(
-                "SELECT tries FROM file_attempts WHERE feed = ?1 AND sha256 = ?2",
-                params![feed, sha256],
-                |r| r.get(0),
-            )
-            .optional()?;
-        tx.tx.execute(
+        let relaxed = RelaxedSync::start(&self.conn)?;
+        // One statement, so one implicit transaction: the count read is the one written.
+        let tries: u32 = self.conn.query_row(
             "INSERT INTO file_attempts (feed, sha256, tries) VALUES (?1, ?2, 1)
-             ON CONFLICT (feed, sha256) DO UPDATE SET tries = tries + 1",
+             ON CONFLICT (feed, sha256) DO UPDATE SET tries = tries + 1
+             RETURNING tries",
             params![feed, sha256],
+            |r| r.get(0),
         )?;
-        tx.commit()?;
-        Ok(earlier.unwrap_or(0))
+        relaxed.end()?;
+        Ok(tries.saturating_sub(1))
     }
 
     /// Forgets a file's tries when its processing ended without a commit of
@@ -1610,6 +1622,53 @@ impl Store {
         let tx = self.begin()?;
         tx.end_attempt(feed, sha256)?;
         tx.commit()
+    }
+}
+
+/// `PRAGMA synchronous = NORMAL` on one connection for one write that need
+/// not wait for an fsync, `FULL` again when it ends or is dropped (an error,
+/// a panic), so every other write, above all a file's transaction, stays
+/// `FULL`. Made and ended outside any transaction: SQLite applies the setting
+/// at commit.
+///
+/// Why NORMAL is enough for such a write (SQLite's `PRAGMA synchronous` and
+/// WAL documentation): in WAL mode a NORMAL commit is written to the WAL but
+/// not synced; "transactions are durable across application crashes
+/// regardless of the synchronous setting", and only a power loss or OS crash
+/// may roll it back. The WAL is one append-only file, so the fsync a later
+/// `FULL` commit makes of it, on any connection, makes every earlier frame
+/// durable too; a checkpoint syncs the WAL before copying it back.
+#[must_use = "the connection is NORMAL until this is ended or dropped"]
+pub(crate) struct RelaxedSync<'c> {
+    conn: &'c Connection,
+    restored: bool,
+}
+
+impl<'c> RelaxedSync<'c> {
+    pub(crate) fn start(conn: &'c Connection) -> Result<Self> {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(RelaxedSync {
+            conn,
+            restored: false,
+        })
+    }
+
+    /// Back to `FULL`, saying whether that worked (a drop can only log it).
+    pub(crate) fn end(mut self) -> Result<()> {
+        let restored = self.conn.pragma_update(None, "synchronous", "FULL");
+        // On failure the drop tries once more, and logs it.
+        self.restored = restored.is_ok();
+        Ok(restored?)
+    }
+}
+
+impl Drop for RelaxedSync<'_> {
+    fn drop(&mut self) {
+        if !self.restored
+            && let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL")
+        {
+            tracing::error!(error = %e, "Cannot set the database connection back to synchronous = FULL");
+        }
     }
 }
 
@@ -2591,6 +2650,56 @@ mod tests {
             t0,
             "across a restart"
         );
+    }
+
+    fn synchronous(store: &Store) -> i64 {
+        store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    const FULL: i64 = 2;
+
+    #[test]
+    fn the_attempt_count_and_hand_off_leave_the_connection_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(synchronous(&store), FULL);
+        assert_eq!(store.begin_attempt("f", "abc").unwrap(), 0);
+        assert_eq!(store.begin_attempt("f", "abc").unwrap(), 1);
+        assert_eq!(store.begin_attempt("g", "abc").unwrap(), 0, "per feed");
+        assert_eq!(synchronous(&store), FULL);
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap();
+        store
+            .store_alert(
+                &test_alert("EW-1", crate::config::Severity::Critical, t0),
+                &[("p".into(), test_email("EW-1"))],
+                t0,
+            )
+            .unwrap();
+        let id = store.due(t0, 1).unwrap()[0].id;
+        assert_eq!(store.hand_off_time(id, t0).unwrap(), t0);
+        assert_eq!(synchronous(&store), FULL);
+        drop(store);
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.begin_attempt("f", "abc").unwrap(), 2, "kept");
+        store.end_attempt("f", "abc").unwrap();
+        assert_eq!(store.begin_attempt("f", "abc").unwrap(), 0, "forgotten");
+    }
+
+    #[test]
+    fn a_relaxed_write_that_fails_still_restores_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failed = (|| -> Result<()> {
+            let _relaxed = RelaxedSync::start(&store.conn)?;
+            assert_eq!(synchronous(&store), 1, "NORMAL inside");
+            store.conn.execute("UPDATE no_such_table SET x = 1", [])?;
+            Ok(())
+        })();
+        assert!(failed.is_err());
+        assert_eq!(synchronous(&store), FULL);
     }
 
     #[test]

@@ -416,6 +416,60 @@ fn over_smtp_a_retried_email_keeps_the_date_of_its_first_hand_off() {
 }
 
 #[test]
+fn an_email_handed_off_before_a_kill_keeps_its_first_date_after_the_restart() {
+    let dir = e2e_support::tempdir();
+    // The first exchange hangs after DATA: the daemon is killed while it waits
+    // for the outcome, after the hand-off time was written (without an fsync).
+    let mut smtp = SmtpServer::start(SmtpOptions::new().mode(SmtpMode::StallAfterData));
+    let rules = format!(
+        "{}\n[[rule]]\nid = \"nitazene-detected\"\nname = \"Nitazene detected in a tested sample\"\nfeed = \"drug_testing\"\nwhen = 'substances_major in nitazenes'\nseverity = \"critical\"\nnotify = [\"bolton\"]\n",
+        e2e_support::NITAZENE_LISTS
+    );
+    let config = write_config(dir.path(), &smtp_mail_lines(&smtp, dir.path()), &rules);
+    let mut daemon = start_daemon(&config);
+    let started = now_floor();
+    write_atomically(
+        &dir.path().join("in/drug-testing"),
+        "results.csv",
+        csv(&[row("S-1", "Bolton", "protonitazene", "", "")]),
+    );
+    let db = dir.path().join("state/earlywarn.db");
+    let handed_off = || -> Option<i64> {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT MAX(handed_off_at) FROM outbox", [], |r| r.get(0)))
+            .ok()
+            .flatten()
+    };
+    assert!(
+        support::wait_until(WAIT, || !smtp.attempt_times().is_empty()
+            && handed_off().is_some()),
+        "the daemon never handed the email off:\n{}",
+        daemon.log()
+    );
+    daemon.sigkill();
+    daemon.wait_exit(WAIT).expect("killed");
+    let first = handed_off().expect("the hand-off time survives the kill");
+    // Restarted in a later second, so a Date taken now would show.
+    wait_for_a_later_second(jiff::Timestamp::from_millisecond(first).unwrap());
+    let restarted = now_floor();
+    smtp.restart_with(SmtpMode::Accept);
+    let daemon = start_daemon(&config);
+    let mails = smtp.wait_for(1, WAIT);
+    stop_daemon(daemon);
+    assert_eq!(mails.len(), 1);
+    let date = date_of(&mails[0]);
+    assert!(
+        date >= started && date < restarted,
+        "dated {date}: handed off first between {started} and {restarted}"
+    );
+    assert_eq!(
+        date,
+        jiff::Timestamp::from_second(first.div_euclid(1000)).unwrap(),
+        "the stored first hand-off, to the second"
+    );
+}
+
+#[test]
 fn the_test_email_is_a_proper_mime_message_that_says_who_sent_it() {
     let dir = e2e_support::tempdir();
     let smtp = SmtpServer::start(
