@@ -338,8 +338,10 @@ struct FieldMemo {
     /// foldhash, keyed at random per process, not FxHash: the keys are what
     /// a feed's files contain, and values crafted to collide under an unkeyed
     /// hash would make every lookup walk the memo (at worst its bounded
-    /// entries; std's SipHash cost more than the memo saved).
-    entries: HashMap<Box<str>, Box<[u32]>, foldhash::fast::RandomState>,
+    /// entries; std's SipHash cost more than the memo saved). Keys are
+    /// `CompactString`s: a code up to 24 bytes is compared in the bucket
+    /// itself, without a pointer to follow.
+    entries: HashMap<compact_str::CompactString, Box<[u32]>, foldhash::fast::RandomState>,
     bytes: usize,
     /// Lookups and hits in the current window (see [`MemoLimits::window`]).
     lookups: u32,
@@ -378,7 +380,8 @@ impl FieldMemo {
         let size = text.len() + bits.len() * 4 + ENTRY_OVERHEAD;
         if self.entries.len() < limits.entries && self.bytes + size <= limits.bytes {
             self.bytes += size;
-            self.entries.insert(text.into(), bits.into());
+            self.entries
+                .insert(compact_str::CompactString::from(text), bits.into());
         }
     }
 }
