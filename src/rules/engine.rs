@@ -390,7 +390,8 @@ pub struct Engine {
     /// Deadline rule indices by the feed of their closing records.
     /// Shared slices, so that observing an event can hold them while it changes state.
     /// (Which rules an event is tested against is the rule set's `index`.)
-    closers_by_feed: HashMap<String, Arc<[usize]>>,
+    /// FxHash: looked up once per row by feed names from the config, not from files.
+    closers_by_feed: rustc_hash::FxHashMap<String, Arc<[usize]>>,
     state: EngineState,
     /// Keys changed since the last `finish` or `tick`.
     dirty: BTreeSet<(StateKind, GroupRef)>,

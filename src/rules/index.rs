@@ -31,6 +31,13 @@
 //! list). `src/rules/index/tests.rs` checks this on the shipped and benchmark
 //! rules and on random conditions over random rows.
 //!
+//! Feed values repeat (substances, forms, districts): [`IndexScratch`] keeps,
+//! per field, a bounded memo from an element's exact text to every bit the
+//! tables mark for it, so a repeated value costs one hash lookup. It is
+//! frozen when full (entries, bytes) and switched off on a field whose values
+//! rarely repeat (free text, ids); an entry is what the tables give for its
+//! text, so the memo never changes an answer (the tests compare the two).
+//!
 //! Pure: no I/O. Only the `when` of observed rules is indexed; a deadline's
 //! `until` is evaluated on every row of its feed, as before.
 //!
@@ -44,6 +51,7 @@ use crate::rules::{Rule, RuleKind};
 use regex::{Regex, RegexSet};
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(test)]
 mod tests;
@@ -51,7 +59,9 @@ mod tests;
 /// The index of a whole rule set: one [`FeedIndex`] per feed.
 #[derive(Debug, Clone, Default)]
 pub struct RuleIndex {
-    feeds: HashMap<String, FeedIndex>,
+    /// FxHash: looked up once per row, by feed names the operator's config
+    /// gives (not chosen by whoever writes a feed's files).
+    feeds: FxHashMap<String, FeedIndex>,
     /// How many rules it was built over, to catch a rule set changed after it.
     rule_count: usize,
 }
@@ -60,7 +70,7 @@ impl RuleIndex {
     /// Indexes the `when` of every rule the engine observes: every rule of a
     /// feed but its silence rules, which no record concerns.
     pub fn build(rules: &[Rule]) -> RuleIndex {
-        let mut by_feed: HashMap<&str, Vec<(usize, &Condition)>> = HashMap::new();
+        let mut by_feed: FxHashMap<&str, Vec<(usize, &Condition)>> = FxHashMap::default();
         for (i, rule) in rules.iter().enumerate() {
             if !matches!(rule.kind, RuleKind::Silence { .. }) {
                 by_feed.entry(&rule.feed).or_default().push((i, &rule.when));
@@ -101,6 +111,8 @@ impl RuleIndex {
 /// so are all its further clauses' (`others`).
 #[derive(Debug, Clone, Default)]
 pub struct FeedIndex {
+    /// Tells apart the indexes a reused [`IndexScratch`] has memos for (0: empty).
+    id: u64,
     /// The rules, by position: rule set indices in ascending order.
     rules: Vec<usize>,
     /// Positions always evaluated, as a bitset over `rules`.
@@ -243,13 +255,138 @@ fn number_key(n: f64) -> u64 {
     if n == 0.0 { 0 } else { n.to_bits() }
 }
 
-/// Per-row working memory of [`FeedIndex::candidates`], reused between rows.
-#[derive(Debug, Default)]
+/// Per-row working memory of [`FeedIndex::candidates`], reused between rows,
+/// and the memos of the feed index it was last used with.
+#[derive(Debug)]
 pub struct IndexScratch {
     bits: Vec<u64>,
     key: String,
     number_text: String,
+    /// The bits one missed element marks, collected for its memo entry.
+    found: Vec<u32>,
+    /// The [`FeedIndex::id`] `memos` belong to.
+    memo_for: u64,
+    /// One memo per field table of that index.
+    memos: Vec<FieldMemo>,
+    limits: MemoLimits,
 }
+
+impl Default for IndexScratch {
+    fn default() -> Self {
+        IndexScratch::with_memo_limits(MemoLimits::DEFAULT)
+    }
+}
+
+impl IndexScratch {
+    /// A scratch whose memos keep to `limits` (tests make them fill up, or off).
+    pub(crate) fn with_memo_limits(limits: MemoLimits) -> Self {
+        IndexScratch {
+            bits: Vec::new(),
+            key: String::new(),
+            number_text: String::new(),
+            found: Vec::new(),
+            memo_for: 0,
+            memos: Vec::new(),
+            limits,
+        }
+    }
+}
+
+/// How much one field's memo may hold, and when it gives up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoLimits {
+    /// Entries per field; when full, the memo is frozen (looked up, not added to).
+    pub entries: usize,
+    /// Bytes of keys and bits per field (with a fixed overhead per entry).
+    pub bytes: usize,
+    /// Longer texts are never memoised (free text, not a code).
+    pub key_bytes: usize,
+    /// After this many lookups, a memo answering fewer than a quarter of
+    /// them is switched off for the rest of the scratch's life.
+    pub window: u32,
+}
+
+impl MemoLimits {
+    /// A few thousand distinct codes per field, a quarter of a MiB at most:
+    /// a drug-testing feed has a few hundred substances, forms, districts.
+    pub(crate) const DEFAULT: MemoLimits = MemoLimits {
+        entries: 4096,
+        bytes: 256 * 1024,
+        key_bytes: 96,
+        window: 4096,
+    };
+
+    /// No memo at all: every element goes through the tables.
+    #[cfg(test)]
+    pub(crate) const OFF: MemoLimits = MemoLimits {
+        entries: 0,
+        bytes: 0,
+        key_bytes: 0,
+        window: 1,
+    };
+}
+
+/// Per field: an element's exact text → every bit the tables mark for it
+/// (`==` text and number, `in`, the regexes), so a repeated value costs one
+/// hash lookup instead of normalising it twice, two map lookups and a regex
+/// scan. Only text elements are memoised: a number's own tables are cheap.
+///
+/// The text is exactly the element, so the answer is a function of the key:
+/// an entry gives the bits the tables would give, whatever the memo's state.
+#[derive(Debug, Default)]
+struct FieldMemo {
+    /// foldhash, keyed at random per process, not FxHash: the keys are what
+    /// a feed's files contain, and values crafted to collide under an unkeyed
+    /// hash would make every lookup walk the memo (at worst its bounded
+    /// entries; std's SipHash cost more than the memo saved). Keys are
+    /// `CompactString`s: a code up to 24 bytes is compared in the bucket
+    /// itself, without a pointer to follow.
+    entries: HashMap<compact_str::CompactString, Box<[u32]>, foldhash::fast::RandomState>,
+    bytes: usize,
+    /// Lookups and hits in the current window (see [`MemoLimits::window`]).
+    lookups: u32,
+    hits: u32,
+    /// Switched off: too few repeats to pay for itself.
+    off: bool,
+}
+
+/// What an entry costs beyond its key and bits: the map's slot and two boxes' headers.
+const ENTRY_OVERHEAD: usize = 48;
+
+impl FieldMemo {
+    /// The bits of `text`, if known. May switch the memo off (then `None`).
+    fn get(&mut self, text: &str, limits: &MemoLimits) -> Option<&[u32]> {
+        if self.lookups >= limits.window {
+            if self.hits < self.lookups / 4 {
+                // Its memory is given back; it is not asked again.
+                *self = FieldMemo {
+                    off: true,
+                    ..FieldMemo::default()
+                };
+                return None;
+            }
+            self.lookups = 0;
+            self.hits = 0;
+        }
+        self.lookups += 1;
+        let found = self.entries.get(text);
+        if found.is_some() {
+            self.hits += 1;
+        }
+        found.map(|bits| &**bits)
+    }
+
+    fn insert(&mut self, text: &str, bits: &[u32], limits: &MemoLimits) {
+        let size = text.len() + bits.len() * 4 + ENTRY_OVERHEAD;
+        if self.entries.len() < limits.entries && self.bytes + size <= limits.bytes {
+            self.bytes += size;
+            self.entries
+                .insert(compact_str::CompactString::from(text), bits.into());
+        }
+    }
+}
+
+static NEXT_INDEX_ID: AtomicU64 = AtomicU64::new(1);
 
 impl FeedIndex {
     /// Indexes `conditions`: (rule set index, the rule's `when`), in ascending index order.
@@ -258,6 +395,7 @@ impl FeedIndex {
         // A rule set holds far fewer than 2^32 rules and clauses.
         let others_base = (rule_words * 64) as u32;
         let mut index = FeedIndex {
+            id: NEXT_INDEX_ID.fetch_add(1, Ordering::Relaxed),
             rules: conditions.iter().map(|(i, _)| *i).collect(),
             always: vec![0; rule_words],
             others: Vec::with_capacity(conditions.len()),
@@ -381,9 +519,15 @@ impl FeedIndex {
         work.bits.clear();
         work.bits.extend_from_slice(&self.always);
         work.bits.resize(self.words, 0);
-        for table in &self.fields {
+        if work.memo_for != self.id {
+            work.memos.clear();
+            work.memos
+                .resize_with(self.fields.len(), FieldMemo::default);
+            work.memo_for = self.id;
+        }
+        for (t, table) in self.fields.iter().enumerate() {
             if let Some(value) = table.field.value(event, scratch) {
-                table.select(value, work);
+                table.select(value, t, work);
             }
         }
         let bits = &work.bits;
@@ -416,62 +560,103 @@ fn mark(bits: &mut [u64], marked: &[u32]) {
 
 impl FieldTable {
     /// Marks the rules the present `value` selects: an atom holds when any
-    /// element of it does, as every test of a list field does.
-    fn select(&self, value: &Value, work: &mut IndexScratch) {
+    /// element of it does, as every test of a list field does. `t` is the
+    /// table's position, for its memo in `work`.
+    fn select(&self, value: &Value, t: usize, work: &mut IndexScratch) {
         let IndexScratch {
             bits,
             key,
             number_text,
+            found,
+            memos,
+            limits,
+            ..
         } = work;
         mark(bits, &self.exists);
+        let memo = &mut memos[t];
         for element in value.elements() {
-            // What a regex or `==` on text sees of the element.
-            let text: &str = match element {
-                Scalar::Text(s) => s,
-                Scalar::Number(n) => {
-                    number_text_key_into(n, number_text);
-                    number_text
+            match element {
+                Scalar::Text(s) if !memo.off && s.len() <= limits.key_bytes => {
+                    if let Some(marked) = memo.get(s, limits) {
+                        mark(bits, marked);
+                        continue;
+                    }
+                    found.clear();
+                    self.select_element(element, key, number_text, &mut |m| {
+                        found.extend_from_slice(m)
+                    });
+                    found.sort_unstable();
+                    found.dedup();
+                    mark(bits, found);
+                    if !memo.off {
+                        memo.insert(s, found, limits);
+                    }
                 }
+                _ => self.select_element(element, key, number_text, &mut |m| mark(bits, m)),
+            }
+        }
+    }
+
+    /// Hands `marked` each list of bits one element selects.
+    fn select_element(
+        &self,
+        element: Scalar<'_>,
+        key: &mut String,
+        number_text: &mut String,
+        marked: &mut impl FnMut(&[u32]),
+    ) {
+        // What a regex or `==` on text sees of the element.
+        let text: &str = match element {
+            Scalar::Text(s) => s,
+            Scalar::Number(n) => {
+                number_text_key_into(n, number_text);
+                number_text
+            }
+        };
+        if !self.text_eq.is_empty() {
+            match element {
+                Scalar::Text(s) => text_key_into(s, key),
+                Scalar::Number(_) => {
+                    key.clear();
+                    key.push_str(text);
+                }
+            }
+            if let Some(rules) = self.text_eq.get(key.as_str()) {
+                marked(rules);
+            }
+        }
+        if !self.terms.is_empty() {
+            normalise_into(text, key);
+            if let Some(rules) = self.terms.get(key.as_str()) {
+                marked(rules);
+            }
+        }
+        if !self.number_eq.is_empty() {
+            let number = match element {
+                Scalar::Number(n) => Some(n),
+                Scalar::Text(s) => parse_number(s),
             };
-            if !self.text_eq.is_empty() {
-                match element {
-                    Scalar::Text(s) => text_key_into(s, key),
-                    Scalar::Number(_) => {
-                        key.clear();
-                        key.push_str(text);
+            if let Some(rules) = number.and_then(|n| self.number_eq.get(&number_key(n))) {
+                marked(rules);
+            }
+        }
+        if let Some(regexes) = &self.regexes {
+            match (&regexes.set, &regexes.regexes[..]) {
+                // One pattern: a plain match, without the set's per-call PatternSet.
+                (_, [regex]) => {
+                    if regex.is_match(text) {
+                        marked(&regexes.rules[0]);
                     }
                 }
-                if let Some(rules) = self.text_eq.get(key.as_str()) {
-                    mark(bits, rules);
-                }
-            }
-            if !self.terms.is_empty() {
-                normalise_into(text, key);
-                if let Some(rules) = self.terms.get(key.as_str()) {
-                    mark(bits, rules);
-                }
-            }
-            if !self.number_eq.is_empty() {
-                let number = match element {
-                    Scalar::Number(n) => Some(n),
-                    Scalar::Text(s) => parse_number(s),
-                };
-                if let Some(rules) = number.and_then(|n| self.number_eq.get(&number_key(n))) {
-                    mark(bits, rules);
-                }
-            }
-            if let Some(regexes) = &self.regexes {
-                match &regexes.set {
-                    Some(set) => {
-                        for pattern in set.matches(text).iter() {
-                            mark(bits, &regexes.rules[pattern]);
-                        }
+                (Some(set), _) => {
+                    for pattern in set.matches(text).iter() {
+                        marked(&regexes.rules[pattern]);
                     }
-                    None => {
-                        for (regex, rules) in regexes.regexes.iter().zip(&regexes.rules) {
-                            if regex.is_match(text) {
-                                mark(bits, rules);
-                            }
+                }
+                (None, _) => {
+                    for (regex, rules) in regexes.regexes.iter().zip(&regexes.rules) {
+                        if regex.is_match(text) {
+                            marked(rules);
                         }
                     }
                 }

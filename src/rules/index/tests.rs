@@ -192,6 +192,16 @@ fn through_index(
         candidates.windows(2).all(|w| w[0] < w[1]),
         "candidates in rule order"
     );
+    // The memo (whatever it holds, full or switched off) gives exactly the
+    // candidates the tables give on their own.
+    let mut uncached = Vec::new();
+    index.candidates(
+        event,
+        scratch,
+        &mut IndexScratch::with_memo_limits(MemoLimits::OFF),
+        &mut uncached,
+    );
+    assert_eq!(candidates, uncached, "the memo changed the candidates");
     let by_index: HashMap<usize, &Condition> = conditions.iter().copied().collect();
     let matched = candidates
         .iter()
@@ -209,6 +219,7 @@ fn check_rule_set(
     sources: &[String],
     seed: u64,
     rows: usize,
+    limits: MemoLimits,
 ) -> f64 {
     let vocabulary = vocabulary(sources);
     let mut rng = Rng(seed);
@@ -237,7 +248,7 @@ fn check_rule_set(
         let (mut full, mut indexed, mut work) = (
             EvalScratch::default(),
             EvalScratch::default(),
-            IndexScratch::default(),
+            IndexScratch::with_memo_limits(limits),
         );
         let (mut candidates, mut matched) = (0usize, 0usize);
         for row in 0..rows {
@@ -275,6 +286,15 @@ fn check_rule_set(
     shares.iter().sum::<f64>() / shares.len().max(1) as f64
 }
 
+/// A memo that fills up within a few rows (frozen), with some texts too long
+/// for it, and a window short enough to switch it off on a varied field.
+const TINY_MEMO: MemoLimits = MemoLimits {
+    entries: 6,
+    bytes: 400,
+    key_bytes: 8,
+    window: 16,
+};
+
 fn load(config_path: &Path, rule_files: &[PathBuf]) -> (Config, RuleSet, Vec<String>) {
     let config = Config::load(config_path).unwrap_or_else(|e| panic!("{e}"));
     let sources: Vec<(PathBuf, String)> = rule_files
@@ -296,8 +316,9 @@ fn the_shipped_rules_select_what_evaluating_all_selects() {
         .map(|p| std::fs::read_to_string(p).unwrap())
         .collect();
     for seed in 1..=4 {
-        check_rule_set(&set, &config, &texts, seed, 3_000);
+        check_rule_set(&set, &config, &texts, seed, 3_000, MemoLimits::DEFAULT);
     }
+    check_rule_set(&set, &config, &texts, 5, 3_000, TINY_MEMO);
 }
 
 #[test]
@@ -310,8 +331,9 @@ fn the_replay_benchmark_rules_select_what_evaluating_all_selects() {
         ],
     );
     for seed in 10..=13 {
-        check_rule_set(&set, &config, &texts, seed, 3_000);
+        check_rule_set(&set, &config, &texts, seed, 3_000, MemoLimits::DEFAULT);
     }
+    check_rule_set(&set, &config, &texts, 14, 3_000, TINY_MEMO);
 }
 
 #[test]
@@ -333,7 +355,7 @@ fn the_rule_scale_benchmark_rules_select_what_evaluating_all_selects_and_fewer()
         "some generated rules ({always}) have no indexable test, as real ones do"
     );
     assert!(indexed > 800, "{indexed} of 1,000 rules indexed");
-    let share = check_rule_set(&set, &config, &texts, 20, 2_000);
+    let share = check_rule_set(&set, &config, &texts, 20, 2_000, MemoLimits::DEFAULT);
     assert!(
         share < 0.5,
         "on random rows {:.0} % of the rules were candidates",
@@ -359,7 +381,7 @@ fn the_national_rules_select_what_evaluating_all_selects_and_few() {
     assert_eq!(set.rules.len(), 1000);
     assert_eq!(set.index().coverage(), (900, 100));
     for seed in 30..=31 {
-        let share = check_rule_set(&set, &config, &texts, seed, 2_000);
+        let share = check_rule_set(&set, &config, &texts, seed, 2_000, MemoLimits::DEFAULT);
         assert!(
             share < 0.12,
             "on random rows {:.1} % of the rules were candidates (10 % are always evaluated)",
@@ -468,10 +490,11 @@ fn random_conditions_over_random_rows_select_what_evaluating_all_selects() {
         let slots = numbering.into_slots();
         let numbered: Vec<(usize, &Condition)> = conditions.iter().enumerate().collect();
         let index = FeedIndex::build(&numbered);
+        let limits = [MemoLimits::DEFAULT, TINY_MEMO][seed as usize % 2];
         let (mut full, mut indexed, mut work) = (
             EvalScratch::default(),
             EvalScratch::default(),
-            IndexScratch::default(),
+            IndexScratch::with_memo_limits(limits),
         );
         for row in 0..300 {
             let event = random_event(&mut rng, "f", &fields, &list_fields, &vocabulary);
@@ -731,4 +754,58 @@ notify = ["p"]
         .collect();
     raised.sort();
     assert_eq!(raised, [("bolton", 1), ("not-bury", 2)]);
+}
+
+#[test]
+fn the_memo_remembers_repeated_values_and_gives_up_on_varied_ones() {
+    let mut cond = Condition::parse(r#"a in L1 or b ~ "y""#, &random_lists()).unwrap();
+    let mut numbering = ConditionIndex::default();
+    cond.index_into(&mut numbering);
+    let slots = numbering.into_slots();
+    let index = FeedIndex::build(&[(0, &cond)]);
+    let limits = MemoLimits {
+        entries: 100,
+        bytes: 100_000,
+        key_bytes: 32,
+        window: 50,
+    };
+    let mut work = IndexScratch::with_memo_limits(limits);
+    let mut scratch = EvalScratch::default();
+    let mut out = Vec::new();
+    for row in 0..200 {
+        let event = Event {
+            feed: "f".into(),
+            record_id: None,
+            time: Timestamp::UNIX_EPOCH,
+            // `a` repeats three values; `b` never repeats.
+            fields: [
+                ("a", text(["x", "Y z", "q"][row % 3])),
+                ("b", text(&format!("id-{row}"))),
+            ]
+            .into(),
+        };
+        scratch.bind(&event, &slots);
+        index.candidates(&event, &scratch, &mut work, &mut out);
+        assert_eq!(out.is_empty(), row % 3 == 2, "row {row}");
+    }
+    let a = index
+        .fields
+        .iter()
+        .position(|t| t.field.name == "a")
+        .unwrap();
+    let b = index
+        .fields
+        .iter()
+        .position(|t| t.field.name == "b")
+        .unwrap();
+    assert_eq!(work.memos[a].entries.len(), 3);
+    assert!(!work.memos[a].off);
+    assert!(
+        work.memos[b].off,
+        "a field that never repeats is switched off"
+    );
+    assert!(
+        work.memos[b].entries.is_empty(),
+        "and its memory given back"
+    );
 }
