@@ -489,6 +489,12 @@ impl SeenRecords {
         seen
     }
 
+    /// Room for `n` more records, so the set is not rehashed (and its new
+    /// pages faulted in) while a file streams through.
+    pub fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+
     /// Whether this is the first time the record with this fingerprint is
     /// seen (the fingerprint covers the feed and every field, the id among them).
     pub fn first_time(&mut self, fingerprint: &[u8; 16]) -> bool {

@@ -143,6 +143,11 @@ pub fn replay(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         );
+        // Rows are rarely shorter than this: the estimate errs towards more room.
+        const SHORT_ROW_BYTES: u64 = 128;
+        if !format_for(path, feed).is_sheet() {
+            seen.reserve(usize::try_from(size / SHORT_ROW_BYTES).unwrap_or(0));
+        }
         let mut shaped = feed.clone();
         shaped.format = format_for(path, feed);
         // A workbook is binary: its bytes go to the parser as they are.

@@ -154,7 +154,7 @@ fn parse_csv<R: Read>(
     };
     let header_end = csv.position().byte();
     if csv.get_ref().ends_file(header_end)
-        && let Some((quote_line, _)) = csv.get_ref().unclosed_quote(header_end, delimiter)
+        && let Some((quote_line, _)) = csv.get_mut().unclosed_quote(header_end, delimiter)
     {
         return Err(FileError(format!(
             "the header has an unclosed quote starting on line {quote_line}: its field runs to the end of the file, so the file has no rows; close the quote"
@@ -210,7 +210,6 @@ fn parse_csv<R: Read>(
         }
         let start = tape.skip_line_ends(after_previous, end);
         tape.release(start);
-        let line = tape.line;
         match result {
             Ok(false) => break,
             Ok(true) => {
@@ -224,6 +223,7 @@ fn parse_csv<R: Read>(
                     None
                 };
                 let outcome = if let Some((quote_line, last_line)) = unclosed {
+                    let line = tape.line_at_base();
                     // The csv reader takes everything from an unclosed quote to the
                     // end of the file as one field: the rows after it would vanish.
                     let lines = if last_line > line {
@@ -243,8 +243,10 @@ fn parse_csv<R: Read>(
                     Err(format!(
                         "unclosed quote starting on line {quote_line}: its field runs to the end of the file, so {lines} read as one row{fields}; close the quote and drop these rows again"
                     ))
-                } else if let Some(field) =
-                    text_after_closing_quote(tape.text(start..end), delimiter)
+                } else if let Some(field) = tape
+                    .has_quote(start, end)
+                    .then(|| text_after_closing_quote(tape.text(start..end), delimiter))
+                    .flatten()
                 {
                     let column = names
                         .get(field)
@@ -286,7 +288,7 @@ fn parse_csv<R: Read>(
                     Err(reason) => {
                         open_error = Some(RowError {
                             row,
-                            line,
+                            line: tape.line_at_base(),
                             reason,
                             span: Some(start..start),
                             verbatim: Vec::new(),
@@ -299,7 +301,7 @@ fn parse_csv<R: Read>(
                 // The csv reader reports invalid UTF-8 per record and carries on.
                 open_error = Some(RowError {
                     row,
-                    line,
+                    line: tape.line_at_base(),
                     reason: csv_error_reason(&e),
                     span: Some(start..start),
                     verbatim: Vec::new(),
@@ -327,10 +329,19 @@ struct Tape<R> {
     buf: Vec<u8>,
     dead: usize,
     base: u64,
-    /// The line `base` is on (1-based).
+    /// The line `counted` is on (1-based). Lines are counted only when a line
+    /// number is asked for, or before released text is dropped: one memchr over
+    /// many rows rather than one per row (only bad rows need their line).
     line: u64,
-    /// The byte before `base`, so a CRLF split by a release counts once.
+    /// How far (an offset, at most `base`) `line` has counted; never before
+    /// the start of `buf`.
+    counted: u64,
+    /// The byte before `counted`, so a CRLF split by a count counts once.
     before: u8,
+    /// No quote byte in `quote_free.0..quote_free.1` (offsets): a record inside
+    /// that range cannot have text after a closing quote, so it is not scanned.
+    /// Found with one memchr over the kept text, not one per row.
+    quote_free: (u64, u64),
     /// The inner reader is exhausted: the text ends at [`Tape::end`].
     eof: bool,
 }
@@ -352,7 +363,9 @@ impl<R> Tape<R> {
             dead: 0,
             base: 0,
             line: 1,
+            counted: 0,
             before: 0,
+            quote_free: (0, 0),
             eof: false,
         }
     }
@@ -371,18 +384,56 @@ impl<R> Tape<R> {
     /// If the record from the start of the kept text to `end` ends inside a quoted
     /// field: the line the quote opens on and the last line with text, for a reason
     /// a person can act on.
-    fn unclosed_quote(&self, end: u64, delimiter: u8) -> Option<(u64, u64)> {
+    fn unclosed_quote(&mut self, end: u64, delimiter: u8) -> Option<(u64, u64)> {
+        let line = self.line_at_base();
         let raw = self.text(self.base..end);
         let quote = unclosed_quote(raw, delimiter)?;
-        let quote_line = self.line + count_line_ends(&raw[..quote], self.before);
+        let quote_line = line + count_line_ends(&raw[..quote], self.before);
         let text_end = raw.len()
             - raw
                 .iter()
                 .rev()
                 .take_while(|&&b| b == b'\r' || b == b'\n')
                 .count();
-        let last_line = self.line + count_line_ends(&raw[..text_end], self.before);
+        let last_line = line + count_line_ends(&raw[..text_end], self.before);
         Some((quote_line, last_line))
+    }
+
+    /// The line the kept text starts on (1-based): the line ends released so
+    /// far, counted now.
+    fn line_at_base(&mut self) -> u64 {
+        let from = (self.counted - (self.base - self.dead as u64)) as usize;
+        let uncounted = &self.buf[from..self.dead];
+        if let Some(&last) = uncounted.last() {
+            self.line += count_line_ends(uncounted, self.before);
+            self.before = last;
+        }
+        self.counted = self.base;
+        self.line
+    }
+
+    /// Whether the kept text from `start` to `end` has a quote byte.
+    fn has_quote(&mut self, start: u64, end: u64) -> bool {
+        let (free_from, free_to) = self.quote_free;
+        if free_from <= start && end <= free_to {
+            return false;
+        }
+        // Scan on from where the last scan ended (or from `start`), to the end
+        // of the kept text, so each byte is scanned about once.
+        let from = if free_from <= start && start <= free_to {
+            free_to
+        } else {
+            start
+        };
+        let to = self.end();
+        let found = memchr::memchr(b'"', self.text(from..to)).map(|i| from + i as u64);
+        let free_end = found.unwrap_or(to);
+        self.quote_free = if from == free_to && free_from <= start {
+            (free_from, free_end)
+        } else {
+            (from, free_end)
+        };
+        free_end < end
     }
 
     /// The kept text between two offsets (clipped to what is kept).
@@ -417,18 +468,18 @@ impl<R> Tape<R> {
         end + u64::from(crlf)
     }
 
-    /// Forgets the text before `to`, counting its lines.
+    /// Forgets the text before `to` (its lines are counted later, by [`Tape::line_at_base`]).
     fn release(&mut self, to: u64) {
         let n = (to.saturating_sub(self.base) as usize).min(self.buf.len() - self.dead);
         let released = &self.buf[self.dead..self.dead + n];
-        let Some(&last) = released.last() else {
+        if released.is_empty() {
             return;
-        };
-        self.line += count_line_ends(released, self.before);
-        self.before = last;
+        }
         self.dead += n;
         self.base += n as u64;
         if self.dead >= TAPE_COMPACT && self.dead >= self.buf.len() - self.dead {
+            // The dropped text's lines are counted before it goes.
+            self.line_at_base();
             self.buf.drain(..self.dead);
             self.dead = 0;
         }
@@ -947,6 +998,7 @@ pub(super) fn build_event_timed<'a, 's>(
         {
             continue;
         }
+        let from_cell = matches!(value, RawValue::Text(_));
         let value = match (value, separator) {
             (RawValue::Text(s), Some(sep)) => Value::List(split_list(s, sep)),
             (RawValue::Owned(s), Some(sep)) => Value::List(split_list(&s, sep)),
@@ -957,7 +1009,9 @@ pub(super) fn build_event_timed<'a, 's>(
             (RawValue::List(items), _) => Value::List(items),
         };
         // An empty cell is an absent field: `exists()` is false and nothing is shown.
-        if value.is_empty() {
+        // (Text from a cell was trimmed and found non-empty above.)
+        let checked = matches!(&value, Value::Text(_)) && from_cell;
+        if !checked && value.is_empty() {
             continue;
         }
         fields.push((index, value));
