@@ -143,13 +143,13 @@ pub fn replay(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         );
-        // Rows are rarely shorter than this: the estimate errs towards more room.
-        const SHORT_ROW_BYTES: u64 = 128;
-        if !format_for(path, feed).is_sheet() {
-            seen.reserve(usize::try_from(size / SHORT_ROW_BYTES).unwrap_or(0));
-        }
         let mut shaped = feed.clone();
         shaped.format = format_for(path, feed);
+        // Rows are rarely shorter than this: the estimate errs towards more room.
+        const SHORT_ROW_BYTES: u64 = 128;
+        if !shaped.format.is_sheet() {
+            seen.reserve(usize::try_from(size / SHORT_ROW_BYTES).unwrap_or(0));
+        }
         // A workbook is binary: its bytes go to the parser as they are.
         let reader: Box<dyn std::io::Read + Send> = if shaped.format.is_sheet() {
             Box::new(bar.wrap_read(file))
