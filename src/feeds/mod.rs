@@ -6,6 +6,7 @@
 //! transaction and only then moves it; [`watch`] turns filesystem events and
 //! periodic rescans into "this file may be ready" hints.
 
+pub mod columns;
 pub mod decode;
 pub mod folder;
 pub mod intake;
@@ -22,6 +23,23 @@ use crate::event::Event;
 /// bytes: stable across versions (it is stored), and fast on the hot path.
 pub fn record_fingerprint(event: &Event) -> [u8; 16] {
     use crate::event::Value;
+    fingerprint_with(&event.feed, |out| {
+        for (k, v) in &event.fields {
+            match v {
+                Value::Text(t) => out.text(k, t),
+                Value::List(items) => out.list(k, items.iter().map(|i| i.as_str())),
+                Value::Number(n) => out.field(k, &n.to_le_bytes()),
+            }
+        }
+    })
+}
+
+/// The fingerprint of a record of `feed` whose fields `write` hands over, in
+/// name order: the one framing of [`record_fingerprint`], whoever has the fields.
+pub(crate) fn fingerprint_with(
+    feed: &str,
+    write: impl FnOnce(&mut FingerprintFields<'_>),
+) -> [u8; 16] {
     // One pass of XXH3 over one buffer is several times cheaper than feeding
     // the streaming hasher a dozen small pieces; the buffer is reused per thread.
     thread_local! {
@@ -30,25 +48,40 @@ pub fn record_fingerprint(event: &Event) -> [u8; 16] {
     BUFFER.with(|buffer| {
         let mut buf = buffer.borrow_mut();
         buf.clear();
-        buf.extend_from_slice(event.feed.as_bytes());
+        buf.extend_from_slice(feed.as_bytes());
         buf.push(0);
-        for (k, v) in &event.fields {
-            buf.extend_from_slice(k.as_bytes());
-            buf.push(0x1f);
-            match v {
-                Value::Text(t) => buf.extend_from_slice(t.as_bytes()),
-                Value::List(items) => {
-                    for item in items {
-                        buf.extend_from_slice(item.as_bytes());
-                        buf.push(0x1d);
-                    }
-                }
-                Value::Number(n) => buf.extend_from_slice(&n.to_le_bytes()),
-            }
-            buf.push(0x1e);
-        }
+        write(&mut FingerprintFields(&mut buf));
         xxhash_rust::xxh3::xxh3_128(&buf).to_le_bytes()
     })
+}
+
+/// The fields of a record as its fingerprint frames them.
+pub(crate) struct FingerprintFields<'b>(&'b mut Vec<u8>);
+
+impl FingerprintFields<'_> {
+    /// A field with one text value.
+    pub(crate) fn text(&mut self, name: &str, text: &str) {
+        self.field(name, text.as_bytes());
+    }
+
+    /// A field whose value is `bytes` as they are.
+    fn field(&mut self, name: &str, bytes: &[u8]) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.push(0x1f);
+        self.0.extend_from_slice(bytes);
+        self.0.push(0x1e);
+    }
+
+    /// A list field.
+    pub(crate) fn list<'i>(&mut self, name: &str, items: impl Iterator<Item = &'i str>) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.push(0x1f);
+        for item in items {
+            self.0.extend_from_slice(item.as_bytes());
+            self.0.push(0x1d);
+        }
+        self.0.push(0x1e);
+    }
 }
 
 #[cfg(test)]

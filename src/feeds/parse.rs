@@ -8,12 +8,15 @@
 
 use crate::config::{FeedConfig, FeedFormat};
 use crate::event::{Event, FeedName, FieldName, Fields, Schema, Text, Value, trim};
+use crate::feeds::columns::{CsvColumns, CsvSink};
 use crate::feeds::json_array::ArrayElements;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// How much of a file is looked at to sniff its delimiter and spot binary data.
 const HEAD: usize = 8192;
@@ -44,6 +47,26 @@ pub enum Row {
     Error(RowError),
 }
 
+/// The CSV sink of [`parse`]: each record becomes an event, at once.
+struct EventRows<'f, F: FnMut(Row)>(&'f mut F);
+
+impl<F: FnMut(Row)> CsvSink for EventRows<'_, F> {
+    fn record(
+        &mut self,
+        columns: &Arc<CsvColumns>,
+        record: &csv::StringRecord,
+        shape: &RecordShape<'_>,
+    ) -> Result<(), String> {
+        let event = columns.event(record, None, shape)?;
+        (self.0)(Row::Event(Box::new(event)));
+        Ok(())
+    }
+
+    fn bad_row(&mut self, error: RowError) {
+        (self.0)(Row::Error(error));
+    }
+}
+
 /// What the feed's settings mean for turning fields into an event.
 pub struct RecordShape<'a> {
     pub feed: &'a FeedConfig,
@@ -68,10 +91,39 @@ pub fn parse<R: Read>(
         let sheet = crate::feeds::sheet::read(text, shape)?;
         return sheet.rows(shape, on_row);
     }
+    let reader = open_text(text)?;
+    // One shared name for all the events of the file.
+    let feed_name = FeedName::from(shape.feed.name.as_str());
+    match shape.feed.format {
+        FeedFormat::Csv => parse_csv(reader, shape, &feed_name, &mut EventRows(&mut on_row)),
+        FeedFormat::Jsonl => parse_jsonl(reader, shape, &feed_name, &mut on_row),
+        FeedFormat::Json => parse_json(reader, shape, &feed_name, &mut on_row),
+        // Handled above: a workbook is not text.
+        FeedFormat::Xlsx | FeedFormat::Ods => Ok(()),
+    }
+}
+
+/// Reads CSV text as [`parse`] does, but hands each well-formed record to
+/// `sink` as its cells, not as an event: a caller that needs events for only
+/// some rows (replay) builds just those, through [`CsvColumns`].
+pub fn parse_csv_records<R: Read>(
+    text: R,
+    shape: &RecordShape<'_>,
+    sink: &mut impl CsvSink,
+) -> Result<(), FileError> {
+    let reader = open_text(text)?;
+    let feed_name = FeedName::from(shape.feed.name.as_str());
+    parse_csv(reader, shape, &feed_name, sink)
+}
+
+/// The file's text behind a large buffer, once it is known not to be empty
+/// or binary.
+fn open_text<R: Read>(
+    mut text: R,
+) -> Result<BufReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>, FileError> {
     // Read a full head first: a decoding reader's first read may be only a few
     // bytes, and the delimiter sniff and binary check must see the same head
     // whether the file is read whole (daemon) or streamed (replay).
-    let mut text = text;
     let mut first = Vec::with_capacity(HEAD);
     (&mut text)
         .take(HEAD as u64)
@@ -89,15 +141,7 @@ pub fn parse<R: Read>(
             "this looks like a binary file, not text (it contains NUL bytes); feeds read CSV or JSON text".into(),
         ));
     }
-    // One shared name for all the events of the file.
-    let feed_name = FeedName::from(shape.feed.name.as_str());
-    match shape.feed.format {
-        FeedFormat::Csv => parse_csv(reader, shape, &feed_name, &mut on_row),
-        FeedFormat::Jsonl => parse_jsonl(reader, shape, &feed_name, &mut on_row),
-        FeedFormat::Json => parse_json(reader, shape, &feed_name, &mut on_row),
-        // Handled above: a workbook is not text.
-        FeedFormat::Xlsx | FeedFormat::Ods => Ok(()),
-    }
+    Ok(reader)
 }
 
 fn looks_binary(head: &[u8]) -> bool {
@@ -128,11 +172,11 @@ fn sniff_delimiter(head: &[u8]) -> u8 {
         .unwrap_or(b',')
 }
 
-fn parse_csv<R: Read>(
+fn parse_csv<R: Read, S: CsvSink + ?Sized>(
     mut reader: BufReader<R>,
     shape: &RecordShape<'_>,
     feed_name: &FeedName,
-    on_row: &mut dyn FnMut(Row),
+    sink: &mut S,
 ) -> Result<(), FileError> {
     let delimiter = match shape.feed.delimiter {
         Some(d) => d,
@@ -162,33 +206,8 @@ fn parse_csv<R: Read>(
     }
     let header: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
     check_header(&header, shape.feed, delimiter)?;
-    let names: Vec<FieldName> = header.iter().map(|h| FieldName::from(h.as_str())).collect();
-    // Each column's list separator, looked up once per file rather than per cell.
-    let separators: Vec<Option<&str>> = names
-        .iter()
-        .map(|n| shape.feed.list_fields.get(&**n).map(String::as_str))
-        .collect();
-    // Column indices in name order, so each row's fields are built sorted.
-    let mut sorted_columns: Vec<usize> =
-        (0..names.len()).filter(|&i| !names[i].is_empty()).collect();
-    sorted_columns.sort_by(|&a, &b| names[a].cmp(&names[b]));
-    // Column names are unique (check_header), so in this order they are a schema.
-    let schema: Schema = sorted_columns.iter().map(|&i| names[i].clone()).collect();
-    // The id and time columns, read straight from the row. A list column is
-    // left to build_event, which joins its elements the way it shows them.
-    let column_of = |field: &Option<String>| {
-        field
-            .as_deref()
-            .filter(|f| !f.is_empty())
-            .and_then(|f| names.iter().position(|n| &**n == f))
-            .filter(|&i| separators[i].is_none())
-    };
-    let (id_column, time_column) = (
-        column_of(&shape.feed.id_field),
-        column_of(&shape.feed.time_field),
-    );
-    let direct_id_and_time = (shape.feed.id_field.is_none() || id_column.is_some())
-        && (shape.feed.time_field.is_none() || time_column.is_some());
+    let columns = Arc::new(CsvColumns::new(feed_name, &header, shape.feed));
+    let names = &columns.names;
 
     let mut record = csv::StringRecord::new();
     let mut row = 0u64;
@@ -206,7 +225,7 @@ fn parse_csv<R: Read>(
                 span.end = tape.with_line_end(after_previous).max(span.start);
                 err.verbatim = tape.text(span.clone()).to_vec();
             }
-            on_row(Row::Error(err));
+            sink.bad_row(err);
         }
         let start = tape.skip_line_ends(after_previous, end);
         tape.release(start);
@@ -268,23 +287,10 @@ fn parse_csv<R: Read>(
                         }
                     ))
                 } else {
-                    let fields = (0u32..).zip(&sorted_columns).map(|(index, &i)| {
-                        (
-                            index,
-                            RawValue::Text(record.get(i).unwrap_or("")),
-                            separators[i],
-                        )
-                    });
-                    let id_and_time = direct_id_and_time.then(|| {
-                        (
-                            id_column.and_then(|i| record.get(i)),
-                            time_column.and_then(|i| record.get(i)),
-                        )
-                    });
-                    build_event(feed_name, &schema, fields, id_and_time, shape)
+                    sink.record(&columns, &record, shape)
                 };
                 match outcome {
-                    Ok(event) => on_row(Row::Event(Box::new(event))),
+                    Ok(()) => {}
                     Err(reason) => {
                         open_error = Some(RowError {
                             row,
@@ -989,29 +995,21 @@ pub(super) fn build_event_timed<'a, 's>(
     known_time: Option<Timestamp>,
     shape: &RecordShape<'_>,
 ) -> Result<Event, String> {
-    let feed = shape.feed;
     let mut fields: Vec<(u32, Value)> = Vec::with_capacity(raw.size_hint().0);
     for (index, value, separator) in raw {
-        // An empty cell is an absent field: skip it before allocating anything.
-        if let RawValue::Text(s) = &value
-            && trim(s).is_empty()
-        {
-            continue;
-        }
-        let from_cell = matches!(value, RawValue::Text(_));
         let value = match (value, separator) {
-            (RawValue::Text(s), Some(sep)) => Value::List(split_list(s, sep)),
+            (RawValue::Text(s), separator) => match cell_value(s, separator) {
+                Some(value) => value,
+                None => continue,
+            },
             (RawValue::Owned(s), Some(sep)) => Value::List(split_list(&s, sep)),
-            (RawValue::Text(s), None) => Value::Text(Text::from(trim(s))),
             (RawValue::Owned(s), None) => Value::Text(Text::from(s)),
             (RawValue::Number(n), _) if n.is_finite() => Value::Number(n),
             (RawValue::Number(_), _) => continue,
             (RawValue::List(items), _) => Value::List(items),
         };
-        // An empty cell is an absent field: `exists()` is false and nothing is shown.
-        // (Text from a cell was trimmed and found non-empty above.)
-        let checked = matches!(&value, Value::Text(_)) && from_cell;
-        if !checked && value.is_empty() {
+        // An empty value is an absent field: `exists()` is false and nothing is shown.
+        if value.is_empty() {
             continue;
         }
         fields.push((index, value));
@@ -1025,30 +1023,68 @@ pub(super) fn build_event_timed<'a, 's>(
         })
     };
     let (given_id, given_time) = match id_and_time {
-        Some((id, time)) => (
-            id.map(trim)
-                .filter(|s| !s.is_empty())
-                .map(std::borrow::Cow::Borrowed),
-            time.map(trim)
-                .filter(|s| !s.is_empty())
-                .map(std::borrow::Cow::Borrowed),
-        ),
+        Some((id, time)) => (id.map(Cow::Borrowed), time.map(Cow::Borrowed)),
         None => (
-            feed.id_field.as_deref().and_then(looked_up),
-            feed.time_field.as_deref().and_then(looked_up),
+            shape.feed.id_field.as_deref().and_then(looked_up),
+            shape.feed.time_field.as_deref().and_then(looked_up),
         ),
+    };
+    let (record_id, time) = record_id_and_time(given_id, given_time, known_time, shape)?;
+    let record_id = record_id.map(Cow::into_owned);
+    Ok(Event {
+        feed: feed_name.clone(),
+        record_id,
+        time,
+        fields,
+    })
+}
+
+/// A cell's value under the feed's settings: a list when the column is a
+/// list field, else its trimmed text; `None` for a cell that holds nothing
+/// (an absent field).
+pub(super) fn cell_value(cell: &str, separator: Option<&str>) -> Option<Value> {
+    // An empty cell is an absent field: skip it before allocating anything.
+    let trimmed = trim(cell);
+    if trimmed.is_empty() {
+        return None;
+    }
+    match separator {
+        // Split as written: a separator may itself begin or end with a space.
+        Some(sep) => Some(Value::List(split_list(cell, sep))).filter(|v| !v.is_empty()),
+        None => Some(Value::Text(Text::from(trimmed))),
+    }
+}
+
+/// The record id and the event time from the text of the record's id and
+/// time fields (either may be absent or blank), checked as the feed's
+/// settings say: an id and a time must be there when the feed names their
+/// fields, and the time must read as one and not lie too far ahead.
+/// `known_time` is a time already read and checked (a spreadsheet's date cell).
+pub(super) fn record_id_and_time<'t>(
+    given_id: Option<Cow<'t, str>>,
+    given_time: Option<Cow<'t, str>>,
+    known_time: Option<Timestamp>,
+    shape: &RecordShape<'_>,
+) -> Result<(Option<Cow<'t, str>>, Timestamp), String> {
+    let feed = shape.feed;
+    let trimmed = |text: Option<Cow<'t, str>>| {
+        text.and_then(|t| match t {
+            Cow::Borrowed(s) => Some(Cow::Borrowed(trim(s))),
+            Cow::Owned(s) => Some(Cow::Owned(trim(&s).to_string())),
+        })
+        .filter(|t| !t.is_empty())
     };
     let record_id = match &feed.id_field {
         None => None,
-        Some(f) => match given_id {
-            Some(v) => Some(v.into_owned()),
+        Some(f) => match trimmed(given_id) {
+            Some(v) => Some(v),
             None => return Err(format!("`{f}` (the record id) is empty")),
         },
     };
     let time = match (&feed.time_field, known_time) {
         (_, Some(known)) => known,
         (None, None) => shape.default_time,
-        (Some(f), None) => match given_time {
+        (Some(f), None) => match trimmed(given_time) {
             None => return Err(format!("`{f}` (the event time) is empty")),
             Some(v) => {
                 let time = parse_time(&v, feed.time_format.as_deref(), shape.timezone)
@@ -1060,25 +1096,28 @@ pub(super) fn build_event_timed<'a, 's>(
             }
         },
     };
-    Ok(Event {
-        feed: feed_name.clone(),
-        record_id,
-        time,
-        fields,
-    })
+    Ok((record_id, time))
 }
 
 fn split_list(s: &str, separator: &str) -> Vec<Text> {
-    let pieces = |piece: &str| {
-        let piece = trim(piece);
-        (!piece.is_empty()).then(|| Text::from(piece))
-    };
+    list_pieces(s, separator).map(Text::from).collect()
+}
+
+/// The elements of a list cell: split at `separator`, each trimmed, the empty
+/// ones left out.
+pub(super) fn list_pieces<'s>(s: &'s str, separator: &'s str) -> impl Iterator<Item = &'s str> {
     // A one-character separator (the usual `;`) splits faster as a char.
     let mut chars = separator.chars();
-    match (chars.next(), chars.next()) {
-        (Some(c), None) => s.split(c).filter_map(pieces).collect(),
-        _ => s.split(separator).filter_map(pieces).collect(),
-    }
+    let (by_char, by_text) = match (chars.next(), chars.next()) {
+        (Some(c), None) => (Some(s.split(c)), None),
+        _ => (None, Some(s.split(separator))),
+    };
+    by_char
+        .into_iter()
+        .flatten()
+        .chain(by_text.into_iter().flatten())
+        .map(trim)
+        .filter(|piece| !piece.is_empty())
 }
 
 /// Why a record timed `time` is refused, if it is further ahead of
