@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::feeds::record_fingerprint;
 use crate::rules::engine::{Batch, Engine, Outcome, StateChange};
+use crate::rules::record::Record;
 use crate::rules::{Rule, RuleSet};
 use crate::store::{FileTx, StoreError};
 use jiff::Timestamp;
@@ -325,8 +326,9 @@ impl<L: Ledger> Step<'_, L> {
 
     /// Observes one event known to be new: replay's reading thread drops
     /// repeats before they reach the rules (see [`SeenRecords`]).
-    pub fn observe_new(&mut self, event: &Event) -> Result<(), L::Error> {
-        let mut passing = self.passing.map_or(event.time, |p| p.max(event.time));
+    pub fn observe_new<R: Record + ?Sized>(&mut self, event: &R) -> Result<(), L::Error> {
+        let time = event.time();
+        let mut passing = self.passing.map_or(time, |p| p.max(time));
         if let Some(arrival) = self.arrival {
             passing = passing.min(arrival);
         }

@@ -9,14 +9,19 @@
 //! alerts, not by the file size.
 
 use crate::alerts::{Audience, first_audience};
+use crate::config::FeedFormat;
 use crate::config::{Config, FeedConfig};
+use crate::event::{Event, Value};
+use crate::feeds::columns::{Cells, CsvColumns, CsvSink};
 use crate::feeds::decode::{TextEncoding, decoding_reader, detect};
 use crate::feeds::intake::format_for;
-use crate::feeds::parse::{RecordShape, Row, RowError, parse};
+use crate::feeds::parse::{RecordShape, Row, RowError, parse, parse_csv_records};
 use crate::feeds::record_fingerprint;
 use crate::pipeline::{MemoryLedger, Pipeline, Raised, SeenRecords, infallible};
 use crate::rules::RuleSet;
+use crate::rules::condition::EvalScratch;
 use crate::rules::engine::{Engine, EngineState};
+use crate::rules::record::{Record, SlotValues};
 use jiff::Timestamp;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,6 +102,8 @@ pub fn replay(
     mut on_alert: impl FnMut(ReplayedAlert),
     mut on_problem: impl FnMut(&Path, Option<&RowError>, &str),
 ) -> Result<ReplaySummary, ReplayError> {
+    // The fields the rules read, by slot: what a CSV row gives them (CellRow).
+    let slots = rules.field_slots.clone();
     let mut engine = Engine::new(rules, EngineState::default());
     // Records are deduplicated on the reading thread, so the rules thread does less.
     let mut seen = SeenRecords::with_capacity(1 << 16);
@@ -160,65 +167,93 @@ pub fn replay(
         let mut latest = clock;
         // Its arrival is not known before its events are read: they move the clock.
         let mut step = infallible(pipeline.begin(&mut engine, &mut ledger, &feed.name, None));
-        // Two stages on two cores: this thread's helper reads, decodes, parses and
-        // deduplicates rows; this thread runs the rules. Chunks keep the channel cheap.
-        // The rules hand each chunk back once its rows are evaluated, and the reading
-        // thread drops the rows and refills the chunk: the rules thread (the slower
-        // stage) frees nothing, and every allocation is freed by the thread that made
-        // it, which for the allocator is the cheap case. Chunks come back at most as
-        // fast as they go out, so no more than CHUNKS_AHEAD + 2 of them ever exist.
-        let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(CHUNKS_AHEAD);
-        let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<Row>>();
+        let shape = RecordShape {
+            feed: &shaped,
+            timezone: &config.daemon.timezone,
+            default_time: file_time,
+            wall_clock: Some(wall_clock),
+        };
+        // Two stages on two cores: this thread's helper reads, decodes and parses
+        // rows, checks them and fingerprints them; this thread drops repeats and
+        // runs the rules. A CSV row crosses as its cells, not as an event: the
+        // rules read only the fields they test, and the row becomes an event only
+        // if a rule keeps it (most rows match no rule). The rules hand each chunk
+        // back once its rows are evaluated, and the reading thread refills it: the
+        // buffers are reused, and whatever a chunk owns is freed by the thread
+        // that made it, which for the allocator is the cheap case. Chunks come back
+        // at most as fast as they go out, so no more than CHUNKS_AHEAD + 2 exist.
+        let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_AHEAD);
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Chunk>();
         let parsed = std::thread::scope(|scope| {
-            let shaped = &shaped;
+            let shape = &shape;
             let seen = &mut seen;
             let reader_thread = scope.spawn(move || {
-                let shape = RecordShape {
-                    feed: shaped,
-                    timezone: &config.daemon.timezone,
-                    default_time: file_time,
-                    wall_clock: Some(wall_clock),
+                let mut filler = ChunkFiller {
+                    chunk: Chunk::default(),
+                    full: chunks_tx,
+                    spent: spent_rx,
+                    seen,
+                    duplicates: 0,
                 };
-                let next_chunk = || match spent_rx.try_recv() {
-                    Ok(mut spent) => {
-                        spent.clear();
-                        spent
-                    }
-                    Err(_) => Vec::with_capacity(CHUNK),
+                let result = if shaped.format == FeedFormat::Csv {
+                    parse_csv_records(reader, shape, &mut filler)
+                } else {
+                    parse(reader, shape, |row| filler.push_row(row))
                 };
-                let mut chunk = Vec::with_capacity(CHUNK);
-                let mut duplicates = 0u64;
-                let result = parse(reader, &shape, |row| {
-                    if let Row::Event(event) = &row
-                        && event.record_id.is_some()
-                        && !seen.first_time(&record_fingerprint(event))
-                    {
-                        duplicates += 1;
-                        return;
-                    }
-                    chunk.push(row);
-                    if chunk.len() == CHUNK {
-                        // The receiver only goes away if the engine side panicked.
-                        let _ = chunks_tx.send(std::mem::replace(&mut chunk, next_chunk()));
-                    }
-                });
-                if !chunk.is_empty() {
-                    let _ = chunks_tx.send(chunk);
-                }
-                (result, duplicates)
+                (result, filler.flush())
             });
+            let mut values = SlotValues::new(&slots);
+            // Which column each slot's field is in, for the columns it was worked out for.
+            let mut slot_columns: Option<(Arc<CsvColumns>, Vec<Option<usize>>)> = None;
             for chunk in chunks_rx {
-                for row in &chunk {
+                let mut cell_rows = 0usize;
+                for entry in &chunk.entries {
                     summary.rows += 1;
-                    match row {
-                        Row::Error(e) => {
+                    match entry {
+                        Entry::Error(e) => {
                             summary.rejected_rows += 1;
                             on_problem(path, Some(e), &e.reason);
                         }
-                        Row::Event(event) => {
+                        Entry::Event(event) => {
                             summary.events += 1;
                             latest = latest.max(event.time);
-                            infallible(step.observe_new(event));
+                            infallible(step.observe_new(&**event));
+                        }
+                        Entry::Cells { time } => {
+                            let row = cell_rows;
+                            cell_rows += 1;
+                            // Cells come with their columns (Chunk::push_cells).
+                            let Some(columns) = &chunk.columns else {
+                                continue;
+                            };
+                            let cells = chunk.cells(columns, row);
+                            let known = slot_columns
+                                .as_ref()
+                                .is_some_and(|(c, _)| Arc::ptr_eq(c, columns));
+                            if !known {
+                                let by_slot = slots.iter().map(|f| columns.column(f)).collect();
+                                slot_columns = Some((columns.clone(), by_slot));
+                            }
+                            if let Some((_, by_slot)) = &slot_columns {
+                                for (slot, column) in by_slot.iter().enumerate() {
+                                    match column {
+                                        Some(c) => {
+                                            columns.value_into(*c, &cells, values.value_mut(slot))
+                                        }
+                                        None => values.clear(slot),
+                                    }
+                                }
+                            }
+                            summary.events += 1;
+                            latest = latest.max(*time);
+                            let row = CellRow {
+                                columns,
+                                cells,
+                                time: *time,
+                                values: &values,
+                                shape,
+                            };
+                            infallible(step.observe_new(&row));
                         }
                     }
                 }
@@ -262,6 +297,228 @@ pub fn replay(
         .map(|(k, d)| (k.rule_id.clone(), d.key.clone(), d.due))
         .collect();
     Ok(summary)
+}
+
+/// Rows on their way from the reading thread to the rules.
+#[derive(Default)]
+struct Chunk {
+    /// The columns of the CSV rows held as cells.
+    columns: Option<Arc<CsvColumns>>,
+    /// The cells of those rows, one after another.
+    text: String,
+    /// Where each cell ends in `text`: the columns' number per row.
+    ends: Vec<usize>,
+    entries: Vec<Entry>,
+}
+
+/// One row of a [`Chunk`], in file order.
+enum Entry {
+    /// A CSV row held as its cells (the next row of the chunk's `ends`), with
+    /// its time, already checked.
+    Cells { time: Timestamp },
+    /// A row read as an event (JSON, a workbook, or a CSV feed whose id or
+    /// time is a list field).
+    Event(Box<Event>),
+    /// Boxed: bad rows are rare, and a small entry keeps the chunk small.
+    Error(Box<RowError>),
+}
+
+impl Chunk {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+        self.entries.clear();
+    }
+
+    fn is_full(&self) -> bool {
+        // A few megabytes at most, however long the rows.
+        self.entries.len() >= CHUNK || self.text.len() >= CHUNK_TEXT
+    }
+
+    /// The cells of the `row`th CSV row of the chunk.
+    fn cells<'c>(&'c self, columns: &CsvColumns, row: usize) -> StoredCells<'c> {
+        let n = columns.len();
+        let start = match (row * n).checked_sub(1) {
+            Some(last_of_previous) => self.ends[last_of_previous],
+            None => 0,
+        };
+        StoredCells {
+            text: &self.text,
+            start,
+            ends: &self.ends[row * n..(row + 1) * n],
+        }
+    }
+}
+
+/// Bytes of cell text a chunk holds before it is handed over.
+const CHUNK_TEXT: usize = 4 * 1024 * 1024;
+
+/// The reading thread's end of the hand-off: drops records already seen,
+/// fills a chunk with the rest, sends it when full, and takes spent ones
+/// back to refill.
+struct ChunkFiller<'s> {
+    chunk: Chunk,
+    full: std::sync::mpsc::SyncSender<Chunk>,
+    spent: std::sync::mpsc::Receiver<Chunk>,
+    /// Records are deduplicated here, so the rules thread does less.
+    seen: &'s mut SeenRecords,
+    duplicates: u64,
+}
+
+impl ChunkFiller<'_> {
+    fn push(&mut self, entry: Entry) {
+        self.chunk.entries.push(entry);
+        if self.chunk.is_full() {
+            let next = match self.spent.try_recv() {
+                Ok(mut spent) => {
+                    spent.clear();
+                    spent
+                }
+                Err(_) => Chunk {
+                    text: String::with_capacity(CHUNK * 256),
+                    ends: Vec::with_capacity(CHUNK * 16),
+                    entries: Vec::with_capacity(CHUNK),
+                    columns: None,
+                },
+            };
+            // The receiver only goes away if the rules side panicked.
+            let _ = self.full.send(std::mem::replace(&mut self.chunk, next));
+        }
+    }
+
+    fn push_row(&mut self, row: Row) {
+        let entry = match row {
+            Row::Error(e) => Entry::Error(Box::new(e)),
+            Row::Event(event) => {
+                if event.record_id.is_some() && !self.seen.first_time(&record_fingerprint(&event)) {
+                    self.duplicates += 1;
+                    return;
+                }
+                Entry::Event(event)
+            }
+        };
+        self.push(entry);
+    }
+
+    /// Sends what is left; the number of records dropped as already seen.
+    fn flush(self) -> u64 {
+        if !self.chunk.entries.is_empty() {
+            let _ = self.full.send(self.chunk);
+        }
+        self.duplicates
+    }
+}
+
+impl CsvSink for ChunkFiller<'_> {
+    fn record(
+        &mut self,
+        columns: &Arc<CsvColumns>,
+        record: &csv::StringRecord,
+        shape: &RecordShape<'_>,
+    ) -> Result<(), String> {
+        if !columns.reads_id_and_time_directly() {
+            let event = columns.event(record, None, shape)?;
+            self.push_row(Row::Event(Box::new(event)));
+            return Ok(());
+        }
+        let time = columns.time(record, shape)?;
+        if columns.has_id() && !self.seen.first_time(&columns.fingerprint(record)) {
+            self.duplicates += 1;
+            return Ok(());
+        }
+        let chunk = &mut self.chunk;
+        if !chunk
+            .columns
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, columns))
+        {
+            // A chunk holds the cells of one file's columns: a new file starts
+            // a new chunk (one file's rows never share a chunk with another's).
+            debug_assert!(chunk.columns.is_none());
+            chunk.columns = Some(columns.clone());
+        }
+        let base = chunk.text.len();
+        chunk.text.push_str(record.as_slice());
+        let mut end = base;
+        for i in 0..columns.len() {
+            // The CSV loop hands over only records with the header's number of cells.
+            end = record.range(i).map_or(end, |r| base + r.end);
+            chunk.ends.push(end);
+        }
+        self.push(Entry::Cells { time });
+        Ok(())
+    }
+
+    fn bad_row(&mut self, error: RowError) {
+        self.push(Entry::Error(Box::new(error)));
+    }
+}
+
+/// The cells of one row of a [`Chunk`].
+struct StoredCells<'c> {
+    text: &'c str,
+    start: usize,
+    /// Where each of its cells ends in `text`.
+    ends: &'c [usize],
+}
+
+impl Cells for StoredCells<'_> {
+    fn cell(&self, column: usize) -> &str {
+        let Some(&end) = self.ends.get(column) else {
+            return "";
+        };
+        let start = match column.checked_sub(1) {
+            Some(previous) => self.ends[previous],
+            None => self.start,
+        };
+        self.text.get(start..end).unwrap_or("")
+    }
+}
+
+/// A CSV row as the rules read it: its cells, and the values of the fields
+/// the rule set reads (filled for this row).
+struct CellRow<'r> {
+    columns: &'r CsvColumns,
+    cells: StoredCells<'r>,
+    time: Timestamp,
+    values: &'r SlotValues,
+    shape: &'r RecordShape<'r>,
+}
+
+impl Record for CellRow<'_> {
+    fn feed(&self) -> &str {
+        self.columns.feed()
+    }
+
+    fn time(&self) -> Timestamp {
+        self.time
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.values.get_by_name(name)
+    }
+
+    fn slot_value<'s>(&'s self, slot: usize, _: &EvalScratch) -> Option<&'s Value> {
+        self.values.get(slot)
+    }
+
+    fn bind(&self, scratch: &mut EvalScratch, slots: &Arc<[String]>) {
+        // The values were filled for the engine's own rule set; any other set
+        // numbers its fields differently and would read the wrong ones.
+        assert!(
+            Arc::ptr_eq(self.values.slots(), slots),
+            "a row's values are for another rule set"
+        );
+        scratch.bind_slot_values();
+    }
+
+    fn to_event(&self) -> Event {
+        // The id and time were checked on the reading thread (Entry::Cells),
+        // and with the time given nothing else is checked.
+        self.columns
+            .event(&self.cells, Some(self.time), self.shape)
+            .expect("a row whose id and time were checked makes an event")
+    }
 }
 
 fn describe(raised: Raised, file: &str) -> ReplayedAlert {

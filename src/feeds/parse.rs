@@ -116,11 +116,12 @@ pub fn parse_csv_records<R: Read>(
     parse_csv(reader, shape, &feed_name, sink)
 }
 
+/// A file's text after its head was read: the head, then the rest, buffered.
+type OpenText<R> = BufReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>;
+
 /// The file's text behind a large buffer, once it is known not to be empty
 /// or binary.
-fn open_text<R: Read>(
-    mut text: R,
-) -> Result<BufReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>, FileError> {
+fn open_text<R: Read>(mut text: R) -> Result<OpenText<R>, FileError> {
     // Read a full head first: a decoding reader's first read may be only a few
     // bytes, and the delimiter sniff and binary check must see the same head
     // whether the file is read whole (daemon) or streamed (replay).
@@ -1068,9 +1069,9 @@ pub(super) fn record_id_and_time<'t>(
 ) -> Result<(Option<Cow<'t, str>>, Timestamp), String> {
     let feed = shape.feed;
     let trimmed = |text: Option<Cow<'t, str>>| {
-        text.and_then(|t| match t {
-            Cow::Borrowed(s) => Some(Cow::Borrowed(trim(s))),
-            Cow::Owned(s) => Some(Cow::Owned(trim(&s).to_string())),
+        text.map(|t| match t {
+            Cow::Borrowed(s) => Cow::Borrowed(trim(s)),
+            Cow::Owned(s) => Cow::Owned(trim(&s).to_string()),
         })
         .filter(|t| !t.is_empty())
     };
@@ -1105,19 +1106,39 @@ fn split_list(s: &str, separator: &str) -> Vec<Text> {
 
 /// The elements of a list cell: split at `separator`, each trimmed, the empty
 /// ones left out.
-pub(super) fn list_pieces<'s>(s: &'s str, separator: &'s str) -> impl Iterator<Item = &'s str> {
+pub(super) fn list_pieces<'s>(s: &'s str, separator: &'s str) -> ListPieces<'s> {
     // A one-character separator (the usual `;`) splits faster as a char.
     let mut chars = separator.chars();
-    let (by_char, by_text) = match (chars.next(), chars.next()) {
-        (Some(c), None) => (Some(s.split(c)), None),
-        _ => (None, Some(s.split(separator))),
+    let split = match (chars.next(), chars.next()) {
+        (Some(c), None) => Split::ByChar(s.split(c)),
+        _ => Split::ByText(s.split(separator)),
     };
-    by_char
-        .into_iter()
-        .flatten()
-        .chain(by_text.into_iter().flatten())
-        .map(trim)
-        .filter(|piece| !piece.is_empty())
+    ListPieces(split)
+}
+
+/// The iterator of [`list_pieces`].
+pub(super) struct ListPieces<'s>(Split<'s>);
+
+enum Split<'s> {
+    ByChar(std::str::Split<'s, char>),
+    ByText(std::str::Split<'s, &'s str>),
+}
+
+impl<'s> Iterator for ListPieces<'s> {
+    type Item = &'s str;
+
+    fn next(&mut self) -> Option<&'s str> {
+        loop {
+            let piece = match &mut self.0 {
+                Split::ByChar(split) => split.next()?,
+                Split::ByText(split) => split.next()?,
+            };
+            let piece = trim(piece);
+            if !piece.is_empty() {
+                return Some(piece);
+            }
+        }
+    }
 }
 
 /// Why a record timed `time` is refused, if it is further ahead of

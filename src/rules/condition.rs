@@ -19,6 +19,7 @@
 use crate::event::{
     Event, Scalar, Value, normalise_into, normalise_term, parse_number, terms_equal,
 };
+use crate::rules::record::Record;
 use jiff::Timestamp;
 use regex::Regex;
 use std::collections::BTreeMap;
@@ -92,15 +93,13 @@ impl FieldRef {
 
     /// The field's value in `event`, through the slot when the scratch is bound to it.
     /// Absent and empty values are both `None`: every test reads a field through here.
-    pub(crate) fn value<'e>(&self, event: &'e Event, scratch: &EvalScratch) -> Option<&'e Value> {
+    pub(crate) fn value<'e, R: Record + ?Sized>(
+        &self,
+        event: &'e R,
+        scratch: &EvalScratch,
+    ) -> Option<&'e Value> {
         match (self.slot, scratch.bound) {
-            (Some(slot), true) => scratch
-                .positions
-                .get(slot)
-                .copied()
-                .flatten()
-                .map(|i| event.fields.value_at(i))
-                .filter(|v| !v.is_empty()),
+            (Some(slot), true) => event.slot_value(slot, scratch),
             _ => event.get(&self.name),
         }
     }
@@ -286,7 +285,12 @@ impl Condition {
 
     /// The test of a leaf, evaluated once per event however many rules share
     /// it, when the scratch is bound to the event.
-    fn leaf(&self, field: &FieldRef, event: &Event, scratch: &mut EvalScratch) -> bool {
+    fn leaf<R: Record + ?Sized>(
+        &self,
+        field: &FieldRef,
+        event: &R,
+        scratch: &mut EvalScratch,
+    ) -> bool {
         let Some(atom) = field.atom.filter(|_| scratch.bound) else {
             return self.evaluate_leaf(event, scratch);
         };
@@ -306,7 +310,7 @@ impl Condition {
     /// Evaluates the condition on an event. `scratch` must have been told of
     /// this event: [`EvalScratch::bind`] (fields by slot, shared tests answered
     /// once), or [`EvalScratch::next_event`] for a condition outside a rule set.
-    pub fn matches(&self, event: &Event, scratch: &mut EvalScratch) -> bool {
+    pub fn matches<R: Record + ?Sized>(&self, event: &R, scratch: &mut EvalScratch) -> bool {
         match self {
             Condition::Always => true,
             Condition::And(a, b) => a.matches(event, scratch) && b.matches(event, scratch),
@@ -319,7 +323,7 @@ impl Condition {
         }
     }
 
-    fn evaluate_leaf(&self, event: &Event, scratch: &mut EvalScratch) -> bool {
+    fn evaluate_leaf<R: Record + ?Sized>(&self, event: &R, scratch: &mut EvalScratch) -> bool {
         match self {
             Condition::Always | Condition::And(..) | Condition::Or(..) | Condition::Not(_) => {
                 self.matches(event, scratch)
@@ -471,6 +475,19 @@ impl EvalScratch {
             }
         }
         self.bound = true;
+    }
+
+    /// Starts a new record that brings its own values by slot
+    /// ([`crate::rules::record::SlotValues`]): fields are not looked up.
+    pub fn bind_slot_values(&mut self) {
+        self.used = 0;
+        self.new_generation();
+        self.bound = true;
+    }
+
+    /// Where the field in `slot` is among the bound event's fields.
+    pub(crate) fn position(&self, slot: usize) -> Option<usize> {
+        self.positions.get(slot).copied().flatten()
     }
 
     fn normalised(&mut self, field: &FieldRef, value: &crate::event::Value) -> &[String] {

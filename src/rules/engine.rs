@@ -14,6 +14,7 @@
 //! returned as a [`StateChange`] by `finish` or `tick`. If the caller cannot
 //! commit them it must call [`Engine::restore`] with the stored state.
 
+use super::record::Record;
 use super::{Rule, RuleKind, RuleSet};
 use crate::alerts::{Alert, AlertStatus, FoldedOf, Trigger};
 use crate::event::{Event, Value};
@@ -379,6 +380,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The current row as an event, made once per row however many rules
+    /// keep it, and only when one does.
+    fn event_of<R: Record + ?Sized>(&mut self, record: &R) -> Arc<Event> {
+        self.shared
+            .get_or_insert_with(|| Arc::new(record.to_event()))
+            .clone()
+    }
+
     pub fn events_seen(&self) -> u64 {
         self.events_seen
     }
@@ -507,39 +516,41 @@ impl Engine {
     }
 
     /// Tests one event against the rules of its feed.
-    pub fn observe(&mut self, batch: &mut Batch, event: &Event) {
+    pub fn observe<R: Record + ?Sized>(&mut self, batch: &mut Batch, record: &R) {
         batch.events_seen += 1;
         batch.shared = None;
-        batch.scratch.bind(event, &self.rules.field_slots);
+        record.bind(&mut batch.scratch, &self.rules.field_slots);
         let rules = self.rules.clone();
-        if let Some(index) = rules.index().feed(&event.feed) {
+        if let Some(index) = rules.index().feed(record.feed()) {
             // Only the rules the index cannot rule out, in rule order; the
             // full condition still decides (rules::index: never fewer matches).
             let mut candidates = std::mem::take(&mut batch.candidates);
             index.candidates(
-                event,
+                record,
                 &batch.scratch,
                 &mut batch.index_scratch,
                 &mut candidates,
             );
             for &i in &candidates {
                 let rule = &rules.rules[i];
-                if !rule.when.matches(event, &mut batch.scratch) {
+                if !rule.when.matches(record, &mut batch.scratch) {
                     continue;
                 }
-                self.observe_match(batch, i, rule, event);
+                let event = batch.event_of(record);
+                self.observe_match(batch, i, rule, &event);
             }
             batch.candidates = candidates;
         }
-        if let Some(indices) = self.closers_by_feed.get(&*event.feed).cloned() {
+        if let Some(indices) = self.closers_by_feed.get(record.feed()).cloned() {
             for &i in indices.iter() {
                 let rule = &rules.rules[i];
                 if let RuleKind::Deadline {
                     key, until_when, ..
                 } = &rule.kind
-                    && until_when.matches(event, &mut batch.scratch)
+                    && until_when.matches(record, &mut batch.scratch)
                 {
-                    self.close_deadline(batch, i, rule, key, event);
+                    let event = batch.event_of(record);
+                    self.close_deadline(batch, i, rule, key, &event);
                 }
             }
         }

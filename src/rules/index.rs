@@ -43,10 +43,11 @@
 //!
 //! [`RuleSet`]: crate::rules::RuleSet
 
-use crate::event::{Event, Scalar, Value, normalise_into, parse_number};
+use crate::event::{Scalar, Value, normalise_into, parse_number};
 use crate::rules::condition::{
     CompareOp, Condition, EvalScratch, FieldRef, Literal, number_text_key_into, text_key_into,
 };
+use crate::rules::record::Record;
 use crate::rules::{Rule, RuleKind};
 use regex::{Regex, RegexSet};
 use rustc_hash::FxHashMap;
@@ -508,9 +509,9 @@ impl FeedIndex {
     /// The rule set indices of the rules to evaluate on `event`, ascending,
     /// into `out`: every rule whose `when` can be true, and perhaps others.
     /// `scratch` must be bound to `event` (it is how fields are read).
-    pub fn candidates(
+    pub fn candidates<R: Record + ?Sized>(
         &self,
-        event: &Event,
+        event: &R,
         scratch: &EvalScratch,
         work: &mut IndexScratch,
         out: &mut Vec<usize>,

@@ -9,6 +9,7 @@
 pub mod condition;
 pub mod engine;
 pub mod index;
+pub mod record;
 
 use crate::config::{Config, FeedConfig, Severity, parse_duration, unknown_partner_message};
 use crate::diagnostic::{Diagnostic, Diagnostics, choice, suggest};

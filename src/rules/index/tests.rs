@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::config::Config;
-use crate::event::{Fields, Value};
+use crate::event::{Event, Fields, Value};
 use crate::rules::RuleSet;
 use crate::rules::condition::ConditionIndex;
 use jiff::Timestamp;
