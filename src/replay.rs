@@ -13,7 +13,7 @@ use crate::config::FeedFormat;
 use crate::config::{Config, FeedConfig};
 use crate::event::{Event, Value};
 use crate::feeds::columns::{Cells, CsvColumns, CsvSink};
-use crate::feeds::decode::{TextEncoding, decoding_reader, detect};
+use crate::feeds::decode::{TextEncoding, decoding_reader, detect_file};
 use crate::feeds::intake::format_for;
 use crate::feeds::parse::{RecordShape, Row, RowError, parse, parse_csv_records};
 use crate::feeds::record_fingerprint;
@@ -85,7 +85,7 @@ const CHUNK: usize = 1024;
 
 /// Chunks the reading thread may run ahead of the rules by: enough to ride out
 /// a slow row on either side, few enough that memory stays a few megabytes.
-const CHUNKS_AHEAD: usize = 8;
+const CHUNKS_AHEAD: usize = 32;
 
 /// Replays `files` as if dropped into `feed`, calling `on_alert` for each alert
 /// and `on_problem` for each file or row that could not be read.
@@ -127,7 +127,7 @@ pub fn replay(
             source,
         };
         let mut file = std::fs::File::open(path).map_err(io)?;
-        let encoding = detect(&mut file).map_err(io)?;
+        let encoding = detect_file(&mut file).map_err(io)?;
         if encoding == TextEncoding::Windows1252 && !format_for(path, feed).is_sheet() {
             tracing::info!(file = %path.display(), "Not valid UTF-8; decoded as Windows-1252");
         }
@@ -252,6 +252,7 @@ pub fn replay(
                                 time: *time,
                                 values: &values,
                                 shape,
+                                whole: std::cell::OnceCell::new(),
                             };
                             infallible(step.observe_new(&row));
                         }
@@ -307,7 +308,7 @@ struct Chunk {
     /// The cells of those rows, one after another.
     text: String,
     /// Where each cell ends in `text`: the columns' number per row.
-    ends: Vec<usize>,
+    ends: Vec<u32>,
     entries: Vec<Entry>,
 }
 
@@ -339,7 +340,7 @@ impl Chunk {
     fn cells<'c>(&'c self, columns: &CsvColumns, row: usize) -> StoredCells<'c> {
         let n = columns.len();
         let start = match (row * n).checked_sub(1) {
-            Some(last_of_previous) => self.ends[last_of_previous],
+            Some(last_of_previous) => self.ends[last_of_previous] as usize,
             None => 0,
         };
         StoredCells {
@@ -438,11 +439,25 @@ impl CsvSink for ChunkFiller<'_> {
             chunk.columns = Some(columns.clone());
         }
         let base = chunk.text.len();
+        // A chunk is handed over at a few megabytes of text, so its offsets fit
+        // in 32 bits, which halves what crosses between the cores; a record of
+        // gigabytes crosses as an event instead.
+        let (Ok(base32), Ok(_)) = (
+            u32::try_from(base),
+            u32::try_from(base + record.as_slice().len()),
+        ) else {
+            let event = columns.event(record, Some(time), shape)?;
+            self.push(Entry::Event(Box::new(event)));
+            return Ok(());
+        };
         chunk.text.push_str(record.as_slice());
-        let mut end = base;
+        let mut end = base32;
         for i in 0..columns.len() {
-            // The CSV loop hands over only records with the header's number of cells.
-            end = record.range(i).map_or(end, |r| base + r.end);
+            // The CSV loop hands over only records with the header's number of
+            // cells; each end is within the text just checked to fit.
+            end = record
+                .range(i)
+                .map_or(end, |r| base32 + u32::try_from(r.end).unwrap_or(0));
             chunk.ends.push(end);
         }
         self.push(Entry::Cells { time });
@@ -459,7 +474,7 @@ struct StoredCells<'c> {
     text: &'c str,
     start: usize,
     /// Where each of its cells ends in `text`.
-    ends: &'c [usize],
+    ends: &'c [u32],
 }
 
 impl Cells for StoredCells<'_> {
@@ -468,9 +483,10 @@ impl Cells for StoredCells<'_> {
             return "";
         };
         let start = match column.checked_sub(1) {
-            Some(previous) => self.ends[previous],
+            Some(previous) => self.ends[previous] as usize,
             None => self.start,
         };
+        let end = end as usize;
         self.text.get(start..end).unwrap_or("")
     }
 }
@@ -483,6 +499,9 @@ struct CellRow<'r> {
     time: Timestamp,
     values: &'r SlotValues,
     shape: &'r RecordShape<'r>,
+    /// The whole event, made if a field outside the slots is asked for (the
+    /// rule set gives a slot to every field the engine reads, so none is).
+    whole: std::cell::OnceCell<Event>,
 }
 
 impl Record for CellRow<'_> {
@@ -495,7 +514,10 @@ impl Record for CellRow<'_> {
     }
 
     fn get(&self, name: &str) -> Option<&Value> {
-        self.values.get_by_name(name)
+        match self.values.slot_of(name) {
+            Some(slot) => self.values.get(slot),
+            None => self.whole.get_or_init(|| self.build_event()).get(name),
+        }
     }
 
     fn slot_value<'s>(&'s self, slot: usize, _: &EvalScratch) -> Option<&'s Value> {
@@ -513,6 +535,15 @@ impl Record for CellRow<'_> {
     }
 
     fn to_event(&self) -> Event {
+        match self.whole.get() {
+            Some(event) => event.clone(),
+            None => self.build_event(),
+        }
+    }
+}
+
+impl CellRow<'_> {
+    fn build_event(&self) -> Event {
         // The id and time were checked on the reading thread (Entry::Cells),
         // and with the time given nothing else is checked.
         self.columns

@@ -63,6 +63,50 @@ pub fn detect<R: Read + Seek>(source: &mut R) -> io::Result<TextEncoding> {
     Ok(sniffer.finish())
 }
 
+/// [`detect`] for a file on disk, looked at through memory maps a window at a
+/// time rather than read: a long file (replay's) is then not copied once to
+/// detect its encoding and again to parse it. Falls back to reading where a
+/// file cannot be mapped (a pipe, a special file). Leaves the file at its start.
+///
+/// As with any map, a file cut short by another process while it is looked at
+/// ends the process with SIGBUS; replay reads files an operator names, not a
+/// feed folder that producers write to.
+pub fn detect_file(file: &mut std::fs::File) -> io::Result<TextEncoding> {
+    /// Bytes mapped at a time: enough that mapping costs nothing per byte,
+    /// little enough that the map adds nothing much to the resident memory.
+    const WINDOW: u64 = 16 * 1024 * 1024;
+    let len = file.metadata()?.len();
+    if !file.metadata()?.is_file() || len == 0 {
+        return detect(file);
+    }
+    let mut sniffer = EncodingSniffer::default();
+    let mut offset = 0u64;
+    while offset < len {
+        let window = usize::try_from(WINDOW.min(len - offset)).unwrap_or(usize::MAX);
+        // SAFETY: the map is read-only and dropped before the next window; the
+        // only way for it to change under us is another process truncating or
+        // rewriting the file, which the caveat above accepts for replay.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(window)
+                .map(&*file)
+        };
+        let Ok(map) = map else {
+            return detect(file);
+        };
+        // One pass: the pages are read once, in order.
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let more = sniffer.feed(&map);
+        offset += window as u64;
+        if !more {
+            break;
+        }
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(sniffer.finish())
+}
+
 /// Works out a file's encoding from its bytes as they stream past, so the
 /// intake can detect it in the same pass that hashes the file.
 #[derive(Debug, Default)]

@@ -424,6 +424,12 @@ impl ConditionIndex {
         *self.atoms.entry(test).or_insert(next)
     }
 
+    /// Gives `name` a slot, if no condition reads it, so that rows read by
+    /// slot ([`crate::rules::record::SlotValues`]) carry it.
+    pub fn add_field(&mut self, name: &str) {
+        self.slot(name);
+    }
+
     /// The field names by slot, for [`EvalScratch::bind`].
     pub fn into_slots(self) -> Arc<[String]> {
         self.slots.into()

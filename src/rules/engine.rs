@@ -349,10 +349,10 @@ struct Pending {
 impl Pending {
     /// Counts a match of `event`, keeping it if there is room; `shared` is
     /// the event's one copy for this row, made on its first use.
-    fn push(&mut self, event: &Event, shared: &mut Option<Arc<Event>>) {
+    fn push<R: Record + ?Sized>(&mut self, event: &R, shared: &mut Option<Arc<Event>>) {
         self.count += 1;
         if self.events.len() < MAX_EVENTS_PER_ALERT {
-            let copy = shared.get_or_insert_with(|| Arc::new(event.clone()));
+            let copy = shared.get_or_insert_with(|| Arc::new(event.to_event()));
             self.events.push(Arc::clone(copy));
         }
     }
@@ -536,6 +536,11 @@ impl Engine {
                 if !rule.when.matches(record, &mut batch.scratch) {
                     continue;
                 }
+                if let RuleKind::Match = rule.kind {
+                    // The common case, without an event unless one is kept.
+                    observe_plain_match(batch, i, rule, record);
+                    continue;
+                }
                 let event = batch.event_of(record);
                 self.observe_match(batch, i, rule, &event);
             }
@@ -556,6 +561,8 @@ impl Engine {
         }
     }
 
+    /// A matched row kept by a rule other than a plain match (those are
+    /// [`observe_plain_match`]).
     fn observe_match(&mut self, batch: &mut Batch, index: usize, rule: &Rule, event: &Event) {
         match &rule.kind {
             RuleKind::Match => {
@@ -1468,7 +1475,22 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
-fn pending_for(rule: &Rule, event: &Event, trigger: Option<Trigger>) -> Pending {
+/// A match of `rule` (a plain match rule) on `record`: counted in its group,
+/// and kept whole while the group has room, so a row becomes an event only
+/// if some rule keeps it.
+fn observe_plain_match<R: Record + ?Sized>(batch: &mut Batch, index: usize, rule: &Rule, record: &R) {
+    group_key_into(rule, record, &mut batch.key);
+    let groups = batch.pending.entry(index).or_default();
+    let pending = match groups.get_mut(batch.key.as_str()) {
+        Some(pending) => pending,
+        None => groups
+            .entry(batch.key.clone())
+            .or_insert_with(|| pending_for(rule, record, None)),
+    };
+    pending.push(record, &mut batch.shared);
+}
+
+fn pending_for<R: Record + ?Sized>(rule: &Rule, event: &R, trigger: Option<Trigger>) -> Pending {
     Pending {
         group: group_values(rule, event),
         events: Vec::new(),
@@ -1517,7 +1539,7 @@ fn make_alert(
 }
 
 /// The group key: the `group_by` values, case-folded so "Bolton" and "BOLTON" group together.
-fn group_key(rule: &Rule, event: &Event) -> String {
+fn group_key<R: Record + ?Sized>(rule: &Rule, event: &R) -> String {
     let mut key = String::new();
     group_key_into(rule, event, &mut key);
     key
@@ -1526,7 +1548,7 @@ fn group_key(rule: &Rule, event: &Event) -> String {
 /// [`group_key`] into `key`, reusing its allocation: a text value in ASCII
 /// (nearly every district or lab) is folded in place, anything else as
 /// `group_key` always did (`str::to_lowercase` knows a final sigma).
-fn group_key_into(rule: &Rule, event: &Event, key: &mut String) {
+fn group_key_into<R: Record + ?Sized>(rule: &Rule, event: &R, key: &mut String) {
     key.clear();
     for (i, field) in rule.group_by.iter().enumerate() {
         if i > 0 {
@@ -1544,10 +1566,13 @@ fn group_key_into(rule: &Rule, event: &Event, key: &mut String) {
     }
 }
 
-fn group_values(rule: &Rule, event: &Event) -> BTreeMap<String, String> {
+fn group_values<R: Record + ?Sized>(rule: &Rule, event: &R) -> BTreeMap<String, String> {
     rule.group_by
         .iter()
-        .map(|f| (f.clone(), event.text(f).trim().to_string()))
+        .map(|f| {
+            let text = event.get(f).map(|v| v.to_string()).unwrap_or_default();
+            (f.clone(), text.trim().to_string())
+        })
         .collect()
 }
 

@@ -571,6 +571,13 @@ impl RuleSet {
                 until_when.index_into(&mut index);
             }
         }
+        // The fields a match is grouped by are read for every match: a row
+        // not yet made into an event (replay's) gives them by slot too.
+        for rule in &rules {
+            for field in &rule.group_by {
+                index.add_field(field);
+            }
+        }
         Ok(RuleSet {
             templates: crate::alerts::render::Templates::compile(&rules),
             index: index::RuleIndex::build(&rules),

@@ -100,9 +100,8 @@ impl SlotValues {
         self.values.get(slot).filter(|v| !v.is_empty())
     }
 
-    /// The present value of the field `name`, if the rule set reads it.
-    pub fn get_by_name(&self, name: &str) -> Option<&Value> {
-        let slot = self.slots.iter().position(|s| s == name)?;
-        self.get(slot)
+    /// The slot of the field `name`, if the rule set reads it.
+    pub fn slot_of(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s == name)
     }
 }
