@@ -186,21 +186,19 @@ pub fn replay(
         let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Chunk>();
         let parsed = std::thread::scope(|scope| {
             let shape = &shape;
-            let seen = &mut seen;
             let reader_thread = scope.spawn(move || {
                 let mut filler = ChunkFiller {
                     chunk: Chunk::default(),
                     full: chunks_tx,
                     spent: spent_rx,
-                    seen,
-                    duplicates: 0,
                 };
                 let result = if shaped.format == FeedFormat::Csv {
                     parse_csv_records(reader, shape, &mut filler)
                 } else {
                     parse(reader, shape, |row| filler.push_row(row))
                 };
-                (result, filler.flush())
+                filler.flush();
+                result
             });
             let mut values = SlotValues::new(&slots);
             // Which column each slot's field is in, for the columns it was worked out for.
@@ -214,14 +212,22 @@ pub fn replay(
                             summary.rejected_rows += 1;
                             on_problem(path, Some(e), &e.reason);
                         }
-                        Entry::Event(event) => {
+                        Entry::Event { event, fingerprint } => {
+                            if fingerprint.is_some_and(|f| !seen.first_time(&f)) {
+                                summary.duplicates += 1;
+                                continue;
+                            }
                             summary.events += 1;
                             latest = latest.max(event.time);
                             infallible(step.observe_new(&**event));
                         }
-                        Entry::Cells { time } => {
+                        Entry::Cells { time, fingerprint } => {
                             let row = cell_rows;
                             cell_rows += 1;
+                            if fingerprint.is_some_and(|f| !seen.first_time(&f)) {
+                                summary.duplicates += 1;
+                                continue;
+                            }
                             // Cells come with their columns (Chunk::push_cells).
                             let Some(columns) = &chunk.columns else {
                                 continue;
@@ -262,16 +268,11 @@ pub fn replay(
                 // the last few are dropped here.
                 let _ = spent_tx.send(chunk);
             }
-            match reader_thread.join() {
-                Ok((result, duplicates)) => {
-                    summary.rows += duplicates;
-                    summary.duplicates += duplicates;
-                    result
-                }
-                Err(_) => Err(crate::feeds::parse::FileError(
+            reader_thread.join().unwrap_or_else(|_| {
+                Err(crate::feeds::parse::FileError(
                     "the reading thread failed".into(),
-                )),
-            }
+                ))
+            })
         });
         bar.finish_and_clear();
         if let Err(e) = parsed {
@@ -315,11 +316,18 @@ struct Chunk {
 /// One row of a [`Chunk`], in file order.
 enum Entry {
     /// A CSV row held as its cells (the next row of the chunk's `ends`), with
-    /// its time, already checked.
-    Cells { time: Timestamp },
+    /// its time, already checked, and for a feed with ids its fingerprint,
+    /// which the rules thread looks up among the records seen.
+    Cells {
+        time: Timestamp,
+        fingerprint: Option<[u8; 16]>,
+    },
     /// A row read as an event (JSON, a workbook, or a CSV feed whose id or
-    /// time is a list field).
-    Event(Box<Event>),
+    /// time is a list field), with its fingerprint for a feed with ids.
+    Event {
+        event: Box<Event>,
+        fingerprint: Option<[u8; 16]>,
+    },
     /// Boxed: bad rows are rare, and a small entry keeps the chunk small.
     Error(Box<RowError>),
 }
@@ -354,19 +362,15 @@ impl Chunk {
 /// Bytes of cell text a chunk holds before it is handed over.
 const CHUNK_TEXT: usize = 4 * 1024 * 1024;
 
-/// The reading thread's end of the hand-off: drops records already seen,
-/// fills a chunk with the rest, sends it when full, and takes spent ones
-/// back to refill.
-struct ChunkFiller<'s> {
+/// The reading thread's end of the hand-off: fills a chunk, sends it when
+/// full, and takes spent ones back to refill.
+struct ChunkFiller {
     chunk: Chunk,
     full: std::sync::mpsc::SyncSender<Chunk>,
     spent: std::sync::mpsc::Receiver<Chunk>,
-    /// Records are deduplicated here, so the rules thread does less.
-    seen: &'s mut SeenRecords,
-    duplicates: u64,
 }
 
-impl ChunkFiller<'_> {
+impl ChunkFiller {
     fn push(&mut self, entry: Entry) {
         self.chunk.entries.push(entry);
         if self.chunk.is_full() {
@@ -391,26 +395,22 @@ impl ChunkFiller<'_> {
         let entry = match row {
             Row::Error(e) => Entry::Error(Box::new(e)),
             Row::Event(event) => {
-                if event.record_id.is_some() && !self.seen.first_time(&record_fingerprint(&event)) {
-                    self.duplicates += 1;
-                    return;
-                }
-                Entry::Event(event)
+                let fingerprint = event.record_id.is_some().then(|| record_fingerprint(&event));
+                Entry::Event { event, fingerprint }
             }
         };
         self.push(entry);
     }
 
-    /// Sends what is left; the number of records dropped as already seen.
-    fn flush(self) -> u64 {
+    /// Sends what is left.
+    fn flush(self) {
         if !self.chunk.entries.is_empty() {
             let _ = self.full.send(self.chunk);
         }
-        self.duplicates
     }
 }
 
-impl CsvSink for ChunkFiller<'_> {
+impl CsvSink for ChunkFiller {
     fn record(
         &mut self,
         columns: &Arc<CsvColumns>,
@@ -423,10 +423,7 @@ impl CsvSink for ChunkFiller<'_> {
             return Ok(());
         }
         let time = columns.time(record, shape)?;
-        if columns.has_id() && !self.seen.first_time(&columns.fingerprint(record)) {
-            self.duplicates += 1;
-            return Ok(());
-        }
+        let fingerprint = columns.has_id().then(|| columns.fingerprint(record));
         let chunk = &mut self.chunk;
         if !chunk
             .columns
@@ -447,7 +444,7 @@ impl CsvSink for ChunkFiller<'_> {
             u32::try_from(base + record.as_slice().len()),
         ) else {
             let event = columns.event(record, Some(time), shape)?;
-            self.push(Entry::Event(Box::new(event)));
+            self.push_row(Row::Event(Box::new(event)));
             return Ok(());
         };
         chunk.text.push_str(record.as_slice());
@@ -460,7 +457,7 @@ impl CsvSink for ChunkFiller<'_> {
                 .map_or(end, |r| base32 + u32::try_from(r.end).unwrap_or(0));
             chunk.ends.push(end);
         }
-        self.push(Entry::Cells { time });
+        self.push(Entry::Cells { time, fingerprint });
         Ok(())
     }
 
