@@ -395,7 +395,10 @@ impl ChunkFiller {
         let entry = match row {
             Row::Error(e) => Entry::Error(Box::new(e)),
             Row::Event(event) => {
-                let fingerprint = event.record_id.is_some().then(|| record_fingerprint(&event));
+                let fingerprint = event
+                    .record_id
+                    .is_some()
+                    .then(|| record_fingerprint(&event));
                 Entry::Event { event, fingerprint }
             }
         };
@@ -590,5 +593,95 @@ fn describe(raised: Raised, file: &str) -> ReplayedAlert {
                 },
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleSet;
+
+    /// The example config's rules over its example files, each replayed as it
+    /// is (a CSV file: its rows cross as cells) and as the same records in
+    /// JSON lines (rows built into events on the reading thread), with repeats
+    /// and bad rows added: the alerts and the totals must be the same.
+    #[test]
+    fn csv_rows_read_as_cells_raise_what_the_same_records_as_events_raise() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = Config::load(&root.join("config.example.toml")).unwrap();
+        let rules = Arc::new(RuleSet::load(&config).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let wall_clock: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        for (feed, example) in [
+            ("drug_testing", "drug-testing-2025-11-04.csv"),
+            ("drug_testing", "drug-testing-2025-11-22.csv"),
+            ("incidents", "incidents-2025-11-04.csv"),
+        ] {
+            let feed = config.feed(feed).unwrap();
+            let text = std::fs::read_to_string(root.join("examples").join(example)).unwrap();
+            let mut lines: Vec<&str> = text.lines().collect();
+            let header = lines[0];
+            // Every row again (repeats), and one row with its time replaced by words.
+            let rows: Vec<&str> = lines[1..].to_vec();
+            lines.extend(rows.iter().take(3));
+            let time_column = header
+                .split(',')
+                .position(|c| Some(c) == feed.time_field.as_deref())
+                .unwrap();
+            let bad: String = rows[0]
+                .split(',')
+                .enumerate()
+                .map(|(i, c)| if i == time_column { "not a time" } else { c })
+                .collect::<Vec<_>>()
+                .join(",");
+            lines.push(&bad);
+            let csv_path = dir.path().join(example);
+            std::fs::write(&csv_path, lines.join("\n") + "\n").unwrap();
+            let mut reader = csv::Reader::from_path(&csv_path).unwrap();
+            let names = reader.headers().unwrap().clone();
+            let mut jsonl = String::new();
+            for record in reader.records() {
+                let record = record.unwrap();
+                let object: serde_json::Map<String, serde_json::Value> = names
+                    .iter()
+                    .zip(record.iter())
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect();
+                jsonl.push_str(&serde_json::Value::Object(object).to_string());
+                jsonl.push('\n');
+            }
+            let jsonl_path = csv_path.with_extension("jsonl");
+            std::fs::write(&jsonl_path, jsonl).unwrap();
+
+            let run = |path: &Path| {
+                let mut alerts = Vec::new();
+                let mut problems = Vec::new();
+                let summary = replay(
+                    &config,
+                    rules.clone(),
+                    feed,
+                    &[path.to_path_buf()],
+                    wall_clock,
+                    |a| {
+                        let mut a = serde_json::to_value(a).unwrap();
+                        // Named after the file, which differs.
+                        a["id"] = "".into();
+                        a["file"] = "".into();
+                        alerts.push(a)
+                    },
+                    |_, row, reason| problems.push((row.map(|r| r.row), reason.to_string())),
+                )
+                .unwrap();
+                (alerts, problems, serde_json::to_value(summary).unwrap())
+            };
+            let (csv_alerts, csv_problems, csv_summary) = run(&csv_path);
+            let (json_alerts, json_problems, json_summary) = run(&jsonl_path);
+            assert!(!csv_alerts.is_empty(), "{example} raises nothing");
+            assert_eq!(csv_alerts, json_alerts, "{example}");
+            assert_eq!(csv_problems, json_problems, "{example}");
+            assert_eq!(csv_problems.len(), 1, "{example}: {csv_problems:?}");
+            assert_eq!(csv_summary, json_summary, "{example}");
+            assert_eq!(csv_summary["duplicates"], 3, "{example}");
+        }
     }
 }

@@ -188,9 +188,7 @@ impl CsvColumns {
                 }
                 match &self.separators[i] {
                     None => out.text(&self.names[i], trim(cell)),
-                    // A list of no items is no field at all, as in an event.
-                    Some(sep) if list_pieces(cell, sep).next().is_none() => {}
-                    Some(sep) => out.list(&self.names[i], list_pieces(cell, sep)),
+                    Some(sep) => out.list_unless_empty(&self.names[i], list_pieces(cell, sep)),
                 }
             }
         })

@@ -72,6 +72,29 @@ impl FingerprintFields<'_> {
         self.0.push(0x1e);
     }
 
+    /// A list field, left out when it has no items, as an event leaves out
+    /// an empty list cell.
+    pub(crate) fn list_unless_empty<'i>(
+        &mut self,
+        name: &str,
+        items: impl Iterator<Item = &'i str>,
+    ) {
+        let before = self.0.len();
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.push(0x1f);
+        let mut any = false;
+        for item in items {
+            any = true;
+            self.0.extend_from_slice(item.as_bytes());
+            self.0.push(0x1d);
+        }
+        if any {
+            self.0.push(0x1e);
+        } else {
+            self.0.truncate(before);
+        }
+    }
+
     /// A list field.
     pub(crate) fn list<'i>(&mut self, name: &str, items: impl Iterator<Item = &'i str>) {
         self.0.extend_from_slice(name.as_bytes());

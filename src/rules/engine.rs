@@ -1478,7 +1478,12 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
 /// A match of `rule` (a plain match rule) on `record`: counted in its group,
 /// and kept whole while the group has room, so a row becomes an event only
 /// if some rule keeps it.
-fn observe_plain_match<R: Record + ?Sized>(batch: &mut Batch, index: usize, rule: &Rule, record: &R) {
+fn observe_plain_match<R: Record + ?Sized>(
+    batch: &mut Batch,
+    index: usize,
+    rule: &Rule,
+    record: &R,
+) {
     group_key_into(rule, record, &mut batch.key);
     let groups = batch.pending.entry(index).or_default();
     let pending = match groups.get_mut(batch.key.as_str()) {
