@@ -629,6 +629,16 @@ fn settle(
     let attempts = item.attempts + 1;
     let retry_in = backoff(attempts, mail.retry_initial, mail.retry_max);
     let (outcome, write) = outcome_of(item, &result, now, retry_in);
+    let write = OutcomeWrite { id: item.id, write };
+    let unrecorded = match write.apply(store) {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::error!(alert = %item.alert_id, error = %e, "Cannot record the delivery outcome; holding it until the database takes it");
+            Some(write)
+        }
+    };
+    // Logged once recorded: whoever reads a log line and then asks `status`
+    // finds the outcome there.
     if let Ok(d) = &result {
         for f in &d.refused {
             tracing::error!(alert = %item.alert_id, partner = %item.partner_id, address = %crate::display::escape_controls(&f.address),
@@ -665,14 +675,6 @@ fn settle(
         }
         Ok(_) => {}
     }
-    let write = OutcomeWrite { id: item.id, write };
-    let unrecorded = match write.apply(store) {
-        Ok(()) => None,
-        Err(e) => {
-            tracing::error!(alert = %item.alert_id, error = %e, "Cannot record the delivery outcome; holding it until the database takes it");
-            Some(write)
-        }
-    };
     (outcome, unrecorded)
 }
 

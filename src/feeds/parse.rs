@@ -4,7 +4,9 @@
 //! with an [`Event`] or a [`RowError`], so a file of a million rows streams
 //! through in constant memory. A problem with one row never stops the others;
 //! a problem with the file as a whole (no header, not JSON at all) is a
-//! [`FileError`] and nothing of the file is used.
+//! [`FileError`] and nothing of the file is used. [`parse_csv_records`] runs the
+//! same CSV loop but hands each good record over as its cells
+//! ([`crate::feeds::columns`]), for a caller that needs only some as events.
 
 use crate::config::{FeedConfig, FeedFormat};
 use crate::event::{Event, FeedName, FieldName, Fields, Schema, Text, Value, trim};
