@@ -536,10 +536,17 @@ impl Engine {
                 if !rule.when.matches(record, &mut batch.scratch) {
                     continue;
                 }
-                if let RuleKind::Match = rule.kind {
-                    // The common case, without an event unless one is kept.
-                    observe_plain_match(batch, i, rule, record);
-                    continue;
+                match rule.kind {
+                    // The common cases, without an event unless one is kept.
+                    RuleKind::Match => {
+                        observe_plain_match(batch, i, rule, record);
+                        continue;
+                    }
+                    RuleKind::FirstSeen { .. } => {
+                        self.observe_first_seen(batch, i, rule, record);
+                        continue;
+                    }
+                    _ => {}
                 }
                 let event = batch.event_of(record);
                 self.observe_match(batch, i, rule, &event);
@@ -558,6 +565,75 @@ impl Engine {
                     self.close_deadline(batch, i, rule, key, &event);
                 }
             }
+        }
+    }
+
+    /// A match of a first-seen rule: each new value raises, an event is made
+    /// only then.
+    fn observe_first_seen<R: Record + ?Sized>(
+        &mut self,
+        batch: &mut Batch,
+        index: usize,
+        rule: &Rule,
+        event: &R,
+    ) {
+        let RuleKind::FirstSeen { field, known } = &rule.kind else {
+            return;
+        };
+        let Some(value) = event.get(field) else {
+            return;
+        };
+        for element in value.elements() {
+            // Nearly every value has been seen before: find that out
+            // without allocating, through a reused key.
+            let probe = &mut self.seen_probe;
+            probe.rule_id.clear();
+            probe.rule_id.push_str(&rule.id);
+            element.normalise_into(&mut probe.group_key);
+            let norm = probe.group_key.as_str();
+            if norm.is_empty() || known.contains(norm) {
+                continue;
+            }
+            let new_in_this_file = batch
+                .first_seen_in_file
+                .get(&index)
+                .is_some_and(|values| values.contains(norm));
+            if self.state.seen.contains_key(probe) && !new_in_this_file {
+                continue;
+            }
+            let gref = probe.clone();
+            let norm = gref.group_key.clone();
+            let written = element.to_string();
+            if !new_in_this_file {
+                self.state.seen.insert(
+                    gref.clone(),
+                    SeenValue {
+                        as_written: written.trim().to_string(),
+                        first_seen: event.time(),
+                    },
+                );
+                self.touch(StateKind::Seen, &gref);
+                batch
+                    .first_seen_in_file
+                    .entry(index)
+                    .or_default()
+                    .insert(norm.clone());
+            }
+            batch
+                .pending
+                .entry(index)
+                .or_default()
+                .entry(norm)
+                .or_insert_with(|| Pending {
+                    group: BTreeMap::from([(field.clone(), written.trim().to_string())]),
+                    events: Vec::new(),
+                    count: 0,
+                    trigger: Some(Trigger::FirstSeen {
+                        field: field.clone(),
+                        value: written.trim().to_string(),
+                    }),
+                })
+                .push(event, &mut batch.shared);
         }
     }
 
@@ -605,63 +681,7 @@ impl Engine {
                     batch.windows_touched.insert((index, key));
                 }
             }
-            RuleKind::FirstSeen { field, known } => {
-                let Some(value) = event.get(field) else {
-                    return;
-                };
-                for element in value.elements() {
-                    // Nearly every value has been seen before: find that out
-                    // without allocating, through a reused key.
-                    let probe = &mut self.seen_probe;
-                    probe.rule_id.clear();
-                    probe.rule_id.push_str(&rule.id);
-                    element.normalise_into(&mut probe.group_key);
-                    let norm = probe.group_key.as_str();
-                    if norm.is_empty() || known.contains(norm) {
-                        continue;
-                    }
-                    let new_in_this_file = batch
-                        .first_seen_in_file
-                        .get(&index)
-                        .is_some_and(|values| values.contains(norm));
-                    if self.state.seen.contains_key(probe) && !new_in_this_file {
-                        continue;
-                    }
-                    let gref = probe.clone();
-                    let norm = gref.group_key.clone();
-                    let written = element.to_string();
-                    if !new_in_this_file {
-                        self.state.seen.insert(
-                            gref.clone(),
-                            SeenValue {
-                                as_written: written.trim().to_string(),
-                                first_seen: event.time,
-                            },
-                        );
-                        self.touch(StateKind::Seen, &gref);
-                        batch
-                            .first_seen_in_file
-                            .entry(index)
-                            .or_default()
-                            .insert(norm.clone());
-                    }
-                    batch
-                        .pending
-                        .entry(index)
-                        .or_default()
-                        .entry(norm)
-                        .or_insert_with(|| Pending {
-                            group: BTreeMap::from([(field.clone(), written.trim().to_string())]),
-                            events: Vec::new(),
-                            count: 0,
-                            trigger: Some(Trigger::FirstSeen {
-                                field: field.clone(),
-                                value: written.trim().to_string(),
-                            }),
-                        })
-                        .push(event, &mut batch.shared);
-                }
-            }
+            RuleKind::FirstSeen { .. } => self.observe_first_seen(batch, index, rule, event),
             RuleKind::Deadline {
                 key,
                 within,

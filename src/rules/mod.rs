@@ -571,10 +571,14 @@ impl RuleSet {
                 until_when.index_into(&mut index);
             }
         }
-        // The fields a match is grouped by are read for every match: a row
+        // The fields a match is grouped by (and a first-seen rule's field) are
+        // read for every match: a row
         // not yet made into an event (replay's) gives them by slot too.
         for rule in &rules {
             for field in &rule.group_by {
+                index.add_field(field);
+            }
+            if let RuleKind::FirstSeen { field, .. } = &rule.kind {
                 index.add_field(field);
             }
         }
