@@ -84,7 +84,10 @@ pub struct ReplaySummary {
 const CHUNK: usize = 1024;
 
 /// Chunks the reading thread may run ahead of the rules by: enough to ride out
-/// a slow row on either side, few enough that memory stays a few megabytes.
+/// a slow row on either side, few enough that memory stays a few tens of
+/// megabytes however long the rows (each chunk holds at most [`CHUNK_TEXT`]).
+/// More than a handful, so that a chunk is refilled long after the rules
+/// thread read it, when its memory is no longer in that core's cache.
 const CHUNKS_AHEAD: usize = 32;
 
 /// Replays `files` as if dropped into `feed`, calling `on_alert` for each alert
@@ -105,7 +108,8 @@ pub fn replay(
     // The fields the rules read, by slot: what a CSV row gives them (CellRow).
     let slots = rules.field_slots.clone();
     let mut engine = Engine::new(rules, EngineState::default());
-    // Records are deduplicated on the reading thread, so the rules thread does less.
+    // Records are deduplicated on the rules thread: the reading thread is the
+    // busier one, and the set's random lookups are costly wherever they run.
     let mut seen = SeenRecords::with_capacity(1 << 16);
     let mut ledger = MemoryLedger::default();
     let mut clock = Timestamp::UNIX_EPOCH;
@@ -340,7 +344,7 @@ impl Chunk {
     }
 
     fn is_full(&self) -> bool {
-        // A few megabytes at most, however long the rows.
+        // About a megabyte at most, however long the rows.
         self.entries.len() >= CHUNK || self.text.len() >= CHUNK_TEXT
     }
 
@@ -360,7 +364,7 @@ impl Chunk {
 }
 
 /// Bytes of cell text a chunk holds before it is handed over.
-const CHUNK_TEXT: usize = 4 * 1024 * 1024;
+const CHUNK_TEXT: usize = 1024 * 1024;
 
 /// The reading thread's end of the hand-off: fills a chunk, sends it when
 /// full, and takes spent ones back to refill.
@@ -439,7 +443,7 @@ impl CsvSink for ChunkFiller {
             chunk.columns = Some(columns.clone());
         }
         let base = chunk.text.len();
-        // A chunk is handed over at a few megabytes of text, so its offsets fit
+        // A chunk is handed over at a megabyte of text, so its offsets fit
         // in 32 bits, which halves what crosses between the cores; a record of
         // gigabytes crosses as an event instead.
         let (Ok(base32), Ok(_)) = (

@@ -8,8 +8,10 @@
 use earlywarn::alerts::{Alert, first_audience, route};
 use earlywarn::config::{Config, FeedConfig};
 use earlywarn::event::Event;
+use earlywarn::event::Value;
+use earlywarn::feeds::columns::{CsvColumns, CsvSink};
 use earlywarn::feeds::decode::{TextEncoding, decode_bytes, decoding_reader, detect};
-use earlywarn::feeds::parse::{RecordShape, Row, event_from_json, parse};
+use earlywarn::feeds::parse::{RecordShape, Row, event_from_json, parse, parse_csv_records};
 use earlywarn::feeds::record_fingerprint;
 use earlywarn::pipeline::render_deliveries;
 use earlywarn::rules::RuleSet;
@@ -147,6 +149,9 @@ pub fn parse_file(format: &str, data: &[u8]) -> ParseSummary {
         decoded == text,
         "replay and the daemon decode this {encoding} file differently"
     );
+    if format == "csv" {
+        check_cells(&text, &shape, &summary);
+    }
     let streamed = parse_text(
         decoding_reader(std::io::Cursor::new(bytes.to_vec()), detected),
         &text,
@@ -165,6 +170,90 @@ pub fn parse_file(format: &str, data: &[u8]) -> ParseSummary {
         "replay and the daemon read different records"
     );
     summary
+}
+
+/// Reads CSV text as `earlywarn replay` does, each record as its cells
+/// (`parse_csv_records`), and checks that a record's cells give what its event holds:
+/// the same time and reasons, the same fingerprint, the same value in every column; and
+/// that the rows, good and bad, are those `parse` gave.
+fn check_cells(text: &[u8], shape: &RecordShape<'_>, summary: &ParseSummary) {
+    struct Cells {
+        events: Vec<Event>,
+        row_errors: Vec<(u64, u64, String, Option<std::ops::Range<u64>>)>,
+    }
+    impl CsvSink for Cells {
+        fn record(
+            &mut self,
+            columns: &Arc<CsvColumns>,
+            record: &csv::StringRecord,
+            shape: &RecordShape<'_>,
+        ) -> Result<(), String> {
+            let event = columns.event(record, None, shape);
+            if columns.reads_id_and_time_directly() {
+                let time = columns.time(record, shape);
+                assert_eq!(
+                    time.as_ref().copied().map_err(|e| e.as_str()),
+                    event.as_ref().map(|e| e.time).map_err(|e| e.as_str()),
+                    "cells and the event disagree on the time or its reason"
+                );
+                if let Ok(time) = time {
+                    assert!(
+                        columns.event(record, Some(time), shape).as_ref() == event.as_ref(),
+                        "an event made with its time known differs"
+                    );
+                }
+            }
+            let event = event?;
+            assert_eq!(
+                columns.fingerprint(record),
+                record_fingerprint(&event),
+                "cells and the event have different fingerprints"
+            );
+            for column in 0..columns.len() {
+                let name = columns.name(column);
+                if name.is_empty() {
+                    continue;
+                }
+                for start in [
+                    Value::Text("stale".into()),
+                    Value::List(vec!["stale".into()]),
+                ] {
+                    let mut value = start;
+                    columns.value_into(column, record, &mut value);
+                    assert!(
+                        Some(&value).filter(|v| !v.is_empty()) == event.get(name),
+                        "column `{name}`: cells give {value:?}, the event {:?}",
+                        event.get(name)
+                    );
+                }
+            }
+            self.events.push(event);
+            Ok(())
+        }
+
+        fn bad_row(&mut self, error: earlywarn::feeds::parse::RowError) {
+            self.row_errors
+                .push((error.row, error.line, error.reason, error.span));
+        }
+    }
+    let mut cells = Cells {
+        events: Vec::new(),
+        row_errors: Vec::new(),
+    };
+    let result = parse_csv_records(text, shape, &mut cells);
+    assert_eq!(
+        result.err().map(|e| e.0),
+        summary.file_error,
+        "read as cells, the file is taken differently"
+    );
+    assert_eq!(
+        cells.row_errors, summary.row_errors,
+        "read as cells, different rows are rejected"
+    );
+    assert!(
+        cells.events == summary.events,
+        "read as cells, different records are read"
+    );
 }
 
 /// Parses decoded text from `reader` (`text` is the same text, for checking spans).

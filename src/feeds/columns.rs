@@ -118,6 +118,11 @@ impl CsvColumns {
         self.names.is_empty()
     }
 
+    /// The name the header gives a column ("" for a column without one).
+    pub fn name(&self, column: usize) -> &str {
+        self.names.get(column).map_or("", |n| n)
+    }
+
     /// The column a field is read from, if the file has it.
     pub fn column(&self, field: &str) -> Option<usize> {
         self.names

@@ -637,21 +637,11 @@ impl Engine {
         }
     }
 
-    /// A matched row kept by a rule other than a plain match (those are
-    /// [`observe_plain_match`]).
+    /// A matched row, made into an event (`observe` takes plain matches and
+    /// first-seen rules without one where it can).
     fn observe_match(&mut self, batch: &mut Batch, index: usize, rule: &Rule, event: &Event) {
         match &rule.kind {
-            RuleKind::Match => {
-                group_key_into(rule, event, &mut batch.key);
-                let groups = batch.pending.entry(index).or_default();
-                let pending = match groups.get_mut(batch.key.as_str()) {
-                    Some(pending) => pending,
-                    None => groups
-                        .entry(batch.key.clone())
-                        .or_insert_with(|| pending_for(rule, event, None)),
-                };
-                pending.push(event, &mut batch.shared);
-            }
+            RuleKind::Match => observe_plain_match(batch, index, rule, event),
             RuleKind::Threshold { within, .. } | RuleKind::Rate { within, .. } => {
                 let span = match &rule.kind {
                     RuleKind::Rate { baseline, .. } => *within + *baseline,
