@@ -1110,9 +1110,13 @@ fn split_list(s: &str, separator: &str) -> Vec<Text> {
 /// ones left out.
 pub(super) fn list_pieces<'s>(s: &'s str, separator: &'s str) -> ListPieces<'s> {
     // A one-character separator (the usual `;`) splits faster as a char.
-    let mut chars = separator.chars();
-    let split = match (chars.next(), chars.next()) {
-        (Some(c), None) => Split::ByChar(s.split(c)),
+    let split = match separator.as_bytes() {
+        // The usual case (`;`): found with memchr, faster than a char pattern.
+        &[byte] if byte.is_ascii() => Split::ByByte {
+            text: s,
+            from: 0,
+            ends: memchr::memchr_iter(byte, s.as_bytes()),
+        },
         _ => Split::ByText(s.split(separator)),
     };
     ListPieces(split)
@@ -1122,7 +1126,14 @@ pub(super) fn list_pieces<'s>(s: &'s str, separator: &'s str) -> ListPieces<'s> 
 pub(super) struct ListPieces<'s>(Split<'s>);
 
 enum Split<'s> {
-    ByChar(std::str::Split<'s, char>),
+    /// At an ASCII byte, which is never inside a multi-byte character, so
+    /// every piece starts and ends on a character boundary.
+    ByByte {
+        text: &'s str,
+        /// Where the next piece starts; past the end once the last is given.
+        from: usize,
+        ends: memchr::Memchr<'s>,
+    },
     ByText(std::str::Split<'s, &'s str>),
 }
 
@@ -1132,7 +1143,15 @@ impl<'s> Iterator for ListPieces<'s> {
     fn next(&mut self) -> Option<&'s str> {
         loop {
             let piece = match &mut self.0 {
-                Split::ByChar(split) => split.next()?,
+                Split::ByByte { text, from, ends } => {
+                    let start = *from;
+                    if start > text.len() {
+                        return None;
+                    }
+                    let end = ends.next().unwrap_or(text.len());
+                    *from = end + 1;
+                    text.get(start..end).unwrap_or("")
+                }
                 Split::ByText(split) => split.next()?,
             };
             let piece = trim(piece);
@@ -1270,6 +1289,36 @@ mod tests {
             Row::Error(e) => errors.push(e),
         })?;
         Ok((events, errors))
+    }
+
+    #[test]
+    fn list_pieces_are_the_trimmed_non_empty_pieces_of_a_split() {
+        let texts = [
+            "",
+            ";",
+            ";;",
+            "a",
+            "a;b",
+            " a ; b ;",
+            ";a;;b;",
+            "naïve;é;;ü ",
+            " ; ",
+            "a + b + ",
+            "x,, y ,z",
+            "ǅ|İ||ß",
+            "a\u{1f}b",
+        ];
+        for separator in [";", ",", "|", " + ", "\u{1f}", "é", "; "] {
+            for text in texts {
+                let want: Vec<&str> = text
+                    .split(separator)
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                let got: Vec<&str> = list_pieces(text, separator).collect();
+                assert_eq!(got, want, "{text:?} split at {separator:?}");
+            }
+        }
     }
 
     #[test]
