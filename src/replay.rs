@@ -205,8 +205,13 @@ pub fn replay(
                 result
             });
             let mut values = SlotValues::new(&slots);
-            // Which column each slot's field is in, for the columns it was worked out for.
-            let mut slot_columns: Option<(Arc<CsvColumns>, Vec<Option<usize>>)> = None;
+            let mut slot_columns = SlotColumns::default();
+            // Whether a record was seen before (counted), by its fingerprint.
+            let mut repeat = |fingerprint: &Option<[u8; 16]>, summary: &mut ReplaySummary| {
+                let repeat = fingerprint.is_some_and(|f| !seen.first_time(&f));
+                summary.duplicates += u64::from(repeat);
+                repeat
+            };
             for chunk in chunks_rx {
                 let mut cell_rows = 0usize;
                 for entry in &chunk.entries {
@@ -217,8 +222,7 @@ pub fn replay(
                             on_problem(path, Some(e), &e.reason);
                         }
                         Entry::Event { event, fingerprint } => {
-                            if fingerprint.is_some_and(|f| !seen.first_time(&f)) {
-                                summary.duplicates += 1;
+                            if repeat(fingerprint, &mut summary) {
                                 continue;
                             }
                             summary.events += 1;
@@ -228,32 +232,15 @@ pub fn replay(
                         Entry::Cells { time, fingerprint } => {
                             let row = cell_rows;
                             cell_rows += 1;
-                            if fingerprint.is_some_and(|f| !seen.first_time(&f)) {
-                                summary.duplicates += 1;
+                            if repeat(fingerprint, &mut summary) {
                                 continue;
                             }
-                            // Cells come with their columns (Chunk::push_cells).
+                            // A chunk with cells has their columns (ChunkFiller::record).
                             let Some(columns) = &chunk.columns else {
                                 continue;
                             };
                             let cells = chunk.cells(columns, row);
-                            let known = slot_columns
-                                .as_ref()
-                                .is_some_and(|(c, _)| Arc::ptr_eq(c, columns));
-                            if !known {
-                                let by_slot = slots.iter().map(|f| columns.column(f)).collect();
-                                slot_columns = Some((columns.clone(), by_slot));
-                            }
-                            if let Some((_, by_slot)) = &slot_columns {
-                                for (slot, column) in by_slot.iter().enumerate() {
-                                    match column {
-                                        Some(c) => {
-                                            columns.value_into(*c, &cells, values.value_mut(slot))
-                                        }
-                                        None => values.clear(slot),
-                                    }
-                                }
-                            }
+                            slot_columns.fill(columns, &cells, &mut values);
                             summary.events += 1;
                             latest = latest.max(*time);
                             let row = CellRow {
@@ -470,6 +457,38 @@ impl CsvSink for ChunkFiller {
 
     fn bad_row(&mut self, error: RowError) {
         self.push(Entry::Error(Box::new(error)));
+    }
+}
+
+/// Which column holds each slot's field (the rule set's fields), worked out
+/// once per file's columns, and the filling of a row's values from them.
+#[derive(Default)]
+struct SlotColumns {
+    /// The columns worked out for, and the column of each slot.
+    by_slot: Option<(Arc<CsvColumns>, Vec<Option<usize>>)>,
+}
+
+impl SlotColumns {
+    /// Puts the values of `cells` (a row of `columns`) into `values`.
+    fn fill(
+        &mut self,
+        columns: &Arc<CsvColumns>,
+        cells: &StoredCells<'_>,
+        values: &mut SlotValues,
+    ) {
+        let by_slot = match &self.by_slot {
+            Some((known, by_slot)) if Arc::ptr_eq(known, columns) => by_slot,
+            _ => {
+                let by_slot = values.slots().iter().map(|f| columns.column(f)).collect();
+                &self.by_slot.insert((columns.clone(), by_slot)).1
+            }
+        };
+        for (slot, column) in by_slot.iter().enumerate() {
+            match column {
+                Some(c) => columns.value_into(*c, cells, values.value_mut(slot)),
+                None => values.clear(slot),
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! Pure: no I/O.
 
 use super::parse::{
-    RawValue, RecordShape, RowError, build_event_timed, list_pieces, record_id_and_time,
+    RawValue, RecordShape, RowError, build_event_timed, cell_value, list_pieces, record_id_and_time,
 };
 use crate::config::FeedConfig;
 use crate::event::{Event, FeedName, FieldName, Schema, Text, Value, trim};
@@ -205,16 +205,15 @@ impl CsvColumns {
     pub fn value_into(&self, column: usize, cells: &impl Cells, slot: &mut Value) {
         let cell = cells.cell(column);
         match (&self.separators[column], slot) {
+            // A blank cell has no pieces: the list is left empty.
             (Some(sep), Value::List(items)) => {
                 items.clear();
-                if !trim(cell).is_empty() {
-                    items.extend(list_pieces(cell, sep).map(Text::from));
-                }
+                items.extend(list_pieces(cell, sep).map(Text::from));
             }
-            (Some(sep), slot) => {
-                *slot = Value::List(list_pieces(cell, sep).map(Text::from).collect());
+            (separator, slot) => {
+                *slot = cell_value(cell, separator.as_deref())
+                    .unwrap_or_else(|| Value::Text(Text::default()));
             }
-            (None, slot) => *slot = Value::Text(Text::from(trim(cell))),
         }
     }
 }
@@ -259,13 +258,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn cells_give_what_the_event_holds_and_its_fingerprint() {
-        let feed = feed();
+    fn columns(feed: &FeedConfig) -> (Vec<String>, CsvColumns) {
         let header: Vec<String> = ["id", "at", "district", "subs", "tags"]
             .map(String::from)
             .to_vec();
-        let columns = CsvColumns::new(&FeedName::from("lab"), &header, &feed);
+        let columns = CsvColumns::new(&FeedName::from("lab"), &header, feed);
+        (header, columns)
+    }
+
+    #[test]
+    fn cells_give_what_the_event_holds_and_its_fingerprint() {
+        let feed = feed();
+        let (header, columns) = columns(&feed);
         assert!(columns.reads_id_and_time_directly());
         let shape = shape(&feed, None);
         for row in rows() {
@@ -294,10 +298,7 @@ mod tests {
     #[test]
     fn a_bad_id_or_time_gives_the_reason_the_event_would() {
         let feed = feed();
-        let header: Vec<String> = ["id", "at", "district", "subs", "tags"]
-            .map(String::from)
-            .to_vec();
-        let columns = CsvColumns::new(&FeedName::from("lab"), &header, &feed);
+        let (_, columns) = columns(&feed);
         let shape = shape(&feed, Some("2025-03-01T00:00:00Z".parse().unwrap()));
         for row in [
             vec![" ", "2025-03-01T10:00:00Z", "", "", ""],

@@ -75,8 +75,9 @@ pub fn detect_file(file: &mut std::fs::File) -> io::Result<TextEncoding> {
     /// Bytes mapped at a time: enough that mapping costs nothing per byte,
     /// little enough that the map adds nothing much to the resident memory.
     const WINDOW: u64 = 16 * 1024 * 1024;
-    let len = file.metadata()?.len();
-    if !file.metadata()?.is_file() || len == 0 {
+    let metadata = file.metadata()?;
+    let len = metadata.len();
+    if !metadata.is_file() || len == 0 {
         return detect(file);
     }
     let mut sniffer = EncodingSniffer::default();

@@ -80,17 +80,9 @@ impl FingerprintFields<'_> {
         items: impl Iterator<Item = &'i str>,
     ) {
         let before = self.0.len();
-        self.0.extend_from_slice(name.as_bytes());
-        self.0.push(0x1f);
-        let mut any = false;
-        for item in items {
-            any = true;
-            self.0.extend_from_slice(item.as_bytes());
-            self.0.push(0x1d);
-        }
-        if any {
-            self.0.push(0x1e);
-        } else {
+        self.list(name, items);
+        // Only the framing was written (the name and two separators): no item.
+        if self.0.len() == before + name.len() + 2 {
             self.0.truncate(before);
         }
     }
